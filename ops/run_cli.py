@@ -1,0 +1,71 @@
+"""`paystream run NAME` (one component in the foreground) and `paystream up` (everything)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import typer
+from rich.console import Console
+
+from paystream.settings import get_settings
+
+# Components `paystream up` supervises; later issues add theirs here.
+COMPONENTS: dict[str, Callable[[], None]] = {}
+
+
+def _ledger() -> None:
+    from pipelines.ledger.app import run
+
+    run()
+
+
+COMPONENTS["ledger"] = _ledger
+
+
+def bootstrap(console: Console) -> None:
+    """Stack, topics, schemas: everything a component needs before it starts."""
+    from ops import stack
+    from ops.schemas_cli import register_all
+    from ops.topics import apply_topics
+
+    settings = get_settings()
+    stack.up(settings, console=console)
+    t0 = time.monotonic()
+    actions = apply_topics(settings)
+    created = [a.topic for a in actions if a.action == "created"]
+    console.print(f"topics applied in {time.monotonic() - t0:.1f}s" + (f" (created {', '.join(created)})" if created else ""))
+    t0 = time.monotonic()
+    register_all(settings.registry_url)
+    console.print(f"schemas registered in {time.monotonic() - t0:.1f}s")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_cmd(name: str = typer.Argument(..., help="component: " + ", ".join(COMPONENTS))) -> None:
+        """Run one component in the foreground."""
+        if name not in COMPONENTS:
+            raise typer.BadParameter(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
+        COMPONENTS[name]()
+
+    @app.command("up")
+    def up_cmd(
+        only: list[str] = typer.Option(None, "--only", help="run only these components"),
+        no_components: bool = typer.Option(False, "--stack-only", help="bootstrap, then exit"),
+    ) -> None:
+        """Bring up the stack, apply topics and schemas, then supervise every component."""
+        from ops.supervisor import Supervisor, component_argv
+
+        console = Console()
+        try:
+            bootstrap(console)
+        except Exception as exc:
+            console.print(f"[red]bootstrap failed:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        if no_components:
+            return
+        names = only or list(COMPONENTS)
+        settings = get_settings()
+        if "gateway" in names:
+            console.print(f"[bold]gateway listening on http://{settings.gateway_host}:{settings.gateway_port}[/bold]")
+        raise typer.Exit(Supervisor({n: component_argv(n) for n in names}, console).run())

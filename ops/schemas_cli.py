@@ -1,0 +1,95 @@
+"""`paystream schemas apply | check`.
+
+`apply` registers each topic's value schema under ``<topic>-value`` and pins the
+subject to BACKWARD compatibility, so the registry itself refuses a breaking
+change. `check` registers nothing: it compares the working tree's schemas with
+those of a git revision (the previous commit by default) using Apache Avro's
+reader/writer compatibility checker, so CI catches a breaking edit before any
+registry sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import typer
+from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
+from avro.schema import parse as avro_parse
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from rich.console import Console
+
+from paystream.codec import SCHEMA_DIR, load_schema_text, topic_specs
+from paystream.settings import PROJECT_ROOT, get_settings
+
+app = typer.Typer(no_args_is_help=True)
+
+
+def register_all(registry_url: str) -> dict[str, int]:
+    client = SchemaRegistryClient({"url": registry_url})
+    ids: dict[str, int] = {}
+    for spec in topic_specs().values():
+        schema = Schema(load_schema_text(spec.value_schema), "AVRO")
+        client.set_compatibility(subject_name=spec.subject, level="BACKWARD")
+        ids[spec.subject] = int(client.register_schema(spec.subject, schema))
+    return ids
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+
+
+def default_base() -> str | None:
+    """HEAD when schemas/ has uncommitted edits, else the commit before HEAD."""
+    dirty = _git("status", "--porcelain", "--", "schemas").stdout.strip()
+    ref = "HEAD" if dirty else "HEAD~1"
+    return ref if _git("rev-parse", "--verify", "--quiet", ref).returncode == 0 else None
+
+
+def check_compatibility(base: str) -> list[str]:
+    """Problems found: each new schema must read data written with the base's version."""
+    problems: list[str] = []
+    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
+        rel = path.relative_to(PROJECT_ROOT).as_posix()
+        old = _git("show", f"{base}:{rel}")
+        if old.returncode != 0:
+            continue  # a new schema has nothing to be compatible with
+        try:
+            reader = avro_parse(path.read_text())
+            writer = avro_parse(old.stdout)
+        except Exception as exc:
+            problems.append(f"{rel}: does not parse: {exc}")
+            continue
+        result = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
+        if result.compatibility is not SchemaCompatibilityType.compatible:
+            problems.append(f"{rel}: not backward compatible with {base}: {'; '.join(result.messages)}")
+    for spec in topic_specs().values():
+        if not spec.schema_path.exists():
+            problems.append(f"topic {spec.name}: schema {spec.value_schema} is missing")
+    return problems
+
+
+@app.command("apply")
+def apply_cmd() -> None:
+    """Register every topic's schema (BACKWARD per subject)."""
+    ids = register_all(get_settings().registry_url)
+    for subject, sid in ids.items():
+        Console().print(f"{subject}: id {sid}")
+
+
+@app.command("check")
+def check_cmd(base: str = typer.Option(None, help="git revision to compare with")) -> None:
+    """Fail when a schema change is not backward compatible with BASE (registers nothing)."""
+    console = Console()
+    ref = base or default_base()
+    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
+        json.loads(path.read_text())
+    if ref is None:
+        console.print("no previous revision to compare with; schemas parse")
+        return
+    problems = check_compatibility(ref)
+    if problems:
+        for p in problems:
+            console.print(f"[red]incompatible:[/red] {p}")
+        raise typer.Exit(1)
+    console.print(f"schemas are backward compatible with {ref}")

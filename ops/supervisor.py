@@ -1,0 +1,120 @@
+"""Runs paystream's components as child processes with prefixed logs.
+
+`paystream up` uses it: one foreground process that starts every component,
+restarts one that dies (with backoff, so a crash loop does not spin), and on
+Ctrl-C or SIGTERM stops them all, waiting for each to finish its current
+transaction.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.markup import escape
+
+COLORS = ["cyan", "magenta", "green", "yellow", "blue", "red"]
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    color: str
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Supervisor:
+    def __init__(self, components: dict[str, list[str]], console: Console | None = None) -> None:
+        self.console = console or Console()
+        self.children = [
+            Child(name, argv, COLORS[i % len(COLORS)]) for i, (name, argv) in enumerate(components.items())
+        ]
+        self.stopping = False
+        self.sel = selectors.DefaultSelector()
+
+    def _start(self, child: Child) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        child.proc = subprocess.Popen(
+            child.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )
+        child.started_at = time.monotonic()
+        assert child.proc.stdout is not None
+        os.set_blocking(child.proc.stdout.fileno(), False)
+        self.sel.register(child.proc.stdout, selectors.EVENT_READ, child)
+        self._say(child, f"started (pid {child.proc.pid})")
+
+    def _say(self, child: Child, line: str) -> None:
+        self.console.print(f"[{child.color}]{child.name:>13} |[/] {escape(line)}", highlight=False, soft_wrap=True)
+
+    def _pump(self, timeout: float) -> None:
+        for key, _ in self.sel.select(timeout):
+            child: Child = key.data
+            stream = key.fileobj
+            try:
+                data = stream.read()  # type: ignore[union-attr]
+            except (BlockingIOError, ValueError):
+                continue
+            if not data:
+                self.sel.unregister(stream)
+                continue
+            for line in data.decode("utf-8", "replace").splitlines():
+                self._say(child, line)
+
+    def _reap(self) -> None:
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            child.proc = None
+            if self.stopping:
+                continue
+            uptime = time.monotonic() - child.started_at
+            child.restarts = 0 if uptime > 60 else child.restarts + 1
+            delay = min(30.0, 0.5 * 2 ** child.restarts)
+            child.next_start = time.monotonic() + delay
+            self.console.print(f"[red]{child.name} exited with {code}; restarting in {delay:.1f}s[/red]")
+
+    def stop(self, *_: object) -> None:
+        self.stopping = True
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGTERM, self.stop)
+        for child in self.children:
+            self._start(child)
+        while not self.stopping:
+            self._pump(0.2)
+            self._reap()
+            now = time.monotonic()
+            for child in self.children:
+                if child.proc is None and now >= child.next_start and not self.stopping:
+                    self._start(child)
+        self.console.print("stopping components…")
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(
+            c.proc is not None and c.proc.poll() is None for c in self.children
+        ):
+            self._pump(0.2)
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.kill()
+        self.console.print("all components stopped")
+        return 0
+
+
+def component_argv(name: str) -> list[str]:
+    return [sys.executable, "-m", "paystream.cli", "run", name]

@@ -1,0 +1,32 @@
+"""The `paystream` command: the one entry point for operators.
+
+Each component registers its own typer sub-app here so the CLI stays a thin
+index; the work lives in the component modules.
+"""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream operator CLI")
+
+
+def _register() -> None:
+    from ops.stack_cli import app as stack_app
+    from ops.topics import app as topics_app
+    from ops.schemas_cli import app as schemas_app
+    from ops.run_cli import register as register_run
+
+    app.add_typer(stack_app, name="stack", help="local Kafka, registry, Postgres and Redis")
+    app.add_typer(topics_app, name="topics", help="topics from the declarative spec")
+    app.add_typer(schemas_app, name="schemas", help="Avro schemas and the registry")
+    register_run(app)
+
+
+def main() -> None:
+    _register()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The one codec: Avro values in Confluent wire format, through the schema registry.
+
+Every component encodes and decodes through `Codec`, so a direct Kafka producer
+written in any language with Confluent's serializers interoperates with us.
+
+Choices that matter:
+
+* Decoding resolves the *writer* schema (fetched by id from the registry) to our
+  local *reader* schema for the topic, which is how Avro schema evolution is
+  meant to work; a record written with an older compatible schema decodes into
+  today's shape, with defaults filled in.
+* Inside Python, ``uuid`` logical values stay ``str`` and ``timestamp-millis``
+  stays an ``int`` of epoch milliseconds. State stores are JSON and the ledger
+  compares ids as strings, so converting to ``UUID``/``datetime`` and back on
+  every message would cost CPU and invite bugs. This is done by registering
+  identity logical readers with fastavro, the documented extension point.
+* Keys are plain UTF-8 (see ``ops/topics.toml``), so partitioning never depends
+  on a registry-assigned id.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import threading
+import tomllib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import fastavro.read
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from paystream.errors import DecodeError, UnknownSchemaError
+from paystream.settings import PROJECT_ROOT
+
+SCHEMA_DIR = PROJECT_ROOT / "schemas"
+TOPICS_FILE = PROJECT_ROOT / "ops" / "topics.toml"
+MAGIC = 0
+_HEADER = struct.Struct(">bI")
+
+# Keep ids and timestamps as plain str/int (see module docstring).
+fastavro.read.LOGICAL_READERS["string-uuid"] = lambda data, *_: data
+fastavro.read.LOGICAL_READERS["long-timestamp-millis"] = lambda data, *_: data
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    key: str
+    value_schema: str
+    cleanup_policy: str
+    retention_ms: int
+    replication_factor: int
+    min_insync_replicas: int
+
+    @property
+    def subject(self) -> str:
+        return f"{self.name}-value"
+
+    @property
+    def schema_path(self) -> Path:
+        return SCHEMA_DIR / self.value_schema
+
+
+@lru_cache(maxsize=1)
+def topic_specs() -> dict[str, TopicSpec]:
+    raw = tomllib.loads(TOPICS_FILE.read_text())
+    defaults = raw.get("defaults", {})
+    specs = {}
+    for t in raw["topic"]:
+        merged = {**defaults, **t}
+        specs[t["name"]] = TopicSpec(
+            name=merged["name"],
+            partitions=int(merged["partitions"]),
+            key=merged["key"],
+            value_schema=merged["value_schema"],
+            cleanup_policy=merged.get("cleanup_policy", "delete"),
+            retention_ms=int(merged.get("retention_ms", 604800000)),
+            replication_factor=int(merged.get("replication_factor", 1)),
+            min_insync_replicas=int(merged.get("min_insync_replicas", 1)),
+        )
+    return specs
+
+
+def load_schema_text(name: str) -> str:
+    """Canonical JSON text of a schema file, so registry lookups match byte for byte."""
+    return json.dumps(json.loads((SCHEMA_DIR / name).read_text()), separators=(",", ":"))
+
+
+class Codec:
+    """Encodes and decodes topic values; thread-safe; caches ids and parsed schemas."""
+
+    def __init__(self, registry_url: str) -> None:
+        self.registry = SchemaRegistryClient({"url": registry_url})
+        self._lock = threading.Lock()
+        self._writer_ids: dict[str, int] = {}
+        self._reader_schemas: dict[str, Any] = {}
+        self._writer_schemas: dict[int, Any] = {}
+
+    # -- schemas -----------------------------------------------------------------
+    def reader_schema(self, topic: str) -> Any:
+        parsed = self._reader_schemas.get(topic)
+        if parsed is None:
+            spec = topic_specs()[topic]
+            parsed = fastavro.parse_schema(json.loads(spec.schema_path.read_text()))
+            self._reader_schemas[topic] = parsed
+        return parsed
+
+    def schema_id(self, topic: str) -> int:
+        sid = self._writer_ids.get(topic)
+        if sid is None:
+            with self._lock:
+                spec = topic_specs()[topic]
+                try:
+                    registered = self.registry.lookup_schema(
+                        spec.subject, Schema(load_schema_text(spec.value_schema), "AVRO")
+                    )
+                except Exception as exc:
+                    raise UnknownSchemaError(
+                        f"schema for {spec.subject} is not registered "
+                        f"(run `paystream schemas apply`): {exc}"
+                    ) from exc
+                sid = int(registered.schema_id)  # type: ignore[arg-type]
+                self._writer_ids[topic] = sid
+        return sid
+
+    def _writer_schema(self, schema_id: int) -> Any:
+        parsed = self._writer_schemas.get(schema_id)
+        if parsed is None:
+            try:
+                schema = self.registry.get_schema(schema_id)
+            except SchemaRegistryError as exc:
+                # Only a definite "not found" is the message's fault; an unreachable
+                # registry must stop the caller, not dead-letter good data.
+                if exc.http_status_code == 404:
+                    raise UnknownSchemaError(f"schema id {schema_id} is unknown") from exc
+                raise
+            parsed = fastavro.parse_schema(json.loads(schema.schema_str))
+            self._writer_schemas[schema_id] = parsed
+        return parsed
+
+    def writer_name(self, data: bytes) -> str | None:
+        """Full name of the record a value was written as (to spot foreign types)."""
+        if data is None or len(data) < _HEADER.size:
+            return None
+        _, schema_id = _HEADER.unpack_from(data)
+        schema = self._writer_schema(schema_id)
+        return schema.get("name") if isinstance(schema, dict) else None
+
+    # -- values ------------------------------------------------------------------
+    def encode(self, topic: str, value: dict[str, Any]) -> bytes:
+        buf = io.BytesIO()
+        buf.write(_HEADER.pack(MAGIC, self.schema_id(topic)))
+        fastavro.schemaless_writer(buf, self.reader_schema(topic), value)
+        return buf.getvalue()
+
+    def decode(self, topic: str, data: bytes | None) -> dict[str, Any]:
+        """Decode a value written with any registered schema compatible with ours.
+
+        Raises DecodeError for anything that is not a well-formed record of this
+        topic, and UnknownSchemaError when the schema id is not in the registry.
+        """
+        if data is None or len(data) < _HEADER.size:
+            raise DecodeError("value is empty or shorter than the Confluent header")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise DecodeError(f"bad magic byte {magic}: not Confluent wire format")
+        writer = self._writer_schema(schema_id)
+        try:
+            buf = io.BytesIO(data)
+            buf.seek(_HEADER.size)
+            record = fastavro.schemaless_reader(buf, writer, self.reader_schema(topic))
+            if buf.tell() != len(data):
+                raise DecodeError(f"{len(data) - buf.tell()} trailing bytes after the record")
+        except DecodeError:
+            raise
+        except Exception as exc:
+            raise DecodeError(f"cannot decode with schema id {schema_id}: {exc}") from exc
+        if not isinstance(record, dict):
+            raise DecodeError("decoded value is not a record")
+        return record

@@ -1,0 +1,41 @@
+"""Dead-letter records: what every component emits instead of crashing on bad input."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+DLQ_TOPIC = "paystream.dlq"
+_NS = uuid.UUID("5d1d0c52-7f3e-4b59-8e0b-3f2f3c1b9a10")
+
+
+def dead_letter(
+    *,
+    component: str,
+    reason_code: str,
+    reason: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    timestamp_ms: int | None = None,
+    headers: list[tuple[str, bytes | None]] | None = None,
+) -> dict[str, Any]:
+    """The id is derived from the source position, so a re-run that dead-letters the
+    same message again produces the same id and readers can de-duplicate."""
+    return {
+        "dead_letter_id": str(uuid.uuid5(_NS, f"{topic}:{partition}:{offset}")),
+        "component": component,
+        "reason_code": reason_code,
+        "reason": reason[:2000],
+        "source_topic": topic,
+        "source_partition": partition,
+        "source_offset": offset,
+        "source_timestamp": timestamp_ms,
+        "key": key,
+        "value": value,
+        "headers": {k: (v or b"") for k, v in (headers or [])},
+        "failed_at": int(time.time() * 1000),
+    }

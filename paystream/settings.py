@@ -1,0 +1,137 @@
+"""The one settings object: every port, address, secret and tuning knob.
+
+Values come from the environment (prefix ``PAYSTREAM_``) or from a ``.env``
+file; secrets may also be given as ``PAYSTREAM_<NAME>_FILE`` pointing at a file,
+so they never need to live in source or in the process list.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _read_secret_file(name: str) -> str | None:
+    path = os.environ.get(f"PAYSTREAM_{name.upper()}_FILE")
+    if path:
+        return Path(path).read_text().strip()
+    return None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", env_file=".env", extra="ignore")
+
+    home: Path = Field(default=PROJECT_ROOT / ".stack", description="state of the local stack")
+    cache_dir: Path = Field(
+        default=Path.home() / ".cache" / "paystream",
+        description="downloaded Kafka/Apicurio jars; outside home so `stack reset` keeps them",
+    )
+
+    # Kafka (KRaft, single node unless bootstrap_servers is overridden)
+    kafka_version: str = "4.1.1"
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 29092
+    kafka_controller_port: int = 29093
+    kafka_heap: str = "512m"
+    bootstrap_servers_override: str | None = Field(default=None, alias="PAYSTREAM_BOOTSTRAP_SERVERS")
+
+    # Schema registry (Apicurio, Confluent-compatible API)
+    apicurio_version: str = "3.0.9"
+    registry_port: int = 28081
+    registry_heap: str = "256m"
+    registry_url_override: str | None = Field(default=None, alias="PAYSTREAM_REGISTRY_URL")
+
+    # PostgreSQL
+    postgres_port: int = 25432
+    postgres_host: str = "127.0.0.1"
+    postgres_user: str = "paystream"
+    postgres_password: str | None = None
+    postgres_db: str = "paystream"
+    postgres_dsn_override: str | None = Field(default=None, alias="PAYSTREAM_POSTGRES_DSN")
+
+    # Redis
+    redis_port: int = 26379
+    redis_url_override: str | None = Field(default=None, alias="PAYSTREAM_REDIS_URL")
+
+    # Gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8080
+    jwt_secret: str | None = None
+    jwt_ttl_seconds: int = 900
+
+    # Ledger tuning
+    ledger_commit_interval: float = 0.1
+    ledger_instance: str = "0"
+    ledger_max_amount_minor: int = 10**15
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.bootstrap_servers_override or f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def registry_url(self) -> str:
+        return self.registry_url_override or (
+            f"http://127.0.0.1:{self.registry_port}/apis/ccompat/v7"
+        )
+
+    @property
+    def postgres_dsn(self) -> str:
+        if self.postgres_dsn_override:
+            return self.postgres_dsn_override
+        password = self.resolved_postgres_password()
+        auth = self.postgres_user + (f":{quote(password, safe='')}" if password else "")
+        return f"postgresql://{auth}@{self.postgres_host}:{self.postgres_port}/{self.postgres_db}"
+
+    @property
+    def postgres_password_path(self) -> Path:
+        """Where `paystream stack up` keeps the password it generated for the local Postgres."""
+        return self.home / "secrets" / "postgres.password"
+
+    def resolved_postgres_password(self) -> str | None:
+        """Explicit password (env or ``*_FILE``) first, else the one the local stack generated.
+
+        The fallback lets every component talk to the local stack with zero
+        configuration while never putting a password in source.
+        """
+        password = self.postgres_password or _read_secret_file("postgres_password")
+        if password:
+            return password
+        path = self.postgres_password_path
+        if path.exists():
+            return path.read_text().strip() or None
+        return None
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis_url_override or f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def jwt_key(self) -> str:
+        """The JWT signing key: env, then ``*_FILE``, then a generated key kept under ``home``.
+
+        Generating on first use keeps a fresh checkout working without ever
+        committing a secret; production deployments pass one explicitly.
+        """
+        if self.jwt_secret:
+            return self.jwt_secret
+        from_file = _read_secret_file("jwt_secret")
+        if from_file:
+            return from_file
+        path = self.home / "secrets" / "jwt.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(secrets.token_urlsafe(48))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,128 @@
+"""The ledger as a Quix Streams application (exactly-once).
+
+One stream over `payments.commands` (public) and `ledger.legs` (internal), joined
+with `StreamingDataFrame.concat`, so an account's commands and legs share one
+state store and one writer. Each input yields encoded outputs for
+`ledger.events`, `ledger.legs` and the dead-letter topic; Quix commits the state
+changelog, those outputs and the input offsets in one Kafka transaction per
+checkpoint.
+
+Everything that decides anything lives in `pipelines.ledger.domain`; this module
+only decodes, routes and encodes.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from quixstreams import Application, message_context
+from quixstreams.models.serializers import Serializer, SerializationContext
+from quixstreams.state import State
+
+from paystream.codec import Codec
+from paystream.deadletter import DLQ_TOPIC, dead_letter
+from paystream.errors import DecodeError, UnknownSchemaError
+from paystream.settings import Settings, get_settings
+from pipelines.ledger import domain
+
+COMMANDS = "payments.commands"
+COMPONENT = "ledger"
+log = logging.getLogger("paystream.ledger")
+
+# An output travels through the dataframe as (topic, key, encoded value).
+Routed = tuple[str, str, bytes]
+
+
+class _Routed(Serializer):
+    """Serializer for values that are already Avro bytes (encoded by `Codec`)."""
+
+    def __call__(self, value: Routed, ctx: SerializationContext) -> bytes:
+        return value[2]
+
+
+class LedgerProcessor:
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    def _dlq(self, code: str, reason: str, key: bytes | None, value: bytes | None,
+             timestamp: int, headers: Any) -> list[Routed]:
+        ctx = message_context()
+        log.warning("dead-lettering %s[%s]@%s: %s", ctx.topic, ctx.partition, ctx.offset, reason)
+        record = dead_letter(
+            component=COMPONENT, reason_code=code, reason=reason, topic=ctx.topic,
+            partition=ctx.partition, offset=ctx.offset, key=key, value=value,
+            timestamp_ms=timestamp, headers=list(headers or []),
+        )  # fmt: skip
+        return [(DLQ_TOPIC, (key or b"").decode("utf-8", "replace"), self.codec.encode(DLQ_TOPIC, record))]
+
+    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> list[Routed]:
+        topic = message_context().topic
+        try:
+            skey = key.decode("utf-8") if key is not None else ""
+        except UnicodeDecodeError:
+            return self._dlq("UNDECODABLE", "key is not UTF-8", key, value, timestamp, headers)
+        try:
+            if topic == COMMANDS:
+                writer = self.codec.writer_name(value)
+                if writer is not None and writer != "io.paystream.commands.Command":
+                    return self._dlq("FORBIDDEN_TYPE", f"{writer} is not accepted on {COMMANDS}",
+                                     key, value, timestamp, headers)
+            record = self.codec.decode(topic, value)
+        except UnknownSchemaError as exc:
+            return self._dlq("UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
+        except DecodeError as exc:
+            return self._dlq("UNDECODABLE", str(exc), key, value, timestamp, headers)
+        if topic == COMMANDS:
+            problem = domain.command_problem(record, skey)
+            if problem is not None:
+                return self._dlq("INVALID", problem, key, value, timestamp, headers)
+            outputs = domain.apply_command(state, record, timestamp)
+        else:
+            if record["account_id"] != skey:
+                return self._dlq("KEY_MISMATCH", "leg key differs from account_id", key, value, timestamp, headers)
+            outputs = domain.apply_leg(state, record, timestamp)
+        return [(o.topic, o.key, self.codec.encode(o.topic, o.value)) for o in outputs]
+
+
+def build_app(settings: Settings | None = None) -> Application:
+    settings = settings or get_settings()
+    instance = settings.ledger_instance
+    app = Application(
+        broker_address=settings.bootstrap_servers,
+        consumer_group="paystream-ledger",
+        processing_guarantee="exactly-once",
+        commit_interval=settings.ledger_commit_interval,
+        auto_offset_reset="earliest",
+        # Skipping data silently is never right for a ledger: fail loudly instead.
+        auto_recover_from_source_offset_out_of_range=False,
+        state_dir=str(settings.home / "state" / f"ledger-{instance}"),
+        # A stable id per instance: a restarted instance fences its zombie at once
+        # instead of leaving consumers waiting out the transaction timeout.
+        producer_extra_config={
+            "transactional.id": f"paystream-ledger-{instance}",
+            "linger.ms": 2,
+        },
+        consumer_extra_config={"fetch.wait.max.ms": 20},
+        consumer_poll_timeout=0.05,
+        loglevel="INFO",
+    )
+    codec = Codec(settings.registry_url)
+    commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
+    legs_in = app.topic(domain.LEGS, key_deserializer="bytes", value_deserializer="bytes")
+    outputs = {
+        name: app.topic(name, key_serializer="str", value_serializer=_Routed())
+        for name in (domain.EVENTS, domain.LEGS, DLQ_TOPIC)
+    }
+    sdf = app.dataframe(commands).concat(app.dataframe(legs_in))
+    sdf = sdf.apply(LedgerProcessor(codec), stateful=True, expand=True, metadata=True)
+    sdf.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
+    return app
+
+
+def run(settings: Settings | None = None) -> None:
+    build_app(settings).run()
+
+
+if __name__ == "__main__":
+    run()

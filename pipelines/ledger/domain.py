@@ -1,0 +1,587 @@
+"""Ledger rules as plain functions over plain data.
+
+The ledger owns one account per message key. Everything an account's partition
+decides is decided here, from three inputs only: the account's own state (a
+key/value `Store`), the command or leg being applied, and the wall-clock time to
+stamp on events. No I/O happens here, so hypothesis can drive it and the Kafka
+adapter (`pipelines/ledger/app.py`) stays thin.
+
+State layout per account key (each entry is a separate state key, so the
+changelog compacts per entry and no value grows without bound):
+
+* ``a``        the account: currency, kind, status, balance, number, owner
+* ``q``        the last sequence number used on this key
+* ``c:<id>``   every command id ever applied here, with its fingerprint and result
+* ``l:<id>``   every leg id ever applied here (legs are at-most-once)
+* ``p:<id>``   payments credited to (or refused by) this account, for reversals
+
+Ids are remembered for the life of the account: each is a distinct key in a
+compacted changelog, so compaction keeps it (it only drops *older values of the
+same key*). See docs/LEDGER.md for the cost and why there is no TTL.
+
+Money in flight sits in a per-currency transit account; deposits and
+withdrawals post against a per-currency settlement account. Neither has a
+single writer (they are never checked for funds), so their balances are
+derived from postings downstream and never kept in state here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from paystream.money import MAX_AMOUNT_MINOR, is_currency
+
+NAMESPACE = uuid.UUID("7b3c3a4e-9f0e-4d83-9a43-0c7f5c1d2b6e")
+
+EVENTS = "ledger.events"
+LEGS = "ledger.legs"
+
+
+class Store(Protocol):
+    def get(self, key: str, default: Any = None) -> Any: ...
+    def set(self, key: str, value: Any) -> None: ...
+
+
+class DictStore:
+    """A `Store` over a dict, for tests and replays."""
+
+    def __init__(self, data: dict[str, Any] | None = None) -> None:
+        self.data: dict[str, Any] = {} if data is None else data
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.data.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        self.data[key] = value
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    topic: str
+    key: str
+    value: dict[str, Any]
+
+
+def transit_account(currency: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"transit:{currency}"))
+
+
+def settlement_account(currency: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"settlement:{currency}"))
+
+
+def leg_id(payment_id: str, kind: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"leg:{payment_id}:{kind}"))
+
+
+def reversal_command_id(payment_id: str) -> str:
+    """The command id compensation uses, so a reversal is requested at most once."""
+    return str(uuid.uuid5(NAMESPACE, f"reverse:{payment_id}"))
+
+
+def fingerprint(cmd: dict[str, Any]) -> str:
+    """What makes two commands with one id "the same": type, accounts and money.
+
+    Times, requester and free-form metadata are left out, so an honest retry
+    matches; a changed amount, currency or receiver does not.
+    """
+    mv = cmd.get("movement") or {}
+    rv = cmd.get("reversal") or {}
+    oa = cmd.get("open_account") or {}
+    parts = (
+        cmd["type"], cmd["account_id"], mv.get("amount"), mv.get("currency"),
+        mv.get("counterparty_id"), rv.get("payment_id"), oa.get("currency"),
+        oa.get("kind"), oa.get("external_number"),
+    )  # fmt: skip
+    return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
+
+
+def _posting(account_id: str, kind: str, amount: int, currency: str) -> dict[str, Any]:
+    return {"account_id": account_id, "account_kind": kind, "amount": amount, "currency": currency}
+
+
+class _Ctx:
+    """One application of one input to one account key."""
+
+    def __init__(self, store: Store, key: str, now_ms: int) -> None:
+        self.store = store
+        self.key = key
+        self.now_ms = now_ms
+        self.account: dict[str, Any] | None = store.get("a")
+        self.out: list[Output] = []
+
+    def save_account(self) -> None:
+        self.store.set("a", self.account)
+
+    def event(
+        self,
+        etype: str,
+        *,
+        command_id: str,
+        payment_id: str,
+        command_type: str,
+        status: str,
+        terminal: bool,
+        requested_by: str,
+        reason: str | None = None,
+        replay: bool = False,
+        postings: list[dict[str, Any]] | None = None,
+        counterparty_id: str | None = None,
+        amount: int | None = None,
+        currency: str | None = None,
+        account_info: dict[str, Any] | None = None,
+        note: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> None:
+        seq = int(self.store.get("q", 0)) + 1
+        self.store.set("q", seq)
+        self.out.append(
+            Output(
+                EVENTS,
+                self.key,
+                {
+                    "event_id": str(
+                        uuid.uuid5(NAMESPACE, f"{command_id}|{etype}|{self.key}|{seq}")
+                    ),
+                    "command_id": command_id,
+                    "payment_id": payment_id,
+                    "account_id": self.key,
+                    "sequence": seq,
+                    "type": etype,
+                    "command_type": command_type,
+                    "status": status,
+                    "terminal": terminal,
+                    "replay": replay,
+                    "reason": reason,
+                    "counterparty_id": counterparty_id,
+                    "amount": amount,
+                    "currency": currency,
+                    "balance_after": self.account["balance"] if self.account else None,
+                    "postings": postings or [],
+                    "account": account_info,
+                    "requested_by": requested_by,
+                    "note": note,
+                    "metadata": metadata or {},
+                    "occurred_at": self.now_ms,
+                },
+            )
+        )
+
+    def leg(self, kind: str, *, target: str, payment_id: str, command_id: str,
+            amount: int, currency: str, requested_by: str, reason: str | None = None) -> None:
+        self.out.append(
+            Output(
+                LEGS,
+                target,
+                {
+                    "leg_id": leg_id(payment_id, kind),
+                    "kind": kind,
+                    "command_id": command_id,
+                    "payment_id": payment_id,
+                    "account_id": target,
+                    "counterparty_id": self.key,
+                    "amount": amount,
+                    "currency": currency,
+                    "reason": reason,
+                    "requested_by": requested_by,
+                    "issued_at": self.now_ms,
+                },
+            )
+        )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def apply_command(store: Store, cmd: dict[str, Any], now_ms: int) -> list[Output]:
+    """Apply one decoded, key-checked command to its account. Never raises on bad input:
+    every refusal is an outcome event."""
+    ctx = _Ctx(store, cmd["account_id"], now_ms)
+    command_id = cmd["command_id"]
+    fp = fingerprint(cmd)
+    seen = store.get(f"c:{command_id}")
+    if seen is not None:
+        _replay(ctx, cmd, seen, fp)
+        return ctx.out
+    handler = _HANDLERS.get(cmd["type"])
+    if handler is None:
+        _reject(ctx, cmd, "NOT_ALLOWED", fp)
+    else:
+        handler(ctx, cmd, fp)
+    return ctx.out
+
+
+def _payment_id(cmd: dict[str, Any]) -> str:
+    rv = cmd.get("reversal")
+    return rv["payment_id"] if rv else cmd["command_id"]
+
+
+def _remember(ctx: _Ctx, cmd: dict[str, Any], fp: str, status: str, reason: str | None) -> None:
+    ctx.store.set(f"c:{cmd['command_id']}", {"fp": fp, "st": status, "rs": reason})
+
+
+def _reject(ctx: _Ctx, cmd: dict[str, Any], reason: str, fp: str) -> None:
+    _remember(ctx, cmd, fp, "REJECTED", reason)
+    mv = cmd.get("movement") or {}
+    ctx.event(
+        "COMMAND_REJECTED", command_id=cmd["command_id"], payment_id=_payment_id(cmd),
+        command_type=cmd["type"], status="REJECTED", terminal=True, reason=reason,
+        requested_by=cmd["requested_by"], amount=mv.get("amount"), currency=mv.get("currency"),
+        counterparty_id=mv.get("counterparty_id"),
+    )  # fmt: skip
+
+
+def _replay(ctx: _Ctx, cmd: dict[str, Any], seen: dict[str, Any], fp: str) -> None:
+    """TigerBeetle's rule: a repeated id gets the first result back, or a refusal if
+    its fields changed. Either way nothing moves."""
+    same = seen["fp"] == fp
+    ctx.event(
+        "COMMAND_DUPLICATE" if same else "COMMAND_REJECTED",
+        command_id=cmd["command_id"], payment_id=_payment_id(cmd), command_type=cmd["type"],
+        status=seen["st"] if same else "REJECTED", terminal=True, replay=True,
+        reason=seen["rs"] if same else "ID_REUSED_WITH_DIFFERENT_FIELDS",
+        requested_by=cmd["requested_by"],
+        note="duplicate of an earlier command; this repeats its result" if same else None,
+    )  # fmt: skip
+
+
+def _check_amount(mv: dict[str, Any] | None, max_amount: int = MAX_AMOUNT_MINOR) -> str | None:
+    if not mv:
+        return "NOT_ALLOWED"
+    if not is_currency(mv["currency"]):
+        return "UNKNOWN_CURRENCY"
+    if mv["amount"] <= 0:
+        return "NON_POSITIVE_AMOUNT"
+    if mv["amount"] > max_amount:
+        return "AMOUNT_TOO_LARGE"
+    return None
+
+
+def _check_can_move(acct: dict[str, Any] | None, currency: str) -> str | None:
+    if acct is None:
+        return "UNKNOWN_ACCOUNT"
+    if acct["status"] == "CLOSED":
+        return "ACCOUNT_CLOSED"
+    if acct["status"] == "FROZEN":
+        return "ACCOUNT_FROZEN"
+    if acct["currency"] != currency:
+        return "CURRENCY_MISMATCH"
+    return None
+
+
+def _has_funds(acct: dict[str, Any], amount: int) -> bool:
+    # Only user accounts are checked: settlement accounts stand for the outside
+    # world and may go negative.
+    return acct["kind"] != "USER" or acct["balance"] >= amount
+
+
+def _open_account(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    oa = cmd.get("open_account")
+    if not oa or oa["kind"] == "TRANSIT":
+        return _reject(ctx, cmd, "NOT_ALLOWED", fp)
+    if not is_currency(oa["currency"]):
+        return _reject(ctx, cmd, "UNKNOWN_CURRENCY", fp)
+    if ctx.account is not None:
+        return _reject(ctx, cmd, "ALREADY_EXISTS", fp)
+    ctx.account = {
+        "currency": oa["currency"], "kind": oa["kind"], "status": "ACTIVE", "balance": 0,
+        "number": oa["external_number"], "owner": oa["owner_id"],
+    }  # fmt: skip
+    ctx.save_account()
+    _remember(ctx, cmd, fp, "COMPLETED", None)
+    ctx.event(
+        "ACCOUNT_OPENED", command_id=cmd["command_id"], payment_id=cmd["command_id"],
+        command_type=cmd["type"], status="COMPLETED", terminal=True,
+        requested_by=cmd["requested_by"], currency=oa["currency"], account_info=dict(oa),
+    )  # fmt: skip
+
+
+def _status_change(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    freeze = cmd["type"] == "FREEZE"
+    sc = cmd.get("status_change") or {"reason": "", "actor": cmd["requested_by"]}
+    if ctx.account is None:
+        return _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
+    if ctx.account["status"] == "CLOSED":
+        return _reject(ctx, cmd, "ACCOUNT_CLOSED", fp)
+    if freeze and ctx.account["status"] == "FROZEN":
+        return _reject(ctx, cmd, "ALREADY_FROZEN", fp)
+    if not freeze and ctx.account["status"] != "FROZEN":
+        return _reject(ctx, cmd, "NOT_FROZEN", fp)
+    ctx.account["status"] = "FROZEN" if freeze else "ACTIVE"
+    ctx.save_account()
+    _remember(ctx, cmd, fp, "COMPLETED", None)
+    ctx.event(
+        "ACCOUNT_FROZEN" if freeze else "ACCOUNT_UNFROZEN", command_id=cmd["command_id"],
+        payment_id=cmd["command_id"], command_type=cmd["type"], status="COMPLETED",
+        terminal=True, requested_by=sc["actor"], note=sc["reason"],
+    )  # fmt: skip
+
+
+def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    mv = cmd.get("movement")
+    reason = _check_amount(mv)
+    if reason is None:
+        assert mv is not None
+        reason = _check_can_move(ctx.account, mv["currency"])
+    if reason is None and cmd["type"] == "WITHDRAW":
+        assert ctx.account is not None and mv is not None
+        if not _has_funds(ctx.account, mv["amount"]):
+            reason = "INSUFFICIENT_FUNDS"
+    if reason is not None:
+        return _reject(ctx, cmd, reason, fp)
+    assert ctx.account is not None and mv is not None
+    amount, cur = mv["amount"], mv["currency"]
+    sign = 1 if cmd["type"] == "DEPOSIT" else -1
+    ctx.account["balance"] += sign * amount
+    ctx.save_account()
+    _remember(ctx, cmd, fp, "COMPLETED", None)
+    ctx.event(
+        "DEPOSITED" if sign > 0 else "WITHDRAWN", command_id=cmd["command_id"],
+        payment_id=cmd["command_id"], command_type=cmd["type"], status="COMPLETED",
+        terminal=True, requested_by=cmd["requested_by"], amount=amount, currency=cur,
+        counterparty_id=settlement_account(cur), metadata=mv.get("metadata"),
+        postings=[
+            _posting(settlement_account(cur), "SETTLEMENT", -sign * amount, cur),
+            _posting(ctx.key, ctx.account["kind"], sign * amount, cur),
+        ],
+    )  # fmt: skip
+
+
+def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    mv = cmd.get("movement")
+    reason = _check_amount(mv)
+    if reason is None:
+        assert mv is not None
+        if not mv.get("counterparty_id"):
+            reason = "UNKNOWN_ACCOUNT"
+        elif mv["counterparty_id"] == ctx.key:
+            reason = "SAME_ACCOUNT"
+        else:
+            reason = _check_can_move(ctx.account, mv["currency"])
+    if reason is None:
+        assert ctx.account is not None and mv is not None
+        if not _has_funds(ctx.account, mv["amount"]):
+            reason = "INSUFFICIENT_FUNDS"
+    if reason is not None:
+        return _reject(ctx, cmd, reason, fp)
+    assert ctx.account is not None and mv is not None
+    amount, cur, to = mv["amount"], mv["currency"], mv["counterparty_id"]
+    ctx.account["balance"] -= amount
+    ctx.save_account()
+    _remember(ctx, cmd, fp, "PENDING", None)
+    ctx.event(
+        "TRANSFER_DEBITED", command_id=cmd["command_id"], payment_id=cmd["command_id"],
+        command_type=cmd["type"], status="PENDING", terminal=False,
+        requested_by=cmd["requested_by"], amount=amount, currency=cur, counterparty_id=to,
+        metadata=mv.get("metadata"),
+        postings=[
+            _posting(ctx.key, ctx.account["kind"], -amount, cur),
+            _posting(transit_account(cur), "TRANSIT", amount, cur),
+        ],
+    )  # fmt: skip
+    ctx.leg(
+        "CREDIT", target=to, payment_id=cmd["command_id"], command_id=cmd["command_id"],
+        amount=amount, currency=cur, requested_by=cmd["requested_by"],
+    )  # fmt: skip
+
+
+def _reverse(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    """Compensation on the original receiver: take the money back even into the red
+    (a chargeback), at most once per payment, then credit the sender by a leg."""
+    rv = cmd.get("reversal")
+    if not rv:
+        return _reject(ctx, cmd, "NOT_ALLOWED", fp)
+    pay = ctx.store.get(f"p:{rv['payment_id']}")
+    if ctx.account is None:
+        return _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
+    if pay is None:
+        return _reject(ctx, cmd, "UNKNOWN_PAYMENT", fp)
+    if pay["st"] == "REFUSED":
+        return _reject(ctx, cmd, "TRANSFER_NOT_COMPLETED", fp)
+    if pay["st"] == "REVERSED":
+        return _reject(ctx, cmd, "ALREADY_REVERSED", fp)
+    amount, cur, sender = pay["amount"], pay["currency"], pay["from"]
+    ctx.account["balance"] -= amount
+    pay["st"] = "REVERSED"
+    ctx.store.set(f"p:{rv['payment_id']}", pay)
+    _remember(ctx, cmd, fp, "PENDING", None)
+    ctx.event(
+        "REVERSAL_DEBITED", command_id=cmd["command_id"], payment_id=rv["payment_id"],
+        command_type=cmd["type"], status="PENDING", terminal=False, requested_by=rv["actor"],
+        amount=amount, currency=cur, counterparty_id=sender, note=rv["reason"],
+        postings=[
+            _posting(ctx.key, ctx.account["kind"], -amount, cur),
+            _posting(transit_account(cur), "TRANSIT", amount, cur),
+        ],
+    )  # fmt: skip
+    if rv.get("freeze_receiver") and ctx.account["status"] == "ACTIVE":
+        ctx.account["status"] = "FROZEN"
+        ctx.event(
+            "ACCOUNT_FROZEN", command_id=cmd["command_id"], payment_id=rv["payment_id"],
+            command_type=cmd["type"], status="COMPLETED", terminal=False,
+            requested_by=rv["actor"], note=f"reversal: {rv['reason']}",
+        )  # fmt: skip
+    ctx.save_account()
+    ctx.leg(
+        "REVERSAL_CREDIT", target=sender, payment_id=rv["payment_id"],
+        command_id=cmd["command_id"], amount=amount, currency=cur, requested_by=rv["actor"],
+        reason=rv["reason"],
+    )  # fmt: skip
+
+
+_HANDLERS = {
+    "OPEN_ACCOUNT": _open_account,
+    "DEPOSIT": _deposit_or_withdraw,
+    "WITHDRAW": _deposit_or_withdraw,
+    "TRANSFER": _transfer,
+    "FREEZE": _status_change,
+    "UNFREEZE": _status_change,
+    "REVERSE_TRANSFER": _reverse,
+}
+
+
+# ------------------------------------------------------------------------------- legs
+
+
+def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
+    """Apply the second half of a movement. A leg already applied is ignored: legs
+    come only from the ledger itself, so a repeat is a replay, never a new request."""
+    ctx = _Ctx(store, leg["account_id"], now_ms)
+    if store.get(f"l:{leg['leg_id']}") is not None:
+        return []
+    store.set(f"l:{leg['leg_id']}", 1)
+    kind = leg["kind"]
+    if kind == "CREDIT":
+        _credit(ctx, leg)
+    elif kind == "REFUND":
+        _refund(ctx, leg)
+    elif kind == "REVERSAL_CREDIT":
+        _reversal_credit(ctx, leg)
+    return ctx.out
+
+
+def _receive_refusal(acct: dict[str, Any] | None, currency: str) -> str | None:
+    if acct is None:
+        return "RECEIVER_UNKNOWN"
+    if acct["status"] == "FROZEN":
+        return "RECEIVER_FROZEN"
+    if acct["status"] == "CLOSED":
+        return "RECEIVER_CLOSED"
+    if acct["currency"] != currency:
+        return "RECEIVER_CURRENCY_MISMATCH"
+    return None
+
+
+def _credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
+    amount, cur, pid, sender = leg["amount"], leg["currency"], leg["payment_id"], leg["counterparty_id"]
+    refusal = _receive_refusal(ctx.account, cur)
+    if refusal is not None:
+        if ctx.account is not None:
+            ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur})
+        ctx.leg(
+            "REFUND", target=sender, payment_id=pid, command_id=leg["command_id"],
+            amount=amount, currency=cur, requested_by=leg["requested_by"], reason=refusal,
+        )  # fmt: skip
+        return
+    assert ctx.account is not None
+    ctx.account["balance"] += amount
+    ctx.save_account()
+    ctx.store.set(f"p:{pid}", {"st": "CREDITED", "from": sender, "amount": amount, "currency": cur})
+    ctx.event(
+        "TRANSFER_COMPLETED", command_id=leg["command_id"], payment_id=pid,
+        command_type="TRANSFER", status="COMPLETED", terminal=True,
+        requested_by=leg["requested_by"], amount=amount, currency=cur, counterparty_id=sender,
+        postings=[
+            _posting(transit_account(cur), "TRANSIT", -amount, cur),
+            _posting(ctx.key, ctx.account["kind"], amount, cur),
+        ],
+    )  # fmt: skip
+
+
+def _refund(ctx: _Ctx, leg: dict[str, Any]) -> None:
+    """Money returns to a sender whose receiver refused it, whatever the sender's
+    status now: a refund only restores what the sender had."""
+    amount, cur, pid = leg["amount"], leg["currency"], leg["payment_id"]
+    assert ctx.account is not None, "a refund returns to an account that sent"
+    ctx.account["balance"] += amount
+    ctx.save_account()
+    seen = ctx.store.get(f"c:{leg['command_id']}")
+    if seen is not None:
+        seen.update(st="FAILED", rs=leg["reason"])
+        ctx.store.set(f"c:{leg['command_id']}", seen)
+    ctx.event(
+        "TRANSFER_FAILED", command_id=leg["command_id"], payment_id=pid,
+        command_type="TRANSFER", status="FAILED", terminal=True, reason=leg["reason"],
+        requested_by=leg["requested_by"], amount=amount, currency=cur,
+        counterparty_id=leg["counterparty_id"],
+        postings=[
+            _posting(transit_account(cur), "TRANSIT", -amount, cur),
+            _posting(ctx.key, ctx.account["kind"], amount, cur),
+        ],
+    )  # fmt: skip
+
+
+def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
+    amount, cur, pid = leg["amount"], leg["currency"], leg["payment_id"]
+    assert ctx.account is not None, "a reversal returns money to the original sender"
+    ctx.account["balance"] += amount
+    ctx.save_account()
+    ctx.event(
+        "TRANSFER_REVERSED", command_id=leg["command_id"], payment_id=pid,
+        command_type="REVERSE_TRANSFER", status="COMPLETED", terminal=True,
+        requested_by=leg["requested_by"], amount=amount, currency=cur,
+        counterparty_id=leg["counterparty_id"], note=leg["reason"],
+        postings=[
+            _posting(transit_account(cur), "TRANSIT", -amount, cur),
+            _posting(ctx.key, ctx.account["kind"], amount, cur),
+        ],
+    )  # fmt: skip
+
+
+# ------------------------------------------------------------------------- validation
+
+_BODY_FOR = {
+    "OPEN_ACCOUNT": "open_account",
+    "DEPOSIT": "movement",
+    "WITHDRAW": "movement",
+    "TRANSFER": "movement",
+    "FREEZE": "status_change",
+    "UNFREEZE": "status_change",
+    "REVERSE_TRANSFER": "reversal",
+}
+
+
+def _is_uuid(text: Any) -> bool:
+    try:
+        uuid.UUID(str(text))
+    except ValueError:
+        return False
+    return True
+
+
+def command_problem(cmd: dict[str, Any], key: str) -> str | None:
+    """Why a schema-valid command is still malformed (it then goes to the dead-letter
+    topic), or None. Business refusals such as a negative amount are *not*
+    problems here: they become rejection events the client can see."""
+    ctype = cmd.get("type")
+    body = _BODY_FOR.get(ctype or "")
+    if body is None:
+        return f"unknown command type {ctype!r}"
+    if not cmd.get(body):
+        return f"{ctype} needs the `{body}` field"
+    for other in set(_BODY_FOR.values()) - {body}:
+        if cmd.get(other):
+            return f"{ctype} must not carry `{other}`"
+    for name in ("command_id", "account_id"):
+        if not _is_uuid(cmd.get(name)):
+            return f"{name} {cmd.get(name)!r} is not a UUID"
+    if cmd["account_id"] != key:
+        return f"key {key!r} differs from account_id {cmd['account_id']!r}"
+    if ctype == "TRANSFER" and not _is_uuid(cmd["movement"].get("counterparty_id")):
+        return "TRANSFER needs a UUID counterparty_id"
+    if ctype == "REVERSE_TRANSFER" and not _is_uuid(cmd["reversal"]["payment_id"]):
+        return "REVERSE_TRANSFER needs a UUID payment_id"
+    return None

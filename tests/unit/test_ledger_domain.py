@@ -1,0 +1,257 @@
+"""Ledger rules, without Kafka: examples for each rule, and properties over random
+command sequences and leg interleavings."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+from collections import Counter, defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipelines.ledger import domain
+from tests.unit.ledger_sim import Sim, cmd, deposit, open_account, transfer
+
+A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+
+
+def funded(amount: int = 100_000) -> Sim:
+    sim = Sim()
+    for acct in (A, B, C):
+        sim.send(open_account(acct))
+    sim.send(deposit(A, amount))
+    return sim
+
+
+def terminal(sim: Sim, command_id: str) -> list[dict]:
+    return [e for e in sim.events if e["command_id"] == command_id and e["terminal"] and not e["replay"]]
+
+
+def test_transfer_moves_money_through_transit():
+    sim = funded()
+    t = transfer(A, B, 30_000)
+    (debit,) = sim.send(t)
+    assert debit["type"] == "TRANSFER_DEBITED" and not debit["terminal"]
+    assert sim.balance(A) == 70_000 and sim.balance(B) == 0
+    sim.drain()
+    (done,) = terminal(sim, t["command_id"])
+    assert done["type"] == "TRANSFER_COMPLETED" and done["account_id"] == B
+    assert sim.balance(B) == 30_000
+    assert sim.posting_sums()[(domain.transit_account("USD"), "USD")] == 0
+
+
+def test_overdraft_race_exactly_one_wins():
+    sim = funded(100_000)
+    ts = [transfer(A, B, 80_000) for _ in range(20)]
+    outcomes = [sim.send(t)[0]["type"] for t in ts]
+    sim.drain()
+    assert outcomes.count("TRANSFER_DEBITED") == 1
+    assert outcomes.count("COMMAND_REJECTED") == 19
+    assert {e["reason"] for e in sim.events if e["type"] == "COMMAND_REJECTED"} == {"INSUFFICIENT_FUNDS"}
+    assert sim.balance(A) == 20_000 and sim.balance(B) == 80_000
+
+
+def test_duplicate_and_reused_id():
+    sim = funded()
+    t = transfer(A, B, 1_000)
+    for _ in range(10):
+        sim.send(copy.deepcopy(t))
+    changed = copy.deepcopy(t)
+    changed["movement"]["amount"] = 2_000
+    (reuse,) = sim.send(changed)
+    sim.drain()
+    assert sim.balance(A) == 99_000 and sim.balance(B) == 1_000
+    dups = [e for e in sim.events if e["type"] == "COMMAND_DUPLICATE"]
+    assert len(dups) == 9 and all(e["replay"] and not e["postings"] for e in dups)
+    assert reuse["reason"] == "ID_REUSED_WITH_DIFFERENT_FIELDS" and reuse["replay"]
+    assert len(terminal(sim, t["command_id"])) == 1
+
+
+def test_duplicate_of_a_rejection_repeats_the_rejection():
+    sim = funded(10)
+    t = transfer(A, B, 1_000)
+    first = sim.send(t)[0]
+    again = sim.send(copy.deepcopy(t))[0]
+    assert first["reason"] == again["reason"] == "INSUFFICIENT_FUNDS"
+    assert again["type"] == "COMMAND_DUPLICATE" and again["status"] == "REJECTED"
+
+
+def test_receiver_refusal_refunds_the_sender():
+    sim = funded()
+    sim.send(cmd("FREEZE", B, status_change={"reason": "kyc", "actor": "admin"}))
+    unknown = str(uuid.uuid4())
+    t1, t2 = transfer(A, B, 5_000), transfer(A, unknown, 7_000)
+    sim.send(t1)
+    sim.send(t2)
+    sim.drain()
+    (f1,), (f2,) = terminal(sim, t1["command_id"]), terminal(sim, t2["command_id"])
+    assert (f1["type"], f1["reason"]) == ("TRANSFER_FAILED", "RECEIVER_FROZEN")
+    assert (f2["type"], f2["reason"]) == ("TRANSFER_FAILED", "RECEIVER_UNKNOWN")
+    assert sim.balance(A) == 100_000 and sim.balance(B) == 0
+    dup = sim.send(copy.deepcopy(t1))[0]
+    assert dup["status"] == "FAILED" and dup["reason"] == "RECEIVER_FROZEN"
+
+
+def test_rejections_are_outcomes():
+    sim = funded()
+    sim.send(open_account(str(uuid.UUID(int=9)), currency="EUR"))
+    cases = {
+        "SAME_ACCOUNT": transfer(A, A, 1),
+        "NON_POSITIVE_AMOUNT": transfer(A, B, 0),
+        "AMOUNT_TOO_LARGE": transfer(A, B, 10**16),
+        "UNKNOWN_CURRENCY": transfer(A, B, 1, currency="XXX"),
+        "CURRENCY_MISMATCH": transfer(A, B, 1, currency="EUR"),
+        "UNKNOWN_ACCOUNT": transfer(str(uuid.uuid4()), B, 1),
+        "ALREADY_EXISTS": open_account(A),
+    }
+    for reason, c in cases.items():
+        (ev,) = sim.send(c)
+        assert (ev["type"], ev["reason"], ev["terminal"]) == ("COMMAND_REJECTED", reason, True), reason
+    sim.send(cmd("FREEZE", A, status_change={"reason": "r", "actor": "x"}))
+    assert sim.send(transfer(A, B, 1))[0]["reason"] == "ACCOUNT_FROZEN"
+
+
+def test_reversal_once_even_into_negative():
+    sim = funded()
+    t = transfer(A, B, 40_000)
+    sim.send(t)
+    sim.drain()
+    sim.send(cmd("WITHDRAW", B, movement={"amount": 30_000, "currency": "USD", "counterparty_id": None, "metadata": {}}))
+    rid = domain.reversal_command_id(t["command_id"])
+    rev = cmd("REVERSE_TRANSFER", B, rid, reversal={"payment_id": t["command_id"], "reason": "fraud",
+                                                    "actor": "admin", "freeze_receiver": True})
+    sim.send(rev)
+    sim.drain()
+    assert sim.balance(B) == -30_000 and sim.balance(A) == 100_000
+    assert sim.stores[B].get("a")["status"] == "FROZEN"
+    (done,) = terminal(sim, rid)
+    assert done["type"] == "TRANSFER_REVERSED" and done["account_id"] == A
+    # the same reversal again is a duplicate; a new reversal id is refused
+    assert sim.send(copy.deepcopy(rev))[0]["type"] == "COMMAND_DUPLICATE"
+    again = cmd("REVERSE_TRANSFER", B, reversal={"payment_id": t["command_id"], "reason": "x",
+                                                 "actor": "admin", "freeze_receiver": False})
+    assert sim.send(again)[0]["reason"] == "ALREADY_REVERSED"
+    sim.drain()
+    assert sim.balance(A) == 100_000
+
+
+def test_command_problem_catches_malformed_commands():
+    assert domain.command_problem(transfer(A, B, 1), A) is None
+    assert "differs" in domain.command_problem(transfer(A, B, 1), B)
+    bad = transfer(A, B, 1)
+    bad["movement"] = None
+    assert "needs" in domain.command_problem(bad, A)
+    assert "UUID" in domain.command_problem(transfer(A, "not-a-uuid", 1), A)
+
+
+# ----------------------------------------------------------------- properties
+
+ACCOUNTS = [str(uuid.UUID(int=i)) for i in range(1, 6)]
+action = st.one_of(
+    st.tuples(st.just("transfer"), st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
+              st.integers(-5, 60_000), st.sampled_from(["USD", "USD", "EUR"])),
+    st.tuples(st.just("deposit"), st.sampled_from(ACCOUNTS), st.integers(1, 50_000)),
+    st.tuples(st.just("withdraw"), st.sampled_from(ACCOUNTS), st.integers(1, 50_000)),
+    st.tuples(st.just("freeze"), st.sampled_from(ACCOUNTS)),
+    st.tuples(st.just("unfreeze"), st.sampled_from(ACCOUNTS)),
+    st.tuples(st.just("reverse"), st.integers(0, 50)),
+    st.tuples(st.just("retry"), st.integers(0, 50)),
+    st.tuples(st.just("deliver"), st.sampled_from(ACCOUNTS)),
+)
+
+
+def run_actions(actions: list[tuple]) -> tuple[Sim, list[dict]]:
+    sim = Sim()
+    for i, acct in enumerate(ACCOUNTS[:-1]):  # the last account is never opened
+        sim.send(open_account(acct, currency="EUR" if i == 3 else "USD"))
+    sent: list[dict] = []
+    transfers: list[dict] = []
+    for a in actions:
+        kind = a[0]
+        if kind == "transfer":
+            c = transfer(a[1], a[2], a[3], a[4])
+            transfers.append(c)
+        elif kind in ("deposit", "withdraw"):
+            c = cmd(kind.upper(), a[1], movement={"amount": a[2], "currency": "USD", "counterparty_id": None, "metadata": {}})
+        elif kind in ("freeze", "unfreeze"):
+            c = cmd(kind.upper(), a[1], status_change={"reason": "r", "actor": "t"})
+        elif kind == "reverse":
+            if not transfers:
+                continue
+            t = transfers[a[1] % len(transfers)]
+            c = cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], domain.reversal_command_id(t["command_id"]),
+                    reversal={"payment_id": t["command_id"], "reason": "r", "actor": "t", "freeze_receiver": a[1] % 2 == 0})
+        elif kind == "retry":
+            if not sent:
+                continue
+            c = copy.deepcopy(sent[a[1] % len(sent)])
+        else:
+            if sim.pending[a[1]]:
+                sim.deliver_one(a[1])
+            continue
+        sent.append(c)
+        sim.send(c)
+    sim.drain()
+    return sim, sent
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(action, max_size=60))
+def test_money_is_conserved_and_balances_match_postings(actions):
+    sim, _ = run_actions(actions)
+    per_currency: dict[str, int] = defaultdict(int)
+    for e in sim.events:
+        event_sum: dict[str, int] = defaultdict(int)
+        for p in e["postings"]:
+            event_sum[p["currency"]] += p["amount"]
+            per_currency[p["currency"]] += p["amount"]
+        assert all(v == 0 for v in event_sum.values()), e
+    assert all(v == 0 for v in per_currency.values())
+    sums = sim.posting_sums()
+    for acct in ACCOUNTS:
+        a = sim.stores[acct].get("a")
+        if a:
+            assert a["balance"] == sums.get((acct, a["currency"]), 0)
+    # once every leg is delivered nothing is left in transit
+    for cur in ("USD", "EUR"):
+        assert sums.get((domain.transit_account(cur), cur), 0) == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(action, max_size=60))
+def test_no_user_balance_negative_except_by_reversal(actions):
+    sim, _ = run_actions(actions)
+    reversed_from = {e["account_id"] for e in sim.events if e["type"] == "REVERSAL_DEBITED"}
+    running: Counter[str] = Counter()
+    for e in sim.events:
+        for p in e["postings"]:
+            if p["account_kind"] == "USER":
+                running[p["account_id"]] += p["amount"]
+                if running[p["account_id"]] < 0:
+                    assert p["account_id"] in reversed_from
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(action, max_size=60))
+def test_every_command_has_exactly_one_terminal_outcome(actions):
+    sim, sent = run_actions(actions)
+    outcomes = Counter(e["command_id"] for e in sim.events if e["terminal"] and not e["replay"])
+    for c in sent:
+        assert outcomes[c["command_id"]] == 1, c
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(action, max_size=50), st.data())
+def test_replaying_a_prefix_twice_changes_nothing(actions, data):
+    sim, _ = run_actions(actions)
+    before = {k: copy.deepcopy(s.get("a")) for k, s in sim.stores.items()}
+    n_postings = sum(len(e["postings"]) for e in sim.events)
+    cut = data.draw(st.integers(0, len(sim.log)))
+    for _ in range(2):
+        for kind, msg in sim.log[:cut]:
+            outs = (domain.apply_command(sim.stores[msg["account_id"]], copy.deepcopy(msg), 0) if kind == "cmd"
+                    else domain.apply_leg(sim.stores[msg["account_id"]], copy.deepcopy(msg), 0))
+            assert all(o.topic == domain.EVENTS and not o.value["postings"] for o in outs)
+    assert {k: s.get("a") for k, s in sim.stores.items()} == before
+    assert sum(len(e["postings"]) for e in sim.events) == n_postings

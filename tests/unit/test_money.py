@@ -1,0 +1,50 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from paystream.errors import CurrencyMismatchError, MoneyError, UnknownCurrencyError
+from paystream.money import CURRENCY_EXPONENTS, Money
+
+
+@pytest.mark.parametrize(
+    ("text", "currency", "minor"),
+    [("100.50", "USD", 10050), ("0", "USD", 0), ("7", "JPY", 7), ("1.234", "KWD", 1234),
+     ("0.5", "EUR", 50), ("-2.00", "USD", -200), ("12", "USD", 1200)],
+)
+def test_parse_exact(text, currency, minor):
+    assert Money.parse(text, currency) == Money(minor, currency)
+
+
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [("1.001", "too_many_decimals"), ("1.5", "too_many_decimals"), ("1e3", "invalid_amount"),
+     ("01.00", "invalid_amount"), ("1,00", "invalid_amount"), ("", "invalid_amount"),
+     (1.5, "amount_not_a_string"), (100, "amount_not_a_string"), (True, "amount_not_a_string"),
+     ("NaN", "invalid_amount"), (".5", "invalid_amount")],
+)
+def test_parse_refuses(value, code):
+    currency = "JPY" if value == "1.5" else "USD"
+    with pytest.raises(MoneyError) as err:
+        Money.parse(value, currency)
+    assert err.value.code == code
+
+
+def test_unknown_currency_and_mismatch():
+    with pytest.raises(UnknownCurrencyError):
+        Money.parse("1.00", "XXX")
+    with pytest.raises(CurrencyMismatchError):
+        Money(1, "USD") + Money(1, "EUR")
+    with pytest.raises(MoneyError):
+        Money(1.0, "USD")  # type: ignore[arg-type]
+
+
+@given(st.integers(min_value=-(10**18), max_value=10**18), st.sampled_from(sorted(CURRENCY_EXPONENTS)))
+def test_format_parse_round_trip(minor, currency):
+    money = Money(minor, currency)
+    assert Money.parse(money.format(), currency) == money
+
+
+@given(st.integers(-(10**12), 10**12), st.integers(-(10**12), 10**12))
+def test_arithmetic_is_integer_exact(a, b):
+    assert (Money(a, "USD") + Money(b, "USD")).minor == a + b
+    assert (Money(a, "USD") - Money(b, "USD")).minor == a - b
