@@ -1,0 +1,78 @@
+"""Builders for ledger commands: the shape every producer (gateway, ops tools,
+benchmarks, tests) sends to `payments.commands`."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+COMMANDS_TOPIC = "payments.commands"
+PAYMENT_NAMESPACE = uuid.UUID("0b8f7c1e-52a4-4b1f-9a0f-6a3a4c7de201")
+
+
+def payment_id_for(client: str, idempotency_key: str) -> str:
+    """Deterministic payment id: the same client and key always name the same payment,
+    so the ledger applies it once even if the gateway forgets the key."""
+    return str(uuid.uuid5(PAYMENT_NAMESPACE, f"{client}\x1f{idempotency_key}"))
+
+
+def _base(ctype: str, account_id: str, command_id: str | None, requested_by: str) -> dict[str, Any]:
+    return {
+        "command_id": command_id or str(uuid.uuid4()),
+        "type": ctype,
+        "account_id": account_id,
+        "issued_at": int(time.time() * 1000),
+        "requested_by": requested_by,
+        "open_account": None,
+        "movement": None,
+        "status_change": None,
+        "reversal": None,
+    }
+
+
+def open_account(account_id: str, *, external_number: str, owner_id: str, currency: str,
+                 kind: str = "USER", command_id: str | None = None,
+                 requested_by: str = "system") -> dict[str, Any]:
+    c = _base("OPEN_ACCOUNT", account_id, command_id, requested_by)
+    c["open_account"] = {"external_number": external_number, "owner_id": owner_id,
+                         "currency": currency, "kind": kind}
+    return c
+
+
+def movement(ctype: str, account_id: str, amount: int, currency: str, *,
+             counterparty_id: str | None = None, command_id: str | None = None,
+             requested_by: str = "system", metadata: dict[str, str] | None = None) -> dict[str, Any]:
+    c = _base(ctype, account_id, command_id, requested_by)
+    c["movement"] = {"amount": amount, "currency": currency,
+                     "counterparty_id": counterparty_id, "metadata": metadata or {}}
+    return c
+
+
+def transfer(src: str, dst: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
+    return movement("TRANSFER", src, amount, currency, counterparty_id=dst, **kw)
+
+
+def deposit(account_id: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
+    return movement("DEPOSIT", account_id, amount, currency, **kw)
+
+
+def withdraw(account_id: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
+    return movement("WITHDRAW", account_id, amount, currency, **kw)
+
+
+def status_change(ctype: str, account_id: str, *, reason: str, actor: str,
+                  command_id: str | None = None) -> dict[str, Any]:
+    c = _base(ctype, account_id, command_id, actor)
+    c["status_change"] = {"reason": reason, "actor": actor}
+    return c
+
+
+def reverse_transfer(receiver_id: str, payment_id: str, *, reason: str, actor: str,
+                     freeze_receiver: bool = False, command_id: str | None = None) -> dict[str, Any]:
+    from pipelines.ledger.domain import reversal_command_id
+
+    c = _base("REVERSE_TRANSFER", receiver_id, command_id or reversal_command_id(payment_id), actor)
+    c["reversal"] = {"payment_id": payment_id, "reason": reason, "actor": actor,
+                     "freeze_receiver": freeze_receiver}
+    return c

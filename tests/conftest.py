@@ -1,0 +1,88 @@
+"""Shared fixtures. Integration tests run against the real local stack, which
+`make test` (and so CI) starts first; the `stack` fixture makes sure of it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from paystream.settings import PROJECT_ROOT, Settings, get_settings
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return get_settings()
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Settings:
+    from ops import stack as stack_mod
+    from ops.schemas_cli import register_all
+    from ops.topics import apply_topics
+
+    stack_mod.up(settings)
+    apply_topics(settings)
+    register_all(settings.registry_url)
+    return settings
+
+
+@pytest.fixture(scope="session")
+def codec(stack: Settings):
+    from paystream.codec import Codec
+
+    return Codec(stack.registry_url)
+
+
+class Component:
+    """A paystream component run as a real child process, as `paystream up` runs it."""
+
+    def __init__(self, name: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.log_path = log_dir / f"{name}-{int(time.time() * 1000)}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Component:
+        self.log = open(self.log_path, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "paystream.cli", "run", self.name],
+            stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=PROJECT_ROOT,
+            start_new_session=True,
+        )
+        return self
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+@pytest.fixture(scope="session")
+def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("component-logs")
+
+
+@pytest.fixture(scope="session")
+def ledger(stack: Settings, log_dir: Path) -> Iterator[Component]:
+    comp = Component("ledger", log_dir).start()
+    yield comp
+    comp.stop()
