@@ -26,6 +26,7 @@ COMPONENTS["ledger"] = _ledger
 def bootstrap(console: Console) -> None:
     """Stack, topics, schemas: everything a component needs before it starts."""
     from ops import stack
+    from ops.db import migrate
     from ops.schemas_cli import register_all
     from ops.topics import apply_topics
 
@@ -38,6 +39,9 @@ def bootstrap(console: Console) -> None:
     t0 = time.monotonic()
     register_all(settings.registry_url)
     console.print(f"schemas registered in {time.monotonic() - t0:.1f}s")
+    t0 = time.monotonic()
+    applied = migrate(settings)
+    console.print(f"database migrated in {time.monotonic() - t0:.1f}s ({len(applied)} new)")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,11 +15,13 @@ def _register() -> None:
     from ops.stack_cli import app as stack_app
     from ops.topics import app as topics_app
     from ops.schemas_cli import app as schemas_app
+    from ops.db import app as db_app
     from ops.run_cli import register as register_run
 
     app.add_typer(stack_app, name="stack", help="local Kafka, registry, Postgres and Redis")
     app.add_typer(topics_app, name="topics", help="topics from the declarative spec")
     app.add_typer(schemas_app, name="schemas", help="Avro schemas and the registry")
+    app.add_typer(db_app, name="db", help="Postgres read-model migrations")
     register_run(app)
 
 

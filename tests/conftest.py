@@ -86,3 +86,12 @@ def ledger(stack: Settings, log_dir: Path) -> Iterator[Component]:
     comp = Component("ledger", log_dir).start()
     yield comp
     comp.stop()
+
+
+@pytest.fixture(scope="session")
+def db(stack: Settings) -> Settings:
+    """The stack with the read-model schema migrated."""
+    from ops.db import migrate
+
+    migrate(stack)
+    return stack
