@@ -66,6 +66,28 @@ class Settings(BaseSettings):
     gateway_port: int = 8080
     jwt_secret: str | None = None
     jwt_ttl_seconds: int = 900
+    jwt_issuer: str = "paystream"
+    gateway_workers: int = 1
+    gateway_trusted_proxies: str = Field(
+        default="", description="comma-separated IPs/CIDRs whose X-Forwarded-For is believed"
+    )
+    gateway_max_body_bytes: int = 16 * 1024
+    gateway_wait_default_seconds: float = 5.0
+    gateway_wait_max_seconds: float = 30.0
+    gateway_finalize_seconds: float = 120.0
+    gateway_produce_timeout_seconds: float = 5.0
+    gateway_rate_login_per_minute: int = 5
+    gateway_rate_register_per_minute: int = 3
+    gateway_rate_payments_per_minute: int = 1200
+    gateway_idempotency_ttl_seconds: int = 86400
+    gateway_inflight_lock_seconds: int = 30
+    gateway_redis_prefix: str = "gw:"
+    gateway_pg_pool_max: int = 10
+    outbox_batch_size: int = 100
+    outbox_poll_interval: float = 0.5
+    outbox_fault: str | None = Field(
+        default=None, description="test hook: 'crash_after_publish' kills the relay before it marks rows"
+    )
 
     # Ledger tuning
     ledger_commit_interval: float = 0.1

@@ -83,7 +83,9 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def ledger(stack: Settings, log_dir: Path) -> Iterator[Component]:
-    comp = Component("ledger", log_dir).start()
+    # An instance id of its own per test session: concurrent sessions then share the
+    # partitions like scaled-out instances instead of fencing each other.
+    comp = Component("ledger", log_dir, env={"PAYSTREAM_LEDGER_INSTANCE": f"test-{os.getpid()}"}).start()
     yield comp
     comp.stop()
 
