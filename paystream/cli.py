@@ -15,6 +15,7 @@ def _register() -> None:
     from ops.stack_cli import app as stack_app
     from ops.topics import app as topics_app
     from ops.schemas_cli import app as schemas_app
+    from ops.bench_cli import app as bench_app
     from ops.db import app as db_app
     from ops.run_cli import register as register_run
 
@@ -22,6 +23,7 @@ def _register() -> None:
     app.add_typer(topics_app, name="topics", help="topics from the declarative spec")
     app.add_typer(schemas_app, name="schemas", help="Avro schemas and the registry")
     app.add_typer(db_app, name="db", help="Postgres read-model migrations")
+    app.add_typer(bench_app, name="bench", help="benchmarks that print figures")
     register_run(app)
 
 

@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     # Ledger tuning
     ledger_commit_interval: float = 0.1
     ledger_instance: str = "0"
+    ledger_time_alignment: bool = False
     ledger_max_amount_minor: int = 10**15
 
     @property

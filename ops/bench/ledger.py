@@ -1,0 +1,234 @@
+"""`paystream bench ledger`: throughput and latency of one ledger process.
+
+Produces transfers straight to Kafka and times each one from produce to its
+terminal event becoming visible to a `read_committed` consumer, the latency a
+client of the ledger actually sees. Runs each workload at full speed
+(sustained throughput) and paced (latency at a fixed rate), for several commit
+intervals, and samples the ledger's CPU and peak memory.
+
+It starts and owns the ledger process, so it refuses to run while another
+ledger instance is in the consumer group: their numbers would mix.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient
+from rich.console import Console
+from rich.table import Table
+
+from paystream import commands as C
+from paystream import kafka
+from paystream.codec import Codec
+from paystream.settings import PROJECT_ROOT, Settings
+
+EVENTS = "ledger.events"
+
+
+@dataclass
+class RunResult:
+    workload: str
+    commit_interval: float
+    mode: str
+    sent: int
+    completed: int
+    seconds: float
+    latencies_ms: list[float] = field(default_factory=list)
+    cpu_percent: float = 0.0
+    peak_rss_mib: float = 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
+        s = sorted(self.latencies_ms)
+        return s[min(len(s) - 1, int(q * len(s)))]
+
+    @property
+    def rate(self) -> float:
+        return self.completed / self.seconds if self.seconds else 0.0
+
+
+class LedgerProcess:
+    def __init__(self, settings: Settings, commit_interval: float) -> None:
+        env = {**os.environ, "PAYSTREAM_LEDGER_COMMIT_INTERVAL": str(commit_interval),
+               "PAYSTREAM_LEDGER_INSTANCE": "bench", "PYTHONUNBUFFERED": "1"}
+        log = open(settings.home / "logs" / "bench-ledger.log", "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen([sys.executable, "-m", "paystream.cli", "run", "ledger"],
+                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
+        self.ps = psutil.Process(self.proc.pid)
+        self.peak_rss = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class Outcomes:
+    """Follows ledger.events from the current end and timestamps terminal outcomes."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.codec = codec
+        self.consumer = kafka.consumer(settings, f"bench-{uuid.uuid4()}", **{"fetch.wait.max.ms": 10})
+        parts = self.consumer.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
+        self.consumer.assign([
+            TopicPartition(EVENTS, p, self.consumer.get_watermark_offsets(TopicPartition(EVENTS, p), timeout=10)[1])
+            for p in parts
+        ])
+        self.seen: dict[str, tuple[float, str]] = {}
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for m in self.consumer.consume(2000, 0.05):
+                if m.error():
+                    continue
+                now = time.monotonic()
+                e = self.codec.decode(EVENTS, m.value())
+                if e["terminal"] and not e["replay"]:
+                    self.seen.setdefault(e["command_id"], (now, e["status"]))
+
+    def wait_for(self, ids: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(i in self.seen for i in ids):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(5)
+        self.consumer.close()
+
+
+def _group_is_busy(settings: Settings) -> bool:
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    desc = admin.describe_consumer_groups(["paystream-ledger"])["paystream-ledger"].result()
+    return bool(desc.members)
+
+
+def _setup_accounts(settings: Settings, codec: Codec, outcomes: Outcomes, n: int) -> list[str]:
+    accounts = [str(uuid.uuid4()) for _ in range(n)]
+    cmds: list[dict[str, Any]] = [C.open_account(a, external_number=a[:12], owner_id="bench", currency="USD")
+                                  for a in accounts]
+    deposits = [C.deposit(a, 10**12, "USD") for a in accounts]
+    _produce(settings, codec, cmds)
+    _produce(settings, codec, deposits)
+    if not outcomes.wait_for([d["command_id"] for d in deposits], 300):
+        raise RuntimeError("accounts were not opened and funded in time")
+    return accounts
+
+
+def _produce(settings: Settings, codec: Codec, cmds: list[dict[str, Any]],
+             rate: float = 0.0, sent_at: dict[str, float] | None = None) -> None:
+    p = kafka.producer(settings)
+    start = time.monotonic()
+    for i, c in enumerate(cmds):
+        if rate:
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        if sent_at is not None:
+            sent_at[c["command_id"]] = time.monotonic()
+        p.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+        p.poll(0)
+    p.flush(60)
+
+
+def _transfers(accounts: list[str], n: int, workload: str, rnd: random.Random) -> list[dict[str, Any]]:
+    hot = accounts[0]
+    out = []
+    for _ in range(n):
+        if workload == "hot" and rnd.random() < 0.5:
+            src, dst = hot, rnd.choice(accounts[1:])
+        else:
+            src, dst = rnd.sample(accounts, 2)
+        out.append(C.transfer(src, dst, rnd.randint(1, 10_000), "USD"))
+    return out
+
+
+def run_one(settings: Settings, codec: Codec, outcomes: Outcomes, ledger: LedgerProcess,
+            accounts: list[str], workload: str, ci: float, mode: str, n: int, rate: float) -> RunResult:
+    rnd = random.Random(f"{workload}{ci}{mode}")
+    cmds = _transfers(accounts, n, workload, rnd)
+    sent_at: dict[str, float] = {}
+    cpu0, t0 = ledger.cpu_seconds(), time.monotonic()
+    _produce(settings, codec, cmds, rate=rate, sent_at=sent_at)
+    ids = [c["command_id"] for c in cmds]
+    outcomes.wait_for(ids, timeout=max(120.0, n / 200))
+    done = [i for i in ids if i in outcomes.seen]
+    end = max(outcomes.seen[i][0] for i in done) if done else time.monotonic()
+    cpu = ledger.cpu_seconds() - cpu0
+    res = RunResult(workload, ci, mode, n, len(done), end - t0,
+                    [(outcomes.seen[i][0] - sent_at[i]) * 1000 for i in done])
+    res.cpu_percent = 100 * cpu / max(end - t0, 1e-9)
+    res.peak_rss_mib = ledger.peak_rss / 2**20
+    return res
+
+
+def bench(settings: Settings, *, transfers: int, accounts: int, paced_rate: float,
+          paced_seconds: float, commit_intervals: list[float], workloads: list[str],
+          console: Console | None = None) -> list[RunResult]:
+    console = console or Console()
+    if _group_is_busy(settings):
+        raise RuntimeError("a ledger is running in group paystream-ledger; stop it first (the bench runs its own)")
+    codec = Codec(settings.registry_url)
+    outcomes = Outcomes(settings, codec)
+    results: list[RunResult] = []
+    try:
+        for ci in commit_intervals:
+            ledger = LedgerProcess(settings, ci)
+            try:
+                console.print(f"commit_interval={ci}s: opening {accounts} accounts")
+                accts = _setup_accounts(settings, codec, outcomes, accounts)
+                for wl in workloads:
+                    for mode, n, rate in (("max", transfers, 0.0),
+                                          ("paced", int(paced_rate * paced_seconds), paced_rate)):
+                        r = run_one(settings, codec, outcomes, ledger, accts, wl, ci, mode, n, rate)
+                        console.print(f"  {wl:8} {mode:6} {r.rate:8.0f}/s p50={r.pct(.5):.0f}ms "
+                                      f"p99={r.pct(.99):.0f}ms cpu={r.cpu_percent:.0f}% rss={r.peak_rss_mib:.0f}MiB")
+                        results.append(r)
+            finally:
+                ledger.stop()
+    finally:
+        outcomes.close()
+    table = Table("workload", "commit s", "mode", "sent", "done", "transfers/s", "p50 ms", "p95 ms",
+                  "p99 ms", "ledger CPU %", "peak RSS MiB", title="ledger benchmark")
+    for r in results:
+        table.add_row(r.workload, f"{r.commit_interval}", r.mode, str(r.sent), str(r.completed),
+                      f"{r.rate:.0f}", f"{r.pct(.5):.0f}", f"{r.pct(.95):.0f}", f"{r.pct(.99):.0f}",
+                      f"{r.cpu_percent:.0f}", f"{r.peak_rss_mib:.0f}")
+    console.print(table)
+    return results
