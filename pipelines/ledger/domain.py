@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Protocol
 
 from paystream.money import MAX_AMOUNT_MINOR, is_currency
@@ -65,10 +66,12 @@ class Output:
     value: dict[str, Any]
 
 
+@lru_cache(maxsize=256)
 def transit_account(currency: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"transit:{currency}"))
 
 
+@lru_cache(maxsize=256)
 def settlement_account(currency: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"settlement:{currency}"))
 
