@@ -27,7 +27,16 @@ def _read_secret_file(name: str) -> str | None:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", env_file=".env", extra="ignore")
+    # The *_override fields are read from the environment under their validation
+    # aliases (PAYSTREAM_BOOTSTRAP_SERVERS, PAYSTREAM_REGISTRY_URL, PAYSTREAM_POSTGRES_DSN,
+    # PAYSTREAM_REDIS_URL; env_prefix is not added to an alias). populate_by_name lets
+    # code pass them by field name too: without it, extra="ignore" silently dropped
+    # e.g. Settings(registry_url_override=None), so an isolated test stack could not
+    # shield itself from those variables. (validation_alias rather than alias keeps the
+    # field names in the typed __init__ that mypy sees.)
+    model_config = SettingsConfigDict(
+        env_prefix="PAYSTREAM_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     home: Path = Field(default=PROJECT_ROOT / ".stack", description="state of the local stack")
     cache_dir: Path = Field(
@@ -41,13 +50,17 @@ class Settings(BaseSettings):
     kafka_port: int = 29092
     kafka_controller_port: int = 29093
     kafka_heap: str = "512m"
-    bootstrap_servers_override: str | None = Field(default=None, alias="PAYSTREAM_BOOTSTRAP_SERVERS")
+    bootstrap_servers_override: str | None = Field(
+        default=None, validation_alias="PAYSTREAM_BOOTSTRAP_SERVERS"
+    )
 
     # Schema registry (Apicurio, Confluent-compatible API)
     apicurio_version: str = "3.0.9"
     registry_port: int = 28081
     registry_heap: str = "256m"
-    registry_url_override: str | None = Field(default=None, alias="PAYSTREAM_REGISTRY_URL")
+    registry_url_override: str | None = Field(
+        default=None, validation_alias="PAYSTREAM_REGISTRY_URL"
+    )
 
     # PostgreSQL
     postgres_port: int = 25432
@@ -55,11 +68,15 @@ class Settings(BaseSettings):
     postgres_user: str = "paystream"
     postgres_password: str | None = None
     postgres_db: str = "paystream"
-    postgres_dsn_override: str | None = Field(default=None, alias="PAYSTREAM_POSTGRES_DSN")
+    postgres_dsn_override: str | None = Field(
+        default=None, validation_alias="PAYSTREAM_POSTGRES_DSN"
+    )
 
     # Redis
     redis_port: int = 26379
-    redis_url_override: str | None = Field(default=None, alias="PAYSTREAM_REDIS_URL")
+    redis_url_override: str | None = Field(
+        default=None, validation_alias="PAYSTREAM_REDIS_URL"
+    )
 
     # Gateway
     gateway_host: str = "127.0.0.1"
@@ -89,10 +106,20 @@ class Settings(BaseSettings):
         default=None, description="test hook: 'crash_after_publish' kills the relay before it marks rows"
     )
 
+    # Postgres sink (read model)
+    sink_group: str = Field(default="paystream-sink", description="consumer group and offsets owner")
+    sink_instance: str | None = Field(
+        default=None, description="static group membership id: a restart rejoins without a rebalance"
+    )
+    sink_batch_max: int = 5000
+    sink_batch_timeout: float = 0.2
+    sink_metrics_port: int = 9102
+
     # Ledger tuning
     ledger_commit_interval: float = 0.1
     ledger_instance: str = "0"
     ledger_time_alignment: bool = False
+    ledger_topology: str = "concat"  # concat | intake (experiment, see docs/LEDGER.md)
     ledger_max_amount_minor: int = 10**15
 
     @property
