@@ -5,13 +5,14 @@ subject to BACKWARD compatibility, so the registry itself refuses a breaking
 change. `check` registers nothing: it compares the working tree's schemas with
 those of a git revision (the previous commit by default) using Apache Avro's
 reader/writer compatibility checker, so CI catches a breaking edit before any
-registry sees it.
+registry sees it. ``--root`` points it at another checkout (a clone in tests).
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import typer
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
@@ -19,7 +20,7 @@ from avro.schema import parse as avro_parse
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from rich.console import Console
 
-from paystream.codec import SCHEMA_DIR, load_schema_text, topic_specs
+from paystream.codec import load_schema_text, load_topic_specs, topic_specs
 from paystream.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -35,23 +36,24 @@ def register_all(registry_url: str) -> dict[str, int]:
     return ids
 
 
-def _git(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True)
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
 
 
-def default_base() -> str | None:
+def default_base(root: Path = PROJECT_ROOT) -> str | None:
     """HEAD when schemas/ has uncommitted edits, else the commit before HEAD."""
-    dirty = _git("status", "--porcelain", "--", "schemas").stdout.strip()
+    dirty = _git(root, "status", "--porcelain", "--", "schemas").stdout.strip()
     ref = "HEAD" if dirty else "HEAD~1"
-    return ref if _git("rev-parse", "--verify", "--quiet", ref).returncode == 0 else None
+    return ref if _git(root, "rev-parse", "--verify", "--quiet", ref).returncode == 0 else None
 
 
-def check_compatibility(base: str) -> list[str]:
+def check_compatibility(base: str, root: Path = PROJECT_ROOT) -> list[str]:
     """Problems found: each new schema must read data written with the base's version."""
     problems: list[str] = []
-    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
-        rel = path.relative_to(PROJECT_ROOT).as_posix()
-        old = _git("show", f"{base}:{rel}")
+    schema_dir = root / "schemas"
+    for path in sorted(schema_dir.glob("*.avsc")):
+        rel = path.relative_to(root).as_posix()
+        old = _git(root, "show", f"{base}:{rel}")
         if old.returncode != 0:
             continue  # a new schema has nothing to be compatible with
         try:
@@ -62,9 +64,11 @@ def check_compatibility(base: str) -> list[str]:
             continue
         result = ReaderWriterCompatibilityChecker().get_compatibility(reader, writer)
         if result.compatibility is not SchemaCompatibilityType.compatible:
-            problems.append(f"{rel}: not backward compatible with {base}: {'; '.join(result.messages)}")
-    for spec in topic_specs().values():
-        if not spec.schema_path.exists():
+            problems.append(
+                f"{rel}: not backward compatible with {base}: {'; '.join(result.messages)}"
+            )
+    for spec in load_topic_specs(root / "ops" / "topics.toml").values():
+        if not (schema_dir / spec.value_schema).exists():
             problems.append(f"topic {spec.name}: schema {spec.value_schema} is missing")
     return problems
 
@@ -78,18 +82,32 @@ def apply_cmd() -> None:
 
 
 @app.command("check")
-def check_cmd(base: str = typer.Option(None, help="git revision to compare with")) -> None:
+def check_cmd(
+    base: str = typer.Option(None, help="git revision to compare with"),
+    root: Path = typer.Option(
+        PROJECT_ROOT, "--root", help="checkout to check (default: this project)",
+        exists=True, file_okay=False, resolve_path=True,
+    ),
+) -> None:
     """Fail when a schema change is not backward compatible with BASE (registers nothing)."""
     console = Console()
-    ref = base or default_base()
-    for path in sorted(SCHEMA_DIR.glob("*.avsc")):
-        json.loads(path.read_text())
+    ref = base or default_base(root)
+    unparsable: list[str] = []
+    for path in sorted((root / "schemas").glob("*.avsc")):
+        try:
+            json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            unparsable.append(f"{path.relative_to(root).as_posix()}: invalid JSON: {exc}")
+    if unparsable:
+        for p in unparsable:
+            console.print(f"[red]error:[/red] {p}", soft_wrap=True)
+        raise typer.Exit(1)
     if ref is None:
         console.print("no previous revision to compare with; schemas parse")
         return
-    problems = check_compatibility(ref)
+    problems = check_compatibility(ref, root)
     if problems:
         for p in problems:
-            console.print(f"[red]incompatible:[/red] {p}")
+            console.print(f"[red]incompatible:[/red] {p}", soft_wrap=True)
         raise typer.Exit(1)
     console.print(f"schemas are backward compatible with {ref}")

@@ -7,14 +7,16 @@ breaks the single-writer-per-account rule.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from paystream.codec import TopicSpec, topic_specs
+from paystream.codec import TOPICS_FILE, TopicSpec, load_topic_specs, topic_specs
 from paystream.settings import Settings, get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -39,10 +41,20 @@ def _configs(spec: TopicSpec) -> dict[str, str]:
     }
 
 
-def apply_topics(settings: Settings, dry_run: bool = False) -> list[TopicAction]:
+def apply_topics(
+    settings: Settings,
+    dry_run: bool = False,
+    specs: Mapping[str, TopicSpec] | Path | None = None,
+) -> list[TopicAction]:
+    """Make the broker match ``specs``: ops/topics.toml by default, or another file or dict."""
+    if specs is None:
+        specs, source = topic_specs(), TOPICS_FILE.name
+    elif isinstance(specs, Path):
+        specs, source = load_topic_specs(specs), str(specs)
+    else:
+        source = "the given spec"
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     metadata = admin.list_topics(timeout=15)
-    specs = topic_specs()
     mismatched = [
         f"{name}: has {len(metadata.topics[name].partitions)} partitions, spec says {s.partitions}"
         for name, s in specs.items()
@@ -50,20 +62,23 @@ def apply_topics(settings: Settings, dry_run: bool = False) -> list[TopicAction]
     ]
     if mismatched:
         raise TopicMismatchError(
-            "partition count differs from ops/topics.toml (refusing to continue): "
+            f"partition count differs from {source} (refusing to continue): "
             + "; ".join(mismatched)
         )
     actions: list[TopicAction] = []
     missing = [s for s in specs.values() if s.name not in metadata.topics]
     if missing and not dry_run:
-        futures = admin.create_topics(
-            [NewTopic(s.name, s.partitions, s.replication_factor, config=_configs(s)) for s in missing]
-        )
+        futures = admin.create_topics([
+            NewTopic(s.name, s.partitions, s.replication_factor, config=_configs(s))
+            for s in missing
+        ])
         for name, fut in futures.items():
             fut.result()
             actions.append(TopicAction(name, "created", f"{specs[name].partitions} partitions"))
     elif missing:
-        actions += [TopicAction(s.name, "would create", f"{s.partitions} partitions") for s in missing]
+        actions += [
+            TopicAction(s.name, "would create", f"{s.partitions} partitions") for s in missing
+        ]
     existing = [s for s in specs.values() if s.name in metadata.topics]
     if existing:
         resources = [ConfigResource(ConfigResource.Type.TOPIC, s.name) for s in existing]
@@ -79,19 +94,27 @@ def apply_topics(settings: Settings, dry_run: bool = False) -> list[TopicAction]
                 continue
             detail = ", ".join(f"{k}={current[k].value}->{v}" for k, v in drift.items())
             if not dry_run:
-                admin.alter_configs([ConfigResource(ConfigResource.Type.TOPIC, spec.name, set_config=_configs(spec))])[
-                    ConfigResource(ConfigResource.Type.TOPIC, spec.name)
-                ].result()
-            actions.append(TopicAction(spec.name, "altered" if not dry_run else "would alter", detail))
+                resource = ConfigResource(
+                    ConfigResource.Type.TOPIC, spec.name, set_config=_configs(spec)
+                )
+                for alter in admin.alter_configs([resource]).values():
+                    alter.result()
+            action = "altered" if not dry_run else "would alter"
+            actions.append(TopicAction(spec.name, action, detail))
     return sorted(actions, key=lambda a: a.topic)
 
 
 @app.command("apply")
-def apply_cmd(dry_run: bool = typer.Option(False, "--dry-run")) -> None:
+def apply_cmd(
+    dry_run: bool = typer.Option(False, "--dry-run"),
+    spec: Path | None = typer.Option(
+        None, "--spec", help="topic spec file (default ops/topics.toml)"
+    ),
+) -> None:
     """Create missing topics and fix drifted configs; refuse partition-count changes."""
     console = Console()
     try:
-        actions = apply_topics(get_settings(), dry_run=dry_run)
+        actions = apply_topics(get_settings(), dry_run=dry_run, specs=spec)
     except TopicMismatchError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -106,5 +129,6 @@ def list_cmd() -> None:
     """Show the spec."""
     table = Table("topic", "partitions", "key", "schema", "retention.ms", "cleanup")
     for s in topic_specs().values():
-        table.add_row(s.name, str(s.partitions), s.key, s.value_schema, str(s.retention_ms), s.cleanup_policy)
+        table.add_row(s.name, str(s.partitions), s.key, s.value_schema, str(s.retention_ms),
+                      s.cleanup_policy)
     Console().print(table)
