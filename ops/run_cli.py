@@ -23,6 +23,15 @@ def _ledger() -> None:
 COMPONENTS["ledger"] = _ledger
 
 
+def _fraud() -> None:
+    from pipelines.fraud.app import run
+
+    run()
+
+
+COMPONENTS["fraud"] = _fraud
+
+
 def bootstrap(console: Console) -> None:
     """Stack, topics, schemas: everything a component needs before it starts."""
     from ops import stack

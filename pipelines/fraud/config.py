@@ -58,6 +58,7 @@ class Windows(_Strict):
     new_account_seconds: int = Field(default=86400, gt=0)
     max_entries: int = Field(default=2000, ge=10)
     max_origins: int = Field(default=50, ge=1)
+    alert_cooldown_seconds: int = Field(default=3600, ge=0)
 
     @property
     def outgoing_ms(self) -> int:

@@ -15,6 +15,7 @@ receiver for inbound flows):
 * ``near``    ``ts`` of recent "just under the high-value threshold" transfers,
               kept for the (longer) structuring window without keeping every
               transfer for a day
+* ``last``    ``[ts, [rules]]`` of the sender's last alert, for the cooldown
 * ``in``      ``[ts, origin, hops]``: accounts whose money reached this one
               recently, directly (hops=1) or through one intermediary (hops=2),
               one entry per origin, for round-trip detection
@@ -85,13 +86,14 @@ class Flow:
 
 
 def empty_state() -> State:
-    return {"opened": None, "out": [], "near": [], "in": []}
+    return {"opened": None, "out": [], "near": [], "in": [], "last": None}
 
 
 def _copy(state: State | None) -> State:
     s = state or {}
     return {
         "opened": s.get("opened"),
+        "last": s.get("last"),
         "out": [list(e) for e in s.get("out", [])],
         "near": list(s.get("near", [])),
         "in": [list(e) for e in s.get("in", [])],
@@ -240,6 +242,25 @@ def evaluate(cfg: FraudConfig, state: State | None, t: Transfer) -> tuple[Verdic
         s["near"].append(t.ts)
         s["near"] = s["near"][-cfg.windows.max_entries:]
     return Verdict(score, risk_level(cfg, score), hits), s
+
+
+def should_alert(cfg: FraudConfig, state: State | None, verdict: Verdict, ts: int) -> bool:
+    """MEDIUM alerts are rate-limited per sender (see `alert_cooldown_seconds`); HIGH
+    never is, because every HIGH payment must reach review to be reversible."""
+    if verdict.risk == "HIGH":
+        return True
+    if verdict.risk != "MEDIUM":
+        return False
+    last = (state or {}).get("last")
+    if not last or ts - last[0] >= cfg.windows.alert_cooldown_seconds * 1000:
+        return True
+    return not {h.rule for h in verdict.hits} <= set(last[1])
+
+
+def alerted(state: State, verdict: Verdict, ts: int) -> State:
+    s = _copy(state)
+    s["last"] = [ts, sorted({h.rule for h in verdict.hits})]
+    return s
 
 
 def flow_for(cfg: FraudConfig, state: State | None, t: Transfer) -> Flow:

@@ -187,6 +187,33 @@ def test_several_rules_add_up():
     assert v.score == CFG.scores.high_value + CFG.scores.new_account + CFG.scores.round_amount
 
 
+def test_medium_alerts_cool_down_per_sender_but_high_never_does():
+    n = CFG.windows.max_transfers
+    k = CFG.windows.max_receivers
+    state: R.State | None = None
+    alerts = []
+    for i in range(n + 10):
+        t = tr(100, T0 + i * 1000, receiver=str(uuid.UUID(int=100 + i % (k + 1))))
+        v, state = R.evaluate(CFG, state, t)
+        if R.should_alert(CFG, state, v, t.ts):
+            state = R.alerted(state, v, t.ts)
+            alerts.append(i)
+    assert alerts == [n]  # velocity + fan-out: one alert, then quiet
+    # a new rule breaks the cooldown
+    t = tr(USD.amount_per_hour, T0 + (n + 10) * 1000, receiver=C)
+    v, state = R.evaluate(CFG, state, t)
+    assert "AMOUNT_VELOCITY" in rules_of(v) and R.should_alert(CFG, state, v, t.ts)
+    # after the cooldown the same rules alert again
+    later = T0 + CFG.windows.alert_cooldown_seconds * 1000 + (n + 10) * 1000
+    medium = R.Verdict(60, "MEDIUM", (R.Hit("VELOCITY", 30, ""), R.Hit("FAN_OUT", 30, "")))
+    assert not R.should_alert(CFG, R.alerted(R.empty_state(), medium, T0), medium, T0 + 1)
+    assert R.should_alert(CFG, R.alerted(R.empty_state(), medium, T0), medium, later)
+    high = R.Verdict(80, "HIGH", (R.Hit("HIGH_VALUE", 80, ""),))
+    assert R.should_alert(CFG, R.alerted(R.empty_state(), high, T0), high, T0 + 1)
+    low = R.Verdict(10, "LOW", (R.Hit("ROUND_AMOUNT", 10, ""),))
+    assert not R.should_alert(CFG, None, low, T0)
+
+
 def test_transfer_from_event_ignores_everything_but_first_debits():
     ev = {"type": "TRANSFER_DEBITED", "replay": False, "payment_id": "p", "account_id": A,
           "counterparty_id": B, "amount": 5, "currency": "USD", "occurred_at": T0}

@@ -1,0 +1,132 @@
+"""What every downstream Quix app (fraud, compensation, notifications) shares.
+
+They are built the way the ledger is (`pipelines/ledger/app.py`): bytes in,
+`Codec` decode, and one `to_topic` with a topic selector over already-encoded
+outputs, so all outputs, the state changelog and the input offsets commit in one
+Kafka transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from quixstreams import Application, message_context
+from quixstreams.models.serializers import SerializationContext, Serializer
+
+from paystream.codec import Codec
+from paystream.deadletter import DLQ_TOPIC, dead_letter
+from paystream.errors import DecodeError, UnknownSchemaError
+from paystream.settings import Settings
+
+# An output travels through the dataframe as (topic, key, encoded value).
+Routed = tuple[str, str, bytes]
+
+
+class DownstreamSettings(BaseSettings):
+    """Knobs of the downstream apps (env prefix PAYSTREAM_).
+
+    Instance ids name the transactional id and the local state directory: one
+    per running process, stable across its restarts so a restart fences its
+    zombie at once instead of leaving consumers to wait out the transaction.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", env_file=".env", extra="ignore")
+
+    fraud_instance: str = "0"
+    compensation_instance: str = "0"
+    notifications_instance: str = "0"
+    downstream_commit_interval: float = Field(
+        default=0.2, description="seconds per Quix checkpoint: bounds the latency of each hop"
+    )
+
+
+class RoutedSerializer(Serializer):
+    """Serializer for values that are already Avro bytes (encoded by `Codec`)."""
+
+    def __call__(self, value: Routed, ctx: SerializationContext) -> bytes:
+        return value[2]
+
+
+def build_application(settings: Settings, *, component: str, instance: str,
+                      commit_interval: float) -> Application:
+    return Application(
+        broker_address=settings.bootstrap_servers,
+        consumer_group=f"paystream-{component}",
+        processing_guarantee="exactly-once",
+        commit_interval=commit_interval,
+        auto_offset_reset="earliest",
+        # Skipping data silently would lose alerts or notifications: fail loudly.
+        auto_recover_from_source_offset_out_of_range=False,
+        state_dir=str(settings.home / "state" / f"{component}-{instance}"),
+        producer_extra_config={
+            "transactional.id": f"paystream-{component}-{instance}",
+            "linger.ms": 5,
+        },
+        consumer_extra_config={"fetch.wait.max.ms": 50},
+        consumer_poll_timeout=0.1,
+        loglevel="INFO",
+    )
+
+
+def disable_time_alignment(app: Application) -> None:
+    """concat() turns on Quix's cross-topic timestamp alignment, which holds one
+    input back while the other has an open transaction. Our apps feed one of their
+    own inputs (fraud.flows) or read topics whose relative order carries no
+    meaning, so, as in the ledger, we turn it off (no public switch in 3.28)."""
+    app._dataframe_registry._requires_time_alignment = False
+
+
+def decode_key(key: bytes | None) -> str | None:
+    try:
+        return key.decode("utf-8") if key is not None else ""
+    except UnicodeDecodeError:
+        return None
+
+
+class Processor:
+    """Base for the apps' per-message functions: decoding and dead letters."""
+
+    component = "downstream"
+
+    def __init__(self, codec: Codec, log: logging.Logger) -> None:
+        self.codec = codec
+        self.log = log
+
+    def dlq(self, code: str, reason: str, key: bytes | None, value: bytes | None,
+            timestamp: int, headers: Any) -> list[Routed]:
+        ctx = message_context()
+        self.log.warning("dead-lettering %s[%s]@%s: %s", ctx.topic, ctx.partition, ctx.offset,
+                         reason)
+        record = dead_letter(
+            component=self.component, reason_code=code, reason=reason, topic=ctx.topic,
+            partition=ctx.partition, offset=ctx.offset, key=key, value=value,
+            timestamp_ms=timestamp, headers=list(headers or []),
+        )  # fmt: skip
+        return [(DLQ_TOPIC, (key or b"").decode("utf-8", "replace"),
+                 self.codec.encode(DLQ_TOPIC, record))]
+
+    def decode(self, topic: str, key: bytes | None, value: bytes | None, timestamp: int,
+               headers: Any) -> tuple[str, dict[str, Any]] | list[Routed]:
+        """(key, record), or the dead letter to emit instead."""
+        skey = decode_key(key)
+        if skey is None:
+            return self.dlq("UNDECODABLE", "key is not UTF-8", key, value, timestamp, headers)
+        try:
+            return skey, self.codec.decode(topic, value)
+        except UnknownSchemaError as exc:
+            return self.dlq("UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
+        except DecodeError as exc:
+            return self.dlq("UNDECODABLE", str(exc), key, value, timestamp, headers)
+
+    def encode(self, topic: str, key: str, value: dict[str, Any]) -> Routed:
+        return (topic, key, self.codec.encode(topic, value))
+
+
+def route(app: Application, sdf: Any, topics: list[str]) -> None:
+    """One to_topic for every output: the topic comes from the routed value."""
+    outputs = {name: app.topic(name, key_serializer="str", value_serializer=RoutedSerializer())
+               for name in topics}
+    sdf.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
