@@ -32,6 +32,22 @@ def _fraud() -> None:
 COMPONENTS["fraud"] = _fraud
 
 
+def _gateway() -> None:
+    from gateway.server import run
+
+    run()
+
+
+def _outbox_relay() -> None:
+    from gateway.outbox import run
+
+    run()
+
+
+COMPONENTS["gateway"] = _gateway
+COMPONENTS["outbox-relay"] = _outbox_relay
+
+
 def bootstrap(console: Console) -> None:
     """Stack, topics, schemas: everything a component needs before it starts."""
     from ops import stack

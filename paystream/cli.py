@@ -18,12 +18,16 @@ def _register() -> None:
     from ops.bench_cli import app as bench_app
     from ops.db import app as db_app
     from ops.run_cli import register as register_run
+    from gateway.admin_cli import app as admin_app
+    from gateway.bench import register as register_bench_http
 
     app.add_typer(stack_app, name="stack", help="local Kafka, registry, Postgres and Redis")
     app.add_typer(topics_app, name="topics", help="topics from the declarative spec")
     app.add_typer(schemas_app, name="schemas", help="Avro schemas and the registry")
     app.add_typer(db_app, name="db", help="Postgres read-model migrations")
     app.add_typer(bench_app, name="bench", help="benchmarks that print figures")
+    register_bench_http(bench_app)
+    app.add_typer(admin_app, name="admin", help="administrative tasks (admin users)")
     register_run(app)
 
 

@@ -1,0 +1,198 @@
+"""The gateway's two Kafka paths: commands out, outcomes back.
+
+`CommandSender` awaits the broker's acknowledgement (acks=all) before a request
+answers: a 202 means the command is durable in `payments.commands`, and a
+failure before that point lets the caller release the idempotency key.
+
+`ResultListener` reads `ledger.events` (read_committed) in a thread, positioned
+at the end when the gateway starts and assigned manually, so no consumer group
+is joined, rebalanced or committed. Each event's command id is peeked from the
+Avro bytes at a fixed offset; only events someone waits for are decoded, which
+keeps the listener cheap when many gateway processes each read every event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import defaultdict
+from typing import Any
+
+from confluent_kafka import KafkaError, Producer, TopicPartition
+
+from paystream import kafka
+from paystream.codec import Codec
+from paystream.commands import COMMANDS_TOPIC
+from paystream.settings import Settings
+
+EVENTS_TOPIC = "ledger.events"
+log = logging.getLogger("paystream.gateway.ledger_io")
+
+
+class SendError(Exception):
+    """The command did not reach Kafka (or we cannot know that it did)."""
+
+
+class CommandSender:
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.codec = codec
+        self.timeout = settings.gateway_produce_timeout_seconds
+        self.producer: Producer = kafka.producer(
+            settings, **{"message.timeout.ms": int(self.timeout * 1000), "linger.ms": 1}
+        )
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, name="gw-producer-poll", daemon=True)
+
+    def start(self) -> None:
+        self.codec.schema_id(COMMANDS_TOPIC)  # fail at startup, not on the first request
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)
+
+    async def send(self, cmd: dict[str, Any]) -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+
+        def delivered(err: KafkaError | None, _msg: Any) -> None:
+            loop.call_soon_threadsafe(_settle, fut, err)
+
+        value = self.codec.encode(COMMANDS_TOPIC, cmd)
+        try:
+            self.producer.produce(
+                COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered
+            )
+        except (BufferError, Exception) as exc:
+            raise SendError(f"cannot enqueue command: {exc}") from exc
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), self.timeout + 1)
+        except TimeoutError as exc:
+            raise SendError("no delivery report from Kafka in time") from exc
+
+    def close(self) -> None:
+        self._stop.set()
+        self.producer.flush(5)
+
+
+def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
+    if fut.done():
+        return
+    if err is None:
+        fut.set_result(None)
+    else:
+        fut.set_exception(SendError(str(err)))
+
+
+class Waiter:
+    """Terminal events for one command id, delivered to one request's event loop."""
+
+    def __init__(self, command_id: str) -> None:
+        self.command_id = command_id
+        self.loop = asyncio.get_running_loop()
+        self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+
+    def push(self, event: dict[str, Any]) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+class ResultListener:
+    def __init__(self, settings: Settings, codec: Codec, group_suffix: str) -> None:
+        self.codec = codec
+        self.consumer = kafka.consumer(
+            settings,
+            f"paystream-gateway-{group_suffix}",
+            **{"fetch.wait.max.ms": 10, "enable.partition.eof": False},
+        )
+        self._waiters: dict[str, list[Waiter]] = defaultdict(list)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gw-results", daemon=True)
+        self.ready = threading.Event()
+
+    def start(self) -> None:
+        """Assign every partition at its current end before any request is served:
+        a command sent after this point cannot have its outcome missed."""
+        md = self.consumer.list_topics(EVENTS_TOPIC, timeout=10)
+        tps = []
+        for p in sorted(md.topics[EVENTS_TOPIC].partitions):
+            _, high = self.consumer.get_watermark_offsets(
+                TopicPartition(EVENTS_TOPIC, p), timeout=10
+            )
+            tps.append(TopicPartition(EVENTS_TOPIC, p, high))
+        self.consumer.assign(tps)
+        self._thread.start()
+        self.ready.set()
+
+    def register(self, command_id: str) -> Waiter:
+        w = Waiter(command_id)
+        with self._lock:
+            self._waiters[command_id].append(w)
+        return w
+
+    def unregister(self, w: Waiter) -> None:
+        with self._lock:
+            ws = self._waiters.get(w.command_id)
+            if ws is None:
+                return
+            if w in ws:
+                ws.remove(w)
+            if not ws:
+                del self._waiters[w.command_id]
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                msgs = self.consumer.consume(500, 0.1)
+            except Exception:  # a broken consumer must not kill the gateway silently
+                log.exception("ledger.events consume failed")
+                self._stop.wait(1)
+                continue
+            for m in msgs:
+                if m.error():
+                    continue
+                self._dispatch(m.value())
+
+    def _dispatch(self, data: bytes | None) -> None:
+        if not data:
+            return
+        cid = _peek_command_id(data)
+        if cid is not None and cid not in self._waiters:
+            return
+        try:
+            event = self.codec.decode(EVENTS_TOPIC, data)
+        except Exception:
+            log.exception("undecodable ledger event")
+            return
+        if not event.get("terminal"):
+            return
+        with self._lock:
+            ws = list(self._waiters.get(event["command_id"], ()))
+        for w in ws:
+            w.push(event)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)
+        self.consumer.close()
+
+
+def _peek_command_id(data: bytes) -> str | None:
+    """The command id of a LedgerEvent without decoding it, or None when the layout
+    is not the expected one (then the caller decodes in full).
+
+    After the 5-byte Confluent header come `event_id` and `command_id`, both Avro
+    strings of 36 characters: a zig-zag length byte 0x48 followed by the text.
+    """
+    if len(data) >= 79 and data[5] == 0x48 and data[42] == 0x48:
+        try:
+            return data[43:79].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    return None

@@ -1,0 +1,227 @@
+"""Request and response bodies. Requests are strict: unknown fields are refused and
+money is a decimal string checked against its currency, so a client bug shows up
+as a 422 naming the field instead of a payment for the wrong amount."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
+
+from gateway.security import normalise_email, password_problem, valid_account_number, valid_email
+from paystream.errors import MoneyError, UnknownCurrencyError
+from paystream.money import MAX_AMOUNT_MINOR, Money, is_currency
+
+AMOUNT_SCHEMA: dict[str, Any] = {
+    "type": "string", "pattern": r"^(0|[1-9][0-9]{0,17})(\.[0-9]{1,3})?$", "examples": ["100.50"],
+    "description": "decimal string in the currency's units; never a JSON number",
+}  # fmt: skip
+NUMBER_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": r"^PS[0-9]{10}$",
+    "examples": ["PS1234567897"],
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_max_length=1024)
+
+
+def _currency(v: Any) -> str:
+    if not isinstance(v, str) or not is_currency(v):
+        raise PydanticCustomError("unknown_currency", "currency must be a supported ISO 4217 code")
+    return v
+
+
+def _account_number(v: Any) -> str:
+    if not isinstance(v, str) or not valid_account_number(v):
+        raise PydanticCustomError(
+            "invalid_account_number", "not a valid account number (PS + 10 digits with check digit)"
+        )
+    return v
+
+
+class MoneyIn(_Strict):
+    amount: str = Field(json_schema_extra=AMOUNT_SCHEMA)
+    currency: str = Field(json_schema_extra={"pattern": "^[A-Z]{3}$", "examples": ["USD"]})
+    description: str | None = Field(default=None, max_length=140)
+    _minor: int = PrivateAttr(default=0)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount_is_text(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            raise PydanticCustomError(
+                "amount_not_a_string",
+                'amount must be a decimal string such as "100.50", not a number',
+            )
+        return v
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency_known(cls, v: Any) -> str:
+        return _currency(v)
+
+    @model_validator(mode="after")
+    def _parse_money(self) -> MoneyIn:
+        try:
+            money = Money.parse(self.amount, self.currency)
+        except UnknownCurrencyError as exc:
+            raise PydanticCustomError("unknown_currency", exc.detail) from None
+        except MoneyError as exc:
+            raise PydanticCustomError(exc.code, exc.detail) from None
+        if money.minor <= 0:
+            raise PydanticCustomError("non_positive_amount", "amount must be greater than zero")
+        if money.minor > MAX_AMOUNT_MINOR:
+            raise PydanticCustomError(
+                "amount_too_large", "amount exceeds the largest allowed movement"
+            )
+        self._minor = money.minor
+        return self
+
+    @property
+    def minor(self) -> int:
+        return self._minor
+
+
+class PaymentIn(MoneyIn):
+    from_account: str = Field(json_schema_extra=NUMBER_SCHEMA)
+    to_account: str = Field(json_schema_extra=NUMBER_SCHEMA)
+
+    @field_validator("from_account", "to_account", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> str:
+        return _account_number(v)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> PaymentIn:
+        if self.from_account == self.to_account:
+            raise PydanticCustomError("same_account", "from_account and to_account must differ")
+        return self
+
+
+class MovementIn(MoneyIn):
+    pass
+
+
+class StatusChangeIn(_Strict):
+    reason: str = Field(default="", max_length=200)
+
+
+class RegisterIn(_Strict):
+    email: str = Field(max_length=254, json_schema_extra={"examples": ["ada@example.com"]})
+    password: str = Field(max_length=256)
+    name: str = Field(min_length=1, max_length=100)
+    currency: str = Field(json_schema_extra={"pattern": "^[A-Z]{3}$", "examples": ["EUR"]})
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency_known(cls, v: Any) -> str:
+        return _currency(v)
+
+    @field_validator("email", mode="after")
+    @classmethod
+    def _email(cls, v: str) -> str:
+        v = normalise_email(v)
+        if not valid_email(v):
+            raise PydanticCustomError("invalid_email", "not a valid email address")
+        return v
+
+    @field_validator("password", mode="after")
+    @classmethod
+    def _password(cls, v: str) -> str:
+        problem = password_problem(v)
+        if problem:
+            raise PydanticCustomError("weak_password", problem)
+        return v
+
+    @field_validator("name", mode="after")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise PydanticCustomError("validation_error", "name must not be blank")
+        return v
+
+
+class LoginIn(_Strict):
+    email: str = Field(max_length=254)
+    password: str = Field(max_length=256)
+
+
+# ------------------------------------------------------------------ responses (docs)
+
+
+class AccountOut(BaseModel):
+    account_number: str
+    currency: str
+    status: Literal["opening", "active", "frozen", "closed"]
+    balance: str
+    created_at: str | None = None
+
+
+class UserOut(BaseModel):
+    id: str
+    email: str
+    name: str
+    role: str
+    created_at: str
+
+
+class RegisterOut(BaseModel):
+    user: UserOut
+    account: AccountOut
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: Literal["Bearer"]
+    expires_in: int
+
+
+class PaymentOut(BaseModel):
+    id: str
+    object: Literal["payment"]
+    kind: Literal["transfer", "deposit", "withdrawal"]
+    status: Literal["pending", "completed", "failed", "rejected", "reversed"]
+    from_account: str | None
+    to_account: str | None
+    amount: str
+    currency: str
+    description: str | None
+    reason: str | None
+    created_at: str
+
+
+class TransactionOut(BaseModel):
+    id: str
+    type: str
+    payment_id: str
+    amount: str
+    currency: str
+    balance_after: str
+    counterparty: str | None
+    occurred_at: str
+
+
+class Page(BaseModel):
+    object: Literal["list"]
+    has_more: bool
+
+
+class AccountList(Page):
+    data: list[AccountOut]
+
+
+class PaymentList(Page):
+    data: list[PaymentOut]
+
+
+class TransactionList(Page):
+    data: list[TransactionOut]
+
+
+class StatusOut(BaseModel):
+    account_number: str
+    status: str

@@ -1,0 +1,374 @@
+"""The gateway's runtime: connections, caches, and the idempotent command path.
+
+One `Gateway` per process (uvicorn worker). Everything a request needs hangs off
+it, so routes stay declarative and tests can read the moving parts in one place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+from starlette.responses import Response
+
+from gateway import store
+from gateway.idempotency import IdempotencyStore, RateLimiter
+from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
+from gateway.problems import PROBLEM_JSON, Problem, problem_body
+from gateway.security import Network, parse_networks
+from paystream.codec import Codec
+from paystream.money import format_minor
+from paystream.settings import Settings
+
+log = logging.getLogger("paystream.gateway")
+
+TERMINAL_STATUSES = {"completed", "failed", "rejected"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a command ended, as the gateway reports it."""
+
+    status: str  # completed | failed | rejected
+    reason: str | None = None
+    id_reused: bool = False
+
+
+def outcome_from_event(ev: dict[str, Any]) -> Outcome | None:
+    """The outcome an event proves, or None for a replay that proves nothing yet
+    (a duplicate of a transfer whose debit is all its partition knows)."""
+    reason = ev.get("reason")
+    if ev.get("replay"):
+        if ev["type"] == "COMMAND_REJECTED" and reason == "ID_REUSED_WITH_DIFFERENT_FIELDS":
+            return Outcome("rejected", reason, id_reused=True)
+        status = str(ev.get("status", "")).lower()
+        if status in TERMINAL_STATUSES:
+            return Outcome(status, reason)
+        return None
+    return Outcome(str(ev["status"]).lower(), reason)
+
+
+class AccountCache:
+    """Number <-> id <-> owner never changes once registered, so it is cached for
+    the process lifetime (bounded, evicting the oldest)."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self.by_number: dict[str, store.AccountRef] = {}
+        self.by_id: dict[str, store.AccountRef] = {}
+        self.limit = limit
+
+    def put(self, ref: store.AccountRef) -> None:
+        if len(self.by_number) >= self.limit:
+            old = next(iter(self.by_number))
+            self.by_id.pop(self.by_number.pop(old).account_id, None)
+        self.by_number[ref.account_number] = ref
+        self.by_id[ref.account_id] = ref
+
+
+def iso(ts: Any) -> str:
+    if isinstance(ts, datetime):
+        return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(ts, int | float):
+        return (
+            datetime.fromtimestamp(ts / 1000, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z")
+        )
+    return str(ts)
+
+
+def json_response(
+    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.trusted: tuple[Network, ...] = parse_networks(settings.gateway_trusted_proxies)
+        self.jwt_key = settings.jwt_key()
+        self.prefix = settings.gateway_redis_prefix
+        self.pool = AsyncConnectionPool(
+            settings.postgres_dsn, min_size=2, max_size=settings.gateway_pg_pool_max, open=False
+        )
+        self.redis = Redis.from_url(settings.redis_url, max_connections=200)
+        self.idem = IdempotencyStore(
+            self.redis,
+            self.prefix,
+            settings.gateway_idempotency_ttl_seconds,
+            settings.gateway_inflight_lock_seconds,
+        )
+        self.limiter = RateLimiter(self.redis, self.prefix)
+        self.codec = Codec(settings.registry_url)
+        self.sender = CommandSender(settings, self.codec)
+        self.listener = ResultListener(settings, self.codec, uuid.uuid4().hex[:12])
+        self.accounts = AccountCache()
+        self.background: set[asyncio.Task[Any]] = set()
+
+    async def start(self) -> None:
+        await self.pool.open(wait=True, timeout=30)
+        await self.redis.ping()
+        await asyncio.to_thread(self.sender.start)
+        await asyncio.to_thread(self.listener.start)
+        from gateway.security import dummy_hash
+
+        await asyncio.to_thread(dummy_hash)
+
+    async def stop(self) -> None:
+        for t in list(self.background):
+            t.cancel()
+        await asyncio.to_thread(self.listener.close)
+        await asyncio.to_thread(self.sender.close)
+        await self.pool.close()
+        await self.redis.aclose()
+
+    # ---------------------------------------------------------------- accounts
+
+    async def account(self, number: str) -> store.AccountRef | None:
+        ref = self.accounts.by_number.get(number)
+        if ref is None:
+            ref = await store.account_by_number(self.pool, number)
+            if ref is not None:
+                self.accounts.put(ref)
+        return ref
+
+    async def accounts_by_id(self, ids: list[str]) -> dict[str, store.AccountRef]:
+        found = {i: self.accounts.by_id[i] for i in ids if i in self.accounts.by_id}
+        missing = [i for i in ids if i not in found]
+        if missing:
+            for i, ref in (await store.accounts_by_ids(self.pool, missing)).items():
+                self.accounts.put(ref)
+                found[i] = ref
+        return found
+
+    # ---------------------------------------------------------------- payments
+
+    def _pay_key(self, payment_id: str) -> str:
+        return f"{self.prefix}pay:{payment_id}"
+
+    async def save_payment(self, record: dict[str, Any]) -> None:
+        await self.redis.set(
+            self._pay_key(record["id"]),
+            orjson.dumps(record),
+            ex=self.settings.gateway_idempotency_ttl_seconds * 7,
+        )
+
+    async def cached_payment(self, payment_id: str) -> dict[str, Any] | None:
+        raw = await self.redis.get(self._pay_key(payment_id))
+        return orjson.loads(raw) if raw else None
+
+    async def known_outcome(self, payment_id: str) -> Outcome | None:
+        """The outcome as recorded by an earlier request or the read model."""
+        rec = await self.cached_payment(payment_id)
+        if rec and rec.get("status") in TERMINAL_STATUSES:
+            return Outcome(rec["status"], rec.get("reason_code"))
+        row = await store.payment_row(self.pool, payment_id)
+        if row:
+            status = str(row.get("status") or "").lower()
+            if status in TERMINAL_STATUSES:
+                reason = row.get("reason")
+                return Outcome(status, str(reason) if reason else None)
+        return None
+
+    async def wait_outcome(self, waiter: Waiter, budget: float) -> Outcome | None:
+        """Wait for the command's own terminal event. A replay that does not settle
+        the question (a duplicate of a transfer still in flight or long finished)
+        switches to polling the recorded outcome while still listening."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + budget
+        polling = False
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return None
+            try:
+                ev = await asyncio.wait_for(
+                    waiter.queue.get(), min(remaining, 0.2) if polling else remaining
+                )
+            except TimeoutError:
+                if polling:
+                    known = await self.known_outcome(waiter.command_id)
+                    if known is not None:
+                        return known
+                continue
+            out = outcome_from_event(ev)
+            if out is not None:
+                return out
+            polling = True
+            known = await self.known_outcome(waiter.command_id)
+            if known is not None:
+                return known
+
+    async def execute(
+        self,
+        *,
+        user_id: str,
+        endpoint: str,
+        idem_key: str,
+        fp: str,
+        command: dict[str, Any],
+        record: dict[str, Any],
+        wait: float,
+        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
+        location: str | None,
+    ) -> Response:
+        """Run one idempotent command: claim the key, send, wait, answer, remember."""
+        key = self.idem.key(user_id, endpoint, idem_key)
+        token = uuid.uuid4().hex
+        claim = await self.idem.claim(key, fp, token)
+        if claim.kind == "mismatch":
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+            )
+        if claim.kind == "busy":
+            raise Problem(
+                409,
+                "request_in_progress",
+                "a request with this Idempotency-Key is still being processed",
+                headers={"Retry-After": str(claim.retry_after)},
+            )
+        if claim.kind == "done":
+            headers = {**(claim.headers or {}), "Idempotent-Replayed": "true"}
+            media = PROBLEM_JSON if claim.status >= 400 else "application/json"
+            return Response(claim.body, status_code=claim.status, headers=headers, media_type=media)
+
+        command_id = command["command_id"]
+        if claim.kind == "resume":
+            prior = await self.cached_payment(command_id)
+            if prior is not None:
+                record = {**record, "created_at": prior.get("created_at", record["created_at"])}
+            known = await self.known_outcome(command_id)
+            if known is not None:
+                return await self._finish(key, known, record, render)
+
+        waiter = self.listener.register(command_id)
+        handed_off = False
+        try:
+            try:
+                await self.sender.send(command)
+            except SendError as exc:
+                if not claim.sent:
+                    await self.idem.release(key, token)
+                else:
+                    await self.idem.accepted(key, token)
+                log.warning("command %s not sent: %s", command_id, exc)
+                raise Problem(
+                    503,
+                    "ledger_unavailable",
+                    "the payment could not be submitted; retry later",
+                    headers={"Retry-After": "1"},
+                ) from None
+            except BaseException:
+                if not claim.sent:
+                    await self.idem.release(key, token)
+                raise
+            await asyncio.gather(self.idem.accepted(key, token), self.save_payment(record))
+            outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
+            if outcome is None:
+                handed_off = True
+                self._spawn(self._finalize_later(key, waiter, record, render))
+                headers = {"Location": location} if location else {}
+                if wait > 0 or location:
+                    headers["Retry-After"] = "1"
+                return json_response(202, public(record), headers)
+            return await self._finish(key, outcome, record, render)
+        finally:
+            if not handed_off:
+                self.listener.unregister(waiter)
+
+    async def _finish(
+        self,
+        key: str,
+        outcome: Outcome,
+        record: dict[str, Any],
+        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
+    ) -> Response:
+        if outcome.id_reused:
+            raise Problem(
+                422,
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request body",
+            )
+        final = {
+            **record,
+            "status": outcome.status,
+            "reason": outcome.reason.lower() if outcome.reason else None,
+        }
+        status, body, media = render(outcome, public(final))
+        await asyncio.gather(
+            self.idem.done(key, status, body),
+            self.save_payment({**final, "reason_code": outcome.reason}),
+        )
+        return Response(body, status_code=status, media_type=media)
+
+    async def _finalize_later(
+        self,
+        key: str,
+        waiter: Waiter,
+        record: dict[str, Any],
+        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
+    ) -> None:
+        """After a 202, keep listening so the key and the payment record learn the
+        outcome without the client having to come back with the same request."""
+        try:
+            outcome = await self.wait_outcome(waiter, self.settings.gateway_finalize_seconds)
+            if outcome is not None and not outcome.id_reused:
+                await self._finish(key, outcome, record, render)
+        except Exception:
+            log.exception("finalizing %s failed", waiter.command_id)
+        finally:
+            self.listener.unregister(waiter)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+
+def render_payment(outcome: Outcome, final: dict[str, Any]) -> tuple[int, bytes, str]:
+    """201 with the payment when it completed; 402 problem (code = the ledger's
+    reason, lower-cased) when the ledger refused it or it failed on the receiver."""
+    if outcome.status == "completed":
+        return 201, orjson.dumps(final), "application/json"
+    code = (outcome.reason or "payment_failed").lower()
+    detail = f"the payment was {outcome.status}: {code.replace('_', ' ')}"
+    return 402, problem_body(402, code, detail, payment=final), PROBLEM_JSON
+
+
+def payment_record(
+    *,
+    payment_id: str,
+    kind: str,
+    from_number: str | None,
+    to_number: str | None,
+    minor: int,
+    currency: str,
+    description: str | None,
+    owners: list[str],
+) -> dict[str, Any]:
+    return {
+        "id": payment_id, "object": "payment", "kind": kind, "status": "pending",
+        "from_account": from_number, "to_account": to_number,
+        "amount": format_minor(minor, currency), "currency": currency,
+        "description": description, "reason": None,
+        "created_at": iso(int(time.time() * 1000)), "owners": owners,
+    }  # fmt: skip
+
+
+def public(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored payment record without the gateway's bookkeeping fields."""
+    return {k: v for k, v in record.items() if k not in ("owners", "reason_code")}

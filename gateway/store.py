@@ -1,0 +1,276 @@
+"""Postgres access for the gateway: its own tables (users, account registry,
+outbox) and read-only queries against the sink's read model.
+
+The read model (`accounts`, `payments`, `ledger_events`, from migration 0001) is
+written by another component; until it exists every read-model query returns
+"unknown" rather than failing, so registration and payments keep working.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool
+
+from gateway.security import new_account_number
+from paystream import commands as C
+
+OPEN_NAMESPACE = uuid.UUID("3f6c8a52-2f1e-4a0e-b7c4-9d51e0a7c3b1")
+OUTBOX_CHANNEL = "gateway_outbox"
+
+
+def open_command_id(account_id: str) -> str:
+    """Deterministic, so a relay that publishes twice causes a ledger duplicate, not
+    a second account."""
+    return str(uuid.uuid5(OPEN_NAMESPACE, f"open:{account_id}"))
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    user_id: str
+    email: str
+    name: str
+    role: str
+    password_hash: str
+    created_at: Any
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRef:
+    account_number: str
+    account_id: str
+    owner_id: str
+    currency: str
+    created_at: Any = None
+
+
+class EmailTaken(Exception):
+    pass
+
+
+def _user(row: dict[str, Any]) -> User:
+    return User(
+        str(row["user_id"]),
+        row["email"],
+        row["name"],
+        row["role"],
+        row["password_hash"],
+        row["created_at"],
+    )
+
+
+def _ref(row: dict[str, Any]) -> AccountRef:
+    return AccountRef(
+        row["account_number"],
+        str(row["account_id"]),
+        str(row["owner_id"]),
+        row["currency"],
+        row.get("created_at"),
+    )
+
+
+# --------------------------------------------------------------- users & accounts
+
+
+INSERT_USER = (
+    "INSERT INTO users (user_id, email, password_hash, name, role) "
+    "VALUES (%s, %s, %s, %s, %s) RETURNING created_at"
+)
+
+
+async def create_user(
+    pool: AsyncConnectionPool,
+    *,
+    email: str,
+    password_hash: str,
+    name: str,
+    role: str,
+    currency: str | None,
+) -> tuple[User, AccountRef | None]:
+    """User, registry row and OpenAccount outbox row in one transaction: either the
+    account will be opened by the relay, or the user does not exist."""
+    user_id = str(uuid.uuid4())
+    async with pool.connection() as conn, conn.transaction():
+        try:
+            cur = await conn.execute(INSERT_USER, (user_id, email, password_hash, name, role))
+        except psycopg.errors.UniqueViolation:
+            raise EmailTaken(email) from None
+        row = await cur.fetchone()
+        assert row is not None
+        user = User(user_id, email, name, role, password_hash, row[0])
+        ref = None
+        if currency is not None:
+            ref = await _open_account(conn, user_id, currency)
+    return user, ref
+
+
+async def _open_account(
+    conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str
+) -> AccountRef:
+    account_id = str(uuid.uuid4())
+    for _ in range(10):
+        number = new_account_number()
+        try:
+            async with conn.transaction():  # a savepoint: a number collision retries
+                await conn.execute(
+                    "INSERT INTO gateway_accounts (account_number, account_id, owner_id, currency)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (number, account_id, owner_id, currency),
+                )
+            break
+        except psycopg.errors.UniqueViolation:
+            continue
+    else:
+        raise RuntimeError("could not allocate an account number")
+    cmd = C.open_account(
+        account_id,
+        external_number=number,
+        owner_id=owner_id,
+        currency=currency,
+        command_id=open_command_id(account_id),
+        requested_by=owner_id,
+    )
+    await conn.execute(
+        "INSERT INTO gateway_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
+        (C.COMMANDS_TOPIC, account_id, Jsonb(cmd)),
+    )
+    await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+    return AccountRef(number, account_id, owner_id, currency)
+
+
+def create_user_sync(dsn: str, *, email: str, password_hash: str, name: str, role: str) -> User:
+    """For `paystream admin create-user`: no event loop, no account."""
+    user_id = str(uuid.uuid4())
+    with psycopg.connect(dsn) as conn:
+        try:
+            row = conn.execute(INSERT_USER, (user_id, email, password_hash, name, role)).fetchone()
+        except psycopg.errors.UniqueViolation:
+            raise EmailTaken(email) from None
+    assert row is not None
+    return User(user_id, email, name, role, password_hash, row[0])
+
+
+async def user_by_email(pool: AsyncConnectionPool, email: str) -> User | None:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM users WHERE email = %s", (email,))
+        row = await cur.fetchone()
+    return _user(row) if row else None
+
+
+async def user_by_id(pool: AsyncConnectionPool, user_id: str) -> User | None:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM users WHERE user_id = %s", (user_id,))
+        row = await cur.fetchone()
+    return _user(row) if row else None
+
+
+async def account_by_number(pool: AsyncConnectionPool, number: str) -> AccountRef | None:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM gateway_accounts WHERE account_number = %s", (number,))
+        row = await cur.fetchone()
+    return _ref(row) if row else None
+
+
+async def accounts_by_ids(pool: AsyncConnectionPool, ids: list[str]) -> dict[str, AccountRef]:
+    if not ids:
+        return {}
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT * FROM gateway_accounts WHERE account_id = ANY(%s::uuid[])", (ids,)
+        )
+        rows = await cur.fetchall()
+    return {str(r["account_id"]): _ref(r) for r in rows}
+
+
+async def accounts_of(pool: AsyncConnectionPool, owner_id: str) -> list[AccountRef]:
+    async with pool.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(
+            "SELECT * FROM gateway_accounts WHERE owner_id = %s"
+            " ORDER BY created_at, account_number",
+            (owner_id,),
+        )
+        rows = await cur.fetchall()
+    return [_ref(r) for r in rows]
+
+
+# --------------------------------------------------------------------- read model
+
+
+async def _read(
+    pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]
+) -> list[dict[str, Any]] | None:
+    """Rows from the read model, or None while its tables do not exist yet."""
+    try:
+        async with pool.connection() as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            await cur.execute(sql, params)
+            return await cur.fetchall()
+    except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+        return None
+
+
+async def account_states(pool: AsyncConnectionPool, ids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = await _read(
+        pool,
+        "SELECT account_id, status, balance, currency FROM accounts"
+        " WHERE account_id = ANY(%s::uuid[])",
+        (ids,),
+    )
+    return {str(r["account_id"]): r for r in rows or []}
+
+
+async def payment_row(pool: AsyncConnectionPool, payment_id: str) -> dict[str, Any] | None:
+    rows = await _read(pool, "SELECT * FROM payments WHERE payment_id = %s", (payment_id,))
+    return rows[0] if rows else None
+
+
+async def payments_of(
+    pool: AsyncConnectionPool, account_ids: list[str], limit: int, before: tuple[Any, str] | None
+) -> list[dict[str, Any]] | None:
+    """Newest first; `before` is the (created_at, payment_id) of the last row seen."""
+    base = (
+        "SELECT * FROM payments"
+        " WHERE (from_account = ANY(%s::uuid[]) OR to_account = ANY(%s::uuid[]))"
+    )
+    params: tuple[Any, ...] = (account_ids, account_ids)
+    if before is not None:
+        base += " AND (created_at, payment_id) < (%s, %s::uuid)"
+        params += before
+    base += " ORDER BY created_at DESC, payment_id DESC LIMIT %s"
+    return await _read(pool, base, (*params, limit))
+
+
+async def events_of(
+    pool: AsyncConnectionPool, account_id: str, limit: int, before_sequence: int | None
+) -> list[dict[str, Any]] | None:
+    """An account's ledger events that moved its money, newest first."""
+    sql = (
+        "SELECT * FROM ledger_events WHERE account_id = %s AND amount IS NOT NULL"
+        " AND balance_after IS NOT NULL AND type <> 'COMMAND_REJECTED'"
+        " AND type <> 'COMMAND_DUPLICATE'"
+    )
+    params: tuple[Any, ...] = (account_id,)
+    if before_sequence is not None:
+        sql += " AND sequence < %s"
+        params += (before_sequence,)
+    sql += " ORDER BY sequence DESC LIMIT %s"
+    return await _read(pool, sql, (*params, limit))
+
+
+async def event_sequence(pool: AsyncConnectionPool, account_id: str, event_id: str) -> int | None:
+    rows = await _read(
+        pool,
+        "SELECT sequence FROM ledger_events WHERE account_id = %s AND event_id = %s",
+        (account_id, event_id),
+    )
+    return int(rows[0]["sequence"]) if rows else None
