@@ -1,0 +1,188 @@
+"""Gateway pieces that need no stack: tokens, addresses, numbers, validation,
+outcome mapping and the Avro peek the result listener relies on."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import time
+import uuid
+from typing import Any
+
+import fastavro
+import jwt
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from gateway.idempotency import fingerprint
+from gateway.ledger_io import _peek_command_id
+from gateway.models import PaymentIn, RegisterIn
+from gateway.problems import Problem
+from gateway.security import (
+    client_ip,
+    new_account_number,
+    parse_networks,
+    password_problem,
+    valid_account_number,
+    verify_token,
+)
+from gateway.service import outcome_from_event
+from paystream.codec import SCHEMA_DIR
+
+KEY = "k" * 48
+ISS = "paystream"
+
+
+def _claims(**over: Any) -> dict[str, Any]:
+    now = int(time.time())
+    c = {
+        "sub": str(uuid.uuid4()),
+        "role": "user",
+        "iss": ISS,
+        "iat": now,
+        "exp": now + 60,
+        "jti": str(uuid.uuid4()),
+    }
+    c.update(over)
+    return c
+
+
+def _code(token: str) -> str:
+    with pytest.raises(Problem) as exc:
+        verify_token(KEY, ISS, token)
+    assert exc.value.status == 401
+    return exc.value.code
+
+
+def test_token_accepts_only_hs256_with_our_key() -> None:
+    good = _claims()
+    p = verify_token(KEY, ISS, jwt.encode(good, KEY, algorithm="HS256"))
+    assert (p.user_id, p.role) == (good["sub"], "user")
+    assert _code(jwt.encode(good, "other" * 10, algorithm="HS256")) == "invalid_token"
+    now = int(time.time())
+    assert (
+        _code(jwt.encode(_claims(iat=now - 100, exp=now - 10), KEY, algorithm="HS256"))
+        == "token_expired"
+    )
+    assert _code(jwt.encode(_claims(role="root"), KEY, algorithm="HS256")) == "invalid_token"
+    assert _code(jwt.encode(_claims(iss="evil"), KEY, algorithm="HS256")) == "invalid_token"
+    assert _code(jwt.encode(_claims(sub="not-a-uuid"), KEY, algorithm="HS256")) == "invalid_token"
+    missing = _claims()
+    del missing["jti"]
+    assert _code(jwt.encode(missing, KEY, algorithm="HS256")) == "invalid_token"
+    enc = lambda d: base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()  # noqa: E731
+    assert _code(f"{enc({'alg': 'none', 'typ': 'JWT'})}.{enc(good)}.") == "invalid_token"
+    assert _code(jwt.encode(good, KEY, algorithm="HS512")) == "invalid_token"
+
+
+def test_client_ip_believes_only_trusted_proxies() -> None:
+    trusted = parse_networks("127.0.0.1/32, 10.0.0.0/8")
+    assert client_ip("192.0.2.7", "203.0.113.9", trusted) == "192.0.2.7"
+    assert client_ip("127.0.0.1", "203.0.113.9", trusted) == "203.0.113.9"
+    assert client_ip("127.0.0.1", "198.51.100.1, 203.0.113.9, 10.1.2.3", trusted) == "203.0.113.9"
+    assert client_ip("127.0.0.1", None, trusted) == "127.0.0.1"
+    assert client_ip("127.0.0.1", "garbage", trusted) == "127.0.0.1"
+    assert client_ip("127.0.0.1", "203.0.113.9", ()) == "127.0.0.1"
+
+
+@given(st.integers(min_value=0, max_value=200))
+def test_account_numbers_carry_a_check_digit(_: int) -> None:
+    n = new_account_number()
+    assert valid_account_number(n) and len(n) == 12 and n.startswith("PS")
+    for i in range(2, 12):  # any single-digit typo is caught
+        for d in "0123456789":
+            if d != n[i]:
+                assert not valid_account_number(n[:i] + d + n[i + 1 :])
+
+
+def test_password_policy() -> None:
+    assert password_problem("short1A") is not None
+    assert password_problem("a" * 12) is not None
+    assert password_problem("123456789012") is not None
+    assert password_problem("abcdefghijk1") is None
+    assert password_problem("x" * 300) is not None
+
+
+def _payment(**over: Any) -> dict[str, Any]:
+    a, b = new_account_number(), new_account_number()
+    while b == a:
+        b = new_account_number()
+    return {"from_account": a, "to_account": b, "amount": "10.50", "currency": "USD", **over}
+
+
+@pytest.mark.parametrize(("over", "code"), [
+    ({"amount": 10.5}, "amount_not_a_string"),
+    ({"amount": "10.505"}, "too_many_decimals"),
+    ({"amount": "0"}, "non_positive_amount"),
+    ({"amount": "-1"}, "non_positive_amount"),
+    ({"amount": "1e2"}, "invalid_amount"),
+    ({"amount": "10000000000000000"}, "amount_too_large"),
+    ({"currency": "ZZZ"}, "unknown_currency"),
+    ({"to_account": "PS0000000001"}, "invalid_account_number"),
+])  # fmt: skip
+def test_payment_validation_codes(over: dict[str, Any], code: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        PaymentIn.model_validate(_payment(**over))
+    assert exc.value.errors()[0]["type"] == code
+
+
+def test_payment_parses_exact_minor_units() -> None:
+    assert PaymentIn.model_validate(_payment(amount="10.5")).minor == 1050
+    assert PaymentIn.model_validate(_payment(amount="7", currency="JPY")).minor == 7
+    assert PaymentIn.model_validate(_payment(amount="1.234", currency="KWD")).minor == 1234
+    assert fingerprint({"a": 1, "b": 2}) == fingerprint({"b": 2, "a": 1})
+
+
+def test_register_normalises_email() -> None:
+    r = RegisterIn.model_validate(
+        {
+            "email": "  Ada@Example.COM ",
+            "password": "abcdefghijk1",
+            "name": " Ada ",
+            "currency": "EUR",
+        }
+    )
+    assert (r.email, r.name) == ("ada@example.com", "Ada")
+
+
+def test_outcomes_from_events() -> None:
+    ev = {"type": "TRANSFER_COMPLETED", "status": "COMPLETED", "replay": False, "reason": None}
+    assert outcome_from_event(ev).status == "completed"  # type: ignore[union-attr]
+    rej = {
+        "type": "COMMAND_REJECTED",
+        "status": "REJECTED",
+        "replay": False,
+        "reason": "INSUFFICIENT_FUNDS",
+    }
+    assert outcome_from_event(rej) == outcome_from_event({**rej, "replay": True})
+    pending_dup = {"type": "COMMAND_DUPLICATE", "status": "PENDING", "replay": True, "reason": None}
+    assert outcome_from_event(pending_dup) is None
+    reused = {
+        "type": "COMMAND_REJECTED",
+        "status": "REJECTED",
+        "replay": True,
+        "reason": "ID_REUSED_WITH_DIFFERENT_FIELDS",
+    }
+    assert outcome_from_event(reused).id_reused  # type: ignore[union-attr]
+
+
+def test_peek_command_id_matches_avro_layout() -> None:
+    schema = fastavro.parse_schema(json.loads((SCHEMA_DIR / "ledger_event.avsc").read_text()))
+    cid = str(uuid.uuid4())
+    event = {
+        "event_id": str(uuid.uuid4()), "command_id": cid, "payment_id": cid,
+        "account_id": str(uuid.uuid4()), "sequence": 1, "type": "DEPOSITED",
+        "command_type": "DEPOSIT", "status": "COMPLETED", "terminal": True, "replay": False,
+        "reason": None, "counterparty_id": None, "amount": 1, "currency": "USD",
+        "balance_after": 1, "postings": [], "account": None, "requested_by": "t", "note": None,
+        "metadata": {}, "occurred_at": 0,
+    }  # fmt: skip
+    buf = io.BytesIO()
+    buf.write(struct.pack(">bI", 0, 42))
+    fastavro.schemaless_writer(buf, schema, event)
+    assert _peek_command_id(buf.getvalue()) == cid
+    assert _peek_command_id(b"\x00\x00\x00\x00\x01short") is None
