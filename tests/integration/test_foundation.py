@@ -29,7 +29,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from ops import stack as stack_mod
-from ops.schemas_cli import register_all
+from ops.schemas_cli import check_compatibility, register_all
 from ops.topics import TopicMismatchError, apply_topics
 from paystream import commands as C
 from paystream import kafka
@@ -474,6 +474,11 @@ def clone(tmp_path: Path) -> Path:
     target = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(PROJECT_ROOT), str(target)], check=True,
                    capture_output=True, timeout=60)
+    # The edits below are judged against HEAD; if HEAD alone fails (say topics.toml names a
+    # schema that was never committed), say so instead of blaming the edit.
+    baseline = check_compatibility("HEAD", target)
+    if baseline:
+        pytest.fail("the committed HEAD already fails `schemas check`:\n" + "\n".join(baseline))
     return target
 
 
