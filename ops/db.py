@@ -65,7 +65,7 @@ def migrate(settings: Settings, directory: Path = MIGRATIONS_DIR) -> list[Migrat
                         raise RuntimeError(f"migration {m.path.name} changed after it was applied")
                     continue
                 with conn.transaction():
-                    conn.execute(m.path.read_text())  # type: ignore[arg-type]
+                    conn.execute(m.path.read_text())
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (m.version, m.name, m.checksum),

@@ -65,7 +65,11 @@ class EventReader:
             return wanted <= {e["command_id"] for e in evs if e["terminal"] and not e["replay"]}
 
         self.poll_until(done, timeout)
-        return {e["command_id"]: e for e in self.events if e["terminal"] and e["command_id"] in wanted and not e["replay"]}
+        return {
+            e["command_id"]: e
+            for e in self.events
+            if e["terminal"] and e["command_id"] in wanted and not e["replay"]
+        }
 
     def close(self) -> None:
         self.consumer.close()

@@ -17,7 +17,7 @@ import logging
 from typing import Any
 
 from quixstreams import Application, message_context
-from quixstreams.models.serializers import Serializer, SerializationContext
+from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.state import State
 
 from paystream.codec import Codec

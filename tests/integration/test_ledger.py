@@ -107,7 +107,8 @@ def test_poison_and_invalid_commands_go_to_dead_letters(stack, codec, ledger, re
     (a,), opens = new_accounts(1)
     dlq = kafka.consumer(stack, f"test-{uuid.uuid4()}")
     parts = dlq.list_topics(DLQ_TOPIC, timeout=10).topics[DLQ_TOPIC].partitions
-    dlq.assign([TopicPartition(DLQ_TOPIC, p, dlq.get_watermark_offsets(TopicPartition(DLQ_TOPIC, p))[1]) for p in parts])
+    ends = {p: dlq.get_watermark_offsets(TopicPartition(DLQ_TOPIC, p))[1] for p in parts}
+    dlq.assign([TopicPartition(DLQ_TOPIC, p, end) for p, end in ends.items()])
     p = kafka.producer(stack)
     poison = os.urandom(64)
     p.produce(C.COMMANDS_TOPIC, key=a.encode(), value=poison)

@@ -16,6 +16,10 @@ from tests.unit.ledger_sim import Sim, cmd, deposit, open_account, transfer
 A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
 
 
+def money(amount: int, currency: str = "USD") -> dict:
+    return {"amount": amount, "currency": currency, "counterparty_id": None, "metadata": {}}
+
+
 def funded(amount: int = 100_000) -> Sim:
     sim = Sim()
     for acct in (A, B, C):
@@ -117,7 +121,7 @@ def test_reversal_once_even_into_negative():
     t = transfer(A, B, 40_000)
     sim.send(t)
     sim.drain()
-    sim.send(cmd("WITHDRAW", B, movement={"amount": 30_000, "currency": "USD", "counterparty_id": None, "metadata": {}}))
+    sim.send(cmd("WITHDRAW", B, movement=money(30_000)))
     rid = domain.reversal_command_id(t["command_id"])
     rev = cmd("REVERSE_TRANSFER", B, rid, reversal={"payment_id": t["command_id"], "reason": "fraud",
                                                     "actor": "admin", "freeze_receiver": True})
@@ -173,7 +177,7 @@ def run_actions(actions: list[tuple]) -> tuple[Sim, list[dict]]:
             c = transfer(a[1], a[2], a[3], a[4])
             transfers.append(c)
         elif kind in ("deposit", "withdraw"):
-            c = cmd(kind.upper(), a[1], movement={"amount": a[2], "currency": "USD", "counterparty_id": None, "metadata": {}})
+            c = cmd(kind.upper(), a[1], movement=money(a[2]))
         elif kind in ("freeze", "unfreeze"):
             c = cmd(kind.upper(), a[1], status_change={"reason": "r", "actor": "t"})
         elif kind == "reverse":
@@ -181,7 +185,8 @@ def run_actions(actions: list[tuple]) -> tuple[Sim, list[dict]]:
                 continue
             t = transfers[a[1] % len(transfers)]
             c = cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], domain.reversal_command_id(t["command_id"]),
-                    reversal={"payment_id": t["command_id"], "reason": "r", "actor": "t", "freeze_receiver": a[1] % 2 == 0})
+                    reversal={"payment_id": t["command_id"], "reason": "r", "actor": "t",
+                              "freeze_receiver": a[1] % 2 == 0})
         elif kind == "retry":
             if not sent:
                 continue
