@@ -23,6 +23,24 @@ def _ledger() -> None:
 COMPONENTS["ledger"] = _ledger
 
 
+def _compensation() -> None:
+    from pipelines.fraud.compensation import run
+
+    run()
+
+
+COMPONENTS["compensation"] = _compensation
+
+
+def _reviews() -> None:
+    from pipelines.fraud.reviews import run
+
+    run()
+
+
+COMPONENTS["reviews"] = _reviews
+
+
 def _fraud() -> None:
     from pipelines.fraud.app import run
 

@@ -4,16 +4,26 @@ freeze, committed together."""
 from __future__ import annotations
 
 import os
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from confluent_kafka import TopicPartition
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from psycopg_pool import AsyncConnectionPool
 
 from paystream import commands as C
+from paystream import kafka
 from paystream.codec import Codec
 from paystream.settings import Settings
 from pipelines.fraud.app import alert_id, freeze_command_id
+from pipelines.fraud.compensation import unfreeze_command_id
+from pipelines.fraud.reviews import decision_id
+from pipelines.ledger.domain import reversal_command_id
 from tests.conftest import Component
 from tests.kafka_helpers import EventReader, send
 
@@ -71,3 +81,161 @@ def test_high_value_transfer_alerts_and_freezes(stack, codec, ledger, fraud: Com
     assert out["type"] == "COMMAND_REJECTED" and out["reason"] == "ACCOUNT_FROZEN"
     events.close()
     alerts.close()
+
+
+# ------------------------------------------------------------------ review queue
+
+
+class _Gw:
+    """What the gateway's auth dependencies and the review router read from
+    `app.state.gw`: the JWT key and issuer, and a Postgres pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.jwt_key = settings.jwt_key()
+        self.pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False)
+
+
+def admin_api(settings: Settings) -> FastAPI:
+    from gateway import problems
+    from pipelines.fraud import review_api
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        gw = _Gw(settings)
+        await gw.pool.open(wait=True)
+        app.state.gw = gw
+        yield
+        await gw.pool.close()
+
+    app = FastAPI(lifespan=lifespan)
+    problems.install(app)
+    app.include_router(review_api.router)
+    return app
+
+
+@pytest.fixture(scope="module")
+def reviews_worker(db: Settings, log_dir: Path) -> Iterator[Component]:
+    comp = Component("reviews", log_dir).start()
+    yield comp
+    comp.stop()
+
+
+@pytest.fixture(scope="module")
+def compensation(stack: Settings, log_dir: Path) -> Iterator[Component]:
+    comp = Component("compensation", log_dir, env=INSTANCE).start()
+    yield comp
+    comp.stop()
+
+
+@pytest.fixture(scope="module")
+def api(db: Settings) -> Iterator[TestClient]:
+    with TestClient(admin_api(db)) as client:
+        yield client
+
+
+def bearer(settings: Settings, role: str = "admin", user: str | None = None) -> dict[str, str]:
+    from gateway.security import issue_token
+
+    return {"Authorization": f"Bearer {issue_token(settings, user or str(uuid.uuid4()), role)}"}
+
+
+def wait_review(api: TestClient, headers: dict[str, str], aid: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = api.get(f"/v1/admin/reviews/{aid}", headers=headers)
+        if r.status_code == 200:
+            return r.json()
+        assert r.status_code == 404, r.text
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"review {aid} never appeared")
+        time.sleep(0.2)
+
+
+def drain(reader: EventReader, seconds: float) -> None:
+    """Read whatever arrives during `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for m in reader.consumer.consume(1000, 0.2):
+            if not m.error():
+                reader.events.append(reader.codec.decode(reader.topic, m.value()))
+
+
+def committed_past(settings: Settings, group: str, topic: str, partition: int, offset: int,
+                   timeout: float = 60) -> None:
+    """Wait until `group` committed beyond `offset` (the message was processed)."""
+    c = kafka.consumer(settings, group)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            (tp,) = c.committed([TopicPartition(topic, partition)], timeout=10)
+            if tp.offset > offset:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{group} did not pass {topic}[{partition}]@{offset}")
+            time.sleep(0.2)
+    finally:
+        c.close()
+
+
+def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fraud, reviews_worker,
+                                                     compensation, api):
+    events = EventReader(stack, codec)
+    decisions = EventReader(stack, codec, topic="fraud.decisions")
+    a, b, c, d = open_funded(stack, codec, events, 4, 5_000_000)
+    t1 = C.transfer(a, b, 1_200_000, "USD")
+    t2 = C.transfer(c, d, 1_500_000, "USD")
+    send(stack, codec, [t1, t2])
+    a1, a2 = alert_id(t1["command_id"]), alert_id(t2["command_id"])
+    events.terminals([freeze_command_id(a1), freeze_command_id(a2)], timeout=240)
+
+    admin = bearer(stack)
+    r1 = wait_review(api, admin, a1)
+    wait_review(api, admin, a2)
+    assert r1["state"] == "open" and r1["risk"] == "HIGH" and r1["account_id"] == a
+    assert api.get(f"/v1/admin/reviews/{a1}").status_code == 401
+    assert api.get(f"/v1/admin/reviews/{a1}", headers=bearer(stack, "user")).status_code == 403
+    page = api.get("/v1/admin/reviews", params={"account": a, "state": "open"}, headers=admin).json()
+    assert [r["alert_id"] for r in page["items"]] == [a1] and page["next_cursor"] is None
+    first = api.get("/v1/admin/reviews", params={"risk": "HIGH", "limit": 1}, headers=admin).json()
+    second = api.get("/v1/admin/reviews", params={"risk": "HIGH", "limit": 1,
+                                                  "cursor": first["next_cursor"]}, headers=admin).json()
+    assert first["items"][0]["alert_id"] != second["items"][0]["alert_id"]
+
+    rej = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": "mule"}, headers=admin)
+    assert rej.status_code == 200, rej.text
+    assert rej.json()["state"] == "rejected" and rej.json()["note"] == "mule"
+    again = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": "again"}, headers=admin)
+    assert again.status_code == 409 and again.json()["code"] == "review_already_decided"
+    assert api.post(f"/v1/admin/reviews/{a1}/approve", headers=admin).status_code == 409
+    assert api.post(f"/v1/admin/reviews/{a2}/approve", headers=admin).status_code == 200
+
+    rev_id = reversal_command_id(t1["command_id"])
+    done = events.terminals([rev_id, unfreeze_command_id(a1), unfreeze_command_id(a2)], timeout=60)
+    assert done[rev_id]["type"] == "TRANSFER_REVERSED" and done[rev_id]["account_id"] == a
+    assert done[rev_id]["balance_after"] == 5_000_000
+    assert done[unfreeze_command_id(a1)]["type"] == "ACCOUNT_UNFROZEN"
+    assert done[unfreeze_command_id(a2)]["type"] == "ACCOUNT_UNFROZEN"
+    on_b = [e for e in events.events if e["command_id"] == rev_id and e["account_id"] == b]
+    assert sorted(e["type"] for e in on_b) == ["ACCOUNT_FROZEN", "REVERSAL_DEBITED"]
+    assert not any(e["payment_id"] == t2["command_id"] and e["type"] == "REVERSAL_DEBITED"
+                   for e in events.events)
+
+    # the decision event delivered twice: no second reversal, no second unfreeze
+    decisions.poll_until(lambda evs: any(e["alert_id"] == a1 for e in evs), timeout=30)
+    (dec,) = [e for e in decisions.events if e["alert_id"] == a1]
+    assert dec["decision"] == "REJECTED" and dec["decision_id"] == decision_id(a1)
+    p = kafka.producer(stack)
+    sent: list = []
+    p.produce("fraud.decisions", key=a.encode(), value=codec.encode("fraud.decisions", dec),
+              on_delivery=lambda err, msg: sent.append(msg))
+    assert p.flush(10) == 0
+    committed_past(stack, "paystream-compensation", "fraud.decisions", sent[0].partition(),
+                   sent[0].offset())
+    time.sleep(2)  # anything compensation emitted would reach the ledger by now
+    drain(events, 2)
+    mine = [e for e in events.events if e["command_id"] in (rev_id, unfreeze_command_id(a1))]
+    assert not any(e["replay"] for e in mine)
+    assert sum(1 for e in mine if e["type"] == "TRANSFER_REVERSED") == 1
+    events.close()
+    decisions.close()

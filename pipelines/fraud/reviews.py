@@ -1,0 +1,193 @@
+"""The review queue worker (`paystream run reviews`).
+
+Two loops in one process:
+
+* **alerts -> reviews**: every `FraudAlert` on `fraud.alerts` becomes an open row
+  in `reviews`, exactly once (rows and offsets in one Postgres transaction,
+  `pipelines.fraud.pgconsumer`).
+* **outbox -> fraud.decisions**: the decision API writes the review's new state
+  and a `review_outbox` row in one transaction; this relay publishes each row as
+  a `ReviewDecision` and marks it published. It is at-least-once (a crash between
+  the broker's ack and the mark republishes), which is safe because the decision
+  id is derived from the alert id and compensation applies one decision per alert.
+
+Why an outbox rather than producing inside the request: Postgres is where the
+decision is *made* (the open -> decided transition is the 409 check). Producing
+first and committing after could publish a decision whose transaction then
+fails, and an admin's retry with the other verdict would put two contradicting
+decisions on the topic. With the outbox, the topic only ever carries decisions
+Postgres committed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from typing import Any
+
+import psycopg
+from confluent_kafka import KafkaException, Message
+from psycopg.types.json import Jsonb
+
+from paystream import kafka
+from paystream.codec import Codec
+from paystream.deadletter import DLQ_TOPIC, dead_letter
+from paystream.errors import DecodeError
+from paystream.settings import Settings, get_settings
+from pipelines.fraud.pgconsumer import PgConsumer
+
+ALERTS = "fraud.alerts"
+DECISIONS = "fraud.decisions"
+OUTBOX_CHANNEL = "review_outbox"
+NAMESPACE = uuid.UUID("0e4e1c0a-5f7b-4c1e-8b7d-2a9c6f4e3b21")
+
+log = logging.getLogger("paystream.reviews")
+
+INSERT_REVIEW = """
+INSERT INTO reviews (alert_id, payment_id, account_id, counterparty_id, amount, currency, score,
+                     risk, reasons, detected_at)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s / 1000.0))
+ON CONFLICT (alert_id) DO NOTHING
+"""
+
+
+def decision_id(alert_id: str) -> str:
+    """One decision per alert (decisions are terminal), so a republished outbox row
+    or a replayed event carries the same id."""
+    return str(uuid.uuid5(NAMESPACE, f"decision:{alert_id}"))
+
+
+def review_row(alert: dict[str, Any]) -> tuple[Any, ...]:
+    return (alert["alert_id"], alert["payment_id"], alert["account_id"], alert["counterparty_id"],
+            alert["amount"], alert["currency"], alert["score"], alert["risk"],
+            Jsonb(alert["reasons"]), alert["detected_at"])
+
+
+class AlertIntake:
+    """Batch handler: decode alerts, insert reviews; undecodable ones are dead-lettered."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.codec = codec
+        self.producer = kafka.producer(settings)
+
+    def __call__(self, conn: psycopg.Connection[Any], msgs: list[Message]) -> None:
+        rows = []
+        for m in msgs:
+            try:
+                rows.append(review_row(self.codec.decode(ALERTS, m.value())))
+            except DecodeError as exc:
+                self._dead_letter(m, str(exc))
+        if rows:
+            conn.cursor().executemany(INSERT_REVIEW, rows)
+        # dead letters must be durable before the offsets that skip them commit
+        if self.producer.flush(30) != 0:
+            raise KafkaException("dead letters not acknowledged")
+
+    def _dead_letter(self, m: Message, reason: str) -> None:
+        topic, partition, offset = m.topic() or ALERTS, m.partition() or 0, m.offset() or 0
+        log.warning("dead-lettering %s[%s]@%s: %s", topic, partition, offset, reason)
+        record = dead_letter(
+            component="reviews", reason_code="UNDECODABLE", reason=reason, topic=topic,
+            partition=partition, offset=offset, key=m.key(), value=m.value(),
+            timestamp_ms=m.timestamp()[1], headers=list(m.headers() or []),
+        )  # fmt: skip
+        self.producer.produce(DLQ_TOPIC, key=m.key(), value=self.codec.encode(DLQ_TOPIC, record))
+
+
+class OutboxRelay:
+    """Publishes committed decisions; woken by NOTIFY, with a poll as a safety net."""
+
+    def __init__(self, settings: Settings, codec: Codec, *, batch: int = 100,
+                 poll_interval: float = 0.5) -> None:
+        self.settings = settings
+        self.codec = codec
+        self.batch = batch
+        self.poll_interval = poll_interval
+        self.producer = kafka.producer(settings, **{"message.timeout.ms": 10_000})
+
+    def publish_pending(self, conn: psycopg.Connection[Any]) -> int:
+        with conn.transaction():
+            rows = conn.execute(
+                "SELECT decision_id, message_key, payload FROM review_outbox"
+                " WHERE published_at IS NULL ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
+                (self.batch,),
+            ).fetchall()
+            if not rows:
+                return 0
+            errors: list[str] = []
+
+            def delivered(err: Any, _msg: Any) -> None:
+                if err is not None:
+                    errors.append(str(err))
+
+            for _, key, payload in rows:
+                value = payload if isinstance(payload, dict) else json.loads(payload)
+                self.producer.produce(DECISIONS, key=key.encode(), on_delivery=delivered,
+                                      value=self.codec.encode(DECISIONS, value))
+            left = self.producer.flush(15)
+            ids = [r[0] for r in rows]
+            if errors or left:
+                conn.execute(
+                    "UPDATE review_outbox SET attempts = attempts + 1, last_error = %s"
+                    " WHERE decision_id = ANY(%s)", ((errors or ["flush timeout"])[0][:500], ids))
+                log.warning("outbox publish failed: %s", errors[:1] or "flush timeout")
+                return 0
+            conn.execute(
+                "UPDATE review_outbox SET published_at = now(), attempts = attempts + 1"
+                " WHERE decision_id = ANY(%s)", (ids,))
+        return len(rows)
+
+    def run(self, stop: threading.Event) -> None:
+        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as listen, \
+                psycopg.connect(self.settings.postgres_dsn) as conn:
+            listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
+            while not stop.is_set():
+                try:
+                    while self.publish_pending(conn):
+                        pass
+                except psycopg.Error as exc:
+                    log.warning("outbox relay: %s", exc)
+                    time.sleep(1)
+                for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
+                    pass
+
+
+def run(settings: Settings | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings or get_settings()
+    codec = Codec(settings.registry_url)
+    codec.schema_id(DECISIONS)  # fail at startup, not on the first decision
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    relay = OutboxRelay(settings, codec)
+    intake = PgConsumer(settings, name="reviews", topic=ALERTS, handle=AlertIntake(settings, codec))
+    failed: list[BaseException] = []
+
+    def guarded(target: Any) -> None:
+        try:
+            target(stop)
+        except BaseException as exc:
+            failed.append(exc)
+            log.exception("reviews worker loop died")
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, args=(loop,), name=name, daemon=True)
+               for name, loop in (("outbox-relay", relay.run), ("alert-intake", intake.run))]
+    for t in threads:
+        t.start()
+    log.info("reviews worker running")
+    while not stop.is_set():
+        stop.wait(0.5)
+    for t in threads:
+        t.join(30)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    run()
