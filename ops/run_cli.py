@@ -23,6 +23,24 @@ def _ledger() -> None:
 COMPONENTS["ledger"] = _ledger
 
 
+def _notifications() -> None:
+    from pipelines.notifications.app import run
+
+    run()
+
+
+COMPONENTS["notifications"] = _notifications
+
+
+def _webhooks() -> None:
+    from pipelines.notifications.webhooks import run
+
+    run()
+
+
+COMPONENTS["webhooks"] = _webhooks
+
+
 def _compensation() -> None:
     from pipelines.fraud.compensation import run
 

@@ -6,15 +6,12 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from psycopg_pool import AsyncConnectionPool
 
 from paystream import commands as C
 from paystream import kafka
@@ -86,34 +83,6 @@ def test_high_value_transfer_alerts_and_freezes(stack, codec, ledger, fraud: Com
 # ------------------------------------------------------------------ review queue
 
 
-class _Gw:
-    """What the gateway's auth dependencies and the review router read from
-    `app.state.gw`: the JWT key and issuer, and a Postgres pool."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.jwt_key = settings.jwt_key()
-        self.pool = AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4, open=False)
-
-
-def admin_api(settings: Settings) -> FastAPI:
-    from gateway import problems
-    from pipelines.fraud import review_api
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        gw = _Gw(settings)
-        await gw.pool.open(wait=True)
-        app.state.gw = gw
-        yield
-        await gw.pool.close()
-
-    app = FastAPI(lifespan=lifespan)
-    problems.install(app)
-    app.include_router(review_api.router)
-    return app
-
-
 @pytest.fixture(scope="module")
 def reviews_worker(db: Settings, log_dir: Path) -> Iterator[Component]:
     comp = Component("reviews", log_dir).start()
@@ -130,7 +99,14 @@ def compensation(stack: Settings, log_dir: Path) -> Iterator[Component]:
 
 @pytest.fixture(scope="module")
 def api(db: Settings) -> Iterator[TestClient]:
-    with TestClient(admin_api(db)) as client:
+    """The real gateway app (its JWT auth, its pool), with the review router."""
+    from gateway.app import create_app
+    from pipelines.fraud import review_api
+
+    app = create_app(db)
+    if not any(getattr(r, "path", "") == "/v1/admin/reviews" for r in app.routes):
+        app.include_router(review_api.router)
+    with TestClient(app) as client:
         yield client
 
 

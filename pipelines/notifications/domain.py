@@ -1,0 +1,59 @@
+"""Which ledger events a user hears about, as a pure function.
+
+The recipient is the owner of the account whose partition emitted the event:
+each event is about that account (a transfer is announced to the sender on its
+debit and to the receiver on its credit, each from their own partition), so the
+owner learnt from that account's ACCOUNT_OPENED is all the state needed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+NAMESPACE = uuid.UUID("4c2b8e71-0d5a-4f3e-9b6c-1a7e8d2f5c90")
+
+# event type -> notification kind (COMMAND_REJECTED of a transfer is handled apart)
+KINDS = {
+    "TRANSFER_DEBITED": "PAYMENT_SENT",
+    "TRANSFER_COMPLETED": "PAYMENT_RECEIVED",
+    "TRANSFER_FAILED": "PAYMENT_FAILED",
+    "TRANSFER_REVERSED": "PAYMENT_REVERSED",  # the original sender gets the money back
+    "REVERSAL_DEBITED": "PAYMENT_REVERSED",  # the original receiver loses it
+    "ACCOUNT_FROZEN": "ACCOUNT_FROZEN",
+    "ACCOUNT_UNFROZEN": "ACCOUNT_UNFROZEN",
+}
+
+
+def notification_id(source_event_id: str, recipient: str) -> str:
+    """Stable across replays and restarts: receivers de-duplicate by it."""
+    return str(uuid.uuid5(NAMESPACE, f"{source_event_id}|{recipient}"))
+
+
+def kind_of(ev: dict[str, Any]) -> str | None:
+    if ev.get("replay"):
+        return None  # a repeated command changed nothing the user has not heard about
+    etype = ev.get("type")
+    if etype == "COMMAND_REJECTED":
+        return "PAYMENT_FAILED" if ev.get("command_type") == "TRANSFER" else None
+    return KINDS.get(etype or "")
+
+
+def notification_for(owner: str | None, ev: dict[str, Any]) -> dict[str, Any] | None:
+    kind = kind_of(ev)
+    if kind is None or not owner:
+        return None
+    movement = kind.startswith("PAYMENT_")
+    return {
+        "notification_id": notification_id(ev["event_id"], owner),
+        "user_id": owner,
+        "kind": kind,
+        "payment_id": ev["payment_id"] if movement else None,
+        "account_id": ev["account_id"],
+        "amount": ev.get("amount"),
+        "currency": ev.get("currency"),
+        "reason": ev.get("reason") or ev.get("note"),
+        "source_event_id": ev["event_id"],
+        # event time: a re-emitted notification is identical to the first
+        "created_at": ev["occurred_at"],
+    }

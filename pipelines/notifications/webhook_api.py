@@ -1,0 +1,134 @@
+"""Webhook endpoints API: a FastAPI router the gateway includes.
+
+`POST /v1/webhooks {url}` registers an endpoint for the calling user and returns
+its signing secret, the only time the secret is shown. Authentication is the
+gateway's (JWT); the Postgres pool is the gateway's.
+
+URLs must be https to a public host. A URL naming a loopback, private or
+link-local address (or `localhost`) is refused unless
+PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS is set (development and tests), so users
+cannot aim deliveries at our own network. This checks literal addresses only;
+a hostname that *resolves* to a private address would need checking at
+delivery time too (not done yet, see docs/NOTIFICATIONS.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from datetime import datetime
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+from psycopg_pool import AsyncConnectionPool
+from pydantic import BaseModel, ConfigDict, Field
+
+from gateway.app import User, gw_of
+from gateway.problems import Problem, responses
+from pipelines.notifications.signing import new_secret
+from pipelines.notifications.webhooks import WebhookSettings
+
+router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
+
+
+class EndpointIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=8, max_length=2048)
+
+
+class EndpointOut(BaseModel):
+    endpoint_id: str
+    url: str
+    active: bool
+    created_at: str
+
+
+class EndpointCreated(EndpointOut):
+    secret: str = Field(description="HMAC-SHA256 key of Paystream-Signature; shown only once")
+
+
+def _pool(request: Request) -> AsyncConnectionPool:
+    pool: AsyncConnectionPool = gw_of(request).pool
+    return pool
+
+
+def _iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def url_problem(url: str, allow_private: bool) -> str | None:
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        return "the url is not valid"
+    if parts.scheme not in ("https", "http") or not host:
+        return "the url must be an absolute https:// url"
+    if parts.username or parts.password:
+        return "the url must not carry credentials"
+    if allow_private:
+        return None
+    if parts.scheme != "https":
+        return "the url must use https"
+    if host == "localhost" or host.endswith(".localhost"):
+        return "the url must name a public host"
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if not ip.is_global:
+        return "the url must name a public host"
+    return None
+
+
+@router.post("", status_code=201, response_model=EndpointCreated,
+             responses=responses(401, 409, 422))
+async def register(body: EndpointIn, p: User, request: Request) -> dict[str, Any]:
+    ws = WebhookSettings()
+    problem = url_problem(body.url, ws.allow_private_urls)
+    if problem:
+        raise Problem(422, "invalid_webhook_url", problem)
+    endpoint_id, secret = str(uuid.uuid4()), new_secret()
+    async with _pool(request).connection() as conn, conn.transaction():
+        # serialise one user's registrations so the limit below holds
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"webhooks:{p.user_id}",))
+        cur = await conn.execute(
+            "SELECT count(*) FROM webhook_endpoints WHERE user_id = %s AND active", (p.user_id,))
+        row = await cur.fetchone()
+        if row is not None and row[0] >= ws.max_endpoints_per_user:
+            raise Problem(409, "too_many_webhooks",
+                          f"at most {ws.max_endpoints_per_user} active endpoints per user")
+        cur = await conn.execute(
+            "INSERT INTO webhook_endpoints (endpoint_id, user_id, url, secret) VALUES (%s, %s, %s, %s)"
+            " RETURNING created_at", (endpoint_id, p.user_id, body.url, secret))
+        created = await cur.fetchone()
+    assert created is not None
+    return {"endpoint_id": endpoint_id, "url": body.url, "active": True,
+            "created_at": _iso(created[0]), "secret": secret}
+
+
+@router.get("", response_model=list[EndpointOut], responses=responses(401))
+async def list_endpoints(p: User, request: Request) -> list[dict[str, Any]]:
+    async with _pool(request).connection() as conn:
+        cur = await conn.execute(
+            "SELECT endpoint_id, url, active, created_at FROM webhook_endpoints WHERE user_id = %s"
+            " ORDER BY created_at, endpoint_id", (p.user_id,))
+        rows = await cur.fetchall()
+    return [{"endpoint_id": str(r[0]), "url": r[1], "active": r[2], "created_at": _iso(r[3])}
+            for r in rows]
+
+
+@router.delete("/{endpoint_id}", status_code=204, responses=responses(401, 404, 422))
+async def deactivate(endpoint_id: Annotated[uuid.UUID, Path()], p: User,
+                     request: Request) -> Response:
+    """Stops new deliveries; pending ones to this endpoint are no longer attempted."""
+    async with _pool(request).connection() as conn:
+        cur = await conn.execute(
+            "UPDATE webhook_endpoints SET active = false WHERE endpoint_id = %s AND user_id = %s",
+            (endpoint_id, p.user_id))
+        if cur.rowcount == 0:
+            raise Problem(404, "webhook_not_found", "no such webhook endpoint")
+    return Response(status_code=204)

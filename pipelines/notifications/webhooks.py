@@ -1,0 +1,329 @@
+"""Webhook delivery (`paystream run webhooks`): notifications to users' endpoints.
+
+Two loops in one process:
+
+* **intake** (a thread): each `Notification` on `notifications` becomes one
+  pending row per active endpoint of its user in `webhook_deliveries`, exactly
+  once (rows and offsets in one Postgres transaction; the delivery id is
+  uuid5(notification id, endpoint id)).
+* **delivery** (asyncio + httpx): endpoints, not deliveries, are scheduled. A
+  worker leases an endpoint that has due deliveries, sends them one at a time in
+  due order, records every attempt, then releases it. An endpoint is held by one
+  worker slot at most, so a slow or failing endpoint delays only its own
+  deliveries, never another user's. A failure reschedules the delivery with
+  exponential backoff and jitter and pauses the endpoint for that delay; after
+  `max_age_seconds` (default 3 days) a delivery becomes `dead` (the dead-letter
+  record, kept in Postgres for an operator to replay).
+
+Delivery is at-least-once: a crash between the receiver's 2xx and our commit
+sends again, with the same `Paystream-Event-Id`, which receivers de-duplicate on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import psycopg
+from confluent_kafka import Message
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from paystream.codec import Codec
+from paystream.errors import DecodeError
+from paystream.settings import Settings, get_settings
+from pipelines.fraud.pgconsumer import PgConsumer
+from pipelines.notifications import signing
+
+NOTIFICATIONS = "notifications"
+NAMESPACE = uuid.UUID("b3f0c2d4-8e1a-4a6f-9c7d-5e2b1f0a3c68")
+log = logging.getLogger("paystream.webhooks")
+
+
+class WebhookSettings(BaseSettings):
+    """Delivery policy (env prefix PAYSTREAM_WEBHOOK_)."""
+
+    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_WEBHOOK_", env_file=".env",
+                                      extra="ignore")
+
+    backoff_base_seconds: float = 5.0
+    backoff_cap_seconds: float = 3600.0
+    max_age_seconds: float = 3 * 86400.0
+    concurrency: int = 16            # endpoints served at once per worker process
+    timeout_seconds: float = 10.0    # per attempt; a slow endpoint costs its own slot only
+    lease_seconds: float = 60.0
+    poll_interval: float = 0.2
+    batch_per_endpoint: int = 50     # deliveries per lease before the endpoint goes back in line
+    allow_private_urls: bool = False  # http:// and loopback/private hosts: development and tests
+    max_endpoints_per_user: int = 10
+
+
+def delivery_id(notification_id: str, endpoint_id: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, f"{notification_id}|{endpoint_id}"))
+
+
+def body_of(n: dict[str, Any]) -> str:
+    """The JSON body: built once at intake and stored, so every attempt signs and
+    sends the same bytes."""
+    return json.dumps({"id": n["notification_id"], "type": n["kind"], "created_at": n["created_at"],
+                       "data": n}, sort_keys=True, separators=(",", ":"))
+
+
+def backoff_delay(attempt: int, ws: WebhookSettings, rnd: random.Random | None = None) -> float:
+    """Delay after the `attempt`-th failure: exponential, capped, with "equal jitter"
+    (half fixed, half random), so retries of many deliveries spread out while the
+    delay never drops below half the exponential step."""
+    step = min(ws.backoff_cap_seconds, ws.backoff_base_seconds * 2 ** max(attempt - 1, 0))
+    return step / 2 + (rnd or random).uniform(0, step / 2)
+
+
+def after_failure(attempt: int, age_seconds: float, ws: WebhookSettings,
+                  rnd: random.Random | None = None) -> float | None:
+    """Seconds until the next attempt, or None when the delivery is to be given up:
+    the next try would fall outside the retry period."""
+    delay = backoff_delay(attempt, ws, rnd)
+    if age_seconds + delay > ws.max_age_seconds:
+        return None
+    return delay
+
+
+# --------------------------------------------------------------------------- intake
+
+
+class NotificationIntake:
+    """Batch handler for PgConsumer: one pending delivery per (notification, endpoint)."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    def __call__(self, conn: psycopg.Connection[Any], msgs: list[Message]) -> None:
+        notes = []
+        for m in msgs:
+            try:
+                notes.append(self.codec.decode(NOTIFICATIONS, m.value()))
+            except DecodeError as exc:
+                # notifications are written only by our own EOS app; a bad one is logged
+                # and skipped rather than stalling every user's deliveries
+                log.error("skipping undecodable notification %s[%s]@%s: %s", m.topic(),
+                          m.partition(), m.offset(), exc)
+        if not notes:
+            return
+        users = sorted({n["user_id"] for n in notes})
+        endpoints: dict[str, list[str]] = {}
+        for eid, uid in conn.execute(
+                "SELECT endpoint_id, user_id FROM webhook_endpoints"
+                " WHERE active AND user_id = ANY(%s)", (users,)).fetchall():
+            endpoints.setdefault(uid, []).append(str(eid))
+        rows = [
+            (delivery_id(n["notification_id"], eid), eid, n["notification_id"], n["user_id"],
+             n["kind"], body_of(n))
+            for n in notes for eid in endpoints.get(n["user_id"], [])
+        ]
+        if rows:
+            conn.cursor().executemany(
+                "INSERT INTO webhook_deliveries (delivery_id, endpoint_id, notification_id, user_id,"
+                " kind, body) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING",
+                rows)
+
+
+# ------------------------------------------------------------------------- delivery
+
+CLAIM = """
+UPDATE webhook_endpoints SET lease_owner = %(me)s,
+       lease_until = now() + make_interval(secs => %(lease)s)
+WHERE endpoint_id IN (
+    SELECT e.endpoint_id FROM webhook_endpoints e
+    WHERE e.active AND (e.lease_until IS NULL OR e.lease_until < now())
+      AND EXISTS (SELECT 1 FROM webhook_deliveries d
+                  WHERE d.endpoint_id = e.endpoint_id AND d.status = 'pending'
+                    AND d.next_attempt_at <= now())
+    ORDER BY e.lease_until ASC NULLS FIRST
+    LIMIT %(n)s FOR UPDATE SKIP LOCKED)
+RETURNING endpoint_id, url, secret
+"""
+
+NEXT_DUE = """
+SELECT delivery_id, notification_id, body, attempts, extract(epoch FROM now() - created_at) AS age
+FROM webhook_deliveries
+WHERE endpoint_id = %s AND status = 'pending' AND next_attempt_at <= now()
+ORDER BY next_attempt_at, created_at LIMIT 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    endpoint_id: str
+    url: str
+    secret: str
+
+
+class Deliverer:
+    def __init__(self, settings: Settings, ws: WebhookSettings) -> None:
+        self.settings = settings
+        self.ws = ws
+        self.me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.rnd = random.Random()
+
+    async def claim(self, pool: AsyncConnectionPool, n: int) -> list[Endpoint]:
+        async with pool.connection() as conn:
+            cur = await conn.execute(CLAIM, {"me": self.me, "lease": self.ws.lease_seconds, "n": n})
+            rows = await cur.fetchall()
+        return [Endpoint(str(r[0]), r[1], r[2]) for r in rows]
+
+    async def _release(self, pool: AsyncConnectionPool, ep: Endpoint, pause: float) -> None:
+        # lease_until in the future without an owner is the endpoint's pause after a failure;
+        # now() puts it at the back of the line (claims go to the least recently served)
+        async with pool.connection() as conn:
+            await conn.execute(
+                "UPDATE webhook_endpoints SET lease_owner = NULL,"
+                " lease_until = now() + make_interval(secs => %s)"
+                " WHERE endpoint_id = %s AND lease_owner = %s", (pause, ep.endpoint_id, self.me))
+
+    async def serve(self, pool: AsyncConnectionPool, client: httpx.AsyncClient, ep: Endpoint) -> None:
+        pause = 0.0
+        try:
+            for _ in range(self.ws.batch_per_endpoint):
+                async with pool.connection() as conn:
+                    cur = conn.cursor(row_factory=dict_row)
+                    await cur.execute(NEXT_DUE, (ep.endpoint_id,))
+                    d = await cur.fetchone()
+                    if d is None:
+                        break
+                    await conn.execute(
+                        "UPDATE webhook_endpoints SET lease_until = now() + make_interval(secs => %s)"
+                        " WHERE endpoint_id = %s AND lease_owner = %s",
+                        (self.ws.lease_seconds, ep.endpoint_id, self.me))
+                delay = await self.attempt(pool, client, ep, d)
+                if delay is not None:
+                    pause = delay
+                    break
+        except Exception:
+            log.exception("serving endpoint %s failed", ep.endpoint_id)
+            pause = self.ws.backoff_base_seconds
+        finally:
+            await self._release(pool, ep, pause)
+
+    async def attempt(self, pool: AsyncConnectionPool, client: httpx.AsyncClient, ep: Endpoint,
+                      d: dict[str, Any]) -> float | None:
+        """Send once; record it. None when delivered (or given up), else the retry delay."""
+        n = int(d["attempts"]) + 1
+        body: str = d["body"]
+        headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "paystream-webhooks/1",
+            signing.HEADER: signing.sign(ep.secret, body),
+            signing.EVENT_ID_HEADER: str(d["notification_id"]),
+            "Paystream-Delivery-Id": str(d["delivery_id"]),
+            "Paystream-Attempt": str(n),
+        }
+        started = time.time()
+        t0 = time.monotonic()
+        code: int | None = None
+        error: str | None = None
+        try:
+            resp = await client.post(ep.url, content=body.encode(), headers=headers)
+            code = resp.status_code
+            if not 200 <= code < 300:
+                error = f"HTTP {code}"
+        except httpx.HTTPError as exc:
+            error = f"{type(exc).__name__}: {exc}"[:500]
+        duration_ms = int((time.monotonic() - t0) * 1000)
+        delay = None if error is None else after_failure(n, float(d["age"]), self.ws, self.rnd)
+        async with pool.connection() as conn, conn.transaction():
+            await conn.execute(
+                "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,"
+                " status_code, error) VALUES (%s, %s, to_timestamp(%s), %s, %s, %s)"
+                " ON CONFLICT DO NOTHING", (d["delivery_id"], n, started, duration_ms, code, error))
+            if error is None:
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET status = 'delivered', attempts = %s,"
+                    " delivered_at = now(), last_error = NULL WHERE delivery_id = %s",
+                    (n, d["delivery_id"]))
+            elif delay is None:
+                log.warning("delivery %s to %s dead after %s attempts: %s", d["delivery_id"],
+                            ep.endpoint_id, n, error)
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET status = 'dead', attempts = %s, dead_at = now(),"
+                    " last_error = %s WHERE delivery_id = %s", (n, error, d["delivery_id"]))
+            else:
+                await conn.execute(
+                    "UPDATE webhook_deliveries SET attempts = %s, last_error = %s,"
+                    " next_attempt_at = now() + make_interval(secs => %s) WHERE delivery_id = %s",
+                    (n, error, delay, d["delivery_id"]))
+        if error is not None and delay is None:
+            return self.ws.backoff_base_seconds  # given up: still pause the failing endpoint
+        return delay
+
+    async def run(self, stop: threading.Event) -> None:
+        pool = AsyncConnectionPool(self.settings.postgres_dsn, min_size=1,
+                                   max_size=self.ws.concurrency + 2, open=False)
+        await pool.open(wait=True, timeout=30)
+        timeout = httpx.Timeout(self.ws.timeout_seconds, connect=min(5.0, self.ws.timeout_seconds))
+        limits = httpx.Limits(max_connections=self.ws.concurrency * 2)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            async with httpx.AsyncClient(timeout=timeout, limits=limits,
+                                         follow_redirects=False) as client:
+                while not stop.is_set():
+                    free = self.ws.concurrency - len(tasks)
+                    if free > 0:
+                        try:
+                            for ep in await self.claim(pool, free):
+                                tasks.add(asyncio.create_task(self.serve(pool, client, ep)))
+                        except psycopg.Error as exc:
+                            log.warning("claiming endpoints failed: %s", exc)
+                    if tasks:
+                        done, _ = await asyncio.wait(tasks, timeout=self.ws.poll_interval,
+                                                     return_when=asyncio.FIRST_COMPLETED)
+                        tasks -= done
+                    else:
+                        await asyncio.sleep(self.ws.poll_interval)
+                if tasks:
+                    await asyncio.wait(tasks, timeout=self.ws.timeout_seconds + 5)
+        finally:
+            await pool.close()
+
+
+def run(settings: Settings | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = settings or get_settings()
+    ws = WebhookSettings()
+    codec = Codec(settings.registry_url)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    intake = PgConsumer(settings, name="webhooks", topic=NOTIFICATIONS,
+                        handle=NotificationIntake(codec))
+    failed: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            intake.run(stop)
+        except BaseException as exc:
+            failed.append(exc)
+            log.exception("webhook intake died")
+            stop.set()
+
+    thread = threading.Thread(target=guarded, name="webhook-intake", daemon=True)
+    thread.start()
+    log.info("webhooks worker running (concurrency %s)", ws.concurrency)
+    asyncio.run(Deliverer(settings, ws).run(stop))
+    thread.join(30)
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    run()

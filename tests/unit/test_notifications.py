@@ -1,0 +1,88 @@
+"""Notification mapping, webhook signatures and the retry policy, without services."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from pipelines.notifications import signing
+from pipelines.notifications.domain import notification_for, notification_id
+from pipelines.notifications.webhook_api import url_problem
+from pipelines.notifications.webhooks import (
+    WebhookSettings,
+    after_failure,
+    backoff_delay,
+    body_of,
+)
+
+OWNER = str(uuid.uuid4())
+
+
+def event(etype: str, **kw) -> dict:
+    ev = {"event_id": str(uuid.uuid4()), "payment_id": str(uuid.uuid4()),
+          "account_id": str(uuid.uuid4()), "type": etype, "command_type": "TRANSFER",
+          "replay": False, "amount": 500, "currency": "EUR", "reason": None, "note": None,
+          "occurred_at": 1_700_000_000_000}
+    ev.update(kw)
+    return ev
+
+
+def test_kinds():
+    cases = {
+        "TRANSFER_DEBITED": "PAYMENT_SENT", "TRANSFER_COMPLETED": "PAYMENT_RECEIVED",
+        "TRANSFER_FAILED": "PAYMENT_FAILED", "TRANSFER_REVERSED": "PAYMENT_REVERSED",
+        "REVERSAL_DEBITED": "PAYMENT_REVERSED", "ACCOUNT_FROZEN": "ACCOUNT_FROZEN",
+        "ACCOUNT_UNFROZEN": "ACCOUNT_UNFROZEN", "COMMAND_REJECTED": "PAYMENT_FAILED",
+    }
+    for etype, kind in cases.items():
+        n = notification_for(OWNER, event(etype))
+        assert n is not None and n["kind"] == kind, etype
+    for etype in ("DEPOSITED", "WITHDRAWN", "ACCOUNT_OPENED", "COMMAND_DUPLICATE"):
+        assert notification_for(OWNER, event(etype)) is None
+    assert notification_for(OWNER, event("TRANSFER_DEBITED", replay=True)) is None
+    assert notification_for(OWNER, event("COMMAND_REJECTED", command_type="FREEZE")) is None
+    assert notification_for(None, event("TRANSFER_DEBITED")) is None
+
+
+def test_ids_are_stable_per_event_and_recipient():
+    ev = event("TRANSFER_COMPLETED")
+    a, b = notification_for(OWNER, ev), notification_for(OWNER, dict(ev))
+    assert a == b and a is not None
+    assert a["notification_id"] == notification_id(ev["event_id"], OWNER)
+    assert notification_id(ev["event_id"], "someone else") != a["notification_id"]
+    assert body_of(a) == body_of(dict(a))
+
+
+def test_signature_round_trip_and_tampering():
+    secret = signing.new_secret()
+    body = '{"id":"x"}'
+    header = signing.sign(secret, body, t=1_700_000_000)
+    assert signing.verify(secret, header, body, now=1_700_000_010)
+    assert not signing.verify(secret, header, body + " ", now=1_700_000_010)
+    assert not signing.verify("whsec_other", header, body, now=1_700_000_010)
+    assert not signing.verify(secret, header, body, now=1_700_000_000 + 3600)  # replayed later
+    assert not signing.verify(secret, "v1=abc", body)
+
+
+def test_backoff_grows_with_jitter_and_gives_up_after_the_period():
+    ws = WebhookSettings(backoff_base_seconds=1, backoff_cap_seconds=60, max_age_seconds=300)
+    rnd = random.Random(1)
+    for attempt in range(1, 12):
+        step = min(60, 2 ** (attempt - 1))
+        delays = [backoff_delay(attempt, ws, rnd) for _ in range(50)]
+        assert all(step / 2 <= d <= step for d in delays)
+        assert len(set(delays)) > 1  # jittered
+    assert after_failure(1, 0, ws, rnd) is not None
+    assert after_failure(20, 299, ws, rnd) is None
+    assert WebhookSettings().max_age_seconds == 3 * 86400
+
+
+def test_webhook_urls():
+    assert url_problem("https://hooks.example.com/x", False) is None
+    assert url_problem("http://hooks.example.com/x", False)
+    assert url_problem("https://127.0.0.1:8080/x", False)
+    assert url_problem("https://10.1.2.3/x", False)
+    assert url_problem("https://localhost/x", False)
+    assert url_problem("https://user:pw@hooks.example.com/x", False)
+    assert url_problem("ftp://hooks.example.com/x", True)
+    assert url_problem("http://127.0.0.1:8080/x", True) is None
