@@ -1,0 +1,194 @@
+"""The sink's pure fold: balance deltas, payment lifecycle, account status, audit rows.
+
+Events come from the real ledger domain (`pipelines.ledger.domain`) driven in
+memory, so the fold is tested against exactly the shapes the ledger emits.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from paystream import commands as C
+from pipelines.ledger import domain
+from sinks import read_model as rm
+
+
+class MiniLedger:
+    """Routes commands and legs between per-account stores, collecting events."""
+
+    def __init__(self) -> None:
+        self.stores: dict[str, domain.DictStore] = {}
+        self.events: list[dict[str, Any]] = []
+        self.now = 1_700_000_000_000
+
+    def _store(self, key: str) -> domain.DictStore:
+        return self.stores.setdefault(key, domain.DictStore())
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        self.now += 1
+        self._route(domain.apply_command(self._store(cmd["account_id"]), cmd, self.now))
+
+    def _route(self, outs: list[domain.Output]) -> None:
+        for o in outs:
+            if o.topic == domain.EVENTS:
+                self.events.append(o.value)
+            else:
+                self.now += 1
+                self._route(domain.apply_leg(self._store(o.key), o.value, self.now))
+
+
+def opened(led: MiniLedger, n: int, deposit: int = 0) -> list[str]:
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for a in ids:
+        led.send(C.open_account(a, external_number=a[:12], owner_id="u", currency="USD"))
+        if deposit:
+            led.send(C.deposit(a, deposit, "USD", metadata={"description": "salary"}))
+    return ids
+
+
+def test_deltas_are_net_per_account_and_sum_to_zero():
+    led = MiniLedger()
+    a, b = opened(led, 2, deposit=1_000)
+    led.send(C.transfer(a, b, 300, "USD"))
+    led.send(C.transfer(b, a, 50, "USD"))
+    d = rm.account_deltas(led.events)
+    assert d[a] == 1_000 - 300 + 50 and d[b] == 1_000 + 300 - 50
+    assert d[domain.transit_account("USD")] == 0
+    assert d[domain.settlement_account("USD")] == -2_000
+    assert sum(d.values()) == 0
+
+
+def test_fold_of_only_new_events_is_what_a_replay_adds():
+    """The sink folds the events Postgres reported as newly inserted: folding an
+    empty set (a fully replayed batch) changes nothing."""
+    led = MiniLedger()
+    opened(led, 2, deposit=500)
+    fx = rm.fold([])
+    assert not fx.postings and not fx.accounts and not fx.payments and not fx.audit
+    full = rm.fold(led.events)
+    split = rm.account_deltas(led.events[:3]), rm.account_deltas(led.events[3:])
+    merged = {k: split[0].get(k, 0) + split[1].get(k, 0) for k in set(split[0]) | set(split[1])}
+    assert {k: v.delta for k, v in full.accounts.items() if v.has_postings} == merged
+
+
+def test_fold_accounts_payments_and_audit():
+    led = MiniLedger()
+    a, b = opened(led, 2, deposit=1_000)
+    t = C.transfer(a, b, 400, "USD")
+    led.send(t)
+    led.send(C.transfer(a, b, 10_000, "USD"))  # rejected: insufficient funds
+    led.send(
+        C.reverse_transfer(
+            b, t["command_id"], reason="fraud", actor="admin:1", freeze_receiver=True
+        )
+    )
+    fx = rm.fold(led.events)
+    acct_b = fx.accounts[b]
+    assert acct_b.status == "FROZEN" and acct_b.kind == "USER" and acct_b.external_number == b[:12]
+    assert acct_b.delta == 1_000 + 400 - 400
+    assert fx.accounts[a].delta == 1_000
+    assert fx.accounts[domain.transit_account("USD")].kind == "TRANSIT"
+    pay = fx.payments[t["command_id"]]
+    assert (pay.status, pay.from_account, pay.to_account, pay.amount) == ("REVERSED", a, b, 400)
+    assert sorted(s.status for s in fx.payments.values()).count("REJECTED") == 1
+    deposits = [p for p in fx.payments.values() if p.kind == "DEPOSIT"]
+    assert all(p.description == "salary" and p.to_account in (a, b) for p in deposits)
+    actions = [(r[3], r[2]) for r in fx.audit]
+    assert ("REVERSAL_DEBITED", "admin:1") in actions and (
+        "TRANSFER_REVERSED",
+        "admin:1",
+    ) in actions
+    assert ("ACCOUNT_FROZEN", "admin:1") in actions
+    assert len(fx.postings) == sum(len(e["postings"]) for e in led.events)
+
+
+def test_replays_do_not_change_payments_or_accounts():
+    led = MiniLedger()
+    a, b = opened(led, 2, deposit=1_000)
+    t = C.transfer(a, b, 100, "USD")
+    led.send(t)
+    before = len(led.events)
+    led.send(dict(t))  # same id again: COMMAND_DUPLICATE, replay=true
+    dup = led.events[before:]
+    assert [e["type"] for e in dup] == ["COMMAND_DUPLICATE"]
+    fx = rm.fold(dup)
+    assert not fx.payments and not fx.postings and fx.accounts[a].status is None
+
+
+def test_second_account_with_the_same_number_in_one_batch_gets_none():
+    led = MiniLedger()
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    led.send(C.open_account(a, external_number="N-1", owner_id="u", currency="USD"))
+    led.send(C.open_account(b, external_number="N-1", owner_id="v", currency="USD"))
+    fx = rm.fold(led.events)
+    assert fx.accounts[a].external_number == "N-1" and fx.accounts[b].external_number is None
+    assert fx.duplicate_numbers == [(b, "N-1")]
+
+
+def _change(status: str, ms: int, reason: str | None = None) -> rm.PaymentChange:
+    return rm.PaymentChange("p", "TRANSFER", status, reason=reason, created_ms=ms, updated_ms=ms)
+
+
+def test_lifecycle_never_moves_backwards():
+    done = rm.merge_payment(_change("PENDING", 1), _change("COMPLETED", 2))
+    assert done.status == "COMPLETED"
+    assert rm.merge_payment(done, _change("PENDING", 3)).status == "COMPLETED"
+    assert rm.merge_payment(done, _change("REVERSED", 4, "fraud")).reason == "fraud"
+    rev = rm.merge_payment(_change("REVERSED", 4), _change("COMPLETED", 2))
+    assert (rev.status, rev.created_ms, rev.updated_ms) == ("REVERSED", 2, 4)
+    # a terminal status is never replaced by another terminal one
+    failed = rm.merge_payment(_change("FAILED", 2, "RECEIVER_FROZEN"), _change("COMPLETED", 3))
+    assert (failed.status, failed.reason) == ("FAILED", "RECEIVER_FROZEN")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.permutations(["PENDING", "COMPLETED", "REVERSED"]))
+def test_lifecycle_is_order_independent(order: list[str]):
+    """Partitions are read in any relative order; the final status must not care."""
+    changes = [_change(s, i) for i, s in enumerate(order)]
+    final = changes[0]
+    for c in changes[1:]:
+        final = rm.merge_payment(final, c)
+    assert final.status == "REVERSED"
+    assert (final.created_ms, final.updated_ms) == (0, 2)
+
+
+def test_transfer_fold_in_any_partition_order():
+    led = MiniLedger()
+    a, b = opened(led, 2, deposit=1_000)
+    t = C.transfer(a, b, 250, "USD")
+    start = len(led.events)
+    led.send(t)
+    legs = led.events[start:]
+    results = set()
+    for perm in itertools.permutations(legs):
+        fx = rm.fold(list(perm))
+        p = fx.payments[t["command_id"]]
+        results.add((p.status, p.from_account, p.to_account, p.amount))
+    assert results == {("COMPLETED", a, b, 250)}
+
+
+def test_normalize_event_canonicalizes_ids_and_strips_nul():
+    led = MiniLedger()
+    (a,) = opened(led, 1)
+    ev = dict(led.events[0])
+    ev["account_id"] = "{" + a.upper() + "}"
+    ev["requested_by"] = "x\x00y"
+    ev["metadata"] = {"k\x00": "v"}
+    assert rm.normalize_event(ev) is None
+    assert (
+        ev["account_id"] == a
+        and ev["requested_by"] == "x\ufffdy"
+        and ev["metadata"] == {"k\ufffd": "v"}
+    )
+    bad = dict(led.events[0], payment_id="not-a-uuid")
+    assert "not a UUID" in (rm.normalize_event(bad) or "")
+
+
+def test_timestamps_are_exact_milliseconds():
+    assert rm.ts(1_700_000_000_123).isoformat() == "2023-11-14T22:13:20.123000+00:00"
