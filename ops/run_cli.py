@@ -23,22 +23,22 @@ def _ledger() -> None:
 COMPONENTS["ledger"] = _ledger
 
 
-def _notifications() -> None:
-    from pipelines.notifications.app import run
+def _sink() -> None:
+    from sinks.postgres_sink import run
 
     run()
 
 
-COMPONENTS["notifications"] = _notifications
+COMPONENTS["sink"] = _sink
 
 
-def _webhooks() -> None:
-    from pipelines.notifications.webhooks import run
+def _fraud() -> None:
+    from pipelines.fraud.app import run
 
     run()
 
 
-COMPONENTS["webhooks"] = _webhooks
+COMPONENTS["fraud"] = _fraud
 
 
 def _compensation() -> None:
@@ -59,13 +59,22 @@ def _reviews() -> None:
 COMPONENTS["reviews"] = _reviews
 
 
-def _fraud() -> None:
-    from pipelines.fraud.app import run
+def _notifications() -> None:
+    from pipelines.notifications.app import run
 
     run()
 
 
-COMPONENTS["fraud"] = _fraud
+COMPONENTS["notifications"] = _notifications
+
+
+def _webhooks() -> None:
+    from pipelines.notifications.webhooks import run
+
+    run()
+
+
+COMPONENTS["webhooks"] = _webhooks
 
 
 def _gateway() -> None:
@@ -96,7 +105,8 @@ def bootstrap(console: Console) -> None:
     t0 = time.monotonic()
     actions = apply_topics(settings)
     created = [a.topic for a in actions if a.action == "created"]
-    console.print(f"topics applied in {time.monotonic() - t0:.1f}s" + (f" (created {', '.join(created)})" if created else ""))
+    note = f" (created {', '.join(created)})" if created else ""
+    console.print(f"topics applied in {time.monotonic() - t0:.1f}s{note}")
     t0 = time.monotonic()
     register_all(settings.registry_url)
     console.print(f"schemas registered in {time.monotonic() - t0:.1f}s")

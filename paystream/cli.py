@@ -12,14 +12,16 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream op
 
 
 def _register() -> None:
-    from ops.stack_cli import app as stack_app
-    from ops.topics import app as topics_app
-    from ops.schemas_cli import app as schemas_app
-    from ops.bench_cli import app as bench_app
-    from ops.db import app as db_app
-    from ops.run_cli import register as register_run
     from gateway.admin_cli import app as admin_app
     from gateway.bench import register as register_bench_http
+    from ops.bench_cli import app as bench_app
+    from ops.bench_sink import register as register_bench_sink
+    from ops.db import app as db_app
+    from ops.run_cli import register as register_run
+    from ops.schemas_cli import app as schemas_app
+    from ops.stack_cli import app as stack_app
+    from ops.topics import app as topics_app
+    from ops.verify import register as register_verify
 
     app.add_typer(stack_app, name="stack", help="local Kafka, registry, Postgres and Redis")
     app.add_typer(topics_app, name="topics", help="topics from the declarative spec")
@@ -29,6 +31,8 @@ def _register() -> None:
     register_bench_http(bench_app)
     app.add_typer(admin_app, name="admin", help="administrative tasks (admin users)")
     register_run(app)
+    register_verify(app)
+    register_bench_sink(bench_app)
 
 
 def main() -> None:
