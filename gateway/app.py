@@ -32,7 +32,6 @@ from gateway.security import (
     issue_token,
     valid_account_number,
     verify_password,
-    verify_token,
 )
 from gateway.service import (
     Gateway,
@@ -74,9 +73,7 @@ async def principal(
 ) -> Principal:
     """Who is calling, from the verified JWT alone (X-User-Id and friends are ignored)."""
     gw = gw_of(request)
-    return verify_token(
-        gw.jwt_key, gw.settings.jwt_issuer, bearer(request.headers.get("authorization"))
-    )
+    return gw.tokens.verify(bearer(request.headers.get("authorization")))
 
 
 async def admin(p: Annotated[Principal, Depends(principal)]) -> Principal:
@@ -122,9 +119,7 @@ def _wait(gw: Gateway, prefer: str | None) -> float:
 _NOT_FOUND = "no such account"
 
 
-async def _account(
-    gw: Gateway, p: Principal, number: str, *, strict: bool = False
-) -> store.AccountRef:
+async def _account(gw: Gateway, p: Principal, number: str, *, strict: bool = False) -> store.AccountRef:
     """The account if the caller may see it (owner, or admin unless `strict`);
     otherwise the same 404 as for an account that does not exist."""
     if not valid_account_number(number):
@@ -241,9 +236,7 @@ async def me(p: User, request: Request) -> Response:
 async def my_accounts(p: User, request: Request) -> Response:
     gw = gw_of(request)
     refs = await store.accounts_of(gw.pool, p.user_id)
-    return json_response(
-        200, {"object": "list", "data": await _account_views(gw, refs), "has_more": False}
-    )
+    return json_response(200, {"object": "list", "data": await _account_views(gw, refs), "has_more": False})
 
 
 @router.get(
@@ -323,15 +316,12 @@ async def create_payment(
     ledger completed it, 402 when it refused or failed, 202 + Location when it did
     not answer within the wait budget (`Prefer: wait=N`)."""
     gw = gw_of(request)
-    await _rate(gw, "payments", p.user_id, gw.settings.gateway_rate_payments_per_minute)
     src = await _account(gw, p, body.from_account, strict=True)
     dst = await gw.account(body.to_account) if valid_account_number(body.to_account) else None
     if dst is None:
         raise Problem(422, "unknown_account", "to_account does not exist")
     if body.currency != src.currency:
-        raise Problem(
-            422, "currency_mismatch", f"from_account holds {src.currency}, not {body.currency}"
-        )
+        raise Problem(422, "currency_mismatch", f"from_account holds {src.currency}, not {body.currency}")
     payment_id = C.payment_id_for(p.user_id, idempotency_key)
     fp = fingerprint(
         {
@@ -371,6 +361,7 @@ async def create_payment(
         wait=_wait(gw, prefer),
         render=render_payment,
         location=f"/v1/payments/{payment_id}",
+        rate_limit=gw.settings.gateway_rate_payments_per_minute,
     )
 
 
@@ -384,9 +375,7 @@ def _meta(description: str | None) -> dict[str, str]:
     responses=responses(401, 404),
     tags=["payments"],
 )
-async def get_payment(
-    payment_id: Annotated[str, Path(max_length=64)], p: User, request: Request
-) -> Response:
+async def get_payment(payment_id: Annotated[str, Path(max_length=64)], p: User, request: Request) -> Response:
     gw = gw_of(request)
     view = await _payment_view(gw, p, payment_id)
     if view is None:
@@ -400,11 +389,7 @@ async def _payment_view(gw: Gateway, p: Principal, payment_id: str) -> dict[str,
     except ValueError:
         return None
     rec = await gw.cached_payment(payment_id)
-    row = (
-        await store.payment_row(gw.pool, payment_id)
-        if rec is None or rec["status"] == "pending"
-        else None
-    )
+    row = await store.payment_row(gw.pool, payment_id) if rec is None or rec["status"] == "pending" else None
     if rec is not None:
         if not p.is_admin and p.user_id not in rec.get("owners", ()):
             return None
@@ -427,9 +412,7 @@ async def _row_view(gw: Gateway, p: Principal, row: dict[str, Any]) -> dict[str,
     frm = refs.get(str(row.get("from_account")))
     to = refs.get(str(row.get("to_account")))
     kind = str(row.get("kind") or "transfer").lower()
-    kind = {"deposit": "deposit", "withdraw": "withdrawal", "withdrawal": "withdrawal"}.get(
-        kind, "transfer"
-    )
+    kind = {"deposit": "deposit", "withdraw": "withdrawal", "withdrawal": "withdrawal"}.get(kind, "transfer")
     reason = row.get("reason")
     return {
         "id": str(row["payment_id"]), "object": "payment", "kind": kind,
@@ -443,12 +426,8 @@ async def _row_view(gw: Gateway, p: Principal, row: dict[str, Any]) -> dict[str,
     }  # fmt: skip
 
 
-@router.get(
-    "/payments", response_model=M.PaymentList, responses=responses(400, 401), tags=["payments"]
-)
-async def list_payments(
-    p: User, request: Request, limit: Limit = 20, starting_after: Cursor = None
-) -> Response:
+@router.get("/payments", response_model=M.PaymentList, responses=responses(400, 401), tags=["payments"])
+async def list_payments(p: User, request: Request, limit: Limit = 20, starting_after: Cursor = None) -> Response:
     """Payments from or to the caller's accounts, newest first, from the read model."""
     gw = gw_of(request)
     refs = await store.accounts_of(gw.pool, p.user_id)
@@ -486,9 +465,7 @@ async def _movement(
     gw = gw_of(request)
     ref = await _account(gw, p, account_number)
     if body.currency != ref.currency:
-        raise Problem(
-            422, "currency_mismatch", f"the account holds {ref.currency}, not {body.currency}"
-        )
+        raise Problem(422, "currency_mismatch", f"the account holds {ref.currency}, not {body.currency}")
     endpoint = "deposits" if kind == "deposit" else "withdrawals"
     payment_id = C.payment_id_for(f"{p.user_id}/{endpoint}", idempotency_key)
     build = C.deposit if kind == "deposit" else C.withdraw
@@ -696,9 +673,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _reject(self, send: Send) -> None:
-        body = problem_body(
-            413, "body_too_large", f"request bodies are limited to {self.limit} bytes"
-        )
+        body = problem_body(413, "body_too_large", f"request bodies are limited to {self.limit} bytes")
         await send(
             {
                 "type": "http.response.start",
@@ -736,13 +711,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     problems.install(app)
     app.include_router(router)
+    from pipelines.fraud.review_api import router as reviews_router
+    from pipelines.notifications.webhook_api import router as webhooks_router
+
+    app.include_router(reviews_router)  # admin review queue (pipelines/fraud)
+    app.include_router(webhooks_router)  # webhook endpoints (pipelines/notifications)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
         gw = gw_of(request)
-        return json_response(
-            200, {"ok": gw.listener.ready.is_set(), "waiting": gw.listener.waiting}
-        )
+        return json_response(200, {"ok": gw.listener.ready.is_set(), "waiting": gw.listener.waiting})
 
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
     return app

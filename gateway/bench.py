@@ -1,12 +1,177 @@
-"""`paystream bench http`: placeholder until the benchmark lands."""
+"""`paystream bench http`: payments per second through a running gateway.
+
+N concurrent clients (httpx, asyncio) each send payments back to back for a
+fixed time, once with `Prefer: wait=0` (the 202 path: the answer comes when
+Kafka acknowledged the command) and once waiting for the ledger's outcome (the
+201 path). It prints accepted requests/s and p50/p99 latency for each.
+
+Setup goes around HTTP where HTTP would measure the wrong thing: bench users are
+inserted directly (one shared argon2 hash, no registration rate limit) and their
+tokens are minted with the gateway's own key, as an operator on the same host
+can. Their OpenAccount commands go through the outbox like any registration;
+the bench drains the outbox itself, so no relay needs to be running.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import httpx
 import typer
+from rich.console import Console
+
+from paystream.settings import Settings, get_settings
+
+
+@dataclass
+class Phase:
+    name: str
+    seconds: float
+    latencies: list[float] = field(default_factory=list)
+    statuses: Counter[int] = field(default_factory=Counter)
+    errors: int = 0
+
+    def ok(self) -> int:
+        return self.statuses[201] + self.statuses[202]
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        data = sorted(self.latencies)
+        return data[min(len(data) - 1, int(q * len(data)))] * 1000
+
+
+@dataclass
+class BenchUser:
+    user_id: str
+    number: str
+    headers: dict[str, str]
+
+
+async def _setup(settings: Settings, base: str, n: int, console: Console) -> list[BenchUser]:
+    from psycopg_pool import AsyncConnectionPool
+
+    from gateway import store
+    from gateway.outbox import Relay
+    from gateway.security import hash_password, issue_token
+
+    pw_hash = hash_password(uuid.uuid4().hex + "A1")
+    users: list[BenchUser] = []
+    run = uuid.uuid4().hex[:8]
+    async with AsyncConnectionPool(settings.postgres_dsn, min_size=1, max_size=4) as pool:
+        admin, _ = await store.create_user(
+            pool,
+            email=f"bench-admin-{run}@bench.invalid",
+            password_hash=pw_hash,
+            name="bench",
+            role="admin",
+            currency=None,
+        )
+        for i in range(n):
+            user, ref = await store.create_user(
+                pool, email=f"bench-{run}-{i}@bench.invalid", password_hash=pw_hash,
+                name=f"bench {i}", role="user", currency="USD",
+            )  # fmt: skip
+            assert ref is not None
+            token = issue_token(settings, user.user_id, "user", now=time.time())
+            users.append(BenchUser(user.user_id, ref.account_number, {"Authorization": f"Bearer {token}"}))
+    relay = Relay(settings)
+    await asyncio.to_thread(relay.drain)
+    admin_headers = {"Authorization": f"Bearer {issue_token(settings, admin.user_id, 'admin')}"}
+    console.print(f"created {n} users; funding their accounts")
+    async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+
+        async def fund(u: BenchUser) -> None:
+            for _ in range(120):  # until the ledger has opened the account
+                r = await c.post(
+                    f"/v1/accounts/{u.number}/deposits",
+                    json={"amount": "1000000.00", "currency": "USD"},
+                    headers={**admin_headers, "Idempotency-Key": uuid.uuid4().hex, "Prefer": "wait=10"},
+                )
+                if r.status_code == 201:
+                    return
+                await asyncio.sleep(0.5)
+            raise RuntimeError(f"could not fund {u.number}: {r.status_code} {r.text}")
+
+        await asyncio.gather(*(fund(u) for u in users))
+    return users
+
+
+async def _phase(
+    base: str, users: list[BenchUser], clients: int, phase: Phase, prefer: str | None, warmup: float
+) -> None:
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
+        start = time.monotonic()
+        measure_from = start + warmup
+        stop_at = measure_from + phase.seconds
+
+        async def client(i: int) -> None:
+            me = users[i % len(users)]
+            rng = random.Random(i)
+            while True:
+                now = time.monotonic()
+                if now >= stop_at:
+                    return
+                to = users[rng.randrange(len(users))]
+                if to.number == me.number:
+                    to = users[(users.index(me) + 1) % len(users)]
+                headers = {**me.headers, "Idempotency-Key": uuid.uuid4().hex}
+                if prefer:
+                    headers["Prefer"] = prefer
+                body = {"from_account": me.number, "to_account": to.number, "amount": "0.01", "currency": "USD"}
+                t0 = time.monotonic()
+                try:
+                    r = await c.post("/v1/payments", json=body, headers=headers)
+                    status = r.status_code
+                except httpx.HTTPError:
+                    status = 0
+                t1 = time.monotonic()
+                if t0 >= measure_from and t1 <= stop_at:
+                    phase.statuses[status] += 1
+                    if status in (201, 202):
+                        phase.latencies.append(t1 - t0)
+                    elif status == 0:
+                        phase.errors += 1
+
+        await asyncio.gather(*(client(i) for i in range(clients)))
 
 
 def register(app: typer.Typer) -> None:
     @app.command("http")
-    def bench_http() -> None:
-        """HTTP benchmark of the gateway."""
-        raise typer.Exit(1)
+    def bench_http(
+        clients: int = typer.Option(50, help="concurrent HTTP clients"),
+        seconds: float = typer.Option(10.0, help="measured seconds per phase"),
+        warmup: float = typer.Option(2.0, help="unmeasured seconds before each phase"),
+        users: int = typer.Option(50, help="bench users (one funded account each)"),
+        base_url: str = typer.Option(None, help="gateway URL (default: settings)"),
+        phases: str = typer.Option("accepted,completed", help="accepted (wait=0), completed"),
+    ) -> None:
+        """Payments/s and latency through a running gateway (needs ledger + gateway)."""
+        settings = get_settings()
+        console = Console()
+        base = base_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+        bench_users = asyncio.run(_setup(settings, base, users, console))
+        results = []
+        for name in [p.strip() for p in phases.split(",") if p.strip()]:
+            phase = Phase(name, seconds)
+            prefer = "wait=0" if name == "accepted" else None
+            asyncio.run(_phase(base, bench_users, clients, phase, prefer, warmup))
+            results.append(phase)
+            console.print(
+                f"{name:>9}: {phase.ok() / seconds:8.1f} accepted req/s  "
+                f"p50 {phase.pct(0.50):6.1f} ms  p99 {phase.pct(0.99):6.1f} ms  "
+                f"statuses {dict(sorted(phase.statuses.items()))}"
+            )
+        for phase in results:
+            if phase.latencies:
+                console.print(
+                    f"{phase.name}: mean {statistics.mean(phase.latencies) * 1000:.1f} ms "
+                    f"over {len(phase.latencies)} requests, {clients} clients"
+                )

@@ -23,8 +23,31 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
-_CLAIM = """
+# Sliding-window rate limit (the two-counter approximation): the previous fixed
+# window's count, weighted by how much of it still lies inside the last `window`,
+# plus the current window's count. Unlike a plain fixed window it allows no double
+# burst across a boundary. Refused requests are not counted.
+_SLIDING = """
+local function rate_wait(cur_key, prev_key, limit, window_ms, elapsed_ms)
+  local cur = tonumber(redis.call('GET', cur_key) or '0')
+  local prev = tonumber(redis.call('GET', prev_key) or '0')
+  if cur + prev * (window_ms - elapsed_ms) / window_ms + 1 > limit then
+    return window_ms - elapsed_ms
+  end
+  redis.call('INCR', cur_key)
+  redis.call('PEXPIRE', cur_key, window_ms * 2)
+  return 0
+end
+"""
+
+_CLAIM = (
+    _SLIDING
+    + """
 local now = tonumber(ARGV[3])
+if ARGV[6] ~= '0' then
+  local wait = rate_wait(KEYS[2], KEYS[3], tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]))
+  if wait > 0 then return {'rate', tostring(wait)} end
+end
 if redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'state', 'in_flight', 'token', ARGV[2],
              'lock_until', now + tonumber(ARGV[4]), 'sent', '0')
@@ -42,6 +65,7 @@ redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[2],
            'lock_until', now + tonumber(ARGV[4]))
 return {'resume', rec[6] or '0'}
 """
+)
 
 # Only the holder of the claim may release it or mark it sent.
 _RELEASE = """
@@ -52,17 +76,21 @@ end
 return 0
 """
 
+# Both scripts also store the payment record (KEYS[2]) so a request costs one
+# round trip per step, not two.
 _ACCEPTED = """
+if ARGV[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', tonumber(ARGV[3])) end
 if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
   redis.call('HSET', KEYS[1], 'state', 'accepted', 'sent', '1')
   return 1
 end
-redis.call('HSET', KEYS[1], 'sent', '1')
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'sent', '1') end
 return 0
 """
 
 # A final outcome is the same whoever learns it, so anyone may record it.
 _DONE = """
+if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5], 'EX', tonumber(ARGV[6])) end
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'state', 'done', 'sent', '1', 'status', ARGV[1], 'body', ARGV[2],
              'headers', ARGV[3])
@@ -72,11 +100,16 @@ return 1
 """
 
 # Fixed-window counter: INCR, set the expiry on the first hit, report the TTL.
-_RATE = """
-local n = redis.call('INCR', KEYS[1])
-if n == 1 then redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1])) end
-return {n, redis.call('PTTL', KEYS[1])}
+_RATE = (
+    _SLIDING
+    + """
+return rate_wait(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
 """
+)
+
+
+# (current window key, previous window key, limit, window ms, ms elapsed in window)
+RateWindow = tuple[str, str, int, int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,10 +144,19 @@ class IdempotencyStore:
         digest = hashlib.blake2b(idem_key.encode(), digest_size=16).hexdigest()
         return f"{self.prefix}idem:{user_id}:{endpoint}:{digest}"
 
-    async def claim(self, key: str, fp: str, token: str) -> Claim:
+    async def claim(self, key: str, fp: str, token: str, rate: RateWindow | None = None) -> Claim:
+        """Claim `key` for this request. `rate` (from `RateLimiter.window`) is
+        checked first in the same script, saving a round trip on the hot path; a
+        rate-limited request does not touch the key."""
         now = int(time.time() * 1000)
-        res = await self._claim(keys=[key], args=[fp, token, now, self.lock_ms, self.ttl])
+        cur, prev, limit, window_ms, elapsed = rate or (key + ":r0", key + ":r1", 0, 0, 0)
+        res = await self._claim(
+            keys=[key, cur, prev],
+            args=[fp, token, now, self.lock_ms, self.ttl, limit, window_ms, elapsed],
+        )
         kind = _s(res[0])
+        if kind == "rate":
+            return Claim(kind, retry_after=max(1, -(-int(_s(res[1])) // 1000)))
         if kind in ("new", "resume"):
             return Claim(kind, sent=_s(res[1]) == "1")
         if kind == "busy":
@@ -127,13 +169,27 @@ class IdempotencyStore:
     async def release(self, key: str, token: str) -> None:
         await self._release(keys=[key], args=[token])
 
-    async def accepted(self, key: str, token: str) -> None:
-        await self._accepted(keys=[key], args=[token])
+    async def accepted(
+        self, key: str, token: str, record_key: str = "", record: bytes = b"", record_ttl: int = 0
+    ) -> None:
+        """Mark the command as sent (and, if given, store the payment record)."""
+        await self._accepted(keys=[key, record_key or key + ":r"], args=[token, record, record_ttl or self.ttl])
 
     async def done(
-        self, key: str, status: int, body: bytes, headers: dict[str, str] | None = None
+        self,
+        key: str,
+        status: int,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        record_key: str = "",
+        record: bytes = b"",
+        record_ttl: int = 0,
     ) -> None:
-        await self._done(keys=[key], args=[status, body, orjson.dumps(headers or {}), self.ttl])
+        """Record the final answer (and, if given, the payment record)."""
+        await self._done(
+            keys=[key, record_key or key + ":r"],
+            args=[status, body, orjson.dumps(headers or {}), self.ttl, record, record_ttl or self.ttl],
+        )
 
 
 class RateLimiter:
@@ -142,16 +198,19 @@ class RateLimiter:
         self.prefix = prefix
         self._rate = redis.register_script(_RATE)
 
-    async def hit(
-        self, bucket: str, ident: str, limit: int, window_seconds: int = 60
-    ) -> int | None:
-        """Count one request; return None if allowed, else seconds until the window resets."""
-        window = int(time.time()) // window_seconds
-        key = f"{self.prefix}rl:{bucket}:{ident}:{window}"
-        n, pttl = await self._rate(keys=[key], args=[window_seconds * 1000])
-        if int(n) <= limit:
-            return None
-        return max(1, -(-int(pttl) // 1000))
+    def window(self, bucket: str, ident: str, limit: int, window_seconds: int = 60) -> RateWindow:
+        """Keys and position of the current window, for `rate_wait` in a script."""
+        now_ms = int(time.time() * 1000)
+        window_ms = window_seconds * 1000
+        n, elapsed = divmod(now_ms, window_ms)
+        base = f"{self.prefix}rl:{bucket}:{ident}:"
+        return (f"{base}{n}", f"{base}{n - 1}", limit, window_ms, elapsed)
+
+    async def hit(self, bucket: str, ident: str, limit: int, window_seconds: int = 60) -> int | None:
+        """Count one request; return None if allowed, else seconds to wait."""
+        cur, prev, limit, window_ms, elapsed = self.window(bucket, ident, limit, window_seconds)
+        wait = int(await self._rate(keys=[cur, prev], args=[limit, window_ms, elapsed]))
+        return None if wait <= 0 else max(1, -(-wait // 1000))
 
 
 def _s(v: Any) -> str:

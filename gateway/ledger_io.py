@@ -61,9 +61,7 @@ class CommandSender:
 
         value = self.codec.encode(COMMANDS_TOPIC, cmd)
         try:
-            self.producer.produce(
-                COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered
-            )
+            self.producer.produce(COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered)
         except (BufferError, Exception) as exc:
             raise SendError(f"cannot enqueue command: {exc}") from exc
         try:
@@ -117,9 +115,7 @@ class ResultListener:
         md = self.consumer.list_topics(EVENTS_TOPIC, timeout=10)
         tps = []
         for p in sorted(md.topics[EVENTS_TOPIC].partitions):
-            _, high = self.consumer.get_watermark_offsets(
-                TopicPartition(EVENTS_TOPIC, p), timeout=10
-            )
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(EVENTS_TOPIC, p), timeout=10)
             tps.append(TopicPartition(EVENTS_TOPIC, p, high))
         self.consumer.assign(tps)
         self._thread.start()

@@ -74,9 +74,7 @@ class MoneyIn(_Strict):
         if money.minor <= 0:
             raise PydanticCustomError("non_positive_amount", "amount must be greater than zero")
         if money.minor > MAX_AMOUNT_MINOR:
-            raise PydanticCustomError(
-                "amount_too_large", "amount exceeds the largest allowed movement"
-            )
+            raise PydanticCustomError("amount_too_large", "amount exceeds the largest allowed movement")
         self._minor = money.minor
         return self
 

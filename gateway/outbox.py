@@ -54,28 +54,22 @@ class Relay:
                 return 0
             for row_id, topic, key, payload in rows:
                 value = self.codec.encode(topic, payload)
-                self.producer.produce(
-                    topic, key=key.encode(), value=value, on_delivery=_recorder(results, row_id)
-                )
+                self.producer.produce(topic, key=key.encode(), value=value, on_delivery=_recorder(results, row_id))
             self.producer.flush(15)
             ok = [rid for rid, err in results.items() if err is None]
             failed = {rid: str(err) for rid, err in results.items() if err is not None}
             failed.update({r[0]: "no delivery report" for r in rows if r[0] not in results})
             if ok and self.settings.outbox_fault == "crash_after_publish":
-                log.warning(
-                    "fault injection: dying after publishing %d rows, before marking them", len(ok)
-                )
+                log.warning("fault injection: dying after publishing %d rows, before marking them", len(ok))
                 os.kill(os.getpid(), signal.SIGKILL)
             if ok:
                 self.conn.execute(
-                    "UPDATE gateway_outbox SET published_at = now(), attempts = attempts + 1"
-                    " WHERE id = ANY(%s)",
+                    "UPDATE gateway_outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(%s)",
                     (ok,),
                 )
             for rid, err in failed.items():
                 self.conn.execute(
-                    "UPDATE gateway_outbox SET attempts = attempts + 1, last_error = %s"
-                    " WHERE id = %s",
+                    "UPDATE gateway_outbox SET attempts = attempts + 1, last_error = %s WHERE id = %s",
                     (err, rid),
                 )
         if failed:

@@ -119,9 +119,7 @@ def _validation(request: Request, exc: Exception) -> Response:
 def _paystream(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PaystreamError)
     if isinstance(exc, Problem):
-        return problem_response(
-            exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extensions
-        )
+        return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
     return problem_response(exc.status, exc.code, exc.detail)
 
 

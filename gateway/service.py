@@ -17,14 +17,14 @@ from typing import Any
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.responses import Response
 
 from gateway import store
 from gateway.idempotency import IdempotencyStore, RateLimiter
 from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
 from gateway.problems import PROBLEM_JSON, Problem, problem_body
-from gateway.security import Network, parse_networks
+from gateway.security import Network, TokenVerifier, parse_networks
 from paystream.codec import Codec
 from paystream.money import format_minor
 from paystream.settings import Settings
@@ -78,20 +78,12 @@ def iso(ts: Any) -> str:
     if isinstance(ts, datetime):
         return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(ts, int | float):
-        return (
-            datetime.fromtimestamp(ts / 1000, UTC)
-            .isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z")
-        )
+        return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return str(ts)
 
 
-def json_response(
-    status: int, body: dict[str, Any], headers: dict[str, str] | None = None
-) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
-    )
+def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 class Gateway:
@@ -99,11 +91,16 @@ class Gateway:
         self.settings = settings
         self.trusted: tuple[Network, ...] = parse_networks(settings.gateway_trusted_proxies)
         self.jwt_key = settings.jwt_key()
+        self.tokens = TokenVerifier(self.jwt_key, settings.jwt_issuer)
         self.prefix = settings.gateway_redis_prefix
         self.pool = AsyncConnectionPool(
             settings.postgres_dsn, min_size=2, max_size=settings.gateway_pg_pool_max, open=False
         )
-        self.redis = Redis.from_url(settings.redis_url, max_connections=200)
+        # A blocking pool: a burst beyond the pool size waits for a connection
+        # instead of failing the request.
+        self.redis = Redis(
+            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10)
+        )
         self.idem = IdempotencyStore(
             self.redis,
             self.prefix,
@@ -119,7 +116,9 @@ class Gateway:
 
     async def start(self) -> None:
         await self.pool.open(wait=True, timeout=30)
-        await self.redis.ping()
+        # Open the Redis connections now: a new connection costs milliseconds
+        # (redis-py reads package metadata), which would land on the first burst.
+        await asyncio.gather(*(self.redis.ping() for _ in range(32)))
         await asyncio.to_thread(self.sender.start)
         await asyncio.to_thread(self.listener.start)
         from gateway.security import dummy_hash
@@ -158,12 +157,11 @@ class Gateway:
     def _pay_key(self, payment_id: str) -> str:
         return f"{self.prefix}pay:{payment_id}"
 
-    async def save_payment(self, record: dict[str, Any]) -> None:
-        await self.redis.set(
-            self._pay_key(record["id"]),
-            orjson.dumps(record),
-            ex=self.settings.gateway_idempotency_ttl_seconds * 7,
-        )
+    @property
+    def _pay_ttl(self) -> int:
+        """Payment records outlive idempotency keys: GET /payments/{id} uses them
+        until the read model has the payment."""
+        return self.settings.gateway_idempotency_ttl_seconds * 7
 
     async def cached_payment(self, payment_id: str) -> dict[str, Any] | None:
         raw = await self.redis.get(self._pay_key(payment_id))
@@ -194,9 +192,7 @@ class Gateway:
             if remaining <= 0:
                 return None
             try:
-                ev = await asyncio.wait_for(
-                    waiter.queue.get(), min(remaining, 0.2) if polling else remaining
-                )
+                ev = await asyncio.wait_for(waiter.queue.get(), min(remaining, 0.2) if polling else remaining)
             except TimeoutError:
                 if polling:
                     known = await self.known_outcome(waiter.command_id)
@@ -223,11 +219,22 @@ class Gateway:
         wait: float,
         render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
         location: str | None,
+        rate_limit: int = 0,
     ) -> Response:
-        """Run one idempotent command: claim the key, send, wait, answer, remember."""
+        """Run one idempotent command: claim the key, send, wait, answer, remember.
+        `rate_limit` > 0 counts the request against the user's per-minute budget for
+        this endpoint, in the same Redis call as the claim."""
         key = self.idem.key(user_id, endpoint, idem_key)
         token = uuid.uuid4().hex
-        claim = await self.idem.claim(key, fp, token)
+        rate = self.limiter.window(endpoint, user_id, rate_limit) if rate_limit else None
+        claim = await self.idem.claim(key, fp, token, rate)
+        if claim.kind == "rate":
+            raise Problem(
+                429,
+                "rate_limited",
+                f"too many {endpoint} requests; retry in {claim.retry_after} s",
+                headers={"Retry-After": str(claim.retry_after)},
+            )
         if claim.kind == "mismatch":
             raise Problem(
                 422,
@@ -276,7 +283,7 @@ class Gateway:
                 if not claim.sent:
                     await self.idem.release(key, token)
                 raise
-            await asyncio.gather(self.idem.accepted(key, token), self.save_payment(record))
+            await self.idem.accepted(key, token, self._pay_key(record["id"]), orjson.dumps(record), self._pay_ttl)
             outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
             if outcome is None:
                 handed_off = True
@@ -309,10 +316,8 @@ class Gateway:
             "reason": outcome.reason.lower() if outcome.reason else None,
         }
         status, body, media = render(outcome, public(final))
-        await asyncio.gather(
-            self.idem.done(key, status, body),
-            self.save_payment({**final, "reason_code": outcome.reason}),
-        )
+        saved = orjson.dumps({**final, "reason_code": outcome.reason})
+        await self.idem.done(key, status, body, None, self._pay_key(record["id"]), saved, self._pay_ttl)
         return Response(body, status_code=status, media_type=media)
 
     async def _finalize_later(

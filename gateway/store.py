@@ -78,8 +78,7 @@ def _ref(row: dict[str, Any]) -> AccountRef:
 
 
 INSERT_USER = (
-    "INSERT INTO users (user_id, email, password_hash, name, role) "
-    "VALUES (%s, %s, %s, %s, %s) RETURNING created_at"
+    "INSERT INTO users (user_id, email, password_hash, name, role) VALUES (%s, %s, %s, %s, %s) RETURNING created_at"
 )
 
 
@@ -109,9 +108,7 @@ async def create_user(
     return user, ref
 
 
-async def _open_account(
-    conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str
-) -> AccountRef:
+async def _open_account(conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str) -> AccountRef:
     account_id = str(uuid.uuid4())
     for _ in range(10):
         number = new_account_number()
@@ -184,9 +181,7 @@ async def accounts_by_ids(pool: AsyncConnectionPool, ids: list[str]) -> dict[str
         return {}
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(
-            "SELECT * FROM gateway_accounts WHERE account_id = ANY(%s::uuid[])", (ids,)
-        )
+        await cur.execute("SELECT * FROM gateway_accounts WHERE account_id = ANY(%s::uuid[])", (ids,))
         rows = await cur.fetchall()
     return {str(r["account_id"]): _ref(r) for r in rows}
 
@@ -195,8 +190,7 @@ async def accounts_of(pool: AsyncConnectionPool, owner_id: str) -> list[AccountR
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
-            "SELECT * FROM gateway_accounts WHERE owner_id = %s"
-            " ORDER BY created_at, account_number",
+            "SELECT * FROM gateway_accounts WHERE owner_id = %s ORDER BY created_at, account_number",
             (owner_id,),
         )
         rows = await cur.fetchall()
@@ -206,9 +200,7 @@ async def accounts_of(pool: AsyncConnectionPool, owner_id: str) -> list[AccountR
 # --------------------------------------------------------------------- read model
 
 
-async def _read(
-    pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]
-) -> list[dict[str, Any]] | None:
+async def _read(pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]] | None:
     """Rows from the read model, or None while its tables do not exist yet."""
     try:
         async with pool.connection() as conn:
@@ -222,8 +214,7 @@ async def _read(
 async def account_states(pool: AsyncConnectionPool, ids: list[str]) -> dict[str, dict[str, Any]]:
     rows = await _read(
         pool,
-        "SELECT account_id, status, balance, currency FROM accounts"
-        " WHERE account_id = ANY(%s::uuid[])",
+        "SELECT account_id, status, balance, currency FROM accounts WHERE account_id = ANY(%s::uuid[])",
         (ids,),
     )
     return {str(r["account_id"]): r for r in rows or []}
@@ -238,10 +229,7 @@ async def payments_of(
     pool: AsyncConnectionPool, account_ids: list[str], limit: int, before: tuple[Any, str] | None
 ) -> list[dict[str, Any]] | None:
     """Newest first; `before` is the (created_at, payment_id) of the last row seen."""
-    base = (
-        "SELECT * FROM payments"
-        " WHERE (from_account = ANY(%s::uuid[]) OR to_account = ANY(%s::uuid[]))"
-    )
+    base = "SELECT * FROM payments WHERE (from_account = ANY(%s::uuid[]) OR to_account = ANY(%s::uuid[]))"
     params: tuple[Any, ...] = (account_ids, account_ids)
     if before is not None:
         base += " AND (created_at, payment_id) < (%s, %s::uuid)"

@@ -47,6 +47,7 @@ REDIS_DB = 1
 PASSWORD = "Correct horse 42"
 ADMIN_EMAIL = "root@gateway-test.example"
 ADMIN_PASSWORD = "Admin password 42"
+PAYMENTS_PER_MINUTE = 40
 
 
 def _free_port() -> int:
@@ -100,10 +101,7 @@ def _seed_sink_offsets(settings: Settings, dsn: str, group: str) -> None:
     c = kafka.consumer(settings, f"gwtest-probe-{uuid.uuid4()}")
     try:
         parts = c.list_topics("ledger.events", timeout=10).topics["ledger.events"].partitions
-        highs = {
-            p: c.get_watermark_offsets(TopicPartition("ledger.events", p), timeout=10)[1]
-            for p in parts
-        }
+        highs = {p: c.get_watermark_offsets(TopicPartition("ledger.events", p), timeout=10)[1] for p in parts}
     finally:
         c.close()
     with psycopg.connect(dsn) as conn:
@@ -151,6 +149,7 @@ def gw(stack: Settings, ledger: Component, log_dir: Any) -> Iterator[Env]:
         "PAYSTREAM_SINK_GROUP": sink_group,
         "PAYSTREAM_SINK_METRICS_PORT": str(_free_port()),
         "PAYSTREAM_OUTBOX_POLL_INTERVAL": "0.2",
+        "PAYSTREAM_GATEWAY_RATE_PAYMENTS_PER_MINUTE": str(PAYMENTS_PER_MINUTE),
     }
     subprocess.run(
         [
@@ -240,9 +239,7 @@ def deposit(env: Env, p: Person, amount: str) -> httpx.Response:
         )
 
 
-def pay(
-    c: httpx.Client, src: Person, dst: Person, amount: str, key: str | None = None, **extra: Any
-) -> httpx.Response:
+def pay(c: httpx.Client, src: Person, dst: Person, amount: str, key: str | None = None, **extra: Any) -> httpx.Response:
     body = {
         "from_account": src.number,
         "to_account": dst.number,
@@ -269,11 +266,7 @@ def wait_balance(env: Env, p: Person, expected: str, timeout: float = 30) -> dic
 
 
 def debits(reader: EventReader, payment_id: str) -> list[dict[str, Any]]:
-    return [
-        e
-        for e in reader.events
-        if e["payment_id"] == payment_id and e["type"] == "TRANSFER_DEBITED"
-    ]
+    return [e for e in reader.events if e["payment_id"] == payment_id and e["type"] == "TRANSFER_DEBITED"]
 
 
 def drain(reader: EventReader, seconds: float) -> None:
@@ -303,10 +296,7 @@ def test_register_deposit_pay_history(gw: Env, reader: EventReader) -> None:
         assert payment["status"] == "completed" and payment["amount"] == "250.50"
         assert payment["from_account"] == a.number and payment["to_account"] == b.number
         assert set(payment) >= {"id", "created_at", "currency", "description"}
-        assert (
-            c.get(f"/v1/payments/{payment['id']}", headers=a.headers).json()["status"]
-            == "completed"
-        )
+        assert c.get(f"/v1/payments/{payment['id']}", headers=a.headers).json()["status"] == "completed"
         assert c.get(f"/v1/payments/{payment['id']}", headers=b.headers).status_code == 200
         me = c.get("/v1/me", headers=a.headers).json()
         assert me["email"] == a.email.strip().lower() and me["role"] == "user"
@@ -349,14 +339,9 @@ def test_concurrent_identical_requests_make_one_payment(gw: Env, reader: EventRe
             "amount": "10.00",
             "currency": "USD",
         }
-        async with httpx.AsyncClient(
-            base_url=gw.base, timeout=30, headers={"X-Forwarded-For": _ip()}
-        ) as c:
+        async with httpx.AsyncClient(base_url=gw.base, timeout=30, headers={"X-Forwarded-For": _ip()}) as c:
             return await asyncio.gather(
-                *[
-                    c.post("/v1/payments", json=body, headers={**a.headers, "Idempotency-Key": key})
-                    for _ in range(10)
-                ]
+                *[c.post("/v1/payments", json=body, headers={**a.headers, "Idempotency-Key": key}) for _ in range(10)]
             )
 
     responses = asyncio.run(burst())
@@ -435,9 +420,7 @@ def test_overdraft_race_over_http(gw: Env, reader: EventReader) -> None:
             "amount": "800.00",
             "currency": "USD",
         }
-        async with httpx.AsyncClient(
-            base_url=gw.base, timeout=30, headers={"X-Forwarded-For": _ip()}
-        ) as c:
+        async with httpx.AsyncClient(base_url=gw.base, timeout=30, headers={"X-Forwarded-For": _ip()}) as c:
             return await asyncio.gather(
                 *[
                     c.post(
@@ -455,9 +438,7 @@ def test_overdraft_race_over_http(gw: Env, reader: EventReader) -> None:
 
     responses = asyncio.run(race())
     codes = [r.status_code for r in responses]
-    assert codes.count(201) == 1 and codes.count(402) == 19, [
-        (r.status_code, r.text) for r in responses
-    ]
+    assert codes.count(201) == 1 and codes.count(402) == 19, [(r.status_code, r.text) for r in responses]
     refused = [r.json() for r in responses if r.status_code == 402]
     assert {p["code"] for p in refused} == {"insufficient_funds"}
     assert all(p["payment"]["status"] == "rejected" for p in refused)
@@ -501,9 +482,7 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
         "exp": now + 600,
         "jti": str(uuid.uuid4()),
     }
-    tampered = a.headers["Authorization"][:-3] + (
-        "AAA" if not a.headers["Authorization"].endswith("AAA") else "BBB"
-    )
+    tampered = a.headers["Authorization"][:-3] + ("AAA" if not a.headers["Authorization"].endswith("AAA") else "BBB")
     bad_tokens = {
         "tampered": tampered,
         "expired": "Bearer " + _token(s, sub=a.user_id, iat=now - 7200, exp=now - 3600),
@@ -515,16 +494,11 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
     body = {"from_account": a.number, "to_account": b.number, "amount": "1.00", "currency": "USD"}
     with gw.client() as c:
         for name, auth in bad_tokens.items():
-            r = c.post(
-                "/v1/payments", json=body, headers={"Authorization": auth, "Idempotency-Key": name}
-            )
+            r = c.post("/v1/payments", json=body, headers={"Authorization": auth, "Idempotency-Key": name})
             assert r.status_code == 401, (name, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
             assert r.json()["code"] in ("invalid_token", "token_expired", "unauthorized"), name
-        assert (
-            c.get("/v1/me", headers={"Authorization": bad_tokens["expired"]}).json()["code"]
-            == "token_expired"
-        )
+        assert c.get("/v1/me", headers={"Authorization": bad_tokens["expired"]}).json()["code"] == "token_expired"
         # identity only from the token: forged identity headers change nothing
         forged = {
             "X-User-Id": other.user_id,
@@ -545,9 +519,7 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
         r1 = c.get(f"/v1/accounts/{other.number}", headers=a.headers)
         r2 = c.get(f"/v1/accounts/{missing}", headers=a.headers)
         assert r1.status_code == r2.status_code == 404 and r1.json() == r2.json()
-        assert (
-            c.get(f"/v1/accounts/{other.number}/transactions", headers=a.headers).status_code == 404
-        )
+        assert c.get(f"/v1/accounts/{other.number}/transactions", headers=a.headers).status_code == 404
         steal = {**body, "from_account": other.number}
         r = c.post("/v1/payments", json=steal, headers={**a.headers, "Idempotency-Key": "steal"})
         assert r.status_code == 404 and r.json()["code"] == "account_not_found"
@@ -567,9 +539,7 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
             ({**body, "extra": 1}, 422, "validation_error"),
         ]
         for i, (payload, status, code) in enumerate(cases):
-            r = c.post(
-                "/v1/payments", json=payload, headers={**a.headers, "Idempotency-Key": f"v{i}"}
-            )
+            r = c.post("/v1/payments", json=payload, headers={**a.headers, "Idempotency-Key": f"v{i}"})
             assert (r.status_code, r.json()["code"]) == (status, code), (payload, r.text)
             assert r.headers["content-type"].startswith("application/problem+json")
             assert {"type", "title", "status", "detail", "code"} <= set(r.json())
@@ -584,14 +554,10 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
         assert marker.status_code == 201, marker.text
     reader.terminals([marker.json()["id"]])
     a_id = gw.account_id(a.number)
-    moved = [
-        e for e in reader.events if e["account_id"] == a_id and e["type"] == "TRANSFER_DEBITED"
-    ]
+    moved = [e for e in reader.events if e["account_id"] == a_id and e["type"] == "TRANSFER_DEBITED"]
     assert [e["payment_id"] for e in moved] == [marker.json()["id"]]
     assert not [
-        e
-        for e in reader.events
-        if e["account_id"] == gw.account_id(other.number) and e["type"] == "TRANSFER_DEBITED"
+        e for e in reader.events if e["account_id"] == gw.account_id(other.number) and e["type"] == "TRANSFER_DEBITED"
     ]
 
 
@@ -618,9 +584,7 @@ def test_register_and_login_rules(gw: Env) -> None:
         assert dup.status_code == 409 and dup.json()["code"] == "email_taken"
     with gw.client() as c:
         wrong = c.post("/v1/auth/login", json={"email": p.email, "password": PASSWORD + "x"})
-        unknown = c.post(
-            "/v1/auth/login", json={"email": "nobody@example.com", "password": PASSWORD}
-        )
+        unknown = c.post("/v1/auth/login", json={"email": "nobody@example.com", "password": PASSWORD})
     assert wrong.status_code == unknown.status_code == 401
     assert wrong.json() == unknown.json()
     token = register(gw).headers["Authorization"].split()[1]
@@ -633,10 +597,7 @@ def test_rate_limits(gw: Env) -> None:
     ip = _ip()
     with gw.client(ip) as c:
         codes = [
-            c.post(
-                "/v1/auth/login", json={"email": "x@example.com", "password": "nope"}
-            ).status_code
-            for _ in range(6)
+            c.post("/v1/auth/login", json={"email": "x@example.com", "password": "nope"}).status_code for _ in range(6)
         ]
         assert codes == [401] * 5 + [429]
         limited = c.post("/v1/auth/login", json={"email": "x@example.com", "password": "nope"})
@@ -670,6 +631,36 @@ def test_rate_limits(gw: Env) -> None:
     assert codes[-1] == 429
 
 
+def test_payment_rate_limit_per_user(gw: Env) -> None:
+    a, b = register(gw), register(gw)
+
+    async def flood() -> list[httpx.Response]:
+        body = {"from_account": a.number, "to_account": b.number, "amount": "1.00", "currency": "USD"}
+        async with httpx.AsyncClient(base_url=gw.base, timeout=30) as c:
+            return await asyncio.gather(
+                *[
+                    c.post(
+                        "/v1/payments",
+                        json=body,
+                        headers={
+                            **a.headers,
+                            "Idempotency-Key": uuid.uuid4().hex,
+                            "Prefer": "wait=0",
+                            "X-Forwarded-For": _ip(),
+                        },
+                    )
+                    for _ in range(PAYMENTS_PER_MINUTE + 5)
+                ]
+            )
+
+    responses = asyncio.run(flood())
+    limited = [r for r in responses if r.status_code == 429]
+    assert 5 <= len(limited) <= 10, sorted(r.status_code for r in responses)
+    assert all(r.json()["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1 for r in limited)
+    with gw.client() as c:  # another user is not affected
+        assert pay(c, b, a, "1.00").status_code in (201, 402)
+
+
 def test_outbox_relay_killed_between_insert_and_publish(gw: Env, reader: EventReader) -> None:
     """The relay dies after Kafka acknowledged the OpenAccount but before the row was
     marked: the restarted relay publishes it again and the ledger opens one account."""
@@ -682,16 +673,12 @@ def test_outbox_relay_killed_between_insert_and_publish(gw: Env, reader: EventRe
             (account_id,),
         ).fetchone()
     assert pending == (1,)
-    crashing = Component(
-        "outbox-relay", gw.log_dir, {**gw.env, "PAYSTREAM_OUTBOX_FAULT": "crash_after_publish"}
-    )
+    crashing = Component("outbox-relay", gw.log_dir, {**gw.env, "PAYSTREAM_OUTBOX_FAULT": "crash_after_publish"})
     crashing.start()
     assert crashing.proc is not None
     assert crashing.proc.wait(60) == -9, crashing.tail()
     with psycopg.connect(gw.dsn) as conn:
-        row = conn.execute(
-            "SELECT published_at FROM gateway_outbox WHERE message_key = %s", (account_id,)
-        ).fetchone()
+        row = conn.execute("SELECT published_at FROM gateway_outbox WHERE message_key = %s", (account_id,)).fetchone()
     assert row is not None and row[0] is None
     gw.relay.start()
     cid = open_command_id(account_id)
@@ -740,8 +727,7 @@ def test_openapi_fuzz_has_no_server_errors(gw: Env) -> None:
                 calls += 1
                 if response.status_code >= 500:
                     failures.append(
-                        f"{case.method} {case.formatted_path} -> "
-                        f"{response.status_code} {response.text[:200]}"
+                        f"{case.method} {case.formatted_path} -> {response.status_code} {response.text[:200]}"
                     )
 
             check()
