@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.app import Admin, gw_of
 from gateway.problems import Problem, responses
+from gateway.security import valid_account_number
 from pipelines.fraud.reviews import DECISIONS, OUTBOX_CHANNEL, decision_id
 
 router = APIRouter(prefix="/v1/admin/reviews", tags=["admin", "reviews"])
@@ -32,7 +33,7 @@ ReviewId = Annotated[uuid.UUID, Path(description="the alert id")]
 
 class DecisionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
 
 
 class RuleHitOut(BaseModel):
@@ -96,7 +97,7 @@ def _decode_cursor(text: str) -> tuple[datetime, str]:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
         micros, alert = raw.split(":", 1)
         return datetime.fromtimestamp(int(micros) / 1_000_000, UTC), str(uuid.UUID(alert))
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
         raise Problem(400, "invalid_cursor", "the cursor is not one this API returned") from None
 
 
@@ -106,6 +107,8 @@ async def _account_filter(pool: AsyncConnectionPool, account: str) -> str:
         return str(uuid.UUID(account))
     except ValueError:
         pass
+    if not valid_account_number(account):
+        raise Problem(404, "account_not_found", "no account with that id or number")
     async with pool.connection() as conn:
         cur = await conn.execute(
             "SELECT account_id FROM gateway_accounts WHERE account_number = %s", (account,))

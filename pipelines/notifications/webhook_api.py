@@ -59,6 +59,8 @@ def _iso(ts: datetime) -> str:
 
 
 def url_problem(url: str, allow_private: bool) -> str | None:
+    if not url.isascii() or not url.isprintable() or " " in url:
+        return "the url must be printable ASCII without spaces (percent-encode the rest)"
     try:
         parts = urlsplit(url)
         host = parts.hostname

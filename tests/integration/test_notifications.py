@@ -61,7 +61,7 @@ def api(db: Settings) -> Iterator[TestClient]:
     from pipelines.notifications import webhook_api
 
     app = create_app(db)
-    if not any(getattr(r, "path", "") == "/v1/webhooks" for r in app.routes):
+    if "/v1/webhooks" not in app.openapi()["paths"]:  # in case create_app lacks it
         app.include_router(webhook_api.router)
     os.environ["PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the API reads it per request
     with TestClient(app) as client:

@@ -86,3 +86,5 @@ def test_webhook_urls():
     assert url_problem("https://user:pw@hooks.example.com/x", False)
     assert url_problem("ftp://hooks.example.com/x", True)
     assert url_problem("http://127.0.0.1:8080/x", True) is None
+    assert url_problem("https://hooks.example.com/\x00", True)
+    assert url_problem("https://hooks.example.com/ä", True)
