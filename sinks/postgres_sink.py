@@ -33,6 +33,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from psycopg.conninfo import conninfo_to_dict
 
 from paystream import kafka
 from paystream.codec import Codec
@@ -307,6 +308,20 @@ class PgWriter:
             res.audit = len(fx.audit)
 
 
+def group_for(settings: Settings, dsn: str) -> str:
+    """The Kafka group for sinks writing the database `dsn` names.
+
+    The group only spreads partitions among sinks that share one database (the
+    offsets live there). A sink on another database (a test's, a benchmark's)
+    in the same group would take partitions away from the real one, which then
+    never sees them; so any database but the configured one gets its own group.
+    """
+    db = conninfo_to_dict(dsn).get("dbname")
+    if db is None or db == settings.postgres_db:
+        return settings.sink_group
+    return f"{settings.sink_group}-{db}"
+
+
 class Sink:
     """The consumer loop around `PgWriter`: poll, decode, write, repeat."""
 
@@ -323,7 +338,7 @@ class Sink:
     ) -> None:
         self.settings = settings
         self.consumer_name = consumer_name or settings.sink_group
-        self.group = group or settings.sink_group
+        self.group = group or group_for(settings, dsn or settings.postgres_dsn)
         self.instance = instance if instance is not None else settings.sink_instance
         self.serve_metrics = serve_metrics
         self.commit_to_kafka = commit_to_kafka
