@@ -134,6 +134,12 @@ def test_components_run_registered_paystream_commands(compose: dict[str, Any]) -
     }
     unknown = runs - set(COMPONENTS)
     assert not unknown, f"`paystream run` has no component {sorted(unknown)}"
+    # `paystream up` runs every component; so does the compose file.
+    absent = set(COMPONENTS) - runs
+    assert not absent, (
+        f"docker-compose.yml runs no `paystream run {' | '.join(sorted(absent))}`: "
+        "add a service like `ledger` for each"
+    )
     bootstrap = compose["services"]["bootstrap"]
     assert bootstrap["command"][-1] == (
         "paystream topics apply && paystream schemas apply && paystream db migrate"
