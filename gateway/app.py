@@ -716,11 +716,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(reviews_router)  # admin review queue (pipelines/fraud)
     app.include_router(webhooks_router)  # webhook endpoints (pipelines/notifications)
-    from pipelines.fraud.review_api import router as reviews_router
-    from pipelines.notifications.webhook_api import router as webhooks_router
-
-    app.include_router(reviews_router)  # admin review queue (pipelines/fraud)
-    app.include_router(webhooks_router)  # webhook endpoints (pipelines/notifications)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(request: Request) -> Response:
