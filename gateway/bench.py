@@ -15,14 +15,16 @@ the bench drains the outbox itself, so no relay needs to be running.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing as mp
 import random
-import statistics
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
+import psutil
 import typer
 from rich.console import Console
 
@@ -34,7 +36,7 @@ class Phase:
     name: str
     seconds: float
     latencies: list[float] = field(default_factory=list)
-    statuses: Counter[int] = field(default_factory=Counter)
+    statuses: Counter[str | int] = field(default_factory=Counter)
     errors: int = 0
 
     def ok(self) -> int:
@@ -103,44 +105,102 @@ async def _setup(settings: Settings, base: str, n: int, console: Console) -> lis
     return users
 
 
-async def _phase(
-    base: str, users: list[BenchUser], clients: int, phase: Phase, prefer: str | None, warmup: float
-) -> None:
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
-        start = time.monotonic()
-        measure_from = start + warmup
-        stop_at = measure_from + phase.seconds
+async def _clients(
+    base: str, users: list[BenchUser], ids: list[int], prefer: str | None, measure_from: float, stop_at: float
+) -> tuple[list[float], dict[str | int, int]]:
+    """Clients `ids` of one process, each with its own connection: one shared httpx
+    pool serialises on its own bookkeeping long before the server is the limit."""
+    latencies: list[float] = []
+    statuses: Counter[str | int] = Counter()
 
-        async def client(i: int) -> None:
-            me = users[i % len(users)]
-            rng = random.Random(i)
-            while True:
-                now = time.monotonic()
-                if now >= stop_at:
-                    return
+    async def client(i: int) -> None:
+        me = users[i % len(users)]
+        rng = random.Random(i)
+        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as c:
+            while time.time() < stop_at:
                 to = users[rng.randrange(len(users))]
                 if to.number == me.number:
-                    to = users[(users.index(me) + 1) % len(users)]
+                    to = users[(i + 1) % len(users)]
                 headers = {**me.headers, "Idempotency-Key": uuid.uuid4().hex}
                 if prefer:
                     headers["Prefer"] = prefer
                 body = {"from_account": me.number, "to_account": to.number, "amount": "0.01", "currency": "USD"}
-                t0 = time.monotonic()
+                t0 = time.time()
+                code: str | int
                 try:
                     r = await c.post("/v1/payments", json=body, headers=headers)
-                    status = r.status_code
+                    code = status = r.status_code
+                    if status >= 400:
+                        code = f"{status} {r.json().get('code')}"
                 except httpx.HTTPError:
-                    status = 0
-                t1 = time.monotonic()
+                    code = status = 0
+                t1 = time.time()
                 if t0 >= measure_from and t1 <= stop_at:
-                    phase.statuses[status] += 1
+                    statuses[code] += 1
                     if status in (201, 202):
-                        phase.latencies.append(t1 - t0)
-                    elif status == 0:
-                        phase.errors += 1
+                        latencies.append(t1 - t0)
 
-        await asyncio.gather(*(client(i) for i in range(clients)))
+    await asyncio.gather(*(client(i) for i in ids))
+    return latencies, dict(statuses)
+
+
+def _worker(args: tuple[str, list[BenchUser], list[int], str | None, float, float], out: Any) -> None:
+    out.send(asyncio.run(_clients(*args)))
+    out.close()
+
+
+def _phase(
+    base: str,
+    users: list[BenchUser],
+    clients: int,
+    procs: int,
+    phase: Phase,
+    prefer: str | None,
+    warmup: float,
+    gateway: psutil.Process | None,
+) -> float:
+    """Run `clients` clients spread over `procs` processes; all measure one window.
+    Returns the gateway's CPU seconds inside that window."""
+    ctx = mp.get_context("fork")
+    measure_from = time.time() + warmup + 0.5
+    stop_at = measure_from + phase.seconds
+    running = []
+    for k in range(procs):
+        ids = list(range(k, clients, procs))
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_worker, args=((base, users, ids, prefer, measure_from, stop_at), send))
+        proc.start()
+        running.append((proc, recv))
+    time.sleep(max(0.0, measure_from - time.time()))
+    cpu0 = _cpu(gateway)
+    time.sleep(max(0.0, stop_at - time.time()))
+    cpu = _cpu(gateway) - cpu0
+    for proc, recv in running:
+        lat, statuses = recv.recv()
+        proc.join()
+        phase.latencies.extend(lat)
+        phase.statuses.update(statuses)
+    return cpu
+
+
+def _gateway_process(port: int) -> psutil.Process | None:
+    """The process listening on the gateway port (its CPU time gives a
+    load-independent cost per request)."""
+    for conn in psutil.net_connections("tcp"):
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid:
+            return psutil.Process(conn.pid)
+    return None
+
+
+def _cpu(proc: psutil.Process | None) -> float:
+    if proc is None:
+        return 0.0
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+    except psutil.Error:
+        return 0.0
 
 
 def register(app: typer.Typer) -> None:
@@ -150,6 +210,7 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(10.0, help="measured seconds per phase"),
         warmup: float = typer.Option(2.0, help="unmeasured seconds before each phase"),
         users: int = typer.Option(50, help="bench users (one funded account each)"),
+        procs: int = typer.Option(2, help="client processes the clients are spread over"),
         base_url: str = typer.Option(None, help="gateway URL (default: settings)"),
         phases: str = typer.Option("accepted,completed", help="accepted (wait=0), completed"),
     ) -> None:
@@ -157,21 +218,19 @@ def register(app: typer.Typer) -> None:
         settings = get_settings()
         console = Console()
         base = base_url or f"http://{settings.gateway_host}:{settings.gateway_port}"
+        port = int(base.rsplit(":", 1)[1].split("/")[0])
+        gateway = _gateway_process(port)
         bench_users = asyncio.run(_setup(settings, base, users, console))
-        results = []
+        console.print(f"{clients} clients over {procs} processes, {seconds:.0f} s per phase")
         for name in [p.strip() for p in phases.split(",") if p.strip()]:
             phase = Phase(name, seconds)
             prefer = "wait=0" if name == "accepted" else None
-            asyncio.run(_phase(base, bench_users, clients, phase, prefer, warmup))
-            results.append(phase)
+            cpu = _phase(base, bench_users, clients, procs, phase, prefer, warmup, gateway)
+            total = sum(phase.statuses.values())
+            per_req = f"  gateway CPU {cpu / total * 1000:.2f} ms/req" if gateway and total else ""
             console.print(
                 f"{name:>9}: {phase.ok() / seconds:8.1f} accepted req/s  "
                 f"p50 {phase.pct(0.50):6.1f} ms  p99 {phase.pct(0.99):6.1f} ms  "
-                f"statuses {dict(sorted(phase.statuses.items()))}"
+                f"statuses {dict(sorted(phase.statuses.items(), key=str))}{per_req}",
+                soft_wrap=True,
             )
-        for phase in results:
-            if phase.latencies:
-                console.print(
-                    f"{phase.name}: mean {statistics.mean(phase.latencies) * 1000:.1f} ms "
-                    f"over {len(phase.latencies)} requests, {clients} clients"
-                )

@@ -733,3 +733,35 @@ def test_openapi_fuzz_has_no_server_errors(gw: Env) -> None:
             check()
     assert calls > 50
     assert not failures, failures
+
+
+def test_bench_http_smoke(gw: Env) -> None:
+    """`paystream bench http` runs end to end (tiny: the real run is manual)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "paystream.cli",
+            "bench",
+            "http",
+            "--clients",
+            "4",
+            "--users",
+            "8",
+            "--procs",
+            "1",
+            "--seconds",
+            "1",
+            "--warmup",
+            "0",
+            "--base-url",
+            gw.base,
+        ],
+        env={**os.environ, **gw.env},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "accepted:" in out.stdout and "completed:" in out.stdout, out.stdout
