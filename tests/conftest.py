@@ -97,3 +97,9 @@ def db(stack: Settings) -> Settings:
 
     migrate(stack)
     return stack
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run the slow load-and-crash tests last, so every other test (and every
+    downstream consumer that must catch up on the shared journal) runs first and fast."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
