@@ -3,7 +3,8 @@
 Two independent sources are compared: a replay of `ledger.events` read straight
 from Kafka (read_committed, from offset 0) and the Postgres read model. The
 replay is deliberately written without the sink's code (`sinks.read_model`), so
-a bug in the sink's fold cannot hide itself; only UUID spelling is shared.
+a bug in the sink's fold cannot hide itself; only the input gate is shared
+(`normalize_event`: canonical UUID spelling, and what is dead-lettered).
 
 Checks (each names the offending ids when it fails):
 
@@ -41,8 +42,9 @@ from rich.table import Table
 
 from paystream import kafka
 from paystream.codec import Codec
+from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
-from sinks.read_model import canonical_uuid
+from sinks.read_model import canonical_uuid, normalize_event
 
 TOPIC = "ledger.events"
 SHOW = 20  # offending ids printed per check
@@ -71,6 +73,7 @@ class Report:
     cut: dict[int, int] = field(default_factory=dict)
     end: dict[int, int] = field(default_factory=dict)
     replayed: int = 0
+    rejected: list[str] = field(default_factory=list)  # undecodable values, skipped by both sides
     compared: int = 0
     seconds: float = 0.0
 
@@ -227,8 +230,10 @@ def read_topic(
     upto: dict[int, int],
     sink: Callable[[int, int, dict[str, Any]], None],
     start: dict[int, int] | None = None,
+    rejects: list[str] | None = None,
 ) -> int:
-    """Feed every committed event in [start, upto) per partition, in partition order."""
+    """Feed every committed event in [start, upto) per partition, in partition order;
+    values that do not decode are skipped (and listed in `rejects`), as the sink skips them."""
     start = start or {}
     todo = {p: o for p, o in upto.items() if o > start.get(p, 0)}
     if not todo:
@@ -246,7 +251,13 @@ def read_topic(
                 p, o = m.partition(), m.offset()
                 assert p is not None and o is not None
                 if p in todo and o < todo[p]:
-                    sink(p, o, codec.decode(TOPIC, m.value()))
+                    try:
+                        ev = codec.decode(TOPIC, m.value())
+                    except DecodeError as exc:  # the sink dead-letters these too
+                        if rejects is not None:
+                            rejects.append(f"{TOPIC}[{p}]@{o}: {exc}")
+                        continue
+                    sink(p, o, ev)
                     n += 1
             if msgs:
                 idle_since = time.monotonic()
@@ -369,18 +380,24 @@ def verify(
     full, cut = Replay(invariants=True), Replay(invariants=False)
 
     def feed(p: int, o: int, ev: dict[str, Any]) -> None:
+        problem = normalize_event(ev)  # same input gate as the sink: it dead-letters these
+        if problem is not None:
+            report.rejected.append(f"{TOPIC}[{p}]@{o}: {problem}")
+            return
         full.feed(ev)
         if o < snap.offsets.get(p, 0):
             cut.feed(ev)
 
-    report.replayed = read_topic(settings, codec, end1, feed)
+    report.replayed = read_topic(settings, codec, end1, feed, rejects=report.rejected)
     # A credit commits after its debit, but partitions' ends were sampled one by
     # one: read on to a fresh end so a debit committed meanwhile is seen. Events
     # from this tail only satisfy dependencies; they are not checked themselves.
     end2 = end_offsets(settings)
-    report.replayed += read_topic(
-        settings, codec, end2, lambda p, o, ev: full.feed(ev, checked=False), start=end1
-    )
+    def feed_tail(p: int, o: int, ev: dict[str, Any]) -> None:
+        if normalize_event(ev) is None:
+            full.feed(ev, checked=False)
+
+    report.replayed += read_topic(settings, codec, end2, feed_tail, start=end1)
     report.end = end2
     report.compared = len(cut.event_ids)
     _invariants(report, full, snap, pending_grace)
@@ -506,6 +523,11 @@ def render(report: Report, console: Console) -> None:
         f"replayed {report.replayed} events from Kafka; compared {report.compared} "
         f"below the sink's offsets (lag per partition {lag}) in {report.seconds:.1f}s"
     )
+    if report.rejected:
+        console.print(f"[yellow]{len(report.rejected)} value(s) in {TOPIC} skipped as undecodable "
+                      "(the sink dead-letters them to paystream.dlq):[/yellow]")  # fmt: skip
+        for line in report.rejected[:SHOW]:
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
     for c in report.checks:
         if not c.ok:
             console.print(f"[red]{c.name}[/red]")

@@ -192,3 +192,65 @@ def test_normalize_event_canonicalizes_ids_and_strips_nul():
 
 def test_timestamps_are_exact_milliseconds():
     assert rm.ts(1_700_000_000_123).isoformat() == "2023-11-14T22:13:20.123000+00:00"
+
+
+class _Msg:
+    """The few `confluent_kafka.Message` methods the sink's decoder uses."""
+
+    def __init__(self, partition: int, offset: int, value: bytes) -> None:
+        self._p, self._o, self._v = partition, offset, value
+
+    def error(self) -> None:
+        return None
+
+    def partition(self) -> int:
+        return self._p
+
+    def offset(self) -> int:
+        return self._o
+
+    def value(self) -> bytes:
+        return self._v
+
+    def key(self) -> bytes:
+        return b"k"
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000)
+
+    def headers(self) -> None:
+        return None
+
+
+class _Codec:
+    def __init__(self, events: dict[bytes, dict[str, Any]]) -> None:
+        self.events = events
+
+    def decode(self, topic: str, data: bytes) -> dict[str, Any]:
+        from paystream.errors import DecodeError, UnknownSchemaError
+
+        if data == b"unknown-schema":
+            raise UnknownSchemaError("schema id 999 is unknown")
+        if data not in self.events:
+            raise DecodeError("bad magic byte")
+        return dict(self.events[data])
+
+
+def test_sink_dead_letters_undecodable_values_and_still_advances():
+    from sinks.postgres_sink import Sink
+
+    led = MiniLedger()
+    opened(led, 1)
+    good = led.events[0]
+    bad_ids = dict(good, event_id="nope")
+    sink = Sink.__new__(Sink)  # no Kafka, registry or Postgres: only the decoder
+    sink.codec = _Codec({b"good": good, b"bad-ids": bad_ids})  # type: ignore[assignment]
+    msgs = [_Msg(0, 5, b"good"), _Msg(0, 6, b"\x07junk"), _Msg(1, 9, b"unknown-schema"),
+            _Msg(1, 10, b"bad-ids")]  # fmt: skip
+    batch, letters = sink._decode(msgs)  # type: ignore[arg-type]
+    assert [(p, o) for p, o, _ in batch.events] == [(0, 5)]
+    assert batch.next_offsets == {0: 7, 1: 11}
+    assert [(d["source_partition"], d["source_offset"], d["reason_code"]) for d in letters] == [
+        (0, 6, "UNDECODABLE"), (1, 9, "UNKNOWN_SCHEMA"), (1, 10, "INVALID"),
+    ]  # fmt: skip
+    assert all(d["component"] == "sink" and d["key"] == b"k" for d in letters)
