@@ -375,6 +375,8 @@ def test_registry_ids_survive_a_stack_restart(isolated: Settings) -> None:
     second = stack_mod.up(isolated)
     assert second.started == set(stack_mod.SERVICES)
     assert second.pids["registry"] != first.pids["registry"]
+    print("seconds to ready, first up:", {k: round(v, 1) for k, v in first.items()},
+          "after restart:", {k: round(v, 1) for k, v in second.items()})
 
     # A fresh codec (no cached schemas) resolves the old id from the restarted registry.
     assert Codec(isolated.registry_url).decode(C.COMMANDS_TOPIC, data) == command
