@@ -11,8 +11,12 @@ import logging
 from typing import Any
 
 import orjson
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from psycopg_pool import PoolTimeout
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -130,6 +134,13 @@ def _http(request: Request, exc: Exception) -> Response:
     return problem_response(exc.status_code, code, detail, headers=dict(exc.headers or {}))
 
 
+def _unavailable(request: Request, exc: Exception) -> Response:
+    log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return problem_response(
+        503, "service_unavailable", "a backing service is unavailable; retry later", headers={"Retry-After": "1"}
+    )
+
+
 def _unhandled(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
     return problem_response(500, "internal_error", "an unexpected error occurred")
@@ -139,6 +150,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(PaystreamError, _paystream)
     app.add_exception_handler(StarletteHTTPException, _http)
+    for exc_type in (RedisConnectionError, RedisTimeoutError, psycopg.OperationalError, PoolTimeout):
+        app.add_exception_handler(exc_type, _unavailable)
     app.add_exception_handler(Exception, _unhandled)
 
 

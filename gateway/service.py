@@ -305,11 +305,14 @@ class Gateway:
         render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
     ) -> Response:
         if outcome.id_reused:
-            raise Problem(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-            )
+            # The ledger knows this payment id with other fields (Redis had lost the
+            # key): the record written at send time describes the refused request,
+            # so it goes; the key remembers the refusal.
+            detail = "this Idempotency-Key was used with a different request body"
+            body = problem_body(422, "idempotency_key_reused", detail)
+            await self.redis.delete(self._pay_key(record["id"]))
+            await self.idem.done(key, 422, body)
+            return Response(body, status_code=422, media_type=PROBLEM_JSON)
         final = {
             **record,
             "status": outcome.status,
@@ -331,7 +334,7 @@ class Gateway:
         outcome without the client having to come back with the same request."""
         try:
             outcome = await self.wait_outcome(waiter, self.settings.gateway_finalize_seconds)
-            if outcome is not None and not outcome.id_reused:
+            if outcome is not None:
                 await self._finish(key, outcome, record, render)
         except Exception:
             log.exception("finalizing %s failed", waiter.command_id)

@@ -406,6 +406,19 @@ def test_forgotten_key_still_pays_once(gw: Env, reader: EventReader) -> None:
     assert [e["type"] for e in dup] == ["COMMAND_DUPLICATE"]
     if gw.has_sink:
         wait_balance(gw, a, "70.00")
+    # forgotten again, and this time the body differs: the ledger refuses the reused
+    # id, the client gets 422, and the payment keeps its real amount
+    r = redis.Redis.from_url(gw.env["PAYSTREAM_REDIS_URL"])
+    r.delete(*[k for k in r.scan_iter(match=f"{gw.prefix}*{a.user_id}*", count=1000)])
+    with gw.client() as c:
+        third = pay(c, a, b, "31.00", key=key)
+        assert third.status_code == 422 and third.json()["code"] == "idempotency_key_reused", third.text
+        again = pay(c, a, b, "31.00", key=key)
+        assert again.status_code == 422 and again.headers.get("Idempotent-Replayed") == "true"
+        if gw.has_sink:
+            shown = c.get(f"/v1/payments/{pid}", headers=a.headers).json()
+            assert (shown["amount"], shown["status"]) == ("30.00", "completed")
+    assert len(debits(reader, pid)) == 1
 
 
 def test_overdraft_race_over_http(gw: Env, reader: EventReader) -> None:
@@ -659,6 +672,19 @@ def test_payment_rate_limit_per_user(gw: Env) -> None:
     assert all(r.json()["code"] == "rate_limited" and int(r.headers["Retry-After"]) >= 1 for r in limited)
     with gw.client() as c:  # another user is not affected
         assert pay(c, b, a, "1.00").status_code in (201, 402)
+
+
+def test_two_relays_publish_each_row_once(gw: Env, reader: EventReader, log_dir: Any) -> None:
+    second = Component("outbox-relay", log_dir, gw.env).start()
+    try:
+        people = [register(gw) for _ in range(6)]
+        ids = [gw.account_id(p.number) for p in people]
+        opens = {open_command_id(a) for a in ids}
+        reader.terminals(opens, timeout=60)
+        drain(reader, 1.0)
+    finally:
+        second.stop()
+    assert not [e for e in reader.events if e["command_id"] in opens and e["replay"]]
 
 
 def test_outbox_relay_killed_between_insert_and_publish(gw: Env, reader: EventReader) -> None:
