@@ -6,13 +6,7 @@ index; the work lives in the component modules.
 
 from __future__ import annotations
 
-import warnings
-
 import typer
-
-# The schema-registry client imports authlib, whose httpx integration warns on
-# import in every command; it is not ours to fix and says nothing to an operator.
-warnings.filterwarnings("ignore", message="The httpx module is deprecated")
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream operator CLI")
 
