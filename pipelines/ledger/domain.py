@@ -585,11 +585,12 @@ _BODY_FOR = {
 
 
 def _is_uuid(text: Any) -> bool:
+    """Only the canonical spelling (lowercase, hyphenated) is accepted: state is keyed
+    by the id's bytes, so "ABC…" and "abc…" would otherwise be two accounts."""
     try:
-        uuid.UUID(str(text))
+        return str(uuid.UUID(str(text))) == text
     except ValueError:
         return False
-    return True
 
 
 def command_problem(cmd: dict[str, Any], key: str) -> str | None:
@@ -607,7 +608,7 @@ def command_problem(cmd: dict[str, Any], key: str) -> str | None:
             return f"{ctype} must not carry `{other}`"
     for name in ("command_id", "account_id"):
         if not _is_uuid(cmd.get(name)):
-            return f"{name} {cmd.get(name)!r} is not a UUID"
+            return f"{name} {cmd.get(name)!r} is not a canonical UUID"
     if cmd["account_id"] != key:
         return f"key {key!r} differs from account_id {cmd['account_id']!r}"
     if ctype == "TRANSFER" and not _is_uuid(cmd["movement"].get("counterparty_id")):

@@ -147,6 +147,9 @@ def test_command_problem_catches_malformed_commands():
     bad["movement"] = None
     assert "needs" in domain.command_problem(bad, A)
     assert "UUID" in domain.command_problem(transfer(A, "not-a-uuid", 1), A)
+    upper = A.upper()
+    assert "canonical" in domain.command_problem(transfer(upper, B, 1), upper)
+    assert "UUID" in domain.command_problem(transfer(A, "{" + B + "}", 1), A)
 
 
 # ----------------------------------------------------------------- properties
