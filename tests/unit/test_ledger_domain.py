@@ -147,7 +147,7 @@ def test_command_problem_catches_malformed_commands():
     bad["movement"] = None
     assert "needs" in domain.command_problem(bad, A)
     assert "UUID" in domain.command_problem(transfer(A, "not-a-uuid", 1), A)
-    upper = A.upper()
+    upper = "0000000A-0000-0000-0000-00000000000B"
     assert "canonical" in domain.command_problem(transfer(upper, B, 1), upper)
     assert "UUID" in domain.command_problem(transfer(A, "{" + B + "}", 1), A)
 
