@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+
+from gateway.resp import RespClient, Script
 
 # Sliding-window rate limit (the two-counter approximation): the previous fixed
 # window's count, weighted by how much of it still lies inside the last `window`,
@@ -112,6 +113,11 @@ return rate_wait(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 RateWindow = tuple[str, str, int, int, int]
 
 
+_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT = (
+    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE)
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Claim:
     """What the store said about a key: new, resume (retry of an unfinished
@@ -130,15 +136,11 @@ def fingerprint(payload: dict[str, Any]) -> str:
 
 
 class IdempotencyStore:
-    def __init__(self, redis: Redis, prefix: str, ttl_seconds: int, lock_seconds: int) -> None:
+    def __init__(self, redis: RespClient, prefix: str, ttl_seconds: int, lock_seconds: int) -> None:
         self.redis = redis
         self.prefix = prefix
         self.ttl = ttl_seconds
         self.lock_ms = lock_seconds * 1000
-        self._claim = redis.register_script(_CLAIM)
-        self._release = redis.register_script(_RELEASE)
-        self._accepted = redis.register_script(_ACCEPTED)
-        self._done = redis.register_script(_DONE)
 
     def key(self, user_id: str, endpoint: str, idem_key: str) -> str:
         digest = hashlib.blake2b(idem_key.encode(), digest_size=16).hexdigest()
@@ -150,9 +152,8 @@ class IdempotencyStore:
         rate-limited request does not touch the key."""
         now = int(time.time() * 1000)
         cur, prev, limit, window_ms, elapsed = rate or (key + ":r0", key + ":r1", 0, 0, 0)
-        res = await self._claim(
-            keys=[key, cur, prev],
-            args=[fp, token, now, self.lock_ms, self.ttl, limit, window_ms, elapsed],
+        res = await self.redis.evalsha(
+            _CLAIM_SCRIPT, [key, cur, prev], [fp, token, now, self.lock_ms, self.ttl, limit, window_ms, elapsed]
         )
         kind = _s(res[0])
         if kind == "rate":
@@ -167,13 +168,15 @@ class IdempotencyStore:
         return Claim(kind)
 
     async def release(self, key: str, token: str) -> None:
-        await self._release(keys=[key], args=[token])
+        await self.redis.evalsha(_RELEASE_SCRIPT, [key], [token])
 
     async def accepted(
         self, key: str, token: str, record_key: str = "", record: bytes = b"", record_ttl: int = 0
     ) -> None:
         """Mark the command as sent (and, if given, store the payment record)."""
-        await self._accepted(keys=[key, record_key or key + ":r"], args=[token, record, record_ttl or self.ttl])
+        await self.redis.evalsha(
+            _ACCEPTED_SCRIPT, [key, record_key or key + ":r"], [token, record, record_ttl or self.ttl]
+        )
 
     async def done(
         self,
@@ -186,17 +189,17 @@ class IdempotencyStore:
         record_ttl: int = 0,
     ) -> None:
         """Record the final answer (and, if given, the payment record)."""
-        await self._done(
-            keys=[key, record_key or key + ":r"],
-            args=[status, body, orjson.dumps(headers or {}), self.ttl, record, record_ttl or self.ttl],
+        await self.redis.evalsha(
+            _DONE_SCRIPT,
+            [key, record_key or key + ":r"],
+            [status, body, orjson.dumps(headers or {}), self.ttl, record, record_ttl or self.ttl],
         )
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: RespClient, prefix: str) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._rate = redis.register_script(_RATE)
 
     def window(self, bucket: str, ident: str, limit: int, window_seconds: int = 60) -> RateWindow:
         """Keys and position of the current window, for `rate_wait` in a script."""
@@ -209,7 +212,7 @@ class RateLimiter:
     async def hit(self, bucket: str, ident: str, limit: int, window_seconds: int = 60) -> int | None:
         """Count one request; return None if allowed, else seconds to wait."""
         cur, prev, limit, window_ms, elapsed = self.window(bucket, ident, limit, window_seconds)
-        wait = int(await self._rate(keys=[cur, prev], args=[limit, window_ms, elapsed]))
+        wait = int(await self.redis.evalsha(_RATE_SCRIPT, [cur, prev], [limit, window_ms, elapsed]))
         return None if wait <= 0 else max(1, -(-wait // 1000))
 
 

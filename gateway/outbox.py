@@ -25,7 +25,7 @@ import psycopg
 from confluent_kafka import KafkaError
 
 from gateway.store import OUTBOX_CHANNEL
-from paystream import kafka
+from paystream import kafka, metrics
 from paystream.codec import Codec
 from paystream.settings import Settings, get_settings
 
@@ -67,6 +67,7 @@ class Relay:
                     "UPDATE gateway_outbox SET published_at = now(), attempts = attempts + 1 WHERE id = ANY(%s)",
                     (ok,),
                 )
+                metrics.OUTBOX_PUBLISHED.labels("gateway").inc(len(ok))
             for rid, err in failed.items():
                 self.conn.execute(
                     "UPDATE gateway_outbox SET attempts = attempts + 1, last_error = %s WHERE id = %s",

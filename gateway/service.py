@@ -17,13 +17,13 @@ from typing import Any
 
 import orjson
 from psycopg_pool import AsyncConnectionPool
-from redis.asyncio import BlockingConnectionPool, Redis
 from starlette.responses import Response
 
 from gateway import store
 from gateway.idempotency import IdempotencyStore, RateLimiter
 from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
 from gateway.problems import PROBLEM_JSON, Problem, problem_body
+from gateway.resp import RespClient
 from gateway.security import Network, TokenVerifier, parse_networks
 from paystream.codec import Codec
 from paystream.money import format_minor
@@ -96,11 +96,7 @@ class Gateway:
         self.pool = AsyncConnectionPool(
             settings.postgres_dsn, min_size=2, max_size=settings.gateway_pg_pool_max, open=False
         )
-        # A blocking pool: a burst beyond the pool size waits for a connection
-        # instead of failing the request.
-        self.redis = Redis(
-            connection_pool=BlockingConnectionPool.from_url(settings.redis_url, max_connections=64, timeout=10)
-        )
+        self.redis = RespClient(settings.redis_url)
         self.idem = IdempotencyStore(
             self.redis,
             self.prefix,
@@ -116,9 +112,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.pool.open(wait=True, timeout=30)
-        # Open the Redis connections now: a new connection costs milliseconds
-        # (redis-py reads package metadata), which would land on the first burst.
-        await asyncio.gather(*(self.redis.ping() for _ in range(32)))
+        await self.redis.execute("PING")
         await asyncio.to_thread(self.sender.start)
         await asyncio.to_thread(self.listener.start)
         from gateway.security import dummy_hash
@@ -131,7 +125,7 @@ class Gateway:
         await asyncio.to_thread(self.listener.close)
         await asyncio.to_thread(self.sender.close)
         await self.pool.close()
-        await self.redis.aclose()
+        await self.redis.close()
 
     # ---------------------------------------------------------------- accounts
 
@@ -164,7 +158,7 @@ class Gateway:
         return self.settings.gateway_idempotency_ttl_seconds * 7
 
     async def cached_payment(self, payment_id: str) -> dict[str, Any] | None:
-        raw = await self.redis.get(self._pay_key(payment_id))
+        raw = await self.redis.execute("GET", self._pay_key(payment_id))
         return orjson.loads(raw) if raw else None
 
     async def known_outcome(self, payment_id: str) -> Outcome | None:
@@ -310,7 +304,7 @@ class Gateway:
             # so it goes; the key remembers the refusal.
             detail = "this Idempotency-Key was used with a different request body"
             body = problem_body(422, "idempotency_key_reused", detail)
-            await self.redis.delete(self._pay_key(record["id"]))
+            await self.redis.execute("DEL", self._pay_key(record["id"]))
             await self.idem.done(key, 422, body)
             return Response(body, status_code=422, media_type=PROBLEM_JSON)
         final = {

@@ -791,3 +791,30 @@ def test_bench_http_smoke(gw: Env) -> None:
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "accepted:" in out.stdout and "completed:" in out.stdout, out.stdout
+
+
+def test_resp_client_pipelines_and_recovers(stack: Settings) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from gateway.resp import RespClient, Script
+
+    url = f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}"
+    key = f"gwtest:resp:{uuid.uuid4().hex}"
+
+    async def go() -> None:
+        c = RespClient(url)
+        script = Script(f"-- {uuid.uuid4()}\nreturn ARGV[1]")
+        assert await c.evalsha(script, [], ["x"]) == b"x"  # NOSCRIPT, then EVAL
+        assert await c.evalsha(script, [], ["y"]) == b"y"
+        got = await asyncio.gather(*(c.execute("INCR", key) for _ in range(300)))
+        assert sorted(got) == list(range(1, 301))  # replies matched to requests in order
+        assert c._proto is not None and c._proto.transport is not None
+        c._proto.transport.close()
+        await asyncio.sleep(0.05)
+        assert await c.execute("PING") == b"PONG"  # reconnected
+        assert await c.execute("DEL", key) == 1
+        await c.close()
+        with pytest.raises(RedisConnectionError):
+            await RespClient("redis://127.0.0.1:1/0", timeout=2).execute("PING")
+
+    asyncio.run(go())
