@@ -115,12 +115,41 @@ class Settings(BaseSettings):
     sink_batch_timeout: float = 0.2
     sink_metrics_port: int = 9102
 
+    # Observability (docs/OBSERVABILITY.md). Each process serves Prometheus metrics on its
+    # own port (the gateway on its HTTP port at /metrics); 0 turns a port off.
+    metrics_host: str = Field(default="127.0.0.1", description="address the metrics ports bind")
+    ledger_metrics_port: int = 9101
+    fraud_metrics_port: int = 9103
+    notifications_metrics_port: int = 9104
+    webhooks_metrics_port: int = 9105
+    outbox_relay_metrics_port: int = 9106
+    compensation_metrics_port: int = 9107
+    reviews_metrics_port: int = 9108
+    metrics_stats_interval_ms: int = Field(
+        default=5000, description="librdkafka statistics period: how often consumer lag is refreshed"
+    )
+    backlog_poll_seconds: float = Field(default=5.0, description="how often outbox backlogs are counted")
+    gateway_metrics_enabled: bool = Field(
+        default=True, description="serve /metrics on the gateway (block it at the public proxy)"
+    )
+    log_level: str = "INFO"
+    log_format: str = Field(default="json", description="json (one object per line) or console")
+    otel_enabled: bool = False
+    otel_endpoint: str = Field(
+        default="http://127.0.0.1:4318", description="OTLP/HTTP collector; traces go to <endpoint>/v1/traces"
+    )
+    otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0, description="share of new traces recorded")
+
     # Ledger tuning
     ledger_commit_interval: float = 0.1
     ledger_instance: str = "0"
     ledger_time_alignment: bool = False
     ledger_topology: str = "concat"  # concat | intake (experiment, see docs/LEDGER.md)
     ledger_max_amount_minor: int = 10**15
+
+    def metrics_port(self, component: str) -> int:
+        """The Prometheus port of a component (0: none); the sink keeps `sink_metrics_port`."""
+        return int(getattr(self, f"{component.replace('-', '_')}_metrics_port", 0) or 0)
 
     @property
     def bootstrap_servers(self) -> str:
