@@ -42,6 +42,7 @@ class CommandSender:
             settings, **{"message.timeout.ms": int(self.timeout * 1000), "linger.ms": 1}
         )
         self._stop = threading.Event()
+        self._settled: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], Any]] = []
         self._thread = threading.Thread(target=self._poll, name="gw-producer-poll", daemon=True)
 
     def start(self) -> None:
@@ -49,15 +50,24 @@ class CommandSender:
         self._thread.start()
 
     def _poll(self) -> None:
+        """Serve delivery reports; the futures they settle are handed to each event
+        loop once per poll, not once per message (each hand-over is a wake-up)."""
         while not self._stop.is_set():
             self.producer.poll(0.05)
+            if self._settled:
+                batch, self._settled = self._settled, []
+                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
+                for loop, fut, err in batch:
+                    by_loop.setdefault(loop, []).append((fut, err))
+                for loop, items in by_loop.items():
+                    loop.call_soon_threadsafe(_settle_all, items)
 
     async def send(self, cmd: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
-            loop.call_soon_threadsafe(_settle, fut, err)
+            self._settled.append((loop, fut, err))
 
         value = self.codec.encode(COMMANDS_TOPIC, cmd)
         try:
@@ -74,13 +84,14 @@ class CommandSender:
         self.producer.flush(5)
 
 
-def _settle(fut: asyncio.Future[None], err: KafkaError | None) -> None:
-    if fut.done():
-        return
-    if err is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(SendError(str(err)))
+def _settle_all(items: list[tuple[asyncio.Future[None], Any]]) -> None:
+    for fut, err in items:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(SendError(str(err)))
 
 
 class Waiter:
@@ -91,8 +102,10 @@ class Waiter:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
 
-    def push(self, event: dict[str, Any]) -> None:
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+def _deliver(items: list[tuple[Waiter, dict[str, Any]]]) -> None:
+    for w, event in items:
+        w.queue.put_nowait(event)
 
 
 class ResultListener:
@@ -149,12 +162,17 @@ class ResultListener:
                 log.exception("ledger.events consume failed")
                 self._stop.wait(1)
                 continue
+            found: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, dict[str, Any]]]] = {}
             for m in msgs:
                 if m.error():
                     continue
-                self._dispatch(m.value())
+                self._dispatch(m.value(), found)
+            for loop, items in found.items():  # one wake-up per loop per batch
+                loop.call_soon_threadsafe(_deliver, items)
 
-    def _dispatch(self, data: bytes | None) -> None:
+    def _dispatch(
+        self, data: bytes | None, found: dict[asyncio.AbstractEventLoop, list[tuple[Waiter, dict[str, Any]]]]
+    ) -> None:
         if not data:
             return
         cid = _peek_command_id(data)
@@ -170,7 +188,7 @@ class ResultListener:
         with self._lock:
             ws = list(self._waiters.get(event["command_id"], ()))
         for w in ws:
-            w.push(event)
+            found.setdefault(w.loop, []).append((w, event))
 
     def close(self) -> None:
         self._stop.set()

@@ -28,6 +28,19 @@ class _Protocol(asyncio.Protocol):
         self.waiters: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self.outgoing: list[bytes] = []
+
+    def send(self, data: bytes) -> None:
+        """Queue a command; everything queued in one loop iteration goes out in one
+        write, so concurrent requests share a system call."""
+        if not self.outgoing:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self.outgoing.append(data)
+
+    def _flush(self) -> None:
+        data, self.outgoing = self.outgoing, []
+        if self.transport is not None and not self.closed:
+            self.transport.write(b"".join(data))
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -98,8 +111,7 @@ class RespClient:
     async def _send(self, proto: _Protocol, args: tuple[Any, ...]) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         proto.waiters.append(fut)
-        assert proto.transport is not None
-        proto.transport.write(hiredis.pack_command(args))
+        proto.send(hiredis.pack_command(args))
         try:
             return await asyncio.wait_for(fut, self.timeout)
         except TimeoutError:

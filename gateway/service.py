@@ -7,6 +7,7 @@ it, so routes stay declarative and tests can read the moving parts in one place.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 import uuid
@@ -41,6 +42,16 @@ class Outcome:
     status: str  # completed | failed | rejected
     reason: str | None = None
     id_reused: bool = False
+
+
+_TOKEN_PREFIX = uuid.uuid4().hex[:12]
+_TOKEN_COUNTER = itertools.count()
+
+
+def _token() -> str:
+    """A claim token unique across processes and restarts, without a urandom call
+    per request."""
+    return f"{_TOKEN_PREFIX}{next(_TOKEN_COUNTER)}"
 
 
 def outcome_from_event(ev: dict[str, Any]) -> Outcome | None:
@@ -219,7 +230,7 @@ class Gateway:
         `rate_limit` > 0 counts the request against the user's per-minute budget for
         this endpoint, in the same Redis call as the claim."""
         key = self.idem.key(user_id, endpoint, idem_key)
-        token = uuid.uuid4().hex
+        token = _token()
         rate = self.limiter.window(endpoint, user_id, rate_limit) if rate_limit else None
         claim = await self.idem.claim(key, fp, token, rate)
         if claim.kind == "rate":
