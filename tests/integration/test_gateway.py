@@ -565,6 +565,13 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
         assert (r.status_code, r.json()["code"]) == (400, "idempotency_key_required")
         marker = pay(c, a, b, "0.01")
         assert marker.status_code == 201, marker.text
+        # a payment is visible to its two parties only, and looks like a missing one otherwise
+        pid = marker.json()["id"]
+        assert c.get(f"/v1/payments/{pid}", headers=b.headers).status_code == 200
+        hidden = c.get(f"/v1/payments/{pid}", headers=other.headers)
+        missing_payment = c.get(f"/v1/payments/{uuid.uuid4()}", headers=other.headers)
+        assert hidden.status_code == missing_payment.status_code == 404
+        assert hidden.json() == missing_payment.json()
     reader.terminals([marker.json()["id"]])
     a_id = gw.account_id(a.number)
     moved = [e for e in reader.events if e["account_id"] == a_id and e["type"] == "TRANSFER_DEBITED"]
