@@ -34,6 +34,7 @@ from gateway.security import (
     verify_password,
 )
 from gateway.service import (
+    TERMINAL_STATUSES,
     Gateway,
     Outcome,
     iso,
@@ -395,7 +396,7 @@ async def _payment_view(gw: Gateway, p: Principal, payment_id: str) -> dict[str,
             return None
         if row is not None:
             status = str(row.get("status") or "").lower()
-            if status in ("completed", "failed", "rejected"):
+            if status in TERMINAL_STATUSES:
                 reason = row.get("reason")
                 rec = {**rec, "status": status, "reason": str(reason).lower() if reason else None}
         return public(rec)

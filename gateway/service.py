@@ -32,7 +32,8 @@ from paystream.settings import Settings
 
 log = logging.getLogger("paystream.gateway")
 
-TERMINAL_STATUSES = {"completed", "failed", "rejected"}
+# "reversed": completed, then taken back by a chargeback; still the end of the request.
+TERMINAL_STATUSES = {"completed", "failed", "rejected", "reversed"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -355,7 +356,7 @@ class Gateway:
 def render_payment(outcome: Outcome, final: dict[str, Any]) -> tuple[int, bytes, str]:
     """201 with the payment when it completed; 402 problem (code = the ledger's
     reason, lower-cased) when the ledger refused it or it failed on the receiver."""
-    if outcome.status == "completed":
+    if outcome.status in ("completed", "reversed"):
         return 201, orjson.dumps(final), "application/json"
     code = (outcome.reason or "payment_failed").lower()
     detail = f"the payment was {outcome.status}: {code.replace('_', ' ')}"
