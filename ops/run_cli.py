@@ -121,6 +121,9 @@ def register(app: typer.Typer) -> None:
         """Run one component in the foreground."""
         if name not in COMPONENTS:
             raise typer.BadParameter(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
+        from paystream.observability import setup_process
+
+        setup_process(name)  # JSON logs, traces, metrics port (docs/OBSERVABILITY.md)
         COMPONENTS[name]()
 
     @app.command("up")

@@ -18,10 +18,13 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from paystream.settings import Settings
 
@@ -31,8 +34,111 @@ log = logging.getLogger("paystream.metrics")
 FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-MESSAGES = Counter("paystream_messages_total", "input messages processed", ["component", "topic"])
-PROCESS_SECONDS = Histogram(
+
+# ---------------------------------------------------------------- single-writer metrics
+
+
+class LocalCounter:
+    """A counter child updated by one thread only (a Quix app's processing loop): a plain
+    float add, no lock. Read when Prometheus scrapes."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.value += amount
+
+
+class LocalHistogramChild:
+    """A histogram child for one writer thread: a bisect and two adds, no lock."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = list(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+
+class LocalMetric:
+    """A labelled family of single-writer children, exposed like prometheus-client's.
+
+    For per-message metrics of the Quix apps, whose processing is single-threaded:
+    prometheus-client's children take a lock on every update, which cost ~2-3 µs per
+    message per metric on this machine; these cost a fraction of that. A scrape may
+    see an update half-applied (count vs sum), which Prometheus tolerates.
+    """
+
+    def __init__(self, kind: str, name: str, doc: str, labels: Sequence[str],
+                 buckets: Sequence[float] = ()) -> None:
+        self.kind, self.name, self.doc, self.labelnames = kind, name, doc, list(labels)
+        self.buckets = [float(b) for b in buckets]
+        self.children: dict[tuple[str, ...], Any] = {}
+        self._lock = threading.Lock()
+        _LOCAL_COLLECTOR.metrics.append(self)
+
+    def labels(self, *values: str) -> Any:
+        key = tuple(str(v) for v in values)
+        child = self.children.get(key)
+        if child is None:
+            with self._lock:
+                child = self.children.get(key)
+                if child is None:
+                    child = LocalCounter() if self.kind == "counter" else LocalHistogramChild(self.buckets)
+                    self.children = {**self.children, key: child}
+        return child
+
+    def collect(self) -> Any:
+        if self.kind == "counter":
+            fam = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+            for key, c in self.children.items():
+                fam.add_metric(list(key), c.value)
+            return fam
+        hfam = HistogramMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for key, h in self.children.items():
+            counts = list(h.counts)
+            acc, cumulative = 0, []
+            for bound, n in zip([*h.bounds, float("inf")], counts, strict=True):
+                acc += n
+                cumulative.append((_le(bound), acc))
+            hfam.add_metric(list(key), cumulative, sum_value=h.sum)
+        return hfam
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
+class _LocalCollector(Collector):
+    def __init__(self) -> None:
+        self.metrics: list[LocalMetric] = []
+
+    def collect(self) -> Iterator[Any]:
+        for m in list(self.metrics):
+            yield m.collect()
+
+
+_LOCAL_COLLECTOR = _LocalCollector()
+REGISTRY.register(_LOCAL_COLLECTOR)
+
+
+def local_counter(name: str, doc: str, labels: Sequence[str] = ()) -> LocalMetric:
+    """`name` without `_total`, as prometheus-client's Counter takes it."""
+    return LocalMetric("counter", name.removesuffix("_total"), doc, labels)
+
+
+def local_histogram(name: str, doc: str, labels: Sequence[str] = (), buckets: Sequence[float] = ()) -> LocalMetric:
+    return LocalMetric("histogram", name, doc, labels, buckets or LATENCY_BUCKETS)
+
+
+MESSAGES = local_counter("paystream_messages_total", "input messages processed", ["component", "topic"])
+PROCESS_SECONDS = local_histogram(
     "paystream_process_seconds", "time to process one input message", ["component"], buckets=FAST_BUCKETS
 )
 COMMIT_SECONDS = Histogram(

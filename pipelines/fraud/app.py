@@ -28,6 +28,8 @@ from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
+from paystream import logging as plog
+from paystream import metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
@@ -37,6 +39,7 @@ from pipelines.fraud.quixapp import (
     DownstreamSettings,
     Processor,
     Routed,
+    apply_processor,
     build_application,
     disable_time_alignment,
     route,
@@ -51,6 +54,13 @@ NAMESPACE = uuid.UUID("c6a7d3e2-4b1f-4d0a-9e57-2f8b1c3a9d40")
 STATE_KEY = "f"
 
 log = logging.getLogger("paystream.fraud")
+
+# Single-writer metrics (updated by the one processing thread only): no lock per message.
+ALERTS_RAISED = metrics.local_counter("paystream_fraud_alerts_total", "alerts raised", ["risk"])
+RULE_HITS = metrics.local_counter("paystream_fraud_rule_hits_total", "rules that fired in raised alerts",
+                                  ["rule", "risk"])
+FREEZES = metrics.local_counter("paystream_fraud_freezes_total", "FREEZE commands sent for HIGH alerts").labels()
+SCORED = metrics.local_counter("paystream_fraud_scored_total", "debits scored").labels()
 
 
 def alert_id(payment_id: str) -> str:
@@ -154,12 +164,20 @@ class FraudProcessor(Processor):
         fresh = age_ms <= self.cfg.processing.max_event_age_seconds * 1000
         new, flow, alert = on_transfer(self.cfg, state.get(STATE_KEY), t, fresh=fresh)
         state.set(STATE_KEY, new)
+        SCORED.inc()
+        tracing.annotate(payment_id=t.payment_id, account=t.sender)
         out = [self.encode(FLOWS, t.receiver, flow_record(flow))]
         if alert is not None:
             log.info("alert %s %s score=%s payment=%s sender=%s", alert["alert_id"], alert["risk"],
-                     alert["score"], t.payment_id, t.sender)
+                     alert["score"], t.payment_id, t.sender,
+                     extra=plog.payment_fields(t.payment_id, t.sender, alert_id=alert["alert_id"],
+                                               risk=alert["risk"], score=alert["score"]))
+            ALERTS_RAISED.labels(alert["risk"]).inc()
+            for r in alert["reasons"]:
+                RULE_HITS.labels(r["rule"], alert["risk"]).inc()
             out.append(self.encode(ALERTS, t.sender, alert))
             if alert["risk"] == "HIGH":
+                FREEZES.inc()
                 out.append(self.encode(C.COMMANDS_TOPIC, t.sender, freeze_command(alert)))
         return out
 
@@ -174,8 +192,7 @@ def build_app(settings: Settings | None = None, cfg: FraudConfig | None = None) 
     flows = app.topic(FLOWS, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(events).concat(app.dataframe(flows))
     disable_time_alignment(app)
-    sdf = sdf.apply(FraudProcessor(codec, cfg or get_config()), stateful=True, expand=True,
-                    metadata=True)
+    sdf = apply_processor(sdf, FraudProcessor(codec, cfg or get_config()), COMPONENT)
     route(app, sdf, [FLOWS, ALERTS, C.COMMANDS_TOPIC, DLQ_TOPIC])
     return app
 

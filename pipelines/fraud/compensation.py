@@ -23,10 +23,12 @@ import logging
 import uuid
 from typing import Any
 
+from prometheus_client import Counter
 from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
+from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
@@ -34,6 +36,7 @@ from pipelines.fraud.quixapp import (
     DownstreamSettings,
     Processor,
     Routed,
+    apply_processor,
     build_application,
     disable_time_alignment,
     route,
@@ -44,6 +47,8 @@ from pipelines.ledger.domain import Store
 COMPONENT = "compensation"
 NAMESPACE = uuid.UUID("9a2d6f1c-3e8b-4b7a-a1c5-7d0e2f4b6c83")
 log = logging.getLogger("paystream.compensation")
+
+COMMANDS_SENT = Counter("paystream_compensation_commands_total", "commands sent to the ledger", ["type"])
 
 Command = tuple[str, dict[str, Any]]  # (key, command)
 
@@ -119,7 +124,9 @@ class CompensationProcessor(Processor):
                             timestamp, headers)
         cmds = apply_alert(state, rec) if topic == ALERTS else apply_decision(state, rec)
         for k, c in cmds:
-            log.info("%s %s on %s (command %s)", topic, c["type"], k, c["command_id"])
+            log.info("%s %s on %s (command %s)", topic, c["type"], k, c["command_id"],
+                     extra=plog.payment_fields(rec.get("payment_id"), k, command_id=c["command_id"]))
+            COMMANDS_SENT.labels(c["type"]).inc()
         return [self.encode(C.COMMANDS_TOPIC, k, c) for k, c in cmds]
 
 
@@ -133,7 +140,7 @@ def build_app(settings: Settings | None = None) -> Application:
     decisions = app.topic(DECISIONS, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(alerts).concat(app.dataframe(decisions))
     disable_time_alignment(app)
-    sdf = sdf.apply(CompensationProcessor(codec), stateful=True, expand=True, metadata=True)
+    sdf = apply_processor(sdf, CompensationProcessor(codec), COMPONENT)
     route(app, sdf, [C.COMMANDS_TOPIC, DLQ_TOPIC])
     return app
 

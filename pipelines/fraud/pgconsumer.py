@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from paystream import kafka
+from paystream import kafka, metrics
 from paystream.settings import Settings
 
 log = logging.getLogger("paystream.pgconsumer")
@@ -36,7 +36,8 @@ class PgConsumer:
         self.handle = handle
         self.batch_size = batch_size
         self.poll_timeout = poll_timeout
-        self.consumer: Consumer = kafka.consumer(settings, f"paystream-{name}")
+        self.consumer: Consumer = kafka.consumer(settings, f"paystream-{name}",
+                                                 **metrics.consumer_stats_config(name, settings))
 
     def _stored(self, partitions: list[int]) -> dict[int, int]:
         with psycopg.connect(self.settings.postgres_dsn) as conn:

@@ -16,6 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 
+from paystream import logging as plog
+from paystream import metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
@@ -52,7 +54,7 @@ class RoutedSerializer(Serializer):
 
 def build_application(settings: Settings, *, component: str, instance: str,
                       commit_interval: float) -> Application:
-    return Application(
+    app = Application(
         broker_address=settings.bootstrap_servers,
         consumer_group=f"paystream-{component}",
         processing_guarantee="exactly-once",
@@ -65,10 +67,22 @@ def build_application(settings: Settings, *, component: str, instance: str,
             "transactional.id": f"paystream-{component}-{instance}",
             "linger.ms": 5,
         },
-        consumer_extra_config={"fetch.wait.max.ms": 50},
+        consumer_extra_config={"fetch.wait.max.ms": 50,
+                               **metrics.quix_consumer_config(component, settings, instance)},
         consumer_poll_timeout=0.1,
-        loglevel="INFO",
+        # With paystream's JSON logging configured, Quix's records go through it.
+        loglevel=None if plog.configured() else "INFO",
     )
+    metrics.time_commits(app, component)
+    return app
+
+
+def apply_processor(sdf: Any, processor: Any, component: str) -> Any:
+    """`sdf.apply(processor)` (stateful, expanding, with metadata), counted and timed
+    (`paystream.metrics`) and, when tracing is on, one span per message whose
+    context goes onto every output (`paystream.tracing`)."""
+    fn, after = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, component), component)
+    return after(sdf.apply(fn, stateful=True, expand=True, metadata=True))
 
 
 def disable_time_alignment(app: Application) -> None:
@@ -99,7 +113,9 @@ class Processor:
             timestamp: int, headers: Any) -> list[Routed]:
         ctx = message_context()
         self.log.warning("dead-lettering %s[%s]@%s: %s", ctx.topic, ctx.partition, ctx.offset,
-                         reason)
+                         reason, extra=plog.payment_fields(
+                             account=(key or b"").decode("utf-8", "replace"), reason_code=code))
+        metrics.DEAD_LETTERS.labels(self.component, code).inc()
         record = dead_letter(
             component=self.component, reason_code=code, reason=reason, topic=ctx.topic,
             partition=ctx.partition, offset=ctx.offset, key=key, value=value,

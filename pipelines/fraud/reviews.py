@@ -33,7 +33,7 @@ import psycopg
 from confluent_kafka import KafkaException, Message
 from psycopg.types.json import Jsonb
 
-from paystream import kafka
+from paystream import kafka, metrics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
@@ -90,6 +90,7 @@ class AlertIntake:
     def _dead_letter(self, m: Message, reason: str) -> None:
         topic, partition, offset = m.topic() or ALERTS, m.partition() or 0, m.offset() or 0
         log.warning("dead-lettering %s[%s]@%s: %s", topic, partition, offset, reason)
+        metrics.DEAD_LETTERS.labels("reviews", "UNDECODABLE").inc()
         record = dead_letter(
             component="reviews", reason_code="UNDECODABLE", reason=reason, topic=topic,
             partition=partition, offset=offset, key=m.key(), value=m.value(),
@@ -139,6 +140,7 @@ class OutboxRelay:
             conn.execute(
                 "UPDATE review_outbox SET published_at = now(), attempts = attempts + 1"
                 " WHERE decision_id = ANY(%s)", (ids,))
+        metrics.OUTBOX_PUBLISHED.labels("reviews").inc(len(rows))
         return len(rows)
 
     def run(self, stop: threading.Event) -> None:

@@ -14,12 +14,15 @@ only decodes, routes and encodes.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.state import State
 
+from paystream import logging as plog
+from paystream import metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
@@ -33,6 +36,47 @@ log = logging.getLogger("paystream.ledger")
 # An output travels through the dataframe as (topic, key, encoded value).
 Routed = tuple[str, str, bytes]
 
+# Single-writer metrics (the processing loop is one thread): no lock per message.
+OUTCOMES = metrics.local_counter(
+    "paystream_ledger_outcomes_total", "terminal outcomes of commands (replays excluded)",
+    ["command_type", "status", "reason"],
+)  # fmt: skip
+REPLAYS = metrics.local_counter(
+    "paystream_ledger_replays_total", "repeated command ids answered without effect", ["command_type"]
+)
+E2E_SECONDS = metrics.local_histogram(
+    "paystream_ledger_e2e_seconds",
+    "command produced (its Kafka timestamp, which the ledger's legs inherit) to its terminal outcome",
+    ["command_type"], buckets=metrics.LATENCY_BUCKETS,
+)  # fmt: skip
+
+
+class Outcomes:
+    """Counts terminal events and observes end-to-end latency; children cached per label set."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str], Any] = {}
+        self._latency: dict[str, Any] = {}
+
+    def observe(self, outputs: list[domain.Output], timestamp_ms: int) -> None:
+        for o in outputs:
+            if o.topic != domain.EVENTS or not o.value["terminal"]:
+                continue
+            v = o.value
+            ctype = v["command_type"]
+            if v["replay"]:
+                REPLAYS.labels(ctype).inc()
+                continue
+            key = (ctype, v["status"], v["reason"] or "")
+            c = self._counts.get(key)
+            if c is None:
+                c = self._counts[key] = OUTCOMES.labels(*key)
+            c.inc()
+            h = self._latency.get(ctype)
+            if h is None:
+                h = self._latency[ctype] = E2E_SECONDS.labels(ctype)
+            h.observe(max(0.0, time.time() - timestamp_ms / 1000))
+
 
 class _Routed(Serializer):
     """Serializer for values that are already Avro bytes (encoded by `Codec`)."""
@@ -44,11 +88,16 @@ class _Routed(Serializer):
 class LedgerProcessor:
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
+        self.outcomes = Outcomes()
+        self.traced = tracing.enabled()
 
     def _dlq(self, code: str, reason: str, key: bytes | None, value: bytes | None,
              timestamp: int, headers: Any) -> list[Routed]:
         ctx = message_context()
-        log.warning("dead-lettering %s[%s]@%s: %s", ctx.topic, ctx.partition, ctx.offset, reason)
+        account = (key or b"").decode("utf-8", "replace")
+        log.warning("dead-lettering %s[%s]@%s: %s", ctx.topic, ctx.partition, ctx.offset, reason,
+                    extra=plog.payment_fields(account=account, reason_code=code))
+        metrics.DEAD_LETTERS.labels(COMPONENT, code).inc()
         record = dead_letter(
             component=COMPONENT, reason_code=code, reason=reason, topic=ctx.topic,
             partition=ctx.partition, offset=ctx.offset, key=key, value=value,
@@ -73,6 +122,9 @@ class LedgerProcessor:
             return self._dlq("UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
         except DecodeError as exc:
             return self._dlq("UNDECODABLE", str(exc), key, value, timestamp, headers)
+        if self.traced:
+            tracing.annotate(payment_id=record.get("payment_id") or record.get("command_id"), account=skey,
+                             command_type=record.get("type") or record.get("kind"))
         if topic == COMMANDS:
             problem = domain.command_problem(record, skey)
             if problem is not None:
@@ -82,6 +134,7 @@ class LedgerProcessor:
             if record["account_id"] != skey:
                 return self._dlq("KEY_MISMATCH", "leg key differs from account_id", key, value, timestamp, headers)
             outputs = domain.apply_leg(state, record, timestamp)
+        self.outcomes.observe(outputs, timestamp)
         return [(o.topic, o.key, self.codec.encode(o.topic, o.value)) for o in outputs]
 
 
@@ -120,6 +173,7 @@ class InboxProcessor:
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
+        self.outcomes = Outcomes()
 
     def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> list[Routed]:
         record = self.codec.decode(INBOX, value)
@@ -127,6 +181,7 @@ class InboxProcessor:
             outputs = domain.apply_command(state, record["command"], timestamp)
         else:
             outputs = domain.apply_leg(state, record["leg"], timestamp)
+        self.outcomes.observe(outputs, timestamp)
         routed: list[Routed] = []
         for o in outputs:
             if o.topic == domain.LEGS:
@@ -154,10 +209,20 @@ def build_app(settings: Settings | None = None) -> Application:
             "transactional.id": f"paystream-ledger-{instance}",
             "linger.ms": 2,
         },
-        consumer_extra_config={"fetch.wait.max.ms": 20},
+        consumer_extra_config={
+            "fetch.wait.max.ms": 20,
+            # A kill -9'd instance holds its partitions until the group gives up on it:
+            # librdkafka's default 45 s stalled every account on them for that long
+            # (`paystream chaos`, kill-ledger). Heartbeats come from librdkafka's own
+            # thread, so a slow batch cannot make a live instance miss 10 s of them.
+            "session.timeout.ms": 10_000,
+            **metrics.quix_consumer_config(COMPONENT, settings, instance),
+        },
         consumer_poll_timeout=0.05,
-        loglevel="INFO",
+        # With paystream's JSON logging configured, Quix's records go through it.
+        loglevel=None if plog.configured() else "INFO",
     )
+    metrics.time_commits(app, COMPONENT)
     codec = Codec(settings.registry_url)
     commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
     legs_in = app.topic(domain.LEGS, key_deserializer="bytes", value_deserializer="bytes")
@@ -184,7 +249,8 @@ def build_app(settings: Settings | None = None) -> Application:
         # command with a leg is a valid history), so we turn it off. Measured in
         # docs/LEDGER.md. Quix has no public switch for this yet.
         app._dataframe_registry._requires_time_alignment = False
-    sdf = sdf.apply(LedgerProcessor(codec), stateful=True, expand=True, metadata=True)
+    fn, after = tracing.instrument_quix(metrics.InstrumentedProcessor(LedgerProcessor(codec), COMPONENT), COMPONENT)
+    sdf = after(sdf.apply(fn, stateful=True, expand=True, metadata=True))
     sdf.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
     return app
 

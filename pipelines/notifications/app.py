@@ -23,10 +23,18 @@ from typing import Any
 from quixstreams import Application
 from quixstreams.state import State
 
+from paystream import metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.quixapp import DownstreamSettings, Processor, Routed, build_application, route
+from pipelines.fraud.quixapp import (
+    DownstreamSettings,
+    Processor,
+    Routed,
+    apply_processor,
+    build_application,
+    route,
+)
 from pipelines.notifications.domain import kind_of, notification_for
 
 EVENTS = "ledger.events"
@@ -35,6 +43,8 @@ COMPONENT = "notifications"
 OWNER_KEY = "o"
 
 log = logging.getLogger("paystream.notifications")
+
+NOTIFIED = metrics.local_counter("paystream_notifications_total", "notifications emitted", ["kind"])
 
 
 class NotificationProcessor(Processor):
@@ -62,6 +72,8 @@ class NotificationProcessor(Processor):
                     log.warning("no owner known for account %s (%s so far)", ev["account_id"],
                                 self.unknown_owner)
             return []
+        tracing.annotate(payment_id=ev.get("payment_id"), account=ev["account_id"])
+        NOTIFIED.labels(n["kind"]).inc()
         return [self.encode(NOTIFICATIONS, n["user_id"], n)]
 
 
@@ -73,7 +85,7 @@ def build_app(settings: Settings | None = None) -> Application:
     codec = Codec(settings.registry_url)
     events = app.topic(EVENTS, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(events)
-    sdf = sdf.apply(NotificationProcessor(codec), stateful=True, expand=True, metadata=True)
+    sdf = apply_processor(sdf, NotificationProcessor(codec), COMPONENT)
     route(app, sdf, [NOTIFICATIONS, DLQ_TOPIC])
     return app
 

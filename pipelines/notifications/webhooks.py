@@ -37,10 +37,12 @@ from typing import Any
 import httpx
 import psycopg
 from confluent_kafka import Message
+from prometheus_client import Counter, Histogram
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from paystream import metrics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
@@ -50,6 +52,13 @@ from pipelines.notifications import signing
 NOTIFICATIONS = "notifications"
 NAMESPACE = uuid.UUID("b3f0c2d4-8e1a-4a6f-9c7d-5e2b1f0a3c68")
 log = logging.getLogger("paystream.webhooks")
+
+ATTEMPTS = Counter("paystream_webhook_attempts_total",
+                   "delivery attempts by result: delivered, retry (failed, rescheduled) or dead", ["result"])
+RETRIES = Counter("paystream_webhook_retries_total", "attempts after the first one of a delivery")
+ATTEMPT_SECONDS = Histogram("paystream_webhook_attempt_seconds", "time of one delivery attempt",
+                            buckets=metrics.LATENCY_BUCKETS)
+QUEUED = Counter("paystream_webhook_deliveries_queued_total", "deliveries created from notifications")
 
 
 class WebhookSettings(BaseSettings):
@@ -136,6 +145,7 @@ class NotificationIntake:
                 "INSERT INTO webhook_deliveries (delivery_id, endpoint_id, notification_id, user_id,"
                 " kind, body) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (delivery_id) DO NOTHING",
                 rows)
+            QUEUED.inc(len(rows))
 
 
 # ------------------------------------------------------------------------- delivery
@@ -241,6 +251,10 @@ class Deliverer:
             error = f"{type(exc).__name__}: {exc}"[:500]
         duration_ms = int((time.monotonic() - t0) * 1000)
         delay = None if error is None else after_failure(n, float(d["age"]), self.ws, self.rnd)
+        ATTEMPT_SECONDS.observe(time.monotonic() - t0)
+        ATTEMPTS.labels("delivered" if error is None else "retry" if delay is not None else "dead").inc()
+        if n > 1:
+            RETRIES.inc()
         async with pool.connection() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO webhook_attempts (delivery_id, attempt, started_at, duration_ms,"

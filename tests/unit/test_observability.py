@@ -125,3 +125,21 @@ def test_a_recording_span_puts_its_trace_id_on_log_lines() -> None:
             print('{"want": "%032x"}' % span.get_span_context().trace_id)
     """)
     assert lines[0]["trace_id"] == lines[1]["want"]
+
+
+def test_local_metrics_expose_like_prometheus_client() -> None:
+    from prometheus_client import generate_latest
+
+    c = metrics.local_counter("paystream_unit_local_total", "x", ["k"])
+    h = metrics.local_histogram("paystream_unit_local_seconds", "y", ["k"], buckets=(0.1, 1.0))
+    c.labels("a").inc()
+    c.labels("a").inc(2)
+    for v in (0.05, 0.1, 0.5, 3.0):
+        h.labels("a").observe(v)
+    text = generate_latest().decode()
+    assert 'paystream_unit_local_total{k="a"} 3.0' in text
+    assert 'paystream_unit_local_seconds_bucket{k="a",le="0.1"} 2.0' in text
+    assert 'paystream_unit_local_seconds_bucket{k="a",le="1.0"} 3.0' in text
+    assert 'paystream_unit_local_seconds_bucket{k="a",le="+Inf"} 4.0' in text
+    assert 'paystream_unit_local_seconds_count{k="a"} 4.0' in text
+    assert REGISTRY.get_sample_value("paystream_unit_local_seconds_sum", {"k": "a"}) == 3.65
