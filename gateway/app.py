@@ -709,6 +709,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
+        # FastAPI's own OpenTelemetry instrumentation (on once a tracer provider exists)
+        # is off: gateway/observability.py makes the one request span and the metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     problems.install(app)
     app.include_router(router)
@@ -724,4 +727,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return json_response(200, {"ok": gw.listener.ready.is_set(), "waiting": gw.listener.waiting})
 
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
+    from gateway import observability
+
+    observability.install(app, settings)  # /metrics, request metrics and spans, /admin console
     return app

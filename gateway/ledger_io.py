@@ -19,9 +19,10 @@ import threading
 from collections import defaultdict
 from typing import Any
 
+import structlog
 from confluent_kafka import KafkaError, Producer, TopicPartition
 
-from paystream import kafka
+from paystream import kafka, tracing
 from paystream.codec import Codec
 from paystream.commands import COMMANDS_TOPIC
 from paystream.settings import Settings
@@ -70,8 +71,13 @@ class CommandSender:
             self._settled.append((loop, fut, err))
 
         value = self.codec.encode(COMMANDS_TOPIC, cmd)
+        # The rest of the request's log lines are about this payment (docs/OBSERVABILITY.md).
+        structlog.contextvars.bind_contextvars(payment_id=cmd["command_id"], account=cmd["account_id"])
+        extra = {"headers": tracing.inject()} if tracing.enabled() else {}  # W3C traceparent
         try:
-            self.producer.produce(COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered)
+            self.producer.produce(
+                COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered, **extra
+            )
         except (BufferError, Exception) as exc:
             raise SendError(f"cannot enqueue command: {exc}") from exc
         try:

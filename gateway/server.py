@@ -23,6 +23,7 @@ def run() -> None:
         server_header=False,
         access_log=False,
         log_level="info",
+        log_config=None,  # uvicorn's records go through paystream's JSON logging
         loop="uvloop",
         http="httptools",
         timeout_graceful_shutdown=10,
