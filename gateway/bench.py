@@ -38,6 +38,8 @@ class Phase:
     latencies: list[float] = field(default_factory=list)
     statuses: Counter[str | int] = field(default_factory=Counter)
     errors: int = 0
+    client_cpu: float = 0.0
+    client_sent: int = 0
 
     def ok(self) -> int:
         return self.statuses[201] + self.statuses[202]
@@ -47,6 +49,9 @@ class Phase:
             return float("nan")
         data = sorted(self.latencies)
         return data[min(len(data) - 1, int(q * len(data)))] * 1000
+
+
+_SENT = [0]  # requests sent by this (client) process
 
 
 @dataclass
@@ -127,6 +132,7 @@ async def _clients(
                     headers["Prefer"] = prefer
                 body = {"from_account": me.number, "to_account": to.number, "amount": "0.01", "currency": "USD"}
                 t0 = time.time()
+                _SENT[0] += 1
                 code: str | int
                 try:
                     r = await c.post("/v1/payments", json=body, headers=headers)
@@ -146,7 +152,11 @@ async def _clients(
 
 
 def _worker(args: tuple[str, list[BenchUser], list[int], str | None, float, float], out: Any) -> None:
-    out.send(asyncio.run(_clients(*args)))
+    """One client process; also reports its CPU per request sent (warm-up included),
+    so client cost can be told apart from server cost on a shared machine."""
+    cpu0 = time.process_time()
+    lat, statuses = asyncio.run(_clients(*args))
+    out.send((lat, statuses, time.process_time() - cpu0, _SENT[0]))
     out.close()
 
 
@@ -177,10 +187,12 @@ def _phase(
     time.sleep(max(0.0, stop_at - time.time()))
     cpu = _cpu(gateway) - cpu0
     for proc, recv in running:
-        lat, statuses = recv.recv()
+        lat, statuses, client_cpu, sent = recv.recv()
         proc.join()
         phase.latencies.extend(lat)
         phase.statuses.update(statuses)
+        phase.client_cpu += client_cpu
+        phase.client_sent += sent
     return cpu
 
 
@@ -228,6 +240,8 @@ def register(app: typer.Typer) -> None:
             cpu = _phase(base, bench_users, clients, procs, phase, prefer, warmup, gateway)
             total = sum(phase.statuses.values())
             per_req = f"  gateway CPU {cpu / total * 1000:.2f} ms/req" if gateway and total else ""
+            if phase.client_sent:
+                per_req += f", client CPU {phase.client_cpu / phase.client_sent * 1000:.2f} ms/req"
             console.print(
                 f"{name:>9}: {phase.ok() / seconds:8.1f} accepted req/s  "
                 f"p50 {phase.pct(0.50):6.1f} ms  p99 {phase.pct(0.99):6.1f} ms  "
