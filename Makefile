@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test install lint typecheck unit down clean
+.PHONY: up test install lint typecheck unit down clean browser
 
 $(BIN)/paystream: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "python3.11 is required"; exit 1; }
@@ -18,8 +18,19 @@ install: $(BIN)/paystream
 up: install
 	$(BIN)/paystream up
 
+## headless Chromium + chromedriver for the admin console's browser test (Debian packages,
+## installed only when missing; without root or apt the browser test is skipped)
+browser:
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing chromium and chromium-driver (Debian packages)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver \
+	      >/dev/null) || echo "WARNING: chromium could not be installed; the browser test will be skipped"; \
+	  else echo "WARNING: chromium is not installed; the browser test will be skipped"; fi; \
+	fi
+
 ## make test: start what the tests need (idempotent) and run every test
-test: install
+test: install browser
 	$(BIN)/paystream up --stack-only
 	$(BIN)/pytest -p no:cacheprovider
 
