@@ -26,7 +26,7 @@ import tarfile
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1013,15 +1013,19 @@ def _stop_process(svc: _Service, proc: psutil.Process, timeout: float = STOP_TIM
 # --------------------------------------------------------------------------- public API
 
 
-def up(settings: Settings, console: Console | None = None) -> UpReport:
+def up(
+    settings: Settings, console: Console | None = None, only: Collection[str] | None = None
+) -> UpReport:
     """Start whatever is not already running; returns seconds-to-ready per service.
 
     All checks that can fail cheaply (ports, binaries, downloads) run before
     any process is started, so a conflict never leaves a half-started stack.
+    ``only`` limits the stack to some services (the three-broker cluster brings
+    its own Kafka and needs just Postgres and the registry from here).
     """
     console = console or Console(quiet=True)
     layout = Layout.of(settings)
-    services = _services(settings)
+    services = [s for s in _services(settings) if only is None or s.name in only]
     report = UpReport()
 
     with _stack_lock(layout):
@@ -1122,6 +1126,29 @@ def _down(settings: Settings, console: Console) -> list[str]:
         console.print(f"[green]{svc.name:<{width}}[/green]  {how} in {time.monotonic() - t0:.1f}s "
                       f"(pid {proc.pid})")
     return stopped
+
+
+def stop_service(settings: Settings, name: str, console: Console | None = None) -> bool:
+    """Stop one service of this home gracefully (its own stop signal); ``up`` starts it again.
+
+    Fault injection restarts services one at a time on an isolated stack; it
+    must never touch processes of another home, hence the pid-file ownership check.
+    Returns False when the service was not running.
+    """
+    console = console or Console(quiet=True)
+    svc = next((s for s in _services(settings) if s.name == name), None)
+    if svc is None:
+        raise StackError(f"unknown service {name!r}; one of {', '.join(SERVICES)}")
+    with _stack_lock(Layout.of(settings)):
+        proc = _owned_process(svc)
+        if proc is None:
+            svc.pid_file.unlink(missing_ok=True)
+            return False
+        t0 = time.monotonic()
+        _stop_process(svc, proc)
+        svc.pid_file.unlink(missing_ok=True)
+        console.print(f"{name} stopped in {time.monotonic() - t0:.1f}s (pid {proc.pid})")
+        return True
 
 
 def status(settings: Settings) -> list[ServiceStatus]:
