@@ -29,3 +29,40 @@ def ledger_cmd(
     except RuntimeError as exc:
         Console().print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+
+
+@app.command("compare")
+def compare_cmd(
+    accounts: int = typer.Option(10_000, help="accounts (both designs)"),
+    transfers: int = typer.Option(20_000, help="transfers per full-speed run"),
+    paced_rate: float = typer.Option(500.0, help="offered transfers/s for the latency run"),
+    paced_seconds: float = typer.Option(10.0),
+    pool: list[int] = typer.Option([8, 16, 32, 64], help="baseline pool sizes to try (repeat)"),
+    variant: list[str] = typer.Option(["classic", "proc"], help="baseline variants: classic | pipeline | proc"),
+    sweep: int = typer.Option(6_000, help="transfers per baseline sweep run"),
+    workload: list[str] = typer.Option(["uniform", "hot", "fanin"], help="uniform | hot | fanin"),
+    commit_interval: float = typer.Option(0.1, help="ledger commit interval (s)"),
+    isolated: bool = typer.Option(False, help="run both designs on a fresh stack of their own"),
+    group_wait: float = typer.Option(600.0, help="seconds to wait for other ledgers to leave the group"),
+    publish: bool = typer.Option(False, help="also copy the plot to docs/bench/compare.png"),
+) -> None:
+    """paystream vs the classic Postgres row-locking design on the same workloads."""
+    from ops.bench.compare import compare
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # the tables are wide; logs and pipes should not wrap them
+    kw = dict(accounts=accounts, transfers_n=transfers, paced_rate=paced_rate, paced_seconds=paced_seconds,
+              pools=pool, variants=variant, sweep_n=sweep, workloads=workload,
+              commit_interval=commit_interval, group_wait=group_wait, publish=publish, console=console)
+    try:
+        if isolated:
+            from ops.isolated import isolated_stack, settings_env
+
+            with isolated_stack("paystream-compare-", console=console) as iso:
+                compare(iso, env_extra=settings_env(iso), **kw)  # type: ignore[arg-type]
+        else:
+            compare(get_settings(), **kw)  # type: ignore[arg-type]
+    except RuntimeError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc

@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,8 +62,11 @@ class RunResult:
 
 
 class LedgerProcess:
-    def __init__(self, settings: Settings, commit_interval: float) -> None:
-        env = {**os.environ, "PAYSTREAM_LEDGER_COMMIT_INTERVAL": str(commit_interval),
+    def __init__(self, settings: Settings, commit_interval: float,
+                 env_extra: dict[str, str] | None = None) -> None:
+        # env_extra points the child at another stack (ops.isolated.settings_env).
+        env = {**os.environ, **(env_extra or {}),
+               "PAYSTREAM_LEDGER_COMMIT_INTERVAL": str(commit_interval),
                "PAYSTREAM_LEDGER_INSTANCE": "bench", "PYTHONUNBUFFERED": "1"}
         log = open(settings.home / "logs" / "bench-ledger.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "paystream.cli", "run", "ledger"],
@@ -96,8 +100,10 @@ class LedgerProcess:
 class Outcomes:
     """Follows ledger.events from the current end and timestamps terminal outcomes."""
 
-    def __init__(self, settings: Settings, codec: Codec) -> None:
+    def __init__(self, settings: Settings, codec: Codec,
+                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.codec = codec
+        self.on_event = on_event  # sees every decoded event (bench compare replays its own)
         self.consumer = kafka.consumer(settings, f"bench-{uuid.uuid4()}", **{"fetch.wait.max.ms": 10})
         parts = self.consumer.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
         self.consumer.assign([
@@ -116,6 +122,8 @@ class Outcomes:
                     continue
                 now = time.monotonic()
                 e = self.codec.decode(EVENTS, m.value())
+                if self.on_event is not None:
+                    self.on_event(e)
                 if e["terminal"] and not e["replay"]:
                     self.seen.setdefault(e["command_id"], (now, e["status"]))
 
