@@ -191,6 +191,8 @@ def gw(stack: Settings, ledger: Component, log_dir: Any) -> Iterator[Env]:
         r2 = redis.Redis.from_url(env["PAYSTREAM_REDIS_URL"])
         for k in r2.scan_iter(match=f"{prefix}*", count=1000):
             r2.delete(k)
+        with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
 
 
 @pytest.fixture
