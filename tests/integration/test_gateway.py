@@ -827,3 +827,63 @@ def test_resp_client_pipelines_and_recovers(stack: Settings) -> None:
             await RespClient("redis://127.0.0.1:1/0", timeout=2).execute("PING")
 
     asyncio.run(go())
+
+
+def test_failed_send_releases_the_key(stack: Settings) -> None:
+    """Kafka refuses the command: 503, and the key is free for the retry (nothing was
+    sent, so nothing can be replayed)."""
+    from gateway.ledger_io import SendError
+    from gateway.problems import Problem
+    from gateway.resp import RespClient
+    from gateway.service import Gateway, payment_record, render_payment
+    from paystream import commands as C
+
+    settings = Settings(
+        redis_url_override=f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}",
+        gateway_redis_prefix=f"gwtest:{uuid.uuid4().hex[:8]}:",
+    )
+
+    class Refusing:
+        sent = 0
+
+        async def send(self, cmd: dict[str, Any]) -> None:
+            self.sent += 1
+            raise SendError("broker down")
+
+    async def go() -> None:
+        gw = Gateway(settings)
+        gw.redis = RespClient(settings.redis_url)
+        gw.idem.redis = gw.redis
+        gw.sender = Refusing()  # type: ignore[assignment]
+        user, key = str(uuid.uuid4()), uuid.uuid4().hex
+        pid = C.payment_id_for(user, key)
+        cmd = C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 100, "USD", command_id=pid)
+        record = payment_record(
+            payment_id=pid,
+            kind="transfer",
+            from_number="PS1",
+            to_number="PS2",
+            minor=100,
+            currency="USD",
+            description=None,
+            owners=[user],
+        )
+        for _ in range(2):  # the second try is not "in progress": the key was released
+            with pytest.raises(Problem) as exc:
+                await gw.execute(
+                    user_id=user,
+                    endpoint="payments",
+                    idem_key=key,
+                    fp="f",
+                    command=cmd,
+                    record=record,
+                    wait=0,
+                    render=render_payment,
+                    location=None,
+                )
+            assert (exc.value.status, exc.value.code) == (503, "ledger_unavailable")
+        assert gw.sender.sent == 2
+        assert await gw.redis.execute("EXISTS", gw.idem.key(user, "payments", key)) == 0
+        await gw.redis.close()
+
+    asyncio.run(go())
