@@ -16,6 +16,7 @@ def _register() -> None:
     from gateway.bench import register as register_bench_http
     from ops.bench_cli import app as bench_app
     from ops.bench_sink import register as register_bench_sink
+    from ops.chaos import register as register_chaos
     from ops.db import app as db_app
     from ops.run_cli import register as register_run
     from ops.schemas_cli import app as schemas_app
@@ -33,6 +34,7 @@ def _register() -> None:
     register_run(app)
     register_verify(app)
     register_bench_sink(bench_app)
+    register_chaos(app)
 
 
 def main() -> None:

@@ -1,0 +1,887 @@
+"""`paystream chaos`: faults under load on a stack of its own, then Jepsen-style checks.
+
+Everything runs on an isolated stack (own home under /tmp, own ports), because
+the faults restart Kafka, Postgres and Redis: the shared development stack is
+never touched. The components run as child processes, as `paystream up` runs
+them, and a watchdog restarts one that exits (as the supervisor would).
+
+Load: HTTP clients pay through the gateway (each logical payment has its own
+Idempotency-Key and is retried with the same key and body until the gateway
+acknowledges it: 201, 202 or 402), and a producer sends transfers straight to
+`payments.commands` (acks=all, re-sent with the same command id until
+acknowledged). Faults are injected one at a time, each followed by recovery:
+
+    kill-ledger, kill-sink, kill-gateway   kill -9, restarted 1 s later
+    kafka-restart, postgres-restart        graceful stop and start via ops.stack
+    redis-restart                          stop, delete its data (every idempotency
+                                           key is lost), start; then payments that
+                                           were already answered are sent again with
+                                           their keys: the ledger must apply each once
+
+Then the history is checked, as Jepsen would: every acknowledged request has
+exactly one terminal outcome and its answer agrees with the ledger; no payment
+has two debits or two credits; no acknowledged command is lost; a read_committed
+reader of `ledger.events` sees every event exactly once (a read_uncommitted one
+also sees the aborted attempts, which shows the faults did abort transactions);
+and `ops.verify` passes on the isolated stack (sums per currency zero, the read
+model equals a replay). Anomalies are attributed to the fault during whose
+window the request started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from confluent_kafka import TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from ops import stack
+from ops.isolated import isolated_stack, settings_env
+from paystream import commands as C
+from paystream import kafka
+from paystream.codec import Codec
+from paystream.settings import PROJECT_ROOT, Settings
+
+EVENTS = "ledger.events"
+ACKED = (201, 202, 402)
+RETRY = (0, 409, 429, 500, 502, 503, 504)
+ALL_FAULTS = ("kill-ledger", "kill-sink", "kill-gateway", "kafka-restart", "postgres-restart", "redis-restart")
+SHORT_FAULTS = ("kill-ledger", "kill-gateway", "kafka-restart", "redis-restart")
+CURRENCY = "USD"
+
+
+# ----------------------------------------------------------------------------- components
+
+
+class Proc:
+    """One component (`paystream run NAME`) as a child process with its own log."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log_path = logs / f"{name}.log"
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.crashes = 0
+        self.held = False  # down on purpose: the watchdog leaves it alone
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        log.write(f"\n=== chaos: starting {self.name} at {time.strftime('%H:%M:%S')} ===\n".encode())
+        log.flush()
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "paystream.cli", "run", self.name],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=PROJECT_ROOT, start_new_session=True,
+        )
+        log.close()
+        self.starts += 1
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def kill9(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.kill(self.popen.pid, signal.SIGKILL)
+            self.popen.wait()
+
+    def stop(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except FileNotFoundError:
+            return ""
+
+
+class Components:
+    """The components plus a watchdog: a component that exits is started again after a
+    short pause, unless it is held down on purpose by a fault."""
+
+    def __init__(self, names: list[str], env: dict[str, str], logs: Path) -> None:
+        self.procs = {n: Proc(n, env, logs) for n in names}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="chaos-watchdog", daemon=True)
+
+    def __getitem__(self, name: str) -> Proc:
+        return self.procs[name]
+
+    def start(self) -> None:
+        for p in self.procs.values():
+            p.start()
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for p in self.procs.values():
+                if not p.held and p.popen is not None and p.popen.poll() is not None:
+                    p.crashes += 1
+                    time.sleep(1.0)
+                    if not self._stop.is_set() and not p.held:
+                        p.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for p in reversed(list(self.procs.values())):
+            p.held = True
+            p.stop()
+
+
+# ----------------------------------------------------------------------------- history
+
+
+@dataclass
+class Attempt:
+    start: float
+    end: float
+    status: int  # 0: no HTTP answer (connection refused/reset, timeout)
+    code: str | None = None
+
+
+@dataclass
+class Payment:
+    """One logical payment over HTTP: one key, retried until acknowledged."""
+
+    key: str
+    user: str
+    payment_id: str
+    body: dict[str, Any]
+    attempts: list[Attempt] = field(default_factory=list)
+    acked: int | None = None  # the acknowledging status
+    acked_at: float = 0.0
+    replayed: list[int] = field(default_factory=list)  # statuses of deliberate re-sends
+
+    @property
+    def started(self) -> float:
+        return self.attempts[0].start if self.attempts else 0.0
+
+
+@dataclass
+class Direct:
+    """A transfer produced straight to Kafka; re-sent with the same id until acked."""
+
+    command: dict[str, Any]
+    created: float
+    acked_at: float = 0.0
+    sends: int = 0
+
+
+@dataclass
+class FaultRecord:
+    name: str
+    injected: float
+    restored: float = 0.0  # the fault's own action finished (process or service back)
+    recovered: float = 0.0  # end to end again (see `_wait_recovered`)
+    window_end: float = 0.0
+    note: str = ""
+    replays: int = 0
+
+
+# ----------------------------------------------------------------------------- load
+
+
+@dataclass
+class User:
+    user_id: str
+    number: str
+    account_id: str
+    headers: dict[str, str]
+
+
+class HttpLoad:
+    """`clients` asyncio clients in a thread of their own, each paying `rate` per second."""
+
+    def __init__(self, base: str, users: list[User], clients: int, rate: float, wait: float = 2.0,
+                 deadline: float = 120.0) -> None:
+        self.base = base
+        self.users = users
+        self.clients = clients
+        self.rate = rate
+        self.wait = wait
+        self.deadline = deadline
+        self.payments: list[Payment] = []
+        self.stopping = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="chaos-http", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        self._thread.join(timeout)
+
+    async def _main(self) -> None:
+        await asyncio.gather(*(self._client(i) for i in range(self.clients)))
+
+    async def attempt(self, client: httpx.AsyncClient, pay: Payment) -> Attempt:
+        headers = {**self._user(pay.user).headers, "Idempotency-Key": pay.key, "Prefer": f"wait={self.wait:g}"}
+        t0 = time.monotonic()
+        code = None
+        try:
+            r = await client.post("/v1/payments", json=pay.body, headers=headers)
+            status = r.status_code
+            if status >= 400:
+                with contextlib.suppress(ValueError):
+                    code = r.json().get("code")
+        except httpx.HTTPError:
+            status = 0
+        return Attempt(t0, time.monotonic(), status, code)
+
+    def _user(self, user_id: str) -> User:
+        return next(u for u in self.users if u.user_id == user_id)
+
+    async def send(self, client: httpx.AsyncClient, pay: Payment) -> None:
+        """Until acknowledged, or the deadline passes (then the payment is indeterminate)."""
+        backoff = 0.25
+        while True:
+            a = await self.attempt(client, pay)
+            pay.attempts.append(a)
+            if a.status in ACKED:
+                pay.acked, pay.acked_at = a.status, a.end
+                return
+            if a.status not in RETRY or a.end - pay.started > self.deadline:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(2.0, backoff * 2)
+
+    async def _client(self, i: int) -> None:
+        me = self.users[i % len(self.users)]
+        rnd = random.Random(i)
+        timeout = httpx.Timeout(self.wait + 10.0, connect=2.0)
+        async with httpx.AsyncClient(base_url=self.base, timeout=timeout) as client:
+            next_at = time.monotonic() + rnd.random() / self.rate
+            while not self.stopping.is_set():
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                next_at = max(next_at + 1 / self.rate, time.monotonic() - 1)
+                to = rnd.choice([u for u in self.users if u is not me])
+                # one in 25 asks for more than anyone has: exercises the 402 path
+                amount = "5000000000.00" if rnd.random() < 0.04 else f"{rnd.randint(1, 500) / 100:.2f}"
+                key = uuid.uuid4().hex
+                body = {"from_account": me.number, "to_account": to.number, "amount": amount, "currency": CURRENCY}
+                pay = Payment(key, me.user_id, C.payment_id_for(me.user_id, key), body)
+                self.payments.append(pay)
+                await self.send(client, pay)
+
+    def replay(self, pays: list[Payment]) -> None:
+        """Send answered payments again with their keys (from the caller's thread)."""
+        async def go() -> None:
+            async with httpx.AsyncClient(base_url=self.base, timeout=httpx.Timeout(20.0, connect=2.0)) as client:
+                for pay in pays:
+                    for _ in range(20):
+                        a = await self.attempt(client, pay)
+                        if a.status not in RETRY:
+                            break
+                        await asyncio.sleep(0.5)
+                    pay.replayed.append(a.status)
+
+        asyncio.run(go())
+
+
+class KafkaLoad:
+    """Transfers between the direct accounts, produced straight to payments.commands."""
+
+    def __init__(self, settings: Settings, codec: Codec, accounts: list[str], rate: float) -> None:
+        self.codec = codec
+        self.accounts = accounts
+        self.rate = rate
+        self.producer = kafka.producer(settings, **{"message.timeout.ms": 15000})
+        self.commands: list[Direct] = []
+        self.retry: list[Direct] = []
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="chaos-kafka", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _send(self, d: Direct) -> None:
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is None:
+                d.acked_at = time.monotonic()
+            else:
+                with self._lock:
+                    self.retry.append(d)
+
+        d.sends += 1
+        value = self.codec.encode(C.COMMANDS_TOPIC, d.command)
+        while True:
+            try:
+                self.producer.produce(C.COMMANDS_TOPIC, key=d.command["account_id"].encode(), value=value,
+                                      on_delivery=delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.1)
+
+    def _run(self) -> None:
+        rnd = random.Random(99)
+        next_at = time.monotonic()
+        while not self.stopping.is_set():
+            self.producer.poll(0)
+            with self._lock:
+                again, self.retry = self.retry, []
+            for d in again:
+                if time.monotonic() - d.created < 180:
+                    self._send(d)
+            delay = next_at - time.monotonic()
+            if delay > 0:
+                time.sleep(min(delay, 0.05))
+                continue
+            next_at += 1 / self.rate
+            src, dst = rnd.sample(self.accounts, 2)
+            d = Direct(C.transfer(src, dst, rnd.randint(1, 1000), CURRENCY, requested_by="chaos"), time.monotonic())
+            self.commands.append(d)
+            self._send(d)
+        # drain: whatever is still unacknowledged is re-sent until acked or too old
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            self.producer.flush(1)
+            with self._lock:
+                again, self.retry = self.retry, []
+            for d in again:
+                self._send(d)
+            if not again and all(d.acked_at for d in self.commands):
+                break
+
+    def stop(self, timeout: float) -> None:
+        self.stopping.set()
+        self._thread.join(timeout)
+
+
+# ----------------------------------------------------------------------------- events
+
+
+class EventLog:
+    """Every committed ledger event from offset 0, followed for the whole run."""
+
+    def __init__(self, settings: Settings, codec: Codec) -> None:
+        self.codec = codec
+        self.consumer = kafka.consumer(settings, f"chaos-{uuid.uuid4()}", **{"fetch.wait.max.ms": 50})
+        parts = self.consumer.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
+        self.consumer.assign([TopicPartition(EVENTS, p, 0) for p in parts])
+        self.terminal: dict[str, float] = {}  # command id -> when its outcome was first seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chaos-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for m in self.consumer.consume(1000, 0.2):
+                if m.error() is not None:
+                    continue
+                e = self.codec.decode(EVENTS, m.value())
+                if e["terminal"] and not e["replay"]:
+                    self.terminal.setdefault(e["command_id"], time.monotonic())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.consumer.close()
+
+
+def read_all(settings: Settings, codec: Codec, isolation: str) -> list[tuple[int, int, dict[str, Any]]]:
+    """The whole topic as one reader with `isolation` sees it, up to the high watermark."""
+    c = kafka.consumer(settings, f"chaos-audit-{uuid.uuid4()}", **{"isolation.level": isolation,
+                                                                    "fetch.wait.max.ms": 50})
+    try:
+        parts = c.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(EVENTS, p), timeout=10)[1] for p in parts}
+        c.assign([TopicPartition(EVENTS, p, 0) for p in parts])
+        todo = {p for p, e in ends.items() if e > 0}
+        out: list[tuple[int, int, dict[str, Any]]] = []
+        deadline = time.monotonic() + 180
+        while todo and time.monotonic() < deadline:
+            for m in c.consume(2000, 0.5):
+                if m.error() is None:
+                    out.append((m.partition() or 0, m.offset() or 0, codec.decode(EVENTS, m.value())))
+            for tp in c.position([TopicPartition(EVENTS, p) for p in list(todo)]):
+                if tp.offset >= ends[tp.partition]:
+                    todo.discard(tp.partition)
+        if todo:
+            raise TimeoutError(f"{isolation} reader stopped short of the end on partitions {sorted(todo)}")
+        return out
+    finally:
+        c.close()
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Anomaly:
+    kind: str
+    ident: str
+    detail: str
+    fault: str = "end state"
+
+
+@dataclass
+class ChaosReport:
+    faults: list[FaultRecord] = field(default_factory=list)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    http: Counter[str] = field(default_factory=Counter)
+    direct: Counter[str] = field(default_factory=Counter)
+    committed_events: int = 0
+    uncommitted_records: int = 0
+    aborted_records: int = 0
+    verify_ok: bool = False
+    verify_checks: list[tuple[str, bool, str]] = field(default_factory=list)
+    crashes: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, tuple[float, float]] = field(default_factory=dict)  # fault -> during/after
+    direct_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
+    steady: tuple[float, float] = (0.0, 0.0)  # HTTP acks/s and Kafka acks/s in the warm-up, no fault
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.anomalies and self.verify_ok
+
+
+class Chaos:
+    def __init__(self, settings: Settings, console: Console, *, faults: list[str], clients: int, rate: float,
+                 direct_rate: float, warmup: float, after: float, fraud: bool) -> None:
+        self.s = settings
+        self.console = console
+        self.fault_names = faults
+        self.after = after
+        self.warmup = warmup
+        self.env = {
+            **os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1",
+            "PAYSTREAM_LEDGER_INSTANCE": "chaos",
+            "PAYSTREAM_SINK_INSTANCE": "chaos",
+            "PAYSTREAM_GATEWAY_RATE_PAYMENTS_PER_MINUTE": "1000000",
+            # a gateway killed mid-request leaves its claim locked this long; retries wait it out
+            "PAYSTREAM_GATEWAY_INFLIGHT_LOCK_SECONDS": "5",
+            "PAYSTREAM_JWT_TTL_SECONDS": "7200",
+            "PAYSTREAM_OUTBOX_POLL_INTERVAL": "0.2",
+        }
+        names = ["ledger", "sink", "outbox-relay", "gateway"] + (["fraud"] if fraud else [])
+        logs = settings.home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.comps = Components(names, self.env, logs)
+        self.codec = Codec(settings.registry_url)
+        self.base = f"http://127.0.0.1:{settings.gateway_port}"
+        self.clients, self.rate, self.direct_rate = clients, rate, direct_rate
+        self.report = ChaosReport()
+
+    # -------------------------------------------------------------- setup
+
+    def _wait_gateway(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                r = httpx.get(f"{self.base}/healthz", timeout=2)
+                if r.status_code == 200 and r.json().get("ok"):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"gateway not ready after {timeout:.0f}s:\n{self.comps['gateway'].tail()}")
+
+    def _setup(self, users: int, direct_accounts: int) -> tuple[list[User], list[str]]:
+        from gateway.security import hash_password, issue_token
+
+        async def create() -> list[tuple[str, str, str]]:
+            from psycopg_pool import AsyncConnectionPool
+
+            from gateway import store
+
+            pw = hash_password(uuid.uuid4().hex + "A1")
+            out = []
+            async with AsyncConnectionPool(self.s.postgres_dsn, min_size=1, max_size=2) as pool:
+                for i in range(users):
+                    u, ref = await store.create_user(pool, email=f"chaos-{i}@chaos.invalid", password_hash=pw,
+                                                     name=f"chaos {i}", role="user", currency=CURRENCY)
+                    assert ref is not None
+                    out.append((u.user_id, ref.account_number, ref.account_id))
+            return out
+
+        rows = asyncio.run(create())  # the relay publishes their OpenAccount commands
+        ttl = self.s.model_copy(update={"jwt_ttl_seconds": 7200})
+        people = [User(uid, num, aid, {"Authorization": f"Bearer {issue_token(ttl, uid, 'user')}"})
+                  for uid, num, aid in rows]
+        direct = [str(uuid.uuid4()) for _ in range(direct_accounts)]
+        p = kafka.producer(self.s)
+        cmds = [C.open_account(a, external_number=f"D{a[:10]}", owner_id="chaos", currency=CURRENCY) for a in direct]
+        deposits = [C.deposit(u.account_id, 10**11, CURRENCY) for u in people]
+        deposits += [C.deposit(a, 10**11, CURRENCY) for a in direct]
+        for c in cmds + deposits:
+            p.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=self.codec.encode(C.COMMANDS_TOPIC, c))
+        if p.flush(30):
+            raise RuntimeError("setup commands were not acknowledged")
+        want = {d["command_id"] for d in deposits}
+        deadline = time.monotonic() + 180
+        while not want <= set(self.events.terminal):
+            if time.monotonic() > deadline:
+                raise RuntimeError("accounts were not opened and funded within 180 s:\n"
+                                   + self.comps["ledger"].tail())
+            time.sleep(0.3)
+        return people, direct
+
+    # -------------------------------------------------------------- faults
+
+    def _kill(self, name: str) -> Callable[[], None]:
+        def go() -> None:
+            proc = self.comps[name]
+            proc.held = True
+            proc.kill9()
+            time.sleep(1.0)
+            proc.start()
+            proc.held = False
+            if name == "gateway":
+                self._wait_gateway()
+
+        return go
+
+    def _restart(self, service: str, wipe: bool = False) -> Callable[[], None]:
+        def go() -> None:
+            stack.stop_service(self.s, service)
+            if wipe:  # Redis loses everything it had: every idempotency key and payment record
+                for child in (self.s.home / "redis").iterdir():
+                    if child.is_dir():
+                        shutil.rmtree(child)
+                    else:
+                        child.unlink()
+            time.sleep(1.0)
+            stack.up(self.s)
+
+        return go
+
+    def _actions(self) -> dict[str, Callable[[], None]]:
+        return {
+            "kill-ledger": self._kill("ledger"),
+            "kill-sink": self._kill("sink"),
+            "kill-gateway": self._kill("gateway"),
+            "kafka-restart": self._restart("kafka"),
+            "postgres-restart": self._restart("postgres"),
+            "redis-restart": self._restart("redis", wipe=True),
+        }
+
+    def _end_offsets(self, timeout: float = 90.0) -> dict[int, int]:
+        """ops.verify.end_offsets, patient while a restarted broker elects its leaders."""
+        from confluent_kafka import KafkaException
+
+        from ops.verify import end_offsets
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return end_offsets(self.s)
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _sink_caught_up(self, target: dict[int, int]) -> bool:
+        import psycopg
+
+        from ops.verify import sink_offsets
+
+        try:
+            with psycopg.connect(self.s.postgres_dsn, connect_timeout=2) as conn:
+                stored = sink_offsets(conn, self.s.sink_group)
+        except psycopg.Error:
+            return False
+        return all(stored.get(p, 0) >= o for p, o in target.items() if o > 0)
+
+    def _wait_recovered(self, f: FaultRecord, timeout: float = 180.0) -> None:
+        """End to end again: a payment first sent after the fault was answered with the
+        ledger's outcome (201/402), a direct command sent after it has its outcome, and the
+        sink has stored everything that was in ledger.events when the fault was over."""
+        target = self._end_offsets()
+        deadline = time.monotonic() + timeout
+        http_ok = kafka_ok = sink_ok = 0.0
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            if not http_ok:
+                http_ok = min((a.end for p in list(self.http.payments) for a in p.attempts
+                               if a.start >= f.injected and a.status in (201, 402)), default=0.0)
+            if not kafka_ok:
+                kafka_ok = min((self.events.terminal[d.command["command_id"]] for d in list(self.direct.commands)
+                                if d.created >= f.injected and d.command["command_id"] in self.events.terminal),
+                               default=0.0)
+            if not sink_ok and self._sink_caught_up(target):
+                sink_ok = now
+            if http_ok and kafka_ok and sink_ok:
+                f.recovered = max(http_ok, kafka_ok, sink_ok, f.restored)
+                return
+            time.sleep(0.25)
+        f.recovered = time.monotonic()
+        f.note = (f"not recovered within {timeout:.0f}s (http {bool(http_ok)}, kafka {bool(kafka_ok)}, "
+                  f"sink {bool(sink_ok)})")
+
+    # -------------------------------------------------------------- run
+
+    def run(self, users: int = 8, direct_accounts: int = 20) -> ChaosReport:
+        t_start = time.monotonic()
+        c = self.console
+        self.comps.start()
+        self.events = EventLog(self.s, self.codec)
+        try:
+            self._wait_gateway()
+            people, direct = self._setup(users, direct_accounts)
+            c.print(f"components up; {len(people)} HTTP users and {len(direct)} direct accounts funded "
+                    f"({time.monotonic() - t_start:.0f}s)")
+            self.http = HttpLoad(self.base, people, self.clients, self.rate)
+            self.direct = KafkaLoad(self.s, self.codec, direct, self.direct_rate)
+            self.http.start()
+            self.direct.start()
+            load_start = time.monotonic()
+            time.sleep(self.warmup)
+            actions = self._actions()
+            for name in self.fault_names:
+                f = FaultRecord(name, time.monotonic())
+                self.report.faults.append(f)
+                c.print(f"[bold]{name}[/bold] at +{f.injected - load_start:.0f}s")
+                actions[name]()
+                f.restored = time.monotonic()
+                self._wait_recovered(f)
+                if name == "redis-restart":
+                    self._replay_answered(f)
+                time.sleep(self.after)
+                f.window_end = time.monotonic()
+                c.print(f"  restored in {f.restored - f.injected:.1f}s, end to end again after "
+                        f"{f.recovered - f.injected:.1f}s {f.note}")
+            c.print("stopping the load; waiting for every acknowledged command's outcome")
+            self.http.stop(timeout=180)
+            self.direct.stop(timeout=120)
+            self._settle()
+            self._check()
+        finally:
+            self.report.crashes = {n: p.crashes for n, p in self.comps.procs.items()}
+            self.events.close()
+            self.comps.stop()
+        self.report.seconds = time.monotonic() - t_start
+        return self.report
+
+    def _replay_answered(self, f: FaultRecord, n: int = 20) -> None:
+        """Keys are gone from Redis: answered payments sent again must not apply twice."""
+        answered = [p for p in self.http.payments if p.acked in (201, 402) and p.acked_at < f.injected]
+        pick = random.Random(3).sample(answered, min(n, len(answered)))
+        self.http.replay(pick)
+        f.replays = len(pick)
+
+    def _acked_ids(self) -> set[str]:
+        ids = {p.payment_id for p in self.http.payments if p.acked}
+        return ids | {d.command["command_id"] for d in self.direct.commands if d.acked_at}
+
+    def _settle(self, timeout: float = 240.0) -> None:
+        deadline = time.monotonic() + timeout
+        want = self._acked_ids()
+        while not want <= set(self.events.terminal) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        from ops.verify import wait_for_sink
+
+        wait_for_sink(self.s, self.s.sink_group, self._end_offsets(), max(10.0, deadline - time.monotonic()))
+
+    # -------------------------------------------------------------- checks
+
+    def _fault_of(self, t: float) -> str:
+        name = "warm-up"
+        for f in self.report.faults:
+            if t >= f.injected:
+                name = f.name
+        return name
+
+    def _check(self) -> None:
+        from ops.verify import verify
+
+        r = self.report
+        committed = read_all(self.s, self.codec, "read_committed")
+        uncommitted = read_all(self.s, self.codec, "read_uncommitted")
+        r.committed_events, r.uncommitted_records = len(committed), len(uncommitted)
+        seen_at = {(p, o) for p, o, _ in committed}
+        r.aborted_records = sum(1 for p, o, _ in uncommitted if (p, o) not in seen_at)
+        ids = Counter(e["event_id"] for _, _, e in committed)
+        for eid, n in ids.items():
+            if n > 1:
+                r.anomalies.append(Anomaly("committed reader saw an event twice", eid, f"{n} times"))
+        events = [e for _, _, e in committed]
+        terminals: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        legs: Counter[tuple[str, str]] = Counter()
+        for e in events:
+            if e["terminal"] and not e["replay"]:
+                terminals[e["command_id"]].append(e)
+            if e["postings"] and e["type"] in ("TRANSFER_DEBITED", "TRANSFER_COMPLETED", "TRANSFER_FAILED"):
+                legs[(e["payment_id"], e["type"])] += 1
+        for (pay, etype), n in legs.items():
+            if n > 1:
+                r.anomalies.append(Anomaly("payment applied twice", pay, f"{etype} x{n}"))
+        for cid, ts in terminals.items():
+            if len(ts) > 1:
+                r.anomalies.append(Anomaly("two terminal outcomes", cid, ", ".join(t["status"] for t in ts)))
+        self._check_http(terminals)
+        self._check_direct(terminals)
+        # attribute what can be attributed
+        started = {p.payment_id: p.started for p in self.http.payments}
+        started |= {d.command["command_id"]: d.created for d in self.direct.commands}
+        for a in r.anomalies:
+            if a.ident in started:
+                a.fault = self._fault_of(started[a.ident])
+        rep = verify(self.s, wait=120, codec=self.codec)
+        r.verify_ok = rep.ok
+        r.verify_checks = [(ch.name, ch.ok, ch.summary) for ch in rep.checks]
+        for ch in rep.checks:
+            for off in ch.offenders[:20]:
+                r.anomalies.append(Anomaly(f"verify: {ch.name}", off, ""))
+        self._rates()
+
+    def _check_http(self, terminals: dict[str, list[dict[str, Any]]]) -> None:
+        r = self.report
+        for p in self.http.payments:
+            r.http["requests"] += 1
+            r.http["attempts"] += len(p.attempts)
+            outs = terminals.get(p.payment_id, [])
+            if p.acked is None:
+                r.http["unacknowledged (indeterminate)"] += 1
+                r.http["  of which applied"] += bool(outs)
+                last = p.attempts[-1] if p.attempts else None
+                if last is not None and last.status not in RETRY:
+                    r.http[f"  refused {last.status} {last.code}"] += 1
+                continue
+            r.http[f"acknowledged {p.acked}"] += 1
+            if not outs:
+                r.anomalies.append(Anomaly("acknowledged payment lost", p.payment_id, f"HTTP {p.acked}"))
+                continue
+            status = outs[0]["status"]
+            if (p.acked == 201 and status != "COMPLETED") or (p.acked == 402 and status == "COMPLETED"):
+                r.anomalies.append(Anomaly("answer disagrees with the ledger", p.payment_id,
+                                           f"HTTP {p.acked}, ledger {status}"))
+            for code in p.replayed:
+                r.http[f"re-sent after key loss: {code}"] += 1
+                if code not in ACKED or (p.acked == 201 and code == 402) or (p.acked == 402 and code == 201):
+                    r.anomalies.append(Anomaly("re-send after key loss answered differently", p.payment_id,
+                                               f"first {p.acked}, re-send {code}"))
+
+    def _check_direct(self, terminals: dict[str, list[dict[str, Any]]]) -> None:
+        r = self.report
+        for d in self.direct.commands:
+            cid = d.command["command_id"]
+            r.direct["commands"] += 1
+            r.direct["sends"] += d.sends
+            if not d.acked_at:
+                r.direct["unacknowledged (indeterminate)"] += 1
+                continue
+            r.direct["acknowledged"] += 1
+            if not terminals.get(cid):
+                r.anomalies.append(Anomaly("acknowledged command lost", cid, "direct to Kafka"))
+
+    def _rates(self) -> None:
+        acks = sorted(p.acked_at for p in self.http.payments if p.acked)
+        dacks = sorted(d.acked_at for d in self.direct.commands if d.acked_at)
+
+        def rate(ts: list[float], a: float, b: float) -> float:
+            return sum(1 for t in ts if a <= t < b) / (b - a) if b > a else 0.0
+
+        if self.report.faults:
+            a, b = self.report.faults[0].injected - self.warmup + 1, self.report.faults[0].injected
+            self.report.steady = (rate(acks, a, b), rate(dacks, a, b))
+        for f in self.report.faults:
+            during = rate(acks, f.injected, max(f.recovered, f.injected + 1))
+            after = rate(acks, f.recovered, f.window_end)
+            self.report.rates[f.name] = (during, after)
+            self.report.direct_rates[f.name] = (rate(dacks, f.injected, max(f.recovered, f.injected + 1)),
+                                                rate(dacks, f.recovered, f.window_end))
+
+
+def render(report: ChaosReport, console: Console) -> None:
+    t = Table("fault", "HTTP acks/s during", "after", "Kafka acks/s during", "after", "recovery s",
+              "anomalies", title=f"paystream chaos (steady load before the first fault: {report.steady[0]:.1f} "
+              f"HTTP + {report.steady[1]:.1f} Kafka acks/s)")
+    per: Counter[str] = Counter(a.fault for a in report.anomalies)
+    for f in report.faults:
+        during, after = report.rates.get(f.name, (0.0, 0.0))
+        kd, ka = report.direct_rates.get(f.name, (0.0, 0.0))
+        n = per[f.name]
+        note = f" ({f.replays} answered payments re-sent)" if f.replays else ""
+        t.add_row(f.name + note, f"{during:.1f}", f"{after:.1f}", f"{kd:.1f}", f"{ka:.1f}",
+                  f"{f.recovered - f.injected:.1f}" + (" !" if f.note else ""),
+                  f"[green]{n}[/green]" if n == 0 else f"[red]{n}[/red]")
+    rest = sum(n for k, n in per.items() if k not in {f.name for f in report.faults})
+    t.add_row("end state (verify, readers)", "", "", "", "", "", f"[green]{rest}[/green]" if rest == 0
+              else f"[red]{rest}[/red]")
+    console.print(t)
+    console.print(f"HTTP: {dict(report.http)}")
+    console.print(f"direct to Kafka: {dict(report.direct)}")
+    console.print(f"ledger.events: {report.committed_events} events seen by read_committed (each once), "
+                  f"{report.uncommitted_records} records by read_uncommitted, of which "
+                  f"{report.aborted_records} aborted (skipped by read_committed)")
+    console.print("verify: " + ", ".join(f"{n} {'ok' if ok else 'FAIL'}" for n, ok, _ in report.verify_checks))
+    console.print(f"component restarts by the watchdog (exits, not the injected kills): {report.crashes}")
+    for a in report.anomalies[:30]:
+        console.print(f"[red]{a.fault}: {a.kind}: {a.ident} {a.detail}[/red]", highlight=False)
+    verdict = "[green]0 anomalies[/green]" if report.ok else f"[red]{len(report.anomalies)} anomalies[/red]"
+    console.print(f"{verdict} in {report.seconds:.0f}s")
+
+
+def chaos(*, short: bool = False, faults: list[str] | None = None, clients: int = 12, rate: float = 1.5,
+          direct_rate: float = 20.0, warmup: float | None = None, after: float | None = None, fraud: bool = False,
+          keep: bool = False, console: Console | None = None) -> ChaosReport:
+    """Run the chaos test on a fresh isolated stack; returns the report (`.ok` is the verdict)."""
+    console = console or Console()
+    chosen = list(faults or (SHORT_FAULTS if short else ALL_FAULTS))
+    unknown = [f for f in chosen if f not in ALL_FAULTS]
+    if unknown:
+        raise ValueError(f"unknown fault(s) {unknown}; known: {', '.join(ALL_FAULTS)}")
+    t0 = time.monotonic()
+    with isolated_stack("paystream-chaos-", keep=keep, console=console) as iso:
+        console.print(f"isolated stack under {iso.home} up in {time.monotonic() - t0:.0f}s "
+                      f"(kafka {iso.bootstrap_servers}, postgres {iso.postgres_port}, redis {iso.redis_port})")
+        run = Chaos(iso, console, faults=chosen, clients=clients, rate=rate, direct_rate=direct_rate,
+                    warmup=warmup if warmup is not None else (5.0 if short else 10.0),
+                    after=after if after is not None else (4.0 if short else 8.0), fraud=fraud)
+        report = run.run()
+    report.seconds = time.monotonic() - t0
+    render(report, console)
+    return report
+
+
+def register(app: Any) -> None:
+    import typer
+
+    @app.command("chaos")
+    def chaos_cmd(
+        short: bool = typer.Option(False, "--short", help=f"CI mode: {', '.join(SHORT_FAULTS)}"),
+        fault: list[str] = typer.Option(None, "--fault", help=f"only these (repeat): {', '.join(ALL_FAULTS)}"),
+        clients: int = typer.Option(12, help="concurrent HTTP clients"),
+        rate: float = typer.Option(1.5, help="payments/s per HTTP client"),
+        direct_rate: float = typer.Option(20.0, help="transfers/s straight to Kafka"),
+        fraud: bool = typer.Option(False, help="run the fraud component too"),
+        keep: bool = typer.Option(False, help="keep the isolated stack's home (logs) afterwards"),
+        cluster: bool = typer.Option(False, "--cluster", help="three-broker cluster: kill -9 a partition leader"),
+    ) -> None:
+        """Faults under load on an isolated stack, then Jepsen-style checks; exit 1 on any anomaly."""
+        console = Console()
+        if cluster:
+            from ops.cluster import cluster_chaos, render_cluster
+
+            creport = cluster_chaos(console=console, keep=keep)
+            render_cluster(creport, console)
+            raise typer.Exit(0 if creport.ok else 1)
+        report = chaos(short=short, faults=fault or None, clients=clients, rate=rate, direct_rate=direct_rate,
+                       fraud=fraud, keep=keep, console=console)
+        raise typer.Exit(0 if report.ok else 1)
