@@ -854,7 +854,8 @@ def test_failed_send_releases_the_key(stack: Settings) -> None:
         gw = Gateway(settings)
         gw.redis = RespClient(settings.redis_url)
         gw.idem.redis = gw.redis
-        gw.sender = Refusing()  # type: ignore[assignment]
+        refusing = Refusing()
+        gw.sender = refusing  # type: ignore[assignment]
         user, key = str(uuid.uuid4()), uuid.uuid4().hex
         pid = C.payment_id_for(user, key)
         cmd = C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 100, "USD", command_id=pid)
@@ -882,7 +883,7 @@ def test_failed_send_releases_the_key(stack: Settings) -> None:
                     location=None,
                 )
             assert (exc.value.status, exc.value.code) == (503, "ledger_unavailable")
-        assert gw.sender.sent == 2
+        assert refusing.sent == 2
         assert await gw.redis.execute("EXISTS", gw.idem.key(user, "payments", key)) == 0
         await gw.redis.close()
 

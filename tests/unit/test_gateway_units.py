@@ -64,10 +64,7 @@ def test_token_accepts_only_hs256_with_our_key() -> None:
     assert (p.user_id, p.role) == (good["sub"], "user")
     assert _code(jwt.encode(good, "other" * 10, algorithm="HS256")) == "invalid_token"
     now = int(time.time())
-    assert (
-        _code(jwt.encode(_claims(iat=now - 100, exp=now - 10), KEY, algorithm="HS256"))
-        == "token_expired"
-    )
+    assert _code(jwt.encode(_claims(iat=now - 100, exp=now - 10), KEY, algorithm="HS256")) == "token_expired"
     assert _code(jwt.encode(_claims(role="root"), KEY, algorithm="HS256")) == "invalid_token"
     assert _code(jwt.encode(_claims(iss="evil"), KEY, algorithm="HS256")) == "invalid_token"
     assert _code(jwt.encode(_claims(sub="not-a-uuid"), KEY, algorithm="HS256")) == "invalid_token"
