@@ -21,6 +21,7 @@ def _register() -> None:
     from ops.run_cli import register as register_run
     from ops.schemas_cli import app as schemas_app
     from ops.stack_cli import app as stack_app
+    from ops.toolkit import register as register_toolkit
     from ops.topics import app as topics_app
     from ops.verify import register as register_verify
 
@@ -35,6 +36,7 @@ def _register() -> None:
     register_verify(app)
     register_bench_sink(bench_app)
     register_chaos(app)
+    register_toolkit(app)
 
 
 def main() -> None:
