@@ -36,7 +36,7 @@ from paystream.codec import Codec
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.settings import Settings, get_settings
 from sinks import read_model as rm
-from sinks.postgres_sink import PgWriter
+from sinks.postgres_sink import PgWriter, group_for
 
 EVENTS = "ledger.events"
 REPROCESS_CONSUMER = "paystream-reprocess"
@@ -228,7 +228,7 @@ def read_model_counts(dsn: str) -> dict[str, int]:
 def rebuild(settings: Settings, *, dsn: str | None = None, dry_run: bool, console: Console) -> Result | None:
     """Empty the read model and replay ledger.events from the beginning into it."""
     dsn = dsn or settings.postgres_dsn
-    G.require_inactive(settings, settings.sink_group)
+    G.require_inactive(settings, group_for(settings, dsn))  # the group of sinks on this database
     ranges = resolve_ranges(settings, EVENTS, from_offset=0)
     counts = read_model_counts(dsn)
     console.print(f"read model now: {counts}")

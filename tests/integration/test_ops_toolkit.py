@@ -132,6 +132,11 @@ def test_reprocess_rebuilds_identically_and_idempotently(stack, codec, ledger, s
     with psycopg.connect(scratch_dsn) as conn:
         assert conn.execute("SELECT count(*) FROM sink_offsets").fetchone() == (0,)
 
+    # --rebuild --dry-run only reports (a real rebuild replays the whole shared journal).
+    res = runner.invoke(cli, ["reprocess", "--rebuild", "--dry-run", "--dsn", scratch_dsn])
+    assert res.exit_code == 0 and "dry run: nothing changed" in res.output, res.output
+    assert dump(scratch_dsn) == original
+
 
 def _produce_at(settings: Settings, codec: Codec, cmd: dict[str, Any], key: bytes) -> tuple[int, int]:
     """Produce one command with a chosen key; return its (partition, offset)."""
@@ -223,3 +228,45 @@ def test_lag_lists_ledger_and_state_rebuild_refuses_running_ledger(stack, ledger
         time.sleep(0.5)
     res = runner.invoke(cli, ["state", "rebuild", "--app", "ledger", "--dry-run"])
     assert res.exit_code == 1 and "active" in res.output, res.output
+
+
+def test_reprocess_into_topic_keeps_key_value_headers_and_partition(stack, cli):
+    from confluent_kafka.admin import NewTopic
+
+    src, dst = f"ops-test-src-{uuid.uuid4().hex[:8]}", f"ops-test-dst-{uuid.uuid4().hex[:8]}"
+    admin = G.admin(stack)
+    for f in admin.create_topics([NewTopic(t, 8, 1) for t in (src, dst)]).values():
+        f.result(timeout=30)
+    try:
+        p = kafka.producer(stack)
+        sent = [(str(uuid.uuid4()).encode(), f"v{i}".encode(), [("h", f"{i}".encode())]) for i in range(20)]
+        for k, v, h in sent:
+            p.produce(src, key=k, value=v, headers=h)
+        assert p.flush(30) == 0
+        res = runner.invoke(cli, ["reprocess", "--topic", src, "--from-offset", "0", "--into", f"topic:{dst}"])
+        assert res.exit_code == 0 and "produced 20" in res.output, res.output
+
+        def read(topic: str) -> set[tuple[Any, ...]]:
+            c = kafka.consumer(stack, f"ops-test-{uuid.uuid4()}")
+            try:
+                c.assign([TopicPartition(topic, q, 0) for q in range(8)])
+                got: set[tuple[Any, ...]] = set()
+                deadline = time.monotonic() + 30
+                while len(got) < len(sent) and time.monotonic() < deadline:
+                    for m in c.consume(100, 0.5):
+                        if m.error() is None:
+                            got.add((m.partition(), m.key(), m.value(), tuple(m.headers() or [])))
+                return got
+            finally:
+                c.close()
+
+        assert read(dst) == read(src) and len(read(dst)) == 20
+    finally:
+        for f in admin.delete_topics([src, dst]).values():
+            f.result(timeout=30)
+
+
+def test_demo_moves_money(stack, ledger, cli):
+    res = runner.invoke(cli, ["demo", "--users", "3", "--payments", "12", "--rate", "40", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "TRANSFER_COMPLETED" in res.output and "without an outcome" not in res.output
