@@ -270,3 +270,16 @@ def test_demo_moves_money(stack, ledger, cli):
     res = runner.invoke(cli, ["demo", "--users", "3", "--payments", "12", "--rate", "40", "--seed", "1"])
     assert res.exit_code == 0, res.output
     assert "TRANSFER_COMPLETED" in res.output and "without an outcome" not in res.output
+
+
+def test_state_rebuild_removes_only_the_named_instance(stack, cli):
+    if G.describe(stack, "paystream-reviews").members:
+        pytest.skip("paystream-reviews is running in this stack")
+    mine = stack.home / "state" / f"reviews-ops-test-{os.getpid()}"
+    (mine / "store").mkdir(parents=True, exist_ok=True)
+    (mine / "store" / "data").write_bytes(b"x" * 100)
+    args = ["state", "rebuild", "--app", "reviews", "--instance", f"ops-test-{os.getpid()}"]
+    res = runner.invoke(cli, [*args, "--dry-run"])
+    assert res.exit_code == 0 and "would remove" in res.output and mine.exists(), res.output
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0 and not mine.exists(), res.output
