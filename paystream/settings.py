@@ -144,7 +144,6 @@ class Settings(BaseSettings):
     ledger_commit_interval: float = 0.1
     ledger_instance: str = "0"
     ledger_time_alignment: bool = False
-    ledger_topology: str = "concat"  # concat | intake (experiment, see docs/LEDGER.md)
     ledger_max_amount_minor: int = 10**15
 
     def metrics_port(self, component: str) -> int:

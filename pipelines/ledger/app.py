@@ -13,6 +13,7 @@ only decodes, routes and encodes.
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from typing import Any
@@ -138,59 +139,6 @@ class LedgerProcessor:
         return [(o.topic, o.key, self.codec.encode(o.topic, o.value)) for o in outputs]
 
 
-INBOX = "ledger.inbox"
-
-
-class IntakeForwarder:
-    """EXPERIMENT: the intake stage of the self-loop topology. Decodes and checks a
-    public command, dead-letters bad input, and forwards good commands to the inbox."""
-
-    def __init__(self, processor: LedgerProcessor) -> None:
-        self.p = processor
-
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any) -> list[Routed]:
-        codec = self.p.codec
-        try:
-            skey = key.decode("utf-8") if key is not None else ""
-            writer = codec.writer_name(value)
-            if writer is not None and writer != "io.paystream.commands.Command":
-                return self.p._dlq("FORBIDDEN_TYPE", f"{writer} is not accepted", key, value, timestamp, headers)
-            record = codec.decode(COMMANDS, value)
-        except UnicodeDecodeError:
-            return self.p._dlq("UNDECODABLE", "key is not UTF-8", key, value, timestamp, headers)
-        except UnknownSchemaError as exc:
-            return self.p._dlq("UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
-        except DecodeError as exc:
-            return self.p._dlq("UNDECODABLE", str(exc), key, value, timestamp, headers)
-        problem = domain.command_problem(record, skey)
-        if problem is not None:
-            return self.p._dlq("INVALID", problem, key, value, timestamp, headers)
-        return [(INBOX, skey, codec.encode(INBOX, {"command": record, "leg": None}))]
-
-
-class InboxProcessor:
-    """EXPERIMENT: the single-input ledger of the self-loop topology."""
-
-    def __init__(self, codec: Codec) -> None:
-        self.codec = codec
-        self.outcomes = Outcomes()
-
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> list[Routed]:
-        record = self.codec.decode(INBOX, value)
-        if record["command"] is not None:
-            outputs = domain.apply_command(state, record["command"], timestamp)
-        else:
-            outputs = domain.apply_leg(state, record["leg"], timestamp)
-        self.outcomes.observe(outputs, timestamp)
-        routed: list[Routed] = []
-        for o in outputs:
-            if o.topic == domain.LEGS:
-                routed.append((INBOX, o.key, self.codec.encode(INBOX, {"command": None, "leg": o.value})))
-            else:
-                routed.append((o.topic, o.key, self.codec.encode(o.topic, o.value)))
-        return routed
-
-
 def build_app(settings: Settings | None = None) -> Application:
     settings = settings or get_settings()
     instance = settings.ledger_instance
@@ -230,15 +178,6 @@ def build_app(settings: Settings | None = None) -> Application:
         name: app.topic(name, key_serializer="str", value_serializer=_Routed())
         for name in (domain.EVENTS, domain.LEGS, DLQ_TOPIC)
     }
-    if settings.ledger_topology == "intake":
-        inbox_out = app.topic(INBOX, key_serializer="str", value_serializer=_Routed())
-        outputs[INBOX] = inbox_out
-        inbox_in = app.topic(INBOX, key_deserializer="bytes", value_deserializer="bytes")
-        intake = app.dataframe(commands).apply(IntakeForwarder(LedgerProcessor(codec)), expand=True, metadata=True)
-        intake.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
-        inbox = app.dataframe(inbox_in).apply(InboxProcessor(codec), stateful=True, expand=True, metadata=True)
-        inbox.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
-        return app
     sdf = app.dataframe(commands).concat(app.dataframe(legs_in))
     if not settings.ledger_time_alignment:
         # concat() turns on Quix's cross-topic timestamp alignment, which holds a
@@ -256,7 +195,15 @@ def build_app(settings: Settings | None = None) -> Application:
 
 
 def run(settings: Settings | None = None) -> None:
-    build_app(settings).run()
+    app = build_app(settings)
+    # Everything allocated so far (modules, schemas, clients) lives for the whole run:
+    # freeze it out of the cyclic GC, and collect young objects less often. Full
+    # collections over a large heap were the ledger's longest pauses, and every
+    # pause delays the whole partition behind it.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+    app.run()
 
 
 if __name__ == "__main__":
