@@ -477,9 +477,9 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
     kind = leg["kind"]
     if kind == "CREDIT":
         # The payment record a credit writes doubles as its dedupe marker, saving a
-        # state write on the hottest path. A credit to a key that is not an account
-        # leaves no record; replaying it re-sends the same REFUND leg, which the
-        # sender de-duplicates by leg id.
+        # state write on the hottest path. It is written even for a key that is not
+        # an account: legs come only from the ledger, each after a real debit, so
+        # this cannot be used to grow state at will.
         if store.get(f"p:{leg['payment_id']}") is None:
             _credit(ctx, leg)
         return ctx.finish()
@@ -509,8 +509,7 @@ def _credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
     amount, cur, pid, sender = leg["amount"], leg["currency"], leg["payment_id"], leg["counterparty_id"]
     refusal = _receive_refusal(ctx.account, cur)
     if refusal is not None:
-        if ctx.account is not None:
-            ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur})
+        ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur})
         ctx.leg(
             "REFUND", target=sender, payment_id=pid, command_id=leg["command_id"],
             amount=amount, currency=cur, requested_by=leg["requested_by"], reason=refusal,
