@@ -237,7 +237,7 @@ def test_kill_minus_nine_during_transfers(stack, codec, ledger, sink):
         send(stack, codec, deposits)
         reader.terminals([d["command_id"] for d in deposits], timeout=120)
         transfers = []
-        for _ in range(8_000):
+        for _ in range(20_000):
             src, dst = rnd.sample(accounts, 2)
             transfers.append(C.transfer(src, dst, rnd.randint(1, 5_000), "EUR"))
 
@@ -245,11 +245,11 @@ def test_kill_minus_nine_during_transfers(stack, codec, ledger, sink):
         chaos = threading.Thread(target=_chaos, args=(sink, stack, stop, chaos_log))
         chaos.start()
         t0 = time.monotonic()
-        for i in range(0, len(transfers), 400):  # paced, so events flow during the chaos
-            send(stack, codec, transfers[i : i + 400])
+        for i in range(0, len(transfers), 800):  # paced, so events flow during the chaos
+            send(stack, codec, transfers[i : i + 800])
             time.sleep(0.6)
         chaos.join()
-        out = reader.terminals([t["command_id"] for t in transfers], timeout=180)
+        out = reader.terminals([t["command_id"] for t in transfers], timeout=300)
         flow_s = time.monotonic() - t0
         assert len(out) == len(transfers)
         assert sink.proc is not None and sink.proc.poll() is None, sink.tail()
