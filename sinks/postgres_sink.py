@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg.conninfo import conninfo_to_dict
 
@@ -398,14 +398,27 @@ class Sink:
                 log.warning("cannot read stored offsets (%s); reconnecting", exc)
                 self.writer.connect_with_retry(lambda: self.stopping)
 
-    def _recover(self) -> None:
+    def _recover(self, new_consumer: bool = False) -> None:
         """After a failed batch: reconnect to Postgres, then rewind every assigned
-        partition to the offsets Postgres holds (the failed batch was not written)."""
+        partition to the offsets Postgres holds (the failed batch was not written).
+
+        `new_consumer`: the consumer hit a fatal error and will never fetch again.
+        Seen under `paystream chaos` (Kafka restart): the session timed out, the
+        consumer rejoined, and a commit still carrying the old member id got
+        FENCED_INSTANCE_ID, fatal for a static member; the sink then idled forever
+        with nothing assigned. A fresh consumer rejoins under the same instance id."""
         RECOVERIES.inc()
         self.writer.connect_with_retry(lambda: self.stopping)
         stored = self._stored_offsets_with_retry()
         self.stored = dict(stored)
         assert self.consumer is not None
+        if new_consumer:
+            log.warning("the Kafka consumer failed fatally; recreating it")
+            with suppress(Exception):
+                self.consumer.close()
+            self.assigned.clear()
+            self.consumer = self._new_consumer()
+            return
         try:
             for p in sorted(self.assigned):
                 self.consumer.seek(TopicPartition(TOPIC, p, stored.get(p, OFFSET_BEGINNING)))
@@ -426,7 +439,7 @@ class Sink:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.fatal():
+                if _fatal(err):
                     raise KafkaException(err)
                 log.warning("consumer error: %s", err)
                 continue
@@ -567,7 +580,9 @@ class Sink:
         except (psycopg.OperationalError, psycopg.InterfaceError, KafkaException, OSError) as exc:
             log.warning("batch failed (%s: %s); recovering", type(exc).__name__, exc)
             time.sleep(0.2)
-            self._recover()
+            fatal = isinstance(exc, KafkaException) and bool(exc.args) and isinstance(exc.args[0], KafkaError) \
+                and _fatal(exc.args[0])
+            self._recover(new_consumer=fatal)
             return None
         self._record(res, batch)
         return res
@@ -624,6 +639,12 @@ class Sink:
         return (
             high - self.stored[p] if high is not None and high >= 0 and p in self.stored else None
         )
+
+
+def _fatal(err: KafkaError) -> bool:
+    # librdkafka reports a fatal error as an event with code _FATAL whose own
+    # fatal flag is not always set.
+    return bool(err.fatal() or err.code() == KafkaError._FATAL)
 
 
 def run(settings: Settings | None = None) -> None:
