@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -39,22 +40,52 @@ class CommandSender:
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.codec = codec
         self.timeout = settings.gateway_produce_timeout_seconds
-        self.producer: Producer = kafka.producer(
-            settings, **{"message.timeout.ms": int(self.timeout * 1000), "linger.ms": 1}
-        )
+        self.settings = settings
+        self.producer: Producer = self._new_producer()
+        # Two message timeouts without a single delivery while messages time out: stuck.
+        self.watch = kafka.StuckProducerWatch(stuck_after=2 * self.timeout)
+        self.replaced = 0
+        self._retired: list[tuple[Producer, float]] = []
         self._stop = threading.Event()
         self._settled: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], Any]] = []
         self._thread = threading.Thread(target=self._poll, name="gw-producer-poll", daemon=True)
 
+    def _new_producer(self) -> Producer:
+        return kafka.producer(self.settings, **{"message.timeout.ms": int(self.timeout * 1000), "linger.ms": 1})
+
     def start(self) -> None:
         self.codec.schema_id(COMMANDS_TOPIC)  # fail at startup, not on the first request
         self._thread.start()
+
+    def _replace_producer(self) -> None:
+        """See `paystream.kafka.StuckProducerWatch`: librdkafka can leave a partition
+        leaderless for good after a broker restart; a new producer finds the leader."""
+        log.warning("no command delivered for %.0fs while messages time out; replacing the Kafka producer "
+                    "(librdkafka #5430)", self.watch.stuck_after)
+        old, self.producer = self.producer, self._new_producer()
+        self.watch.reset()
+        self.replaced += 1
+        # Fail what the old producer still holds now (503, the client retries with its key)
+        # instead of after each message's timeout; its reports still have to be served.
+        old.purge()
+        self._retired.append((old, time.monotonic() + 2 * self.timeout))
+
+    def _serve_retired(self) -> None:
+        for item in list(self._retired):
+            old, until = item
+            old.poll(0)
+            if len(old) == 0 or time.monotonic() > until:
+                self._retired.remove(item)
 
     def _poll(self) -> None:
         """Serve delivery reports; the futures they settle are handed to each event
         loop once per poll, not once per message (each hand-over is a wake-up)."""
         while not self._stop.is_set():
             self.producer.poll(0.05)
+            if self.watch.stuck():
+                self._replace_producer()
+            if self._retired:
+                self._serve_retired()
             if self._settled:
                 batch, self._settled = self._settled, []
                 by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
@@ -68,6 +99,7 @@ class CommandSender:
         fut: asyncio.Future[None] = loop.create_future()
 
         def delivered(err: KafkaError | None, _msg: Any) -> None:
+            self.watch.delivered(err)
             self._settled.append((loop, fut, err))
 
         value = self.codec.encode(COMMANDS_TOPIC, cmd)

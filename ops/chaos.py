@@ -309,7 +309,9 @@ class KafkaLoad:
         self.codec = codec
         self.accounts = accounts
         self.rate = rate
+        self.settings = settings
         self.producer = kafka.producer(settings, **{"message.timeout.ms": 15000})
+        self.watch = kafka.StuckProducerWatch(stuck_after=30.0)  # librdkafka #5430, see there
         self.commands: list[Direct] = []
         self.retry: list[Direct] = []
         self.stopping = threading.Event()
@@ -321,6 +323,7 @@ class KafkaLoad:
 
     def _send(self, d: Direct) -> None:
         def delivered(err: Any, _msg: Any) -> None:
+            self.watch.delivered(err)
             if err is None:
                 d.acked_at = time.monotonic()
             else:
@@ -342,6 +345,7 @@ class KafkaLoad:
         next_at = time.monotonic()
         while not self.stopping.is_set():
             self.producer.poll(0)
+            self._heal()
             with self._lock:
                 again, self.retry = self.retry, []
             for d in again:
@@ -360,12 +364,21 @@ class KafkaLoad:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             self.producer.flush(1)
+            self._heal()
             with self._lock:
                 again, self.retry = self.retry, []
             for d in again:
                 self._send(d)
             if not again and all(d.acked_at for d in self.commands):
                 break
+
+    def _heal(self) -> None:
+        """A producer librdkafka left stuck is replaced; what it held is re-sent (same ids)."""
+        if self.watch.stuck():
+            old, self.producer = self.producer, kafka.producer(self.settings, **{"message.timeout.ms": 15000})
+            self.watch.reset()
+            old.purge()
+            old.poll(0)  # their delivery reports put them on the retry list
 
     def stop(self, timeout: float) -> None:
         self.stopping.set()
@@ -763,7 +776,7 @@ class Chaos:
                 if last is not None and last.status not in RETRY:
                     r.http[f"  refused {last.status} {last.code}"] += 1
                 continue
-            r.http[f"acknowledged {p.acked}"] += 1
+            r.http[f"acknowledged {p.acked}" + (f" {p.attempts[-1].code}" if p.acked == 402 else "")] += 1
             if not outs:
                 r.anomalies.append(Anomaly("acknowledged payment lost", p.payment_id, f"HTTP {p.acked}"))
                 continue

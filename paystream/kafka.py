@@ -6,9 +6,10 @@ same partition whoever produces it; the ledger's single-writer rule depends on i
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 
 from paystream.settings import Settings
 
@@ -33,3 +34,37 @@ def consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
         "enable.auto.commit": False,
         **extra,
     })
+
+
+class StuckProducerWatch:
+    """Tells when a producer has to be replaced because librdkafka will not recover it.
+
+    librdkafka 2.12 (confluentinc/librdkafka#5430, open): when a produce response
+    says a partition's leader is now -1 (a broker going down), the update is
+    skipped with "new leader-1 not found in cache" and the partition can stay
+    without a leader for good: every later message to it times out, even once the
+    broker is back. `paystream chaos` hit it (kafka-restart: the gateway answered
+    503 for minutes while every other client had recovered). Only a new producer
+    helps. Call `delivered` from delivery reports and `stuck` from the thread
+    that polls; replacing during a real outage is harmless (the new producer
+    waits for the broker like the old one).
+    """
+
+    def __init__(self, stuck_after: float) -> None:
+        self.stuck_after = stuck_after
+        self.reset()
+
+    def reset(self) -> None:
+        self.last_ok = time.monotonic()
+        self.timed_out = 0
+
+    def delivered(self, err: KafkaError | None) -> None:
+        if err is None:
+            self.last_ok = time.monotonic()
+            self.timed_out = 0
+        elif err.code() == KafkaError._MSG_TIMED_OUT:
+            self.timed_out += 1
+
+    def stuck(self) -> bool:
+        """Messages time out and nothing was delivered for `stuck_after` seconds."""
+        return self.timed_out > 0 and time.monotonic() - self.last_ok > self.stuck_after
