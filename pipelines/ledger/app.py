@@ -22,8 +22,8 @@ from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.state import State
 
+from paystream import liveness, metrics, tracing
 from paystream import logging as plog
-from paystream import metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
@@ -156,6 +156,13 @@ def build_app(settings: Settings | None = None) -> Application:
         producer_extra_config={
             "transactional.id": f"paystream-ledger-{instance}",
             "linger.ms": 2,
+            # librdkafka 2.12 can leave a partition leaderless for good in a producer
+            # after a broker restart (confluentinc/librdkafka#5430; `paystream chaos`,
+            # kafka-restart): its messages only fail when they time out, and Quix then
+            # stops the ledger so the supervisor starts a fresh one. 20 s instead of
+            # the default 300 s bounds that stall and still rides out a broker
+            # restart; a crash costs nothing under exactly-once.
+            "message.timeout.ms": 20_000,
         },
         consumer_extra_config={
             "fetch.wait.max.ms": 20,
@@ -194,8 +201,14 @@ def build_app(settings: Settings | None = None) -> Application:
     return app
 
 
+# A checkpoint commit takes milliseconds; one that has not returned after this long
+# is hung (paystream.liveness), and the process exits for the supervisor to replace.
+COMMIT_STALL_SECONDS = 30.0
+
+
 def run(settings: Settings | None = None) -> None:
     app = build_app(settings)
+    liveness.exit_on_stalled_commits(app, COMPONENT, COMMIT_STALL_SECONDS)
     # Everything allocated so far (modules, schemas, clients) lives for the whole run:
     # freeze it out of the cyclic GC, and collect young objects less often. Full
     # collections over a large heap were the ledger's longest pauses, and every
