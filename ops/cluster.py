@@ -124,11 +124,11 @@ class Cluster:
     def format(self, console: Console) -> None:
         if not self.kafka._downloaded():
             self.kafka._download(console)
+        from ops.stack import _run
+
         initial = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}:{n.dir_id}" for n in self.nodes)
         for n in self.nodes:
             self._write(n)
-            from ops.stack import _run
-
             _run([*self.kafka._java_base(), "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                   "-c", str(n.properties), "--initial-controllers", initial,
                   "--feature", "transaction.version=1"],
