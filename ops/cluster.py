@@ -18,7 +18,6 @@ come from an isolated stack of their own; nothing shared is touched.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import shutil
@@ -48,7 +47,9 @@ MIN_ISR = 2
 
 
 def _dir_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    from ops.stack import kafka_uuid
+
+    return kafka_uuid()
 
 
 @dataclass

@@ -302,6 +302,19 @@ def _run(
     return output
 
 
+def kafka_uuid() -> str:
+    """A cluster or directory id as Kafka writes them: 16 random bytes, URL-safe base64.
+
+    Like Kafka's own `Uuid.randomUuid`, never one starting with "-": the storage
+    tool would take `-t -xyz...` for an option and refuse to format (it did, in
+    about one run in 64).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
+
+
 def _apt_install(package: str, what: str) -> None:
     """Install a Debian package, but only when we are root; otherwise say exactly what to run."""
     if os.geteuid() != 0:
@@ -736,7 +749,7 @@ class _Kafka(_Service):
             return
         console.print("[dim]kafka: formatting KRaft storage (one-off)[/dim]")
         shutil.rmtree(self.data_dir, ignore_errors=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = kafka_uuid()
         _run(
             [
                 *self._java_base(),
