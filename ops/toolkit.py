@@ -12,9 +12,11 @@ def register(app: typer.Typer) -> None:
     from ops.offsets import register as register_offsets
     from ops.reprocess import register as register_reprocess
     from ops.state import register as register_state
+    from ops.webhooks_cli import register as register_webhooks
 
     register_reprocess(app)
     register_dlq(app)
     register_offsets(app)
     register_state(app)
     register_demo(app)
+    register_webhooks(app)

@@ -73,7 +73,7 @@ def freeze_command_id(alert: str) -> str:
     return str(uuid.uuid5(NAMESPACE, f"freeze:{alert}"))
 
 
-def alert_record(t: rules.Transfer, v: rules.Verdict) -> dict[str, Any]:
+def alert_record(t: rules.Transfer, v: rules.Verdict, owner: str | None = None) -> dict[str, Any]:
     return {
         "alert_id": alert_id(t.payment_id),
         "payment_id": t.payment_id,
@@ -86,6 +86,7 @@ def alert_record(t: rules.Transfer, v: rules.Verdict) -> dict[str, Any]:
         "reasons": [{"rule": h.rule, "score": h.score, "detail": h.detail} for h in v.hits],
         # Event time, not wall-clock: a reprocessed alert is byte-for-byte the same.
         "detected_at": t.ts,
+        "sender_owner_id": owner,
     }
 
 
@@ -124,7 +125,7 @@ def on_transfer(cfg: FraudConfig, state: rules.State | None, t: rules.Transfer, 
     alert = None
     if fresh and rules.should_alert(cfg, new, verdict, t.ts):
         new = rules.alerted(new, verdict, t.ts)
-        alert = alert_record(t, verdict)
+        alert = alert_record(t, verdict, (state or {}).get("owner"))
     return new, flow, alert
 
 
@@ -152,7 +153,8 @@ class FraudProcessor(Processor):
         etype = rec["type"]
         if etype == "ACCOUNT_OPENED" and not rec["replay"]:
             opened = int(rec["occurred_at"])
-            state.set(STATE_KEY, rules.on_account_opened(state.get(STATE_KEY), opened))
+            owner = (rec.get("account") or {}).get("owner_id")
+            state.set(STATE_KEY, rules.on_account_opened(state.get(STATE_KEY), opened, owner))
             return []
         t = rules.transfer_from_event(rec)
         if t is None:

@@ -77,12 +77,12 @@ def build_application(settings: Settings, *, component: str, instance: str,
     return app
 
 
-def apply_processor(sdf: Any, processor: Any, component: str) -> Any:
-    """`sdf.apply(processor)` (stateful, expanding, with metadata), counted and timed
+def apply_processor(sdf: Any, processor: Any, component: str, *, stateful: bool = True) -> Any:
+    """`sdf.apply(processor)` (expanding, with metadata), counted and timed
     (`paystream.metrics`) and, when tracing is on, one span per message whose
     context goes onto every output (`paystream.tracing`)."""
     fn, after = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, component), component)
-    return after(sdf.apply(fn, stateful=True, expand=True, metadata=True))
+    return after(sdf.apply(fn, stateful=stateful, expand=True, metadata=True))
 
 
 def disable_time_alignment(app: Application) -> None:
@@ -141,8 +141,10 @@ class Processor:
         return (topic, key, self.codec.encode(topic, value))
 
 
-def route(app: Application, sdf: Any, topics: list[str]) -> None:
-    """One to_topic for every output: the topic comes from the routed value."""
+def route(app: Application, sdf: Any, topics: list[str], *more: Any) -> None:
+    """One to_topic for every output: the topic comes from the routed value. `more`
+    dataframes (other inputs of the same app) share the output topics."""
     outputs = {name: app.topic(name, key_serializer="str", value_serializer=RoutedSerializer())
                for name in topics}
-    sdf.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
+    for each in (sdf, *more):
+        each.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])

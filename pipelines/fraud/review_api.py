@@ -165,6 +165,16 @@ async def get_review(review_id: ReviewId, p: Admin, request: Request) -> dict[st
     return _view(row)
 
 
+# Alerts carry the sender's owner; for reviews written before they did, the read
+# model (every account opened on Kafka) or the gateway's registry answers.
+OWNER_OF = """
+SELECT owner_id::text FROM accounts WHERE account_id = %s AND owner_id IS NOT NULL
+UNION ALL
+SELECT owner_id::text FROM gateway_accounts WHERE account_id = %s
+LIMIT 1
+"""
+
+
 async def _decide(request: Request, review_id: uuid.UUID, admin_id: str, verdict: str,
                   body: DecisionIn | None) -> dict[str, Any]:
     note = body.note if body else None
@@ -185,12 +195,18 @@ async def _decide(request: Request, review_id: uuid.UUID, admin_id: str, verdict
             (state, did, admin_id, note, review_id))
         row = await cur.fetchone()
         assert row is not None
+        owner = row["sender_owner_id"]
+        if owner is None:  # an alert from before alerts carried it
+            await cur.execute(OWNER_OF, (row["account_id"], row["account_id"]))
+            found = await cur.fetchone()
+            owner = found["owner_id"] if found else None
         event = {
             "decision_id": did, "alert_id": str(review_id), "payment_id": str(row["payment_id"]),
             "sender_id": str(row["account_id"]), "receiver_id": str(row["counterparty_id"]),
             "decision": verdict, "decided_by": admin_id, "note": note,
             "decided_at": int(row["decided_at"].timestamp() * 1000) if row["decided_at"]
             else int(time.time() * 1000),
+            "sender_owner_id": owner,
         }  # fmt: skip
         await cur.execute(
             "INSERT INTO review_outbox (decision_id, alert_id, message_key, payload)"

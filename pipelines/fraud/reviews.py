@@ -49,8 +49,8 @@ log = logging.getLogger("paystream.reviews")
 
 INSERT_REVIEW = """
 INSERT INTO reviews (alert_id, payment_id, account_id, counterparty_id, amount, currency, score,
-                     risk, reasons, detected_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s / 1000.0))
+                     risk, reasons, detected_at, sender_owner_id)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, to_timestamp(%s / 1000.0), %s)
 ON CONFLICT (alert_id) DO NOTHING
 """
 
@@ -64,7 +64,7 @@ def decision_id(alert_id: str) -> str:
 def review_row(alert: dict[str, Any]) -> tuple[Any, ...]:
     return (alert["alert_id"], alert["payment_id"], alert["account_id"], alert["counterparty_id"],
             alert["amount"], alert["currency"], alert["score"], alert["risk"],
-            Jsonb(alert["reasons"]), alert["detected_at"])
+            Jsonb(alert["reasons"]), alert["detected_at"], alert.get("sender_owner_id"))
 
 
 class AlertIntake:

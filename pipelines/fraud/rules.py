@@ -10,6 +10,8 @@ State per account key (the account is the sender for outgoing transfers and the
 receiver for inbound flows):
 
 * ``opened``  event time of ACCOUNT_OPENED (ms), or None if never seen
+* ``owner``   the account's owner from ACCOUNT_OPENED (put on alerts, so the
+              review decision can be told to that user), or None
 * ``out``     ``[ts, amount, receiver]`` of recent outgoing transfers, oldest first,
               pruned to the longest counting window
 * ``near``    ``ts`` of recent "just under the high-value threshold" transfers,
@@ -86,13 +88,14 @@ class Flow:
 
 
 def empty_state() -> State:
-    return {"opened": None, "out": [], "near": [], "in": [], "last": None}
+    return {"opened": None, "owner": None, "out": [], "near": [], "in": [], "last": None}
 
 
 def _copy(state: State | None) -> State:
     s = state or {}
     return {
         "opened": s.get("opened"),
+        "owner": s.get("owner"),
         "last": s.get("last"),
         "out": [list(e) for e in s.get("out", [])],
         "near": list(s.get("near", [])),
@@ -108,10 +111,11 @@ def risk_level(cfg: FraudConfig, score: int) -> str:
     return "LOW"
 
 
-def on_account_opened(state: State | None, ts: int) -> State:
+def on_account_opened(state: State | None, ts: int, owner: str | None = None) -> State:
     s = _copy(state)
     if s["opened"] is None:
         s["opened"] = ts
+        s["owner"] = owner
     return s
 
 

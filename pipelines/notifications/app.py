@@ -8,11 +8,11 @@ the state and the input offset commit in one transaction, so each event yields
 its notifications exactly once on the topic; webhook delivery from there on is
 at-least-once with the same ids (docs/NOTIFICATIONS.md).
 
-Review decisions are not announced separately: their effects (the reversal,
-the freeze, the unfreeze) are, from the ledger events that carry them.
-`fraud.decisions` has 4 partitions and `ledger.events` 8, so the owner state
-could not be shared without another re-keyed topic; nothing the user needs is
-lost without it.
+It also consumes `fraud.decisions` and tells the sender's owner that the review
+of their payment was decided (`REVIEW_DECIDED`). That stream is stateless: the
+decision carries the owner (looked up by the review API when the admin
+decides), because `fraud.decisions` has 4 partitions and `ledger.events` 8, so
+the owner state kept per account could not be shared without a re-keyed topic.
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from pipelines.fraud.quixapp import (
     build_application,
     route,
 )
-from pipelines.notifications.domain import kind_of, notification_for
+from pipelines.notifications.domain import decision_notification, kind_of, notification_for
 
 EVENTS = "ledger.events"
+DECISIONS = "fraud.decisions"
 NOTIFICATIONS = "notifications"
 COMPONENT = "notifications"
 OWNER_KEY = "o"
@@ -77,6 +78,29 @@ class NotificationProcessor(Processor):
         return [self.encode(NOTIFICATIONS, n["user_id"], n)]
 
 
+class DecisionProcessor(Processor):
+    """Review decisions -> REVIEW_DECIDED for the sender's owner (no state)."""
+
+    component = COMPONENT
+
+    def __init__(self, codec: Codec) -> None:
+        super().__init__(codec, log)
+
+    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any) -> list[Routed]:
+        decoded = self.decode(DECISIONS, key, value, timestamp, headers)
+        if isinstance(decoded, list):
+            return decoded
+        _, decision = decoded
+        n = decision_notification(decision)
+        if n is None:
+            log.warning("decision %s names no owner for account %s: nobody to tell",
+                        decision["decision_id"], decision["sender_id"])
+            return []
+        tracing.annotate(payment_id=decision["payment_id"], account=decision["sender_id"])
+        NOTIFIED.labels(n["kind"]).inc()
+        return [self.encode(NOTIFICATIONS, n["user_id"], n)]
+
+
 def build_app(settings: Settings | None = None) -> Application:
     settings = settings or get_settings()
     ds = DownstreamSettings()
@@ -86,7 +110,10 @@ def build_app(settings: Settings | None = None) -> Application:
     events = app.topic(EVENTS, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(events)
     sdf = apply_processor(sdf, NotificationProcessor(codec), COMPONENT)
-    route(app, sdf, [NOTIFICATIONS, DLQ_TOPIC])
+    decisions = app.topic(DECISIONS, key_deserializer="bytes", value_deserializer="bytes")
+    dsdf = apply_processor(app.dataframe(decisions), DecisionProcessor(codec), COMPONENT,
+                           stateful=False)
+    route(app, sdf, [NOTIFICATIONS, DLQ_TOPIC], dsdf)
     return app
 
 

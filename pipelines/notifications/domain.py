@@ -1,4 +1,4 @@
-"""Which ledger events a user hears about, as a pure function.
+"""Which ledger events and review decisions a user hears about, as pure functions.
 
 The recipient is the owner of the account whose partition emitted the event:
 each event is about that account (a transfer is announced to the sender on its
@@ -56,4 +56,24 @@ def notification_for(owner: str | None, ev: dict[str, Any]) -> dict[str, Any] | 
         "source_event_id": ev["event_id"],
         # event time: a re-emitted notification is identical to the first
         "created_at": ev["occurred_at"],
+    }
+
+
+def decision_notification(decision: dict[str, Any]) -> dict[str, Any] | None:
+    """A review decision, told to the owner of the sending account (the user whose
+    payment was held). The admin's note stays internal: only the verdict is told."""
+    owner = decision.get("sender_owner_id")
+    if not owner:
+        return None
+    return {
+        "notification_id": notification_id(decision["decision_id"], owner),
+        "user_id": owner,
+        "kind": "REVIEW_DECIDED",
+        "payment_id": decision["payment_id"],
+        "account_id": decision["sender_id"],
+        "amount": None,
+        "currency": None,
+        "reason": decision["decision"],
+        "source_event_id": decision["decision_id"],
+        "created_at": decision["decided_at"],
     }

@@ -21,6 +21,7 @@ from pipelines.fraud.app import alert_id, freeze_command_id
 from pipelines.fraud.compensation import unfreeze_command_id
 from pipelines.fraud.reviews import decision_id
 from pipelines.ledger.domain import reversal_command_id
+from pipelines.notifications.domain import notification_id
 from tests.conftest import Component
 from tests.kafka_helpers import EventReader, send
 
@@ -155,9 +156,11 @@ def committed_past(settings: Settings, group: str, topic: str, partition: int, o
 
 
 def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fraud, reviews_worker,
-                                                     compensation, api):
+                                                     compensation, api, log_dir):
+    notifier = Component("notifications", log_dir, env=INSTANCE).start()
     events = EventReader(stack, codec)
     decisions = EventReader(stack, codec, topic="fraud.decisions")
+    notes = EventReader(stack, codec, topic="notifications")
     a, b, c, d = open_funded(stack, codec, events, 4, 5_000_000)
     t1 = C.transfer(a, b, 1_200_000, "USD")
     t2 = C.transfer(c, d, 1_500_000, "USD")
@@ -213,5 +216,25 @@ def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fr
     mine = [e for e in events.events if e["command_id"] in (rev_id, unfreeze_command_id(a1))]
     assert not any(e["replay"] for e in mine)
     assert sum(1 for e in mine if e["type"] == "TRANSFER_REVERSED") == 1
+
+    # each sender's owner hears the verdict on their payment (the alert carried the owner);
+    # the redelivered decision may be told again, with the same id (receivers de-duplicate)
+    assert dec["sender_owner_id"] == f"owner-{a}"
+    told = {decision_id(a1): ("REJECTED", f"owner-{a}", t1), decision_id(a2): ("APPROVED",
+                                                                            f"owner-{c}", t2)}
+
+    def decided(evs: list) -> list:
+        return [e for e in evs if e["kind"] == "REVIEW_DECIDED" and e["source_event_id"] in told]
+
+    notes.poll_until(lambda evs: {e["source_event_id"] for e in decided(evs)} == set(told), 240)
+    drain(notes, 2)
+    for n in decided(notes.events):
+        verdict, owner, t = told[n["source_event_id"]]
+        assert (n["reason"], n["user_id"], n["payment_id"], n["account_id"]) == (
+            verdict, owner, t["command_id"], t["account_id"])
+        assert n["notification_id"] == notification_id(n["source_event_id"], owner)
+    assert len({n["notification_id"] for n in decided(notes.events)}) == 2
+    notifier.stop()
     events.close()
     decisions.close()
+    notes.close()

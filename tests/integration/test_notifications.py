@@ -7,12 +7,10 @@ import itertools
 import json
 import os
 import random
-import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from pipelines.fraud.rules import on_account_opened, transfer_from_event
 from pipelines.notifications import signing
 from pipelines.notifications.domain import notification_for
 from tests.conftest import Component
+from tests.http_receiver import Receiver
 from tests.kafka_helpers import EventReader, send
 
 pytestmark = pytest.mark.integration
@@ -73,41 +72,6 @@ def token(settings: Settings, user: str) -> dict[str, str]:
     from gateway.security import issue_token
 
     return {"Authorization": f"Bearer {issue_token(settings, user, 'user')}"}
-
-
-class Receiver:
-    """A webhook receiver on 127.0.0.1 that answers 500 until `healthy_after`."""
-
-    def __init__(self, failing_seconds: float) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.failing_seconds = failing_seconds
-        self.first: float | None = None
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                now = time.monotonic()
-                if outer.first is None:
-                    outer.first = now
-                status = 500 if now - outer.first < outer.failing_seconds else 200
-                outer.requests.append({"at": now, "status": status, "body": body,
-                                       "headers": dict(self.headers.items())})
-                self.send_response(status)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def open_accounts(stack: Settings, codec: Codec, events: EventReader, owners: dict[str, str],
@@ -218,7 +182,7 @@ def test_pipelines_stopped_during_traffic_emit_everything_exactly_once(
     notifications.kill9()
     traffic = [C.transfer(senders[i], receivers[i], 1_200_000, "USD") for i in range(1, 11)]
     traffic += [C.transfer(rnd.choice(senders), rnd.choice(receivers), rnd.randint(100, 5_000),
-                           "USD") for _ in range(2_000)]
+                           "USD") for _ in range(5_000)]
     send(stack, codec, traffic)
     events.terminals([t["command_id"] for t in traffic], timeout=180)
     fraud.start()
@@ -232,7 +196,8 @@ def test_pipelines_stopped_during_traffic_emit_everything_exactly_once(
     for ev in mine:
         acct = ev["account_id"]
         if ev["type"] == "ACCOUNT_OPENED" and not ev["replay"]:
-            state[acct] = on_account_opened(state.get(acct), ev["occurred_at"])
+            state[acct] = on_account_opened(state.get(acct), ev["occurred_at"],
+                                            ev["account"]["owner_id"])
         elif (t := transfer_from_event(ev)) is not None:
             state[acct], _, alert = on_transfer(cfg, state.get(acct), t, fresh=True)
             if alert is not None:

@@ -180,6 +180,13 @@ def test_new_account():
     assert rules_of(v) == set()
 
 
+def test_owner_is_kept_from_the_opening_and_survives_later_events():
+    s = R.on_account_opened(None, T0, "user-7")
+    _, s2 = R.evaluate(CFG, s, tr(1_000, T0 + MIN))
+    assert s2["owner"] == "user-7"
+    assert R.on_account_opened(s2, T0 + 2 * MIN, "someone-else")["owner"] == "user-7"
+
+
 def test_several_rules_add_up():
     s = R.on_account_opened(None, T0)
     v, _ = R.evaluate(CFG, s, tr(USD.high_value, T0 + MIN))  # a round number too

@@ -6,7 +6,11 @@ import random
 import uuid
 
 from pipelines.notifications import signing
-from pipelines.notifications.domain import notification_for, notification_id
+from pipelines.notifications.domain import (
+    decision_notification,
+    notification_for,
+    notification_id,
+)
 from pipelines.notifications.webhook_api import url_problem
 from pipelines.notifications.webhooks import (
     WebhookSettings,
@@ -25,6 +29,29 @@ def event(etype: str, **kw) -> dict:
           "occurred_at": 1_700_000_000_000}
     ev.update(kw)
     return ev
+
+
+def decision(**kw) -> dict:
+    d = {"decision_id": str(uuid.uuid4()), "alert_id": str(uuid.uuid4()),
+         "payment_id": str(uuid.uuid4()), "sender_id": str(uuid.uuid4()),
+         "receiver_id": str(uuid.uuid4()), "decision": "REJECTED", "decided_by": "admin-1",
+         "note": "mule account, see case 17", "decided_at": 1_700_000_000_000,
+         "sender_owner_id": OWNER}
+    d.update(kw)
+    return d
+
+
+def test_review_decided_goes_to_the_senders_owner_without_the_note():
+    d = decision()
+    n = decision_notification(d)
+    assert n is not None
+    assert (n["kind"], n["user_id"], n["account_id"], n["payment_id"], n["reason"]) == (
+        "REVIEW_DECIDED", OWNER, d["sender_id"], d["payment_id"], "REJECTED")
+    assert "mule" not in str(n)  # the admin's note is internal
+    assert n["notification_id"] == notification_id(d["decision_id"], OWNER)
+    assert decision_notification(d) == n  # a redelivered decision: same id, same record
+    assert decision_notification(decision(decision="APPROVED"))["reason"] == "APPROVED"
+    assert decision_notification(decision(sender_owner_id=None)) is None
 
 
 def test_kinds():
