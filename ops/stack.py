@@ -58,7 +58,10 @@ DOWNLOAD_TIMEOUT = 1800.0
 LOG_TAIL_LINES = 30
 # What `reset` deletes: everything stateful under home except secrets (the
 # gateway's JWT key lives there too) and run/ (empty once `down` is done).
-RESETTABLE_DIRS: tuple[str, ...] = ("postgres", "redis", "kafka", "registry", "logs")
+# "state": Quix state stores are caches of changelogs in Kafka; kept across a Kafka
+# reset they no longer match it and every stateful app refuses to start
+# (InvalidStoreChangelogOffset).
+RESETTABLE_DIRS: tuple[str, ...] = ("postgres", "redis", "kafka", "registry", "logs", "state")
 
 # Apicurio 3.0.9's parent POM (io.apicurio:apicurio-registry:3.0.9) is not on
 # Maven Central, and maven-dependency-plugin 3.x insists on reading it even for
