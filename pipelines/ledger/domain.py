@@ -30,6 +30,7 @@ derived from postings downstream and never kept in state here.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from dataclasses import dataclass
 from functools import lru_cache
@@ -583,13 +584,14 @@ _BODY_FOR = {
 }
 
 
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _is_uuid(text: Any) -> bool:
     """Only the canonical spelling (lowercase, hyphenated) is accepted: state is keyed
-    by the id's bytes, so "ABC…" and "abc…" would otherwise be two accounts."""
-    try:
-        return str(uuid.UUID(str(text))) == text
-    except ValueError:
-        return False
+    by the id's bytes, so "ABC…" and "abc…" would otherwise be two accounts. A regex,
+    not `uuid.UUID` and back: it ran three times per command, 3.5% of the ledger's CPU."""
+    return isinstance(text, str) and _CANONICAL_UUID.fullmatch(text) is not None
 
 
 def command_problem(cmd: dict[str, Any], key: str) -> str | None:

@@ -279,3 +279,13 @@ def test_sequences_are_gapless_per_account(actions):
     for acct, s in seqs.items():
         assert s == list(range(1, len(s) + 1)), acct
     assert len({e["event_id"] for e in sim.events}) == len(sim.events)
+
+
+@given(st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
+                 st.uuids().map(lambda u: u.hex), st.text(max_size=40)))
+def test_is_uuid_accepts_exactly_the_canonical_spelling(text: str) -> None:
+    try:
+        canonical = str(uuid.UUID(text)) == text
+    except ValueError:
+        canonical = False
+    assert domain._is_uuid(text) == canonical
