@@ -44,6 +44,7 @@ from gateway.service import (
     render_payment,
 )
 from paystream import commands as C
+from paystream import runtime
 from paystream.money import format_minor
 from paystream.settings import Settings, get_settings
 
@@ -689,6 +690,14 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+def create_server_app() -> FastAPI:
+    """What `paystream run gateway` serves: the app, plus process-wide tuning that
+    in-process users of `create_app` (tests, tools) should not get."""
+    app = create_app()
+    app.state.server = True
+    return app
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -697,6 +706,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gw = Gateway(settings)
         await gw.start()
         app.state.gw = gw
+        if getattr(app.state, "server", False):
+            runtime.tune_gc()
         try:
             yield
         finally:

@@ -14,7 +14,7 @@ from paystream.settings import get_settings
 def run() -> None:
     settings = get_settings()
     uvicorn.run(
-        "gateway.app:create_app",
+        "gateway.app:create_server_app",
         factory=True,
         host=settings.gateway_host,
         port=settings.gateway_port,

@@ -13,7 +13,6 @@ only decodes, routes and encodes.
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from typing import Any
@@ -22,7 +21,7 @@ from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.state import State
 
-from paystream import liveness, metrics, tracing
+from paystream import liveness, metrics, runtime, tracing
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
@@ -209,13 +208,7 @@ COMMIT_STALL_SECONDS = 30.0
 def run(settings: Settings | None = None) -> None:
     app = build_app(settings)
     liveness.exit_on_stalled_commits(app, COMPONENT, COMMIT_STALL_SECONDS)
-    # Everything allocated so far (modules, schemas, clients) lives for the whole run:
-    # freeze it out of the cyclic GC, and collect young objects less often. Full
-    # collections over a large heap were the ledger's longest pauses, and every
-    # pause delays the whole partition behind it.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    runtime.tune_gc()  # everything allocated so far lives for the whole run
     app.run()
 
 
