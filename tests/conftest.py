@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,6 +98,21 @@ def db(stack: Settings) -> Settings:
 
     migrate(stack)
     return stack
+
+
+@pytest.fixture(scope="module")
+def api(db: Settings) -> Iterator[Any]:
+    """The real gateway app in process (its JWT auth, its pool, the review and
+    webhook routers), for tests that drive the API next to pipeline processes.
+    Webhook URLs on 127.0.0.1 are allowed: the receivers are local test servers."""
+    from fastapi.testclient import TestClient
+
+    from gateway.app import create_app
+
+    os.environ["PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the API reads it per request
+    with TestClient(create_app(db)) as client:
+        yield client
+    os.environ.pop("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS", None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

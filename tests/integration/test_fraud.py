@@ -98,18 +98,6 @@ def compensation(stack: Settings, log_dir: Path) -> Iterator[Component]:
     comp.stop()
 
 
-@pytest.fixture(scope="module")
-def api(db: Settings) -> Iterator[TestClient]:
-    """The real gateway app (its JWT auth, its pool), with the review router."""
-    from gateway.app import create_app
-    from pipelines.fraud import review_api
-
-    app = create_app(db)
-    if "/v1/admin/reviews" not in app.openapi()["paths"]:  # in case create_app lacks it
-        app.include_router(review_api.router)
-    with TestClient(app) as client:
-        yield client
-
 
 def bearer(settings: Settings, role: str = "admin", user: str | None = None) -> dict[str, str]:
     from gateway.security import issue_token

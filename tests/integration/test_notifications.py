@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from fastapi.testclient import TestClient
 
 from paystream import commands as C
 from paystream.codec import Codec
@@ -52,20 +51,6 @@ def webhooks(db: Settings, log_dir: Path) -> Iterator[Component]:
     yield comp
     comp.stop()
 
-
-@pytest.fixture(scope="module")
-def api(db: Settings) -> Iterator[TestClient]:
-    """The real gateway app (its JWT auth, its pool), with the webhooks router."""
-    from gateway.app import create_app
-    from pipelines.notifications import webhook_api
-
-    app = create_app(db)
-    if "/v1/webhooks" not in app.openapi()["paths"]:  # in case create_app lacks it
-        app.include_router(webhook_api.router)
-    os.environ["PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the API reads it per request
-    with TestClient(app) as client:
-        yield client
-    os.environ.pop("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS", None)
 
 
 def token(settings: Settings, user: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ notifications pipeline would, so the worker is tested on its own."""
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import time
@@ -44,15 +43,6 @@ def webhooks(db: Settings, log_dir: Path) -> Iterator[Component]:
     yield comp
     comp.stop()
 
-
-@pytest.fixture(scope="module")
-def api(db: Settings) -> Iterator[TestClient]:
-    from gateway.app import create_app
-
-    os.environ["PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the API reads it per request
-    with TestClient(create_app(db)) as client:
-        yield client
-    os.environ.pop("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS", None)
 
 
 def register(api: TestClient, settings: Settings, user: str, url: str) -> str:
