@@ -41,7 +41,8 @@ class Relay:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.codec = Codec(settings.registry_url)
-        self.producer = kafka.producer(settings, **{"message.timeout.ms": 10000})
+        self.producer = kafka.BatchPublisher(
+            lambda: kafka.producer(settings, **{"message.timeout.ms": 10000}))
         self.conn = psycopg.connect(settings.postgres_dsn, autocommit=True)
         self.stop_event = threading.Event()
 

@@ -6,12 +6,16 @@ same partition whoever produces it; the ledger's single-writer rule depends on i
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
 
 from paystream.settings import Settings
+
+log = logging.getLogger("paystream.kafka")
 
 
 def producer(settings: Settings, **extra: Any) -> Producer:
@@ -68,3 +72,38 @@ class StuckProducerWatch:
     def stuck(self) -> bool:
         """Messages time out and nothing was delivered for `stuck_after` seconds."""
         return self.timed_out > 0 and time.monotonic() - self.last_ok > self.stuck_after
+
+
+class BatchPublisher:
+    """A producer for publishers that produce a batch and flush it (the outbox
+    relays), replaced when `StuckProducerWatch` says librdkafka will not recover
+    it: otherwise a relay would retry the same rows through the same stuck
+    producer for good (confluentinc/librdkafka#5430)."""
+
+    def __init__(self, factory: Callable[[], Producer], stuck_after: float = 30.0) -> None:
+        self.factory = factory
+        self.producer = factory()
+        self.watch = StuckProducerWatch(stuck_after)
+        self.replaced = 0
+
+    def produce(self, topic: str, *, key: bytes, value: bytes,
+                on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
+        def report(err: KafkaError | None, msg: Any) -> None:
+            self.watch.delivered(err)
+            on_delivery(err, msg)
+
+        self.producer.produce(topic, key=key, value=value, on_delivery=report)
+
+    def flush(self, timeout: float) -> int:
+        """Messages still undelivered; a stuck producer is replaced afterwards (what it
+        held is purged and reported as failed, and the caller retries the batch)."""
+        left = int(self.producer.flush(timeout))
+        if self.watch.stuck():
+            log.warning("no message delivered for %.0fs while messages time out; replacing the "
+                        "Kafka producer (librdkafka #5430)", self.watch.stuck_after)
+            old, self.producer = self.producer, self.factory()
+            self.watch.reset()
+            self.replaced += 1
+            old.purge()
+            old.flush(0)
+        return left

@@ -43,6 +43,7 @@ from pipelines.fraud.quixapp import (
     build_application,
     disable_time_alignment,
     route,
+    run_app,
 )
 
 EVENTS = "ledger.events"
@@ -200,7 +201,7 @@ def build_app(settings: Settings | None = None, cfg: FraudConfig | None = None) 
 
 
 def run(settings: Settings | None = None) -> None:
-    build_app(settings).run()
+    run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":

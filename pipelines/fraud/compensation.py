@@ -40,6 +40,7 @@ from pipelines.fraud.quixapp import (
     build_application,
     disable_time_alignment,
     route,
+    run_app,
 )
 from pipelines.fraud.reviews import ALERTS, DECISIONS
 from pipelines.ledger.domain import Store
@@ -146,7 +147,7 @@ def build_app(settings: Settings | None = None) -> Application:
 
 
 def run(settings: Settings | None = None) -> None:
-    build_app(settings).run()
+    run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ class OutboxRelay:
         self.codec = codec
         self.batch = batch
         self.poll_interval = poll_interval
-        self.producer = kafka.producer(settings, **{"message.timeout.ms": 10_000})
+        self.producer = kafka.BatchPublisher(
+            lambda: kafka.producer(settings, **{"message.timeout.ms": 10_000}))
 
     def publish_pending(self, conn: psycopg.Connection[Any]) -> int:
         with conn.transaction():

@@ -34,6 +34,7 @@ from pipelines.fraud.quixapp import (
     apply_processor,
     build_application,
     route,
+    run_app,
 )
 from pipelines.notifications.domain import decision_notification, kind_of, notification_for
 
@@ -118,7 +119,7 @@ def build_app(settings: Settings | None = None) -> Application:
 
 
 def run(settings: Settings | None = None) -> None:
-    build_app(settings).run()
+    run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":

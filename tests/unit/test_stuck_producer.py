@@ -98,3 +98,30 @@ def test_command_sender_replaces_a_stuck_producer(monkeypatch: pytest.MonkeyPatc
     finally:
         sender.close()
     assert made[0].purged and len(made) == 2
+
+
+def test_batch_publisher_replaces_a_stuck_producer_and_the_retry_gets_through() -> None:
+    made: list[FakeProducer] = []
+
+    def factory() -> Any:
+        made.append(FakeProducer(stuck=not made))  # the first one is stuck for good
+        return made[-1]
+
+    pub = kafka.BatchPublisher(factory, stuck_after=0.05)
+    results: list[Any] = []
+
+    def batch() -> None:
+        for _ in range(3):
+            pub.produce("t", key=b"k", value=b"v", on_delivery=lambda err, _m: results.append(err))
+        pub.producer.poll(0)  # the fake reports on poll; a real flush polls
+        pub.flush(1)
+
+    batch()
+    assert len(made) == 1 and all(e is not None for e in results)  # timed out, not yet stuck long
+    time.sleep(0.06)
+    results.clear()
+    batch()
+    assert len(made) == 2 and made[0].purged and pub.replaced == 1  # replaced after that flush
+    results.clear()
+    batch()
+    assert results == [None, None, None]  # the relay's retry goes through the new producer
