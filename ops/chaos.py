@@ -11,12 +11,15 @@ acknowledges it: 201, 202 or 402), and a producer sends transfers straight to
 `payments.commands` (acks=all, re-sent with the same command id until
 acknowledged). Faults are injected one at a time, each followed by recovery:
 
-    kill-ledger, kill-sink, kill-gateway   kill -9, restarted 1 s later
+    kill-ledger, kill-sink, kill-gateway,
+    kill-fraud                             kill -9, restarted 1 s later
     kafka-restart, postgres-restart        graceful stop and start via ops.stack
     redis-restart                          stop, delete its data (every idempotency
                                            key is lost), start; then payments that
                                            were already answered are sent again with
                                            their keys: the ledger must apply each once
+    webhook-outage                         the webhook receiver of one user answers
+                                           500 for 15 s, then recovers
 
 Then the history is checked, as Jepsen would: every acknowledged request has
 exactly one terminal outcome and its answer agrees with the ledger; no payment
@@ -24,8 +27,13 @@ has two debits or two credits; no acknowledged command is lost; a read_committed
 reader of `ledger.events` sees every event exactly once (a read_uncommitted one
 also sees the aborted attempts, which shows the faults did abort transactions);
 and `ops.verify` passes on the isolated stack (sums per currency zero, the read
-model equals a replay). Anomalies are attributed to the fault during whose
-window the request started.
+model equals a replay). With the downstream pipelines running (`--fraud`, or a
+downstream fault chosen): fraud consumed the whole journal, no alert is on
+`fraud.alerts` twice and each is about a real debit; every notification of the
+user with a webhook reached the receiver with a valid signature. Fraud runs with
+HIGH out of reach (only MEDIUM alerts): the random load would otherwise freeze
+accounts, which tests the rules, not faults. Anomalies are attributed to the
+fault during whose window the request started.
 """
 
 from __future__ import annotations
@@ -62,8 +70,12 @@ from paystream.settings import PROJECT_ROOT, Settings
 EVENTS = "ledger.events"
 ACKED = (201, 202, 402)
 RETRY = (0, 409, 429, 500, 502, 503, 504)
-ALL_FAULTS = ("kill-ledger", "kill-sink", "kill-gateway", "kafka-restart", "postgres-restart", "redis-restart")
-SHORT_FAULTS = ("kill-ledger", "kill-gateway", "kafka-restart", "redis-restart")
+ALL_FAULTS = ("kill-ledger", "kill-sink", "kill-gateway", "kill-fraud", "kafka-restart", "postgres-restart",
+              "redis-restart", "webhook-outage")
+# Faults that need the downstream pipelines (fraud, notifications, webhooks) running.
+DOWNSTREAM_FAULTS = ("kill-fraud", "webhook-outage")
+WEBHOOK_OUTAGE_SECONDS = 15.0
+SHORT_FAULTS = ("kill-ledger", "kill-gateway", "kill-fraud", "kafka-restart", "redis-restart", "webhook-outage")
 CURRENCY = "USD"
 
 
@@ -416,22 +428,23 @@ class EventLog:
         self.consumer.close()
 
 
-def read_all(settings: Settings, codec: Codec, isolation: str) -> list[tuple[int, int, dict[str, Any]]]:
+def read_all(settings: Settings, codec: Codec, isolation: str,
+             topic: str = EVENTS) -> list[tuple[int, int, dict[str, Any]]]:
     """The whole topic as one reader with `isolation` sees it, up to the high watermark."""
     c = kafka.consumer(settings, f"chaos-audit-{uuid.uuid4()}", **{"isolation.level": isolation,
                                                                     "fetch.wait.max.ms": 50})
     try:
-        parts = c.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
-        ends = {p: c.get_watermark_offsets(TopicPartition(EVENTS, p), timeout=10)[1] for p in parts}
-        c.assign([TopicPartition(EVENTS, p, 0) for p in parts])
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        c.assign([TopicPartition(topic, p, 0) for p in parts])
         todo = {p for p, e in ends.items() if e > 0}
         out: list[tuple[int, int, dict[str, Any]]] = []
         deadline = time.monotonic() + 180
         while todo and time.monotonic() < deadline:
             for m in c.consume(2000, 0.5):
                 if m.error() is None:
-                    out.append((m.partition() or 0, m.offset() or 0, codec.decode(EVENTS, m.value())))
-            for tp in c.position([TopicPartition(EVENTS, p) for p in list(todo)]):
+                    out.append((m.partition() or 0, m.offset() or 0, codec.decode(topic, m.value())))
+            for tp in c.position([TopicPartition(topic, p) for p in list(todo)]):
                 if tp.offset >= ends[tp.partition]:
                     todo.discard(tp.partition)
         if todo:
@@ -468,6 +481,8 @@ class ChaosReport:
     direct_rates: dict[str, tuple[float, float]] = field(default_factory=dict)
     steady: tuple[float, float] = (0.0, 0.0)  # HTTP acks/s and Kafka acks/s in the warm-up, no fault
     seconds: float = 0.0
+    alerts: tuple[int, int] | None = None  # distinct alerts, records on the topic
+    webhooks: tuple[int, int, int] | None = None  # expected, delivered, failed attempts
 
     @property
     def ok(self) -> bool:
@@ -492,7 +507,23 @@ class Chaos:
             "PAYSTREAM_JWT_TTL_SECONDS": "7200",
             "PAYSTREAM_OUTBOX_POLL_INTERVAL": "0.2",
         }
-        names = ["ledger", "sink", "outbox-relay", "gateway"] + (["fraud"] if fraud else [])
+        self.downstream = fraud or any(f in DOWNSTREAM_FAULTS for f in faults)
+        names = ["ledger", "sink", "outbox-relay", "gateway"]
+        if self.downstream:
+            names += ["fraud", "notifications", "webhooks"]
+            cfg = settings.home / "fraud-chaos.toml"
+            cfg.write_text("[risk]\nmedium = 40\nhigh = 1000\n")  # scores sum to < 400: never HIGH
+            self.env |= {
+                "PAYSTREAM_FRAUD_CONFIG": str(cfg),
+                "PAYSTREAM_FRAUD_INSTANCE": "chaos",
+                "PAYSTREAM_NOTIFICATIONS_INSTANCE": "chaos",
+                "PAYSTREAM_WEBHOOK_BACKOFF_BASE_SECONDS": "0.5",
+                "PAYSTREAM_WEBHOOK_BACKOFF_CAP_SECONDS": "4",
+                "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+            }
+        self.receiver: Any = None
+        self.hook_user: User | None = None
+        self.hook_secret = ""
         logs = settings.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.comps = Components(names, self.env, logs)
@@ -570,6 +601,21 @@ class Chaos:
 
         return go
 
+    def _webhook_outage(self) -> None:
+        self.receiver.down = True
+        time.sleep(WEBHOOK_OUTAGE_SECONDS)
+        self.receiver.down = False
+
+    def _register_webhook(self, user: User) -> None:
+        from ops.webhook_receiver import Receiver
+
+        self.receiver = Receiver()
+        r = httpx.post(f"{self.base}/v1/webhooks", json={"url": self.receiver.url},
+                       headers={**user.headers, "X-Forwarded-For": "10.9.9.9"}, timeout=30)
+        if r.status_code != 201:
+            raise RuntimeError(f"webhook registration failed: {r.status_code} {r.text}")
+        self.hook_user, self.hook_secret = user, r.json()["secret"]
+
     def _restart(self, service: str, wipe: bool = False) -> Callable[[], None]:
         def go() -> None:
             stack.stop_service(self.s, service)
@@ -589,6 +635,8 @@ class Chaos:
             "kill-ledger": self._kill("ledger"),
             "kill-sink": self._kill("sink"),
             "kill-gateway": self._kill("gateway"),
+            "kill-fraud": self._kill("fraud"),
+            "webhook-outage": self._webhook_outage,
             "kafka-restart": self._restart("kafka"),
             "postgres-restart": self._restart("postgres"),
             "redis-restart": self._restart("redis", wipe=True),
@@ -627,7 +675,7 @@ class Chaos:
         sink has stored everything that was in ledger.events when the fault was over."""
         target = self._end_offsets()
         deadline = time.monotonic() + timeout
-        http_ok = kafka_ok = sink_ok = 0.0
+        http_ok = kafka_ok = sink_ok = own_ok = 0.0
         while time.monotonic() < deadline:
             now = time.monotonic()
             if not http_ok:
@@ -639,13 +687,31 @@ class Chaos:
                                default=0.0)
             if not sink_ok and self._sink_caught_up(target):
                 sink_ok = now
-            if http_ok and kafka_ok and sink_ok:
-                f.recovered = max(http_ok, kafka_ok, sink_ok, f.restored)
+            if not own_ok:
+                own_ok = self._downstream_recovered(f, target)
+            if http_ok and kafka_ok and sink_ok and own_ok:
+                f.recovered = max(http_ok, kafka_ok, sink_ok, own_ok, f.restored)
                 return
             time.sleep(0.25)
         f.recovered = time.monotonic()
         f.note = (f"not recovered within {timeout:.0f}s (http {bool(http_ok)}, kafka {bool(kafka_ok)}, "
-                  f"sink {bool(sink_ok)})")
+                  f"sink {bool(sink_ok)}, {f.name} {bool(own_ok)})")
+
+    def _downstream_recovered(self, f: FaultRecord, target: dict[int, int]) -> float:
+        """When the faulted downstream part works again (0.0: not yet): fraud has consumed
+        what the journal held when the fault was over; the receiver got a 2xx after it."""
+        now = time.monotonic()
+        if f.name == "kill-fraud":
+            from ops import groups as G
+
+            done = G.committed(self.s, "paystream-fraud")
+            # `target` are high watermarks, one past the transaction marker
+            ok = all(done.get((EVENTS, p), 0) >= o - 1 for p, o in target.items() if o > 0)
+            return now if ok else 0.0
+        if f.name == "webhook-outage":
+            oks = [q["done"] for q in self.receiver.requests if q["status"] == 200 and q["at"] >= f.restored]
+            return min(oks) if oks else 0.0
+        return now
 
     # -------------------------------------------------------------- run
 
@@ -657,6 +723,8 @@ class Chaos:
         try:
             self._wait_gateway()
             people, direct = self._setup(users, direct_accounts)
+            if self.downstream:
+                self._register_webhook(people[0])
             c.print(f"components up; {len(people)} HTTP users and {len(direct)} direct accounts funded "
                     f"({time.monotonic() - t_start:.0f}s)")
             self.http = HttpLoad(self.base, people, self.clients, self.rate)
@@ -688,6 +756,8 @@ class Chaos:
             self.report.crashes = {n: p.crashes for n, p in self.comps.procs.items()}
             self.events.close()
             self.comps.stop()
+            if self.receiver is not None:
+                self.receiver.close()
         self.report.seconds = time.monotonic() - t_start
         return self.report
 
@@ -749,6 +819,12 @@ class Chaos:
                 r.anomalies.append(Anomaly("two terminal outcomes", cid, ", ".join(t["status"] for t in ts)))
         self._check_http(terminals)
         self._check_direct(terminals)
+        if self.downstream:
+            last: dict[int, int] = {}
+            for p, o, _ in committed:
+                last[p] = max(last.get(p, 0), o + 1)
+            self._check_alerts(events, last)
+            self._check_webhooks(events)
         # attribute what can be attributed
         started = {p.payment_id: p.started for p in self.http.payments}
         started |= {d.command["command_id"]: d.created for d in self.direct.commands}
@@ -789,6 +865,69 @@ class Chaos:
                 if code not in ACKED or (p.acked == 201 and code == 402) or (p.acked == 402 and code == 201):
                     r.anomalies.append(Anomaly("re-send after key loss answered differently", p.payment_id,
                                                f"first {p.acked}, re-send {code}"))
+
+    def _check_alerts(self, events: list[dict[str, Any]], ends: dict[int, int],
+                      timeout: float = 180.0) -> None:
+        """Fraud after its kill -9: it consumed the whole journal (its committed offsets, which
+        under exactly-once commit with its outputs, reach the end of ledger.events), no alert
+        is on fraud.alerts twice, and every alert is about a debit the journal holds.
+
+        Which alerts fire cannot be recomputed exactly here: the round-trip rule reads
+        flows from other accounts' partitions, whose arrival order relative to the
+        sender's own debits is not fixed (tests/integration/test_notifications.py
+        checks the exact set on traffic without round trips)."""
+        from ops import groups as G
+
+        # `ends`: one past each partition's last committed event (the high watermark is
+        # one further, past the transaction marker no consumer ever commits beyond)
+        deadline = time.monotonic() + timeout
+        while True:  # fraud may still be catching up after its last restart
+            done = G.committed(self.s, "paystream-fraud")
+            lag = {p: e - done.get((EVENTS, p), 0) for p, e in ends.items()
+                   if e > done.get((EVENTS, p), 0)}
+            if not lag or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        for p, n in lag.items():
+            self.report.anomalies.append(Anomaly("fraud did not consume the journal", f"partition {p}",
+                                                 f"{n} events short"))
+        got: Counter[str] = Counter()
+        debits = {e["payment_id"] for e in events if e["type"] == "TRANSFER_DEBITED"}
+        for _, _, a in read_all(self.s, self.codec, "read_committed", topic="fraud.alerts"):
+            got[a["alert_id"]] += 1
+            if a["payment_id"] not in debits:
+                self.report.anomalies.append(Anomaly("alert about a payment the journal lacks",
+                                                     a["alert_id"], a["payment_id"]))
+        self.report.alerts = (len(got), sum(got.values()))
+        for aid, n in got.items():
+            if n > 1:
+                self.report.anomalies.append(Anomaly("alert emitted twice", aid, f"{n} times"))
+
+    def _check_webhooks(self, events: list[dict[str, Any]], timeout: float = 120.0) -> None:
+        """Every notification of the user with a webhook arrived, signed, despite the outage."""
+        from pipelines.notifications import signing
+        from pipelines.notifications.domain import notification_for
+
+        user = self.hook_user
+        assert user is not None and self.receiver is not None
+        want = set()
+        for ev in events:
+            if ev["account_id"] == user.account_id:
+                n = notification_for(user.user_id, ev)
+                if n is not None:
+                    want.add(n["notification_id"])
+        deadline = time.monotonic() + timeout
+        while not want <= self.receiver.delivered() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        got = self.receiver.delivered()
+        failed = sum(1 for q in self.receiver.requests if q["status"] != 200)
+        self.report.webhooks = (len(want), len(got & want), failed)
+        for nid in want - got:
+            self.report.anomalies.append(Anomaly("notification not delivered", nid, f"user {user.user_id}"))
+        for q in self.receiver.requests:
+            if not signing.verify(self.hook_secret, q["headers"].get(signing.HEADER, ""), q["body"]):
+                self.report.anomalies.append(Anomaly("bad webhook signature",
+                                                     q["headers"].get("Paystream-Event-Id", "?"), ""))
 
     def _check_direct(self, terminals: dict[str, list[dict[str, Any]]]) -> None:
         r = self.report
@@ -843,6 +982,12 @@ def render(report: ChaosReport, console: Console) -> None:
     console.print(f"ledger.events: {report.committed_events} events seen by read_committed (each once), "
                   f"{report.uncommitted_records} records by read_uncommitted, of which "
                   f"{report.aborted_records} aborted (skipped by read_committed)")
+    if report.alerts is not None:
+        console.print(f"fraud.alerts: {report.alerts[0]} alerts in {report.alerts[1]} committed records, "
+                      f"fraud's offsets at the end of the journal")
+    if report.webhooks is not None:
+        console.print(f"webhooks: {report.webhooks[1]}/{report.webhooks[0]} notifications delivered "
+                      f"({report.webhooks[2]} attempts answered 500 during the outage)")
     console.print("verify: " + ", ".join(f"{n} {'ok' if ok else 'FAIL'}" for n, ok, _ in report.verify_checks))
     console.print(f"component restarts by the watchdog (exits, not the injected kills): {report.crashes}")
     for a in report.anomalies[:30]:

@@ -1,4 +1,5 @@
-"""A real HTTP webhook receiver for integration tests, on 127.0.0.1."""
+"""A real HTTP webhook receiver on 127.0.0.1, for the integration tests and for
+`paystream chaos` (its webhook-outage fault)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import Any
 
 class Receiver:
     """Records every request; answers 500 for `failing_seconds` after the first
-    one (forever with `math.inf`), then 200, each after `delay` seconds."""
+    one (forever with `math.inf`) and while `down` is set, otherwise 200, each
+    after `delay` seconds."""
 
     def __init__(self, failing_seconds: float = 0.0, delay: float = 0.0) -> None:
         self.requests: list[dict[str, Any]] = []
         self.failing_seconds = failing_seconds
         self.delay = delay
+        self.down = False
         self.first: float | None = None
         outer = self
 
@@ -27,7 +30,8 @@ class Receiver:
                     outer.first = now
                 if outer.delay:
                     time.sleep(outer.delay)
-                status = 500 if now - outer.first < outer.failing_seconds else 200
+                failing = outer.down or now - outer.first < outer.failing_seconds
+                status = 500 if failing else 200
                 outer.requests.append({"at": now, "done": time.monotonic(), "status": status,
                                        "body": body, "headers": dict(self.headers.items())})
                 self.send_response(status)

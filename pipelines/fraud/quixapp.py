@@ -71,8 +71,14 @@ def build_application(settings: Settings, *, component: str, instance: str,
             # starts a fresh process (exactly-once makes the restart free).
             "message.timeout.ms": 20_000,
         },
-        consumer_extra_config={"fetch.wait.max.ms": 50,
-                               **metrics.quix_consumer_config(component, settings, instance)},
+        consumer_extra_config={
+            "fetch.wait.max.ms": 50,
+            # As in the ledger: with librdkafka's default 45 s, a kill -9'd instance held
+            # its partitions that long before a restarted one could take over
+            # (`paystream chaos`, kill-fraud: 46 s to catch up, 10 s with this).
+            "session.timeout.ms": 10_000,
+            **metrics.quix_consumer_config(component, settings, instance),
+        },
         consumer_poll_timeout=0.1,
         # With paystream's JSON logging configured, Quix's records go through it.
         loglevel=None if plog.configured() else "INFO",

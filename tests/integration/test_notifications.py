@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from ops.webhook_receiver import Receiver
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import Settings
@@ -26,7 +27,6 @@ from pipelines.fraud.rules import on_account_opened, transfer_from_event
 from pipelines.notifications import signing
 from pipelines.notifications.domain import notification_for
 from tests.conftest import Component
-from tests.http_receiver import Receiver
 from tests.kafka_helpers import EventReader, send
 
 pytestmark = pytest.mark.integration

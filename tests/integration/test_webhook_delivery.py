@@ -20,11 +20,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from ops.webhook_receiver import Receiver
 from paystream import kafka
 from paystream.codec import Codec
 from paystream.settings import Settings
 from tests.conftest import Component
-from tests.http_receiver import Receiver
 
 pytestmark = pytest.mark.integration
 
