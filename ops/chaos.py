@@ -520,6 +520,7 @@ class Chaos:
                 "PAYSTREAM_WEBHOOK_BACKOFF_BASE_SECONDS": "0.5",
                 "PAYSTREAM_WEBHOOK_BACKOFF_CAP_SECONDS": "4",
                 "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+                "PAYSTREAM_WEBHOOK_INSTANCE": "chaos",
             }
         self.receiver: Any = None
         self.hook_user: User | None = None

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import random
 import signal
 import socket
@@ -77,6 +76,10 @@ class WebhookSettings(BaseSettings):
     batch_per_endpoint: int = 50     # deliveries per lease before the endpoint goes back in line
     allow_private_urls: bool = False  # http:// and loopback/private hosts: development and tests
     max_endpoints_per_user: int = 10
+    # Names this worker's leases; stable across its restarts (one per running process
+    # on a host), so a restarted worker takes back what its dead predecessor leased
+    # instead of waiting `lease_seconds` for the leases to expire.
+    instance: str = "0"
 
 
 def delivery_id(notification_id: str, endpoint_id: str) -> str:
@@ -183,8 +186,19 @@ class Deliverer:
     def __init__(self, settings: Settings, ws: WebhookSettings) -> None:
         self.settings = settings
         self.ws = ws
-        self.me = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.me = f"{socket.gethostname()}-{ws.instance}"
         self.rnd = random.Random()
+
+    async def reclaim(self, pool: AsyncConnectionPool) -> int:
+        """Leases still held under our name belong to our previous incarnation, which is
+        dead (`paystream chaos`: after a Postgres restart the worker exited and its
+        endpoint then waited out the 60 s lease). Its in-flight attempt may have
+        reached the endpoint: delivery is at-least-once, the receiver de-duplicates."""
+        async with pool.connection() as conn:
+            cur = await conn.execute(
+                "UPDATE webhook_endpoints SET lease_owner = NULL, lease_until = NULL"
+                " WHERE lease_owner = %s", (self.me,))
+            return cur.rowcount
 
     async def claim(self, pool: AsyncConnectionPool, n: int) -> list[Endpoint]:
         async with pool.connection() as conn:
@@ -284,6 +298,8 @@ class Deliverer:
         pool = AsyncConnectionPool(self.settings.postgres_dsn, min_size=1,
                                    max_size=self.ws.concurrency + 2, open=False)
         await pool.open(wait=True, timeout=30)
+        if taken := await self.reclaim(pool):
+            log.info("took back %s endpoint lease(s) of this worker's previous run", taken)
         timeout = httpx.Timeout(self.ws.timeout_seconds, connect=min(5.0, self.ws.timeout_seconds))
         limits = httpx.Limits(max_connections=self.ws.concurrency * 2)
         tasks: set[asyncio.Task[None]] = set()

@@ -35,7 +35,8 @@ ENV = {"PAYSTREAM_FRAUD_INSTANCE": f"test-{os.getpid()}",
        "PAYSTREAM_NOTIFICATIONS_INSTANCE": f"test-{os.getpid()}"}
 BACKOFF = {"PAYSTREAM_WEBHOOK_BACKOFF_BASE_SECONDS": "0.2",
            "PAYSTREAM_WEBHOOK_BACKOFF_CAP_SECONDS": "2",
-           "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS": "true"}
+           "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+           "PAYSTREAM_WEBHOOK_INSTANCE": f"test-{os.getpid()}"}
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ notifications pipeline would, so the worker is tested on its own."""
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
 import time
@@ -32,7 +33,8 @@ MAX_AGE = 6.0  # the retry period, shortened from 3 days
 WORKER = {"PAYSTREAM_WEBHOOK_BACKOFF_BASE_SECONDS": "0.2",
           "PAYSTREAM_WEBHOOK_BACKOFF_CAP_SECONDS": "1",
           "PAYSTREAM_WEBHOOK_MAX_AGE_SECONDS": str(MAX_AGE),
-          "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS": "true"}
+          "PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS": "true",
+          "PAYSTREAM_WEBHOOK_INSTANCE": f"test-{os.getpid()}"}
 SLOW_DELAY = 1.5
 PER_USER = 8
 
