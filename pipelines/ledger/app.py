@@ -154,7 +154,12 @@ def build_app(settings: Settings | None = None) -> Application:
         # instead of leaving consumers waiting out the transaction timeout.
         producer_extra_config={
             "transactional.id": f"paystream-ledger-{instance}",
-            "linger.ms": 2,
+            # Outputs only become visible when the checkpoint commits, and the commit
+            # flushes, so lingering within the interval costs no latency; it batches a
+            # checkpoint's messages into fewer requests, which the broker on the same
+            # two cores turns into CPU for the ledger: 2 ms -> 20 ms took full speed
+            # from 1,909-2,062/s to 2,093-2,298/s at the same p99 (docs/LEDGER.md).
+            "linger.ms": 20,
             # librdkafka 2.12 can leave a partition leaderless for good in a producer
             # after a broker restart (confluentinc/librdkafka#5430; `paystream chaos`,
             # kafka-restart): its messages only fail when they time out, and Quix then
