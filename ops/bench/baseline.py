@@ -41,7 +41,8 @@ import psycopg
 from psycopg import errors, sql
 from psycopg_pool import ConnectionPool
 
-from paystream.money import MAX_AMOUNT_MINOR, is_currency
+from paystream.money import MAX_AMOUNT_MINOR
+from pipelines.ledger import domain
 
 VARIANTS = ("classic", "pipeline", "proc")
 
@@ -125,16 +126,12 @@ class Result:
 
 
 def static_reason(cmd: dict[str, Any], max_amount: int = MAX_AMOUNT_MINOR) -> str | None:
-    """The checks that need no row (domain._check_amount and the counterparty checks)."""
+    """The checks that need no row: the ledger's amount checks, then the counterparty's."""
     mv = cmd.get("movement")
-    if not mv:
-        return "NOT_ALLOWED"
-    if not is_currency(mv["currency"]):
-        return "UNKNOWN_CURRENCY"
-    if mv["amount"] <= 0:
-        return "NON_POSITIVE_AMOUNT"
-    if mv["amount"] > max_amount:
-        return "AMOUNT_TOO_LARGE"
+    reason = domain.amount_problem(mv, max_amount)
+    if reason is not None:
+        return reason
+    assert mv is not None
     if not mv.get("counterparty_id"):
         return "UNKNOWN_ACCOUNT"
     if mv["counterparty_id"] == cmd["account_id"]:
@@ -142,29 +139,28 @@ def static_reason(cmd: dict[str, Any], max_amount: int = MAX_AMOUNT_MINOR) -> st
     return None
 
 
+def _account(row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+    """An `accounts` row (id, currency, status, kind, balance) as the ledger's state."""
+    if row is None:
+        return None
+    _, currency, status, kind, balance = row
+    return {"currency": currency, "status": status, "kind": kind, "balance": balance}
+
+
 def decide(src: tuple[Any, ...] | None, dst: tuple[Any, ...] | None, amount: int,
            currency: str) -> tuple[str, str | None]:
-    """The row checks, in the ledger's order: sender (rejected), then receiver (failed)."""
-    if src is None:
-        return "REJECTED", "UNKNOWN_ACCOUNT"
-    _, s_cur, s_status, s_kind, s_balance = src
-    if s_status == "CLOSED":
-        return "REJECTED", "ACCOUNT_CLOSED"
-    if s_status == "FROZEN":
-        return "REJECTED", "ACCOUNT_FROZEN"
-    if s_cur != currency:
-        return "REJECTED", "CURRENCY_MISMATCH"
-    if s_kind == "USER" and s_balance < amount:
+    """The row checks, with the ledger's own functions and in its order: sender
+    (rejected), then receiver (failed, as the ledger's refund)."""
+    sender = _account(src)
+    reason = domain.sender_problem(sender, currency)
+    if reason is not None:
+        return "REJECTED", reason
+    assert sender is not None
+    if not domain.has_funds(sender, amount):
         return "REJECTED", "INSUFFICIENT_FUNDS"
-    if dst is None:
-        return "FAILED", "RECEIVER_UNKNOWN"
-    _, d_cur, d_status, _, _ = dst
-    if d_status == "FROZEN":
-        return "FAILED", "RECEIVER_FROZEN"
-    if d_status == "CLOSED":
-        return "FAILED", "RECEIVER_CLOSED"
-    if d_cur != currency:
-        return "FAILED", "RECEIVER_CURRENCY_MISMATCH"
+    refusal = domain.receiver_problem(_account(dst), currency)
+    if refusal is not None:
+        return "FAILED", refusal
     return "COMPLETED", None
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -29,6 +28,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from ops import stack as stack_mod
+from ops.isolated import isolated_settings
 from ops.schemas_cli import check_compatibility, register_all
 from ops.topics import TopicMismatchError, apply_topics
 from paystream import commands as C
@@ -88,19 +88,6 @@ def test_murmur2_matches_kafkas_reference_values() -> None:
     }
     for data, expected in cases.items():
         assert struct.unpack("<i", struct.pack("<I", murmur2(data)))[0] == expected, data
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _throwaway_name(suffix: str = "") -> str:
@@ -334,22 +321,8 @@ def isolated() -> Iterator[Settings]:
     (pytest's tmp dirs are 0700), so it lives in a plain temp dir opened to o+x."""
     home_root = Path(tempfile.mkdtemp(prefix="paystream-isolated-"))
     home_root.chmod(0o711)
-    kafka_port, controller_port, registry_port, postgres_port, redis_port = _free_ports(5)
-    settings = Settings(
-        home=home_root / "home",
-        kafka_port=kafka_port,
-        kafka_controller_port=controller_port,
-        registry_port=registry_port,
-        postgres_port=postgres_port,
-        redis_port=redis_port,
-        # Never let PAYSTREAM_* overrides from the environment point this at the shared stack.
-        bootstrap_servers_override=None,
-        registry_url_override=None,
-        postgres_dsn_override=None,
-        redis_url_override=None,
-        postgres_password=None,
-    )
-    assert str(registry_port) in settings.registry_url
+    settings = isolated_settings(home_root / "home")  # every address override cleared
+    assert str(settings.registry_port) in settings.registry_url
     try:
         yield settings
     finally:
