@@ -18,6 +18,21 @@ from paystream.settings import Settings
 log = logging.getLogger("paystream.kafka")
 
 
+# Producer settings every exactly-once Quix app of paystream uses. librdkafka 2.12
+# can leave a partition leaderless for good in a producer after a broker restart
+# (confluentinc/librdkafka#5430; `paystream chaos`, kafka-restart): its messages
+# only fail when they time out, and Quix then stops the app so the supervisor
+# starts a fresh one. 20 s instead of the default 300 s bounds that stall and still
+# rides out a broker restart; a crash costs nothing under exactly-once.
+QUIX_PRODUCER = {"message.timeout.ms": 20_000}
+
+# Consumer settings, likewise. A kill -9'd instance holds its partitions until the
+# group gives up on it: librdkafka's default 45 s stalled everything on them that
+# long (`paystream chaos`: kill-ledger, and kill-fraud, 46 s). Heartbeats come from
+# librdkafka's own thread, so a slow batch cannot make a live instance miss 10 s.
+QUIX_CONSUMER = {"session.timeout.ms": 10_000}
+
+
 def producer(settings: Settings, **extra: Any) -> Producer:
     return Producer({
         "bootstrap.servers": settings.bootstrap_servers,

@@ -55,3 +55,19 @@ def exit_on_stalled_commits(app: Any, component: str, limit: float) -> bool:
     ctx.commit_checkpoint = guarded
     threading.Thread(target=watch, name=f"{component}-commit-guard", daemon=True).start()
     return True
+
+
+# A checkpoint commit takes milliseconds; one that has not returned after this long
+# is hung, and the process exits for the supervisor to replace.
+COMMIT_STALL_SECONDS = 30.0
+
+
+def run_app(app: Any, component: str) -> None:
+    """How every Quix app of paystream runs (ledger, fraud, compensation,
+    notifications): exit on a hung commit, and the startup heap frozen out of the
+    cyclic GC (`paystream.runtime.tune_gc`) once everything long-lived is built."""
+    from paystream import runtime
+
+    exit_on_stalled_commits(app, component, COMMIT_STALL_SECONDS)
+    runtime.tune_gc()
+    app.run()

@@ -28,8 +28,8 @@ from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
+from paystream import liveness, metrics, tracing
 from paystream import logging as plog
-from paystream import metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
@@ -43,7 +43,6 @@ from pipelines.fraud.quixapp import (
     build_application,
     disable_time_alignment,
     route,
-    run_app,
 )
 
 EVENTS = "ledger.events"
@@ -201,7 +200,7 @@ def build_app(settings: Settings | None = None, cfg: FraudConfig | None = None) 
 
 
 def run(settings: Settings | None = None) -> None:
-    run_app(build_app(settings), COMPONENT)
+    liveness.run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
+from paystream import liveness
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
@@ -40,7 +41,6 @@ from pipelines.fraud.quixapp import (
     build_application,
     disable_time_alignment,
     route,
-    run_app,
 )
 from pipelines.fraud.reviews import ALERTS, DECISIONS
 from pipelines.ledger.domain import Store
@@ -147,7 +147,7 @@ def build_app(settings: Settings | None = None) -> Application:
 
 
 def run(settings: Settings | None = None) -> None:
-    run_app(build_app(settings), COMPONENT)
+    liveness.run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 
-from paystream import liveness, metrics, runtime, tracing
+from paystream import kafka, metrics, tracing
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
@@ -66,17 +66,11 @@ def build_application(settings: Settings, *, component: str, instance: str,
         producer_extra_config={
             "transactional.id": f"paystream-{component}-{instance}",
             "linger.ms": 5,
-            # As in the ledger: a partition left leaderless by librdkafka #5430 fails
-            # its messages after 20 s instead of 300 s, Quix stops, the supervisor
-            # starts a fresh process (exactly-once makes the restart free).
-            "message.timeout.ms": 20_000,
+            **kafka.QUIX_PRODUCER,
         },
         consumer_extra_config={
             "fetch.wait.max.ms": 50,
-            # As in the ledger: with librdkafka's default 45 s, a kill -9'd instance held
-            # its partitions that long before a restarted one could take over
-            # (`paystream chaos`, kill-fraud: 46 s to catch up, 10 s with this).
-            "session.timeout.ms": 10_000,
+            **kafka.QUIX_CONSUMER,
             **metrics.quix_consumer_config(component, settings, instance),
         },
         consumer_poll_timeout=0.1,
@@ -85,20 +79,6 @@ def build_application(settings: Settings, *, component: str, instance: str,
     )
     metrics.time_commits(app, component)
     return app
-
-
-# A checkpoint commit takes milliseconds; one that has not returned after this long
-# is hung (paystream.liveness), and the process exits for the supervisor to replace.
-COMMIT_STALL_SECONDS = 30.0
-
-
-def run_app(app: Application, component: str) -> None:
-    """Run a downstream app the way the ledger runs: exit on a hung commit
-    (librdkafka #5430 next to Quix's untimed transactional calls), and with the
-    startup heap frozen out of the cyclic GC."""
-    liveness.exit_on_stalled_commits(app, component, COMMIT_STALL_SECONDS)
-    runtime.tune_gc()
-    app.run()
 
 
 def apply_processor(sdf: Any, processor: Any, component: str, *, stateful: bool = True) -> Any:

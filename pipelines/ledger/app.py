@@ -21,7 +21,7 @@ from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.state import State
 
-from paystream import liveness, metrics, runtime, tracing
+from paystream import kafka, liveness, metrics, tracing
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
@@ -160,21 +160,11 @@ def build_app(settings: Settings | None = None) -> Application:
             # two cores turns into CPU for the ledger: 2 ms -> 20 ms took full speed
             # from 1,909-2,062/s to 2,093-2,298/s at the same p99 (docs/LEDGER.md).
             "linger.ms": 20,
-            # librdkafka 2.12 can leave a partition leaderless for good in a producer
-            # after a broker restart (confluentinc/librdkafka#5430; `paystream chaos`,
-            # kafka-restart): its messages only fail when they time out, and Quix then
-            # stops the ledger so the supervisor starts a fresh one. 20 s instead of
-            # the default 300 s bounds that stall and still rides out a broker
-            # restart; a crash costs nothing under exactly-once.
-            "message.timeout.ms": 20_000,
+            **kafka.QUIX_PRODUCER,
         },
         consumer_extra_config={
             "fetch.wait.max.ms": 20,
-            # A kill -9'd instance holds its partitions until the group gives up on it:
-            # librdkafka's default 45 s stalled every account on them for that long
-            # (`paystream chaos`, kill-ledger). Heartbeats come from librdkafka's own
-            # thread, so a slow batch cannot make a live instance miss 10 s of them.
-            "session.timeout.ms": 10_000,
+            **kafka.QUIX_CONSUMER,
             **metrics.quix_consumer_config(COMPONENT, settings, instance),
         },
         consumer_poll_timeout=0.05,
@@ -205,16 +195,8 @@ def build_app(settings: Settings | None = None) -> Application:
     return app
 
 
-# A checkpoint commit takes milliseconds; one that has not returned after this long
-# is hung (paystream.liveness), and the process exits for the supervisor to replace.
-COMMIT_STALL_SECONDS = 30.0
-
-
 def run(settings: Settings | None = None) -> None:
-    app = build_app(settings)
-    liveness.exit_on_stalled_commits(app, COMPONENT, COMMIT_STALL_SECONDS)
-    runtime.tune_gc()  # everything allocated so far lives for the whole run
-    app.run()
+    liveness.run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":

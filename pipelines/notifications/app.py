@@ -10,8 +10,8 @@ at-least-once with the same ids (docs/NOTIFICATIONS.md).
 
 It also consumes `fraud.decisions` and tells the sender's owner that the review
 of their payment was decided (`REVIEW_DECIDED`). That stream is stateless: the
-decision carries the owner (looked up by the review API when the admin
-decides), because `fraud.decisions` has 4 partitions and `ledger.events` 8, so
+decision carries the owner (fraud put it on the alert, the review kept it),
+because `fraud.decisions` has 4 partitions and `ledger.events` 8, so
 the owner state kept per account could not be shared without a re-keyed topic.
 """
 
@@ -23,7 +23,7 @@ from typing import Any
 from quixstreams import Application
 from quixstreams.state import State
 
-from paystream import metrics, tracing
+from paystream import liveness, metrics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
@@ -34,7 +34,6 @@ from pipelines.fraud.quixapp import (
     apply_processor,
     build_application,
     route,
-    run_app,
 )
 from pipelines.notifications.domain import decision_notification, kind_of, notification_for
 
@@ -119,7 +118,7 @@ def build_app(settings: Settings | None = None) -> Application:
 
 
 def run(settings: Settings | None = None) -> None:
-    run_app(build_app(settings), COMPONENT)
+    liveness.run_app(build_app(settings), COMPONENT)
 
 
 if __name__ == "__main__":
