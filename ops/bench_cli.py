@@ -31,6 +31,25 @@ def ledger_cmd(
         raise typer.Exit(1) from exc
 
 
+@app.command("framework")
+def framework_cmd(
+    messages: int = typer.Option(40_000, help="transfer commands per stage"),
+    stage: list[str] = typer.Option(["alo-pass", "eos-pass", "eos-state", "eos-avro"],
+                                    help="alo-pass | eos-pass | eos-state | eos-avro (repeat)"),
+) -> None:
+    """CPU per message of Quix Streams itself, step by step up to the ledger's shape."""
+    from ops.bench.framework import STAGES, bench
+
+    unknown = sorted(set(stage) - set(STAGES))
+    if unknown:
+        raise typer.BadParameter(f"unknown stage(s) {unknown}; choose from {list(STAGES)}")
+    try:
+        bench(get_settings(), messages=messages, stages=stage, console=Console())
+    except RuntimeError as exc:
+        Console().print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
 @app.command("compare")
 def compare_cmd(
     accounts: int = typer.Option(10_000, help="accounts (both designs)"),

@@ -1,0 +1,247 @@
+"""`paystream bench framework`: what a message costs before paystream's own logic runs.
+
+The ledger's throughput on this machine is bounded by CPU per transfer (docs/PROOF.md).
+This benchmark splits that cost into a ladder of Quix Streams applications that do
+less and less than the ledger, on the same broker, the same records (real Avro
+transfer commands, 1,000 account keys over the 8 partitions) and the same settings
+as the ledger (commit interval 0.1 s, linger 20 ms):
+
+* `alo-pass`   at-least-once, stateless: consume, produce the value unchanged;
+* `eos-pass`   the same inside Kafka transactions (exactly-once);
+* `eos-state`  plus one state read and one state write per message (changelogged);
+* `eos-avro`   plus decoding the command and encoding a record with the registry codec.
+
+Each stage runs in a process of its own and reports its CPU per message (every
+thread, librdkafka's included) between its 10th percentile message and its last;
+the broker's CPU is sampled over the same window. A transfer costs the ledger two
+such messages in and three out, so `eos-avro` x 2 is a floor for the ledger's CPU per
+transfer that no change to paystream's own code can go below while it runs on
+Quix Streams.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+from confluent_kafka.admin import AdminClient, NewTopic
+from rich.console import Console
+from rich.table import Table
+
+from paystream import commands as C
+from paystream.codec import Codec
+from paystream.settings import PROJECT_ROOT, Settings, get_settings
+
+STAGES = ("alo-pass", "eos-pass", "eos-state", "eos-avro")
+PARTITIONS = 8
+
+
+@dataclass
+class StageResult:
+    stage: str
+    messages: int
+    seconds: float
+    cpu_seconds: float
+    broker_cpu_seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us(self) -> float:
+        return 1e6 * self.cpu_seconds / self.messages if self.messages else 0.0
+
+    @property
+    def broker_us(self) -> float:
+        return 1e6 * self.broker_cpu_seconds / self.messages if self.messages else 0.0
+
+
+# ----------------------------------------------------------------------------- child
+
+
+def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
+    """One stage as its own Quix application; exits after `n` messages."""
+    from quixstreams import Application
+    from quixstreams.state import State
+
+    from paystream import kafka
+
+    settings = get_settings()
+    eos = stage != "alo-pass"
+    app = Application(
+        broker_address=settings.bootstrap_servers,
+        consumer_group=f"bench-framework-{uuid.uuid4()}",
+        processing_guarantee="exactly-once" if eos else "at-least-once",
+        commit_interval=0.1,
+        auto_offset_reset="earliest",
+        state_dir=tempfile.mkdtemp(prefix="bench-framework-"),
+        producer_extra_config={"linger.ms": 20, **kafka.QUIX_PRODUCER},
+        consumer_extra_config={"fetch.wait.max.ms": 20, **kafka.QUIX_CONSUMER},
+        consumer_poll_timeout=0.05,
+        loglevel="WARNING",
+    )
+    codec = Codec(settings.registry_url)
+    src = app.topic(source, key_deserializer="bytes", value_deserializer="bytes")
+    dst = app.topic(sink, key_serializer="bytes", value_serializer="bytes")
+    warm = n // 10
+    marks: dict[str, float] = {}
+    count = 0
+
+    def tick() -> None:
+        nonlocal count
+        count += 1
+        if count == warm:
+            marks["t0"], marks["c0"] = time.time(), time.process_time()
+        elif count == n:
+            marks["t1"], marks["c1"] = time.time(), time.process_time()
+            Path(result).write_text(json.dumps({**marks, "messages": n - warm}))
+            app.stop()
+
+    def passthrough(value: bytes) -> bytes:
+        tick()
+        return value
+
+    def stateful(value: bytes, state: State) -> bytes:
+        acct = state.get("a") or {"balance": 0, "seq": 0}
+        acct["balance"] += 1
+        acct["seq"] += 1
+        state.set("a", acct)
+        tick()
+        return value
+
+    def avro(value: bytes, state: State) -> bytes:
+        cmd = codec.decode(C.COMMANDS_TOPIC, value)
+        acct = state.get("a") or {"balance": 0, "seq": 0}
+        acct["balance"] += 1
+        acct["seq"] += 1
+        state.set("a", acct)
+        tick()
+        return codec.encode(C.COMMANDS_TOPIC, cmd)
+
+    sdf = app.dataframe(src)
+    if stage in ("alo-pass", "eos-pass"):
+        sdf = sdf.apply(passthrough)
+    elif stage == "eos-state":
+        sdf = sdf.apply(stateful, stateful=True)
+    else:
+        sdf = sdf.apply(avro, stateful=True)
+    sdf.to_topic(dst)
+    app.run()
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+class _BrokerClock:
+    """Samples the broker's CPU with wall-clock stamps so a child's window can be priced."""
+
+    def __init__(self, port: int) -> None:
+        self.proc = next((psutil.Process(c.pid) for c in psutil.net_connections("tcp")
+                          if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid), None)
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set() and self.proc is not None:
+            t = self.proc.cpu_times()
+            self.samples.append((time.time(), t.user + t.system))
+            time.sleep(0.1)
+
+    def at(self, when: float) -> float:
+        before = [s for s in self.samples if s[0] <= when]
+        after = [s for s in self.samples if s[0] >= when]
+        if not before or not after:
+            return (before or after or [(0.0, 0.0)])[-1 if before else 0][1]
+        (ta, ca), (tb, cb) = before[-1], after[0]
+        return ca if tb == ta else ca + (cb - ca) * (when - ta) / (tb - ta)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join(2)
+
+
+def _fill(settings: Settings, codec: Codec, topic: str, n: int) -> None:
+    from paystream import kafka
+
+    rnd = random.Random(7)
+    accounts = [str(uuid.uuid4()) for _ in range(1_000)]
+    p = kafka.producer(settings)
+    for _ in range(n):
+        src, dst = rnd.sample(accounts, 2)
+        c = C.transfer(src, dst, rnd.randint(1, 10_000), "USD")
+        p.produce(topic, key=src.encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+        p.poll(0)
+    p.flush(60)
+
+
+def bench(settings: Settings, *, messages: int, stages: list[str], console: Console | None = None,
+          env_extra: dict[str, str] | None = None) -> list[StageResult]:
+    console = console or Console()
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    run = uuid.uuid4().hex[:8]
+    source = f"bench.framework.{run}.in"
+    sinks = {s: f"bench.framework.{run}.{s}" for s in stages}
+    topics = [source, *sinks.values()]
+    for f in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]).values():
+        f.result()
+    codec = Codec(settings.registry_url)
+    results: list[StageResult] = []
+    broker = _BrokerClock(settings.kafka_port)
+    try:
+        t = time.monotonic()
+        _fill(settings, codec, source, messages)
+        console.print(f"{messages} transfer commands in {source} ({time.monotonic() - t:.1f}s)")
+        for stage in stages:
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
+                out = fh.name
+            env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
+            proc = subprocess.run(
+                [sys.executable, "-m", "ops.bench.framework", stage, source, sinks[stage], str(messages), out],
+                env=env, cwd=PROJECT_ROOT, timeout=max(300.0, messages / 200), check=False,
+            )
+            data = json.loads(Path(out).read_text() or "{}")
+            os.unlink(out)
+            if proc.returncode != 0 or "t1" not in data:
+                raise RuntimeError(f"stage {stage} failed (exit {proc.returncode})")
+            time.sleep(0.3)  # one more broker sample after the window
+            r = StageResult(stage, data["messages"], data["t1"] - data["t0"], data["c1"] - data["c0"],
+                            broker.at(data["t1"]) - broker.at(data["t0"]))
+            results.append(r)
+            console.print(f"  {stage:10} {r.rate:8.0f} msg/s  process {r.cpu_us:6.0f} us/msg  "
+                          f"broker {r.broker_us:6.0f} us/msg")
+    finally:
+        broker.close()
+        for f in admin.delete_topics(topics).values():
+            try:
+                f.result()
+            except Exception:  # noqa: BLE001 - best effort clean-up of scratch topics
+                pass
+    table = Table("stage", "messages", "msg/s", "process CPU us/msg", "broker CPU us/msg",
+                  title="Quix Streams cost ladder (one process, 8 partitions)")
+    for r in results:
+        table.add_row(r.stage, str(r.messages), f"{r.rate:.0f}", f"{r.cpu_us:.0f}", f"{r.broker_us:.0f}")
+    console.print(table)
+    return results
+
+
+def _main(argv: list[str]) -> Any:
+    stage, source, sink, n, result = argv
+    return _child(stage, source, sink, int(n), result)
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])
