@@ -21,6 +21,7 @@ Quix Streams.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -226,10 +227,8 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
     finally:
         broker.close()
         for f in admin.delete_topics(topics).values():
-            try:
+            with contextlib.suppress(Exception):  # best-effort clean-up of scratch topics
                 f.result()
-            except Exception:  # noqa: BLE001 - best effort clean-up of scratch topics
-                pass
     table = Table("stage", "messages", "msg/s", "process CPU us/msg", "broker CPU us/msg",
                   title="Quix Streams cost ladder (one process, 8 partitions)")
     for r in results:
