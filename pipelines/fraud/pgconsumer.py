@@ -18,11 +18,16 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from prometheus_client import Counter
 
 from paystream import kafka, metrics
 from paystream.settings import Settings
 
 log = logging.getLogger("paystream.pgconsumer")
+
+RECONNECTS = Counter(
+    "paystream_pgconsumer_reconnects_total", "Postgres connections lost and retried", ["consumer"]
+)
 
 BatchHandler = Callable[[psycopg.Connection[Any], list[Message]], None]
 
@@ -80,13 +85,41 @@ class PgConsumer:
         self.consumer.commit(offsets=[TopicPartition(self.topic, p, o) for p, o in nxt.items()],
                              asynchronous=True)
 
+    def _rewind(self) -> None:
+        """After a lost connection: the batch in flight was not written, so every
+        assigned partition goes back to the offset Postgres holds. A seek that fails
+        raises (and the process exits): skipping ahead would lose that batch."""
+        parts = [tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic]
+        if not parts:
+            return
+        stored = self._stored(parts)
+        for p in parts:
+            self.consumer.seek(TopicPartition(self.topic, p, stored.get(p, OFFSET_BEGINNING)))
+        log.info("%s rewound to %s", self.name, {p: stored.get(p, "beginning") for p in parts})
+
     def run(self, stop: threading.Event) -> None:
+        """Consume until `stop`. A Postgres restart is waited out (capped backoff,
+        then a rewind to the stored offsets), not a reason to exit: the supervisor
+        would restart the whole worker for what a reconnect does."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign)
+        delay, lost = 0.2, False
         try:
-            with psycopg.connect(self.settings.postgres_dsn) as conn:
-                while not stop.is_set():
-                    msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
-                    if msgs:
-                        self.process(conn, msgs)
+            while not stop.is_set():
+                try:
+                    with psycopg.connect(self.settings.postgres_dsn) as conn:
+                        if lost:
+                            self._rewind()
+                            log.info("%s: postgres is back", self.name)
+                            lost, delay = False, 0.2
+                        while not stop.is_set():
+                            msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
+                            if msgs:
+                                self.process(conn, msgs)
+                except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    lost = True
+                    RECONNECTS.labels(self.name).inc()
+                    log.warning("%s: postgres unavailable (%s); retrying in %.1fs", self.name, exc, delay)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
         finally:
             self.consumer.close()
