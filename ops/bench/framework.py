@@ -35,11 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 from confluent_kafka.admin import AdminClient, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from ops.bench.compare import listener
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings, get_settings
@@ -149,8 +149,7 @@ class _BrokerClock:
     """Samples the broker's CPU with wall-clock stamps so a child's window can be priced."""
 
     def __init__(self, port: int) -> None:
-        self.proc = next((psutil.Process(c.pid) for c in psutil.net_connections("tcp")
-                          if c.status == psutil.CONN_LISTEN and c.laddr.port == port and c.pid), None)
+        self.proc = listener(port)
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
