@@ -34,8 +34,8 @@ def ledger_cmd(
 @app.command("framework")
 def framework_cmd(
     messages: int = typer.Option(40_000, help="transfer commands per stage"),
-    stage: list[str] = typer.Option(["alo-pass", "eos-pass", "eos-state", "eos-avro"],
-                                    help="alo-pass | eos-pass | eos-state | eos-avro (repeat)"),
+    stage: list[str] = typer.Option(["alo-pass", "eos-pass", "eos-state", "eos-avro", "eos-shape"],
+                                    help="alo-pass | eos-pass | eos-state | eos-avro | eos-shape (repeat)"),
 ) -> None:
     """CPU per message of Quix Streams itself, step by step up to the ledger's shape."""
     from ops.bench.framework import STAGES, bench

@@ -9,14 +9,19 @@ as the ledger (commit interval 0.1 s, linger 20 ms):
 * `alo-pass`   at-least-once, stateless: consume, produce the value unchanged;
 * `eos-pass`   the same inside Kafka transactions (exactly-once);
 * `eos-state`  plus one state read and one state write per message (changelogged);
-* `eos-avro`   plus decoding the command and encoding a record with the registry codec.
+* `eos-avro`   plus decoding the command and encoding a record with the registry codec;
+* `eos-shape`  the ledger's shape without its rules: commands and credit legs joined
+               with concat (as the ledger), two state reads and two writes per
+               message, an event out per message and a leg out per command, all
+               Avro with the real schemas. Its CPU per message x 2 is what a
+               transfer costs on this stack before any rule runs.
 
 Each stage runs in a process of its own and reports its CPU per message (every
 thread, librdkafka's included) between its 10th percentile message and its last;
-the broker's CPU is sampled over the same window. A transfer costs the ledger two
-such messages in and three out, so `eos-avro` x 2 is a floor for the ledger's CPU per
-transfer that no change to paystream's own code can go below while it runs on
-Quix Streams.
+the broker's CPU is sampled over the same window. A transfer is one command and one
+leg, so `eos-shape` x 2 is a floor for the ledger's CPU per transfer that no change
+to paystream's own code (its rules, ids, metrics) can go below while it runs on
+Quix Streams with Avro.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings, get_settings
 
-STAGES = ("alo-pass", "eos-pass", "eos-state", "eos-avro")
+STAGES = ("alo-pass", "eos-pass", "eos-state", "eos-avro", "eos-shape")
+EVENTS, LEGS = "ledger.events", "ledger.legs"
 PARTITIONS = 8
 
 
@@ -72,9 +78,37 @@ class StageResult:
 # ----------------------------------------------------------------------------- child
 
 
+def _posting(account: str, amount: int, currency: str) -> dict[str, Any]:
+    return {"account_id": account, "account_kind": "USER", "amount": amount, "currency": currency}
+
+
+def _event(key: str, rec: dict[str, Any], amount: int, currency: str, seq: int) -> dict[str, Any]:
+    """An event as large as the ledger's (two postings), without computing anything."""
+    pid = rec.get("payment_id") or rec["command_id"]
+    return {
+        "event_id": rec["command_id"], "command_id": rec["command_id"], "payment_id": pid,
+        "account_id": key, "sequence": seq, "type": "TRANSFER_DEBITED", "command_type": "TRANSFER",
+        "status": "PENDING", "terminal": False, "replay": False, "reason": None,
+        "counterparty_id": key, "amount": amount, "currency": currency, "balance_after": 0,
+        "postings": [_posting(key, -amount, currency), _posting(key, amount, currency)],
+        "account": None, "requested_by": rec["requested_by"], "note": None, "metadata": {},
+        "occurred_at": 0,
+    }  # fmt: skip
+
+
+def _leg(key: str, cmd: dict[str, Any]) -> dict[str, Any]:
+    mv = cmd["movement"]
+    return {
+        "leg_id": cmd["command_id"], "kind": "CREDIT", "command_id": cmd["command_id"],
+        "payment_id": cmd["command_id"], "account_id": mv["counterparty_id"], "counterparty_id": key,
+        "amount": mv["amount"], "currency": mv["currency"], "reason": None,
+        "requested_by": cmd["requested_by"], "issued_at": 0,
+    }  # fmt: skip
+
+
 def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
     """One stage as its own Quix application; exits after `n` messages."""
-    from quixstreams import Application
+    from quixstreams import Application, message_context
     from quixstreams.state import State
 
     from paystream import kafka
@@ -131,8 +165,34 @@ def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
         tick()
         return codec.encode(C.COMMANDS_TOPIC, cmd)
 
+    def shape(value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> list[bytes]:
+        skey = key.decode()
+        if message_context().topic == source:
+            rec = codec.decode(C.COMMANDS_TOPIC, value)
+            mv = rec["movement"]
+            amount, currency, memo = mv["amount"], mv["currency"], f"c:{rec['command_id']}"
+        else:
+            rec = codec.decode(LEGS, value)
+            amount, currency, memo = rec["amount"], rec["currency"], f"p:{rec['payment_id']}"
+        acct = state.get("a") or {"balance": 0, "seq": 0}
+        state.get(memo)
+        acct["balance"] += amount
+        acct["seq"] += 1
+        state.set("a", acct)
+        state.set(memo, {"st": "DONE"})
+        out = [codec.encode(EVENTS, _event(skey, rec, amount, currency, acct["seq"]))]
+        if message_context().topic == source:
+            out.append(codec.encode(LEGS, _leg(skey, rec)))
+        tick()
+        return out
+
     sdf = app.dataframe(src)
-    if stage in ("alo-pass", "eos-pass"):
+    if stage == "eos-shape":
+        legs = app.topic(f"{source}.legs", key_deserializer="bytes", value_deserializer="bytes")
+        sdf = sdf.concat(app.dataframe(legs))
+        app._dataframe_registry._requires_time_alignment = False  # as the ledger does
+        sdf = sdf.apply(shape, stateful=True, expand=True, metadata=True)
+    elif stage in ("alo-pass", "eos-pass"):
         sdf = sdf.apply(passthrough)
     elif stage == "eos-state":
         sdf = sdf.apply(stateful, stateful=True)
@@ -174,7 +234,8 @@ class _BrokerClock:
         self.thread.join(2)
 
 
-def _fill(settings: Settings, codec: Codec, topic: str, n: int) -> None:
+def _fill(settings: Settings, codec: Codec, topic: str, n: int, legs: bool) -> None:
+    """`n` transfer commands; with `legs`, their n credit legs too (for `eos-shape`)."""
     from paystream import kafka
 
     rnd = random.Random(7)
@@ -184,6 +245,8 @@ def _fill(settings: Settings, codec: Codec, topic: str, n: int) -> None:
         src, dst = rnd.sample(accounts, 2)
         c = C.transfer(src, dst, rnd.randint(1, 10_000), "USD")
         p.produce(topic, key=src.encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+        if legs:
+            p.produce(f"{topic}.legs", key=dst.encode(), value=codec.encode(LEGS, _leg(src, c)))
         p.poll(0)
     p.flush(60)
 
@@ -195,7 +258,7 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
     run = uuid.uuid4().hex[:8]
     source = f"bench.framework.{run}.in"
     sinks = {s: f"bench.framework.{run}.{s}" for s in stages}
-    topics = [source, *sinks.values()]
+    topics = [source, f"{source}.legs", *sinks.values()]
     for f in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]).values():
         f.result()
     codec = Codec(settings.registry_url)
@@ -203,14 +266,15 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
     broker = _BrokerClock(settings.kafka_port)
     try:
         t = time.monotonic()
-        _fill(settings, codec, source, messages)
+        _fill(settings, codec, source, messages, legs="eos-shape" in stages)
         console.print(f"{messages} transfer commands in {source} ({time.monotonic() - t:.1f}s)")
         for stage in stages:
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
                 out = fh.name
             env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
             proc = subprocess.run(
-                [sys.executable, "-m", "ops.bench.framework", stage, source, sinks[stage], str(messages), out],
+                [sys.executable, "-m", "ops.bench.framework", stage, source, sinks[stage],
+                 str(messages * 2 if stage == "eos-shape" else messages), out],
                 env=env, cwd=PROJECT_ROOT, timeout=max(300.0, messages / 200), check=False,
             )
             data = json.loads(Path(out).read_text() or "{}")

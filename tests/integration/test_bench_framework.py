@@ -13,10 +13,11 @@ pytestmark = pytest.mark.integration
 
 
 def test_ladder_stages_process_every_message_and_leave_no_topics(stack: Settings) -> None:
-    results = framework.bench(stack, messages=2_000, stages=["eos-pass", "eos-avro"])
-    assert [r.stage for r in results] == ["eos-pass", "eos-avro"]
+    results = framework.bench(stack, messages=2_000, stages=["eos-pass", "eos-avro", "eos-shape"])
+    assert [r.stage for r in results] == ["eos-pass", "eos-avro", "eos-shape"]
     for r in results:
-        assert r.messages == 1_800  # from the 10th percentile message to the last
+        # from the 10th percentile message to the last; eos-shape reads a leg per command
+        assert r.messages == (3_600 if r.stage == "eos-shape" else 1_800)
         assert 0 < r.seconds < 60
         assert r.cpu_seconds > 0 and r.cpu_us > 1
         assert r.broker_cpu_seconds >= 0
