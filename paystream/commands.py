@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from paystream import ids
+
 COMMANDS_TOPIC = "payments.commands"
 PAYMENT_NAMESPACE = uuid.UUID("0b8f7c1e-52a4-4b1f-9a0f-6a3a4c7de201")
 
@@ -14,7 +16,7 @@ PAYMENT_NAMESPACE = uuid.UUID("0b8f7c1e-52a4-4b1f-9a0f-6a3a4c7de201")
 def payment_id_for(client: str, idempotency_key: str) -> str:
     """Deterministic payment id: the same client and key always name the same payment,
     so the ledger applies it once even if the gateway forgets the key."""
-    return str(uuid.uuid5(PAYMENT_NAMESPACE, f"{client}\x1f{idempotency_key}"))
+    return ids.uuid5(PAYMENT_NAMESPACE, f"{client}\x1f{idempotency_key}")
 
 
 def _base(ctype: str, account_id: str, command_id: str | None, requested_by: str) -> dict[str, Any]:

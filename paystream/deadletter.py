@@ -6,6 +6,8 @@ import time
 import uuid
 from typing import Any
 
+from paystream import ids
+
 DLQ_TOPIC = "paystream.dlq"
 _NS = uuid.UUID("5d1d0c52-7f3e-4b59-8e0b-3f2f3c1b9a10")
 
@@ -26,7 +28,7 @@ def dead_letter(
     """The id is derived from the source position, so a re-run that dead-letters the
     same message again produces the same id and readers can de-duplicate."""
     return {
-        "dead_letter_id": str(uuid.uuid5(_NS, f"{topic}:{partition}:{offset}")),
+        "dead_letter_id": ids.uuid5(_NS, f"{topic}:{partition}:{offset}"),
         "component": component,
         "reason_code": reason_code,
         "reason": reason[:2000],

@@ -28,7 +28,7 @@ from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
-from paystream import liveness, metrics, tracing
+from paystream import ids, liveness, metrics, tracing
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
@@ -65,12 +65,12 @@ SCORED = metrics.local_counter("paystream_fraud_scored_total", "debits scored").
 
 def alert_id(payment_id: str) -> str:
     """One alert per payment, whoever computes it and however often."""
-    return str(uuid.uuid5(NAMESPACE, f"alert:{payment_id}"))
+    return ids.uuid5(NAMESPACE, f"alert:{payment_id}")
 
 
 def freeze_command_id(alert: str) -> str:
     """Deterministic, so a re-emitted freeze is a ledger duplicate, not a second freeze."""
-    return str(uuid.uuid5(NAMESPACE, f"freeze:{alert}"))
+    return ids.uuid5(NAMESPACE, f"freeze:{alert}")
 
 
 def alert_record(t: rules.Transfer, v: rules.Verdict, owner: str | None = None) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
-from paystream import liveness
+from paystream import ids, liveness
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
@@ -55,7 +55,7 @@ Command = tuple[str, dict[str, Any]]  # (key, command)
 
 
 def unfreeze_command_id(alert_id: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"unfreeze:{alert_id}"))
+    return ids.uuid5(NAMESPACE, f"unfreeze:{alert_id}")
 
 
 def _holding(store: Store) -> list[str]:

@@ -33,7 +33,7 @@ import psycopg
 from confluent_kafka import KafkaException, Message
 from psycopg.types.json import Jsonb
 
-from paystream import kafka, metrics
+from paystream import ids, kafka, metrics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
@@ -58,7 +58,7 @@ ON CONFLICT (alert_id) DO NOTHING
 def decision_id(alert_id: str) -> str:
     """One decision per alert (decisions are terminal), so a republished outbox row
     or a replayed event carries the same id."""
-    return str(uuid.uuid5(NAMESPACE, f"decision:{alert_id}"))
+    return ids.uuid5(NAMESPACE, f"decision:{alert_id}")
 
 
 def review_row(alert: dict[str, Any]) -> tuple[Any, ...]:

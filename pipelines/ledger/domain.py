@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
 
+from paystream import ids
 from paystream.money import MAX_AMOUNT_MINOR, is_currency
 
 NAMESPACE = uuid.UUID("7b3c3a4e-9f0e-4d83-9a43-0c7f5c1d2b6e")
@@ -71,21 +72,21 @@ class Output:
 
 @lru_cache(maxsize=256)
 def transit_account(currency: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"transit:{currency}"))
+    return ids.uuid5(NAMESPACE, f"transit:{currency}")
 
 
 @lru_cache(maxsize=256)
 def settlement_account(currency: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"settlement:{currency}"))
+    return ids.uuid5(NAMESPACE, f"settlement:{currency}")
 
 
 def leg_id(payment_id: str, kind: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"leg:{payment_id}:{kind}"))
+    return ids.uuid5(NAMESPACE, f"leg:{payment_id}:{kind}")
 
 
 def reversal_command_id(payment_id: str) -> str:
     """The command id compensation uses, so a reversal is requested at most once."""
-    return str(uuid.uuid5(NAMESPACE, f"reverse:{payment_id}"))
+    return ids.uuid5(NAMESPACE, f"reverse:{payment_id}")
 
 
 def fingerprint(cmd: dict[str, Any]) -> str:
@@ -134,7 +135,10 @@ class _Ctx:
         # The sequence lives in the account record so that an event costs no extra
         # state write; keys that are not (yet) accounts keep it under "q".
         if self.account is not None:
-            seq = int(self.account.get("seq", self.store.get("q", 0))) + 1
+            # "q" only for accounts written before "seq" moved into the record; read
+            # lazily, since a state read costs as much as a rule (two per transfer).
+            prev = self.account.get("seq")
+            seq = int(prev if prev is not None else self.store.get("q", 0)) + 1
             self.account["seq"] = seq
             self.dirty = True
         else:
@@ -168,9 +172,7 @@ class _Ctx:
                 EVENTS,
                 self.key,
                 {
-                    "event_id": str(
-                        uuid.uuid5(NAMESPACE, f"{command_id}|{etype}|{self.key}|{seq}")
-                    ),
+                    "event_id": ids.uuid5(NAMESPACE, f"{command_id}|{etype}|{self.key}|{seq}"),
                     "command_id": command_id,
                     "payment_id": payment_id,
                     "account_id": self.key,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from paystream import ids
+
 NAMESPACE = uuid.UUID("4c2b8e71-0d5a-4f3e-9b6c-1a7e8d2f5c90")
 
 # event type -> notification kind (COMMAND_REJECTED of a transfer is handled apart)
@@ -27,7 +29,7 @@ KINDS = {
 
 def notification_id(source_event_id: str, recipient: str) -> str:
     """Stable across replays and restarts: receivers de-duplicate by it."""
-    return str(uuid.uuid5(NAMESPACE, f"{source_event_id}|{recipient}"))
+    return ids.uuid5(NAMESPACE, f"{source_event_id}|{recipient}")
 
 
 def kind_of(ev: dict[str, Any]) -> str | None:

@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from paystream import metrics
+from paystream import ids, metrics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
@@ -83,7 +83,7 @@ class WebhookSettings(BaseSettings):
 
 
 def delivery_id(notification_id: str, endpoint_id: str) -> str:
-    return str(uuid.uuid5(NAMESPACE, f"{notification_id}|{endpoint_id}"))
+    return ids.uuid5(NAMESPACE, f"{notification_id}|{endpoint_id}")
 
 
 def body_of(n: dict[str, Any]) -> str:
