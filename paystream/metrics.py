@@ -246,20 +246,23 @@ class InstrumentedProcessor:
     times each call. Children are resolved once per topic."""
 
     def __init__(self, inner: Callable[..., Any], component: str) -> None:
+        # Imported here, not per message (a function-level import costs ~1 us a call),
+        # and not at module level: the gateway imports this module without Quix.
+        from quixstreams import message_context
+
         self.inner = inner
         self.component = component
+        self._context = message_context
         self._seconds = PROCESS_SECONDS.labels(component)
         self._counts: dict[str, Any] = {}
 
     def __call__(self, value: Any, key: Any, timestamp: int, headers: Any, *rest: Any) -> Any:
-        from quixstreams import message_context
-
         t0 = time.perf_counter()
         try:
             return self.inner(value, key, timestamp, headers, *rest)
         finally:
             self._seconds.observe(time.perf_counter() - t0)
-            topic = message_context().topic
+            topic = self._context().topic
             c = self._counts.get(topic)
             if c is None:
                 c = self._counts[topic] = MESSAGES.labels(self.component, topic)
