@@ -30,6 +30,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,7 @@ class StageResult:
     seconds: float
     cpu_seconds: float
     broker_cpu_seconds: float
+    outputs: int = 0  # records the stage committed to its sink topic (read back, read_committed)
 
     @property
     def rate(self) -> float:
@@ -106,7 +108,7 @@ def _leg(key: str, cmd: dict[str, Any]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
+def _child(stage: str, source: str, sink: str, n: int, result: str, group: str) -> None:
     """One stage as its own Quix application; exits after `n` messages."""
     from quixstreams import Application, message_context
     from quixstreams.state import State
@@ -115,13 +117,14 @@ def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
 
     settings = get_settings()
     eos = stage != "alo-pass"
+    state_dir = tempfile.mkdtemp(prefix="bench-framework-")
     app = Application(
         broker_address=settings.bootstrap_servers,
-        consumer_group=f"bench-framework-{uuid.uuid4()}",
+        consumer_group=group,
         processing_guarantee="exactly-once" if eos else "at-least-once",
         commit_interval=0.1,
         auto_offset_reset="earliest",
-        state_dir=tempfile.mkdtemp(prefix="bench-framework-"),
+        state_dir=state_dir,
         producer_extra_config={"linger.ms": 20, **kafka.QUIX_PRODUCER},
         consumer_extra_config={"fetch.wait.max.ms": 20, **kafka.QUIX_CONSUMER},
         consumer_poll_timeout=0.05,
@@ -130,7 +133,7 @@ def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
     codec = Codec(settings.registry_url)
     src = app.topic(source, key_deserializer="bytes", value_deserializer="bytes")
     dst = app.topic(sink, key_serializer="bytes", value_serializer="bytes")
-    warm = n // 10
+    warm = max(1, n // 10)
     marks: dict[str, float] = {}
     count = 0
 
@@ -199,7 +202,10 @@ def _child(stage: str, source: str, sink: str, n: int, result: str) -> None:
     else:
         sdf = sdf.apply(avro, stateful=True)
     sdf.to_topic(dst)
-    app.run()
+    try:
+        app.run()
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- parent
@@ -210,6 +216,9 @@ class _BrokerClock:
 
     def __init__(self, port: int) -> None:
         self.proc = listener(port)
+        if self.proc is None:
+            raise RuntimeError(f"no local process listens on port {port}: the broker's CPU cannot be "
+                               "priced (is the stack up on this machine?)")
         self.samples: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -251,19 +260,45 @@ def _fill(settings: Settings, codec: Codec, topic: str, n: int, legs: bool) -> N
     p.flush(60)
 
 
+def _committed_records(settings: Settings, topic: str) -> int:
+    """Records a read_committed consumer sees in `topic`, read to its end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"bench-count-{uuid.uuid4()}",
+                  "isolation.level": "read_committed", "enable.auto.commit": False})
+    try:
+        parts = [TopicPartition(topic, p, 0) for p in range(PARTITIONS)]
+        ends = {p.partition: c.get_watermark_offsets(p, timeout=10)[1] for p in parts}
+        c.assign(parts)
+        count, deadline = 0, time.monotonic() + 60
+        while time.monotonic() < deadline:
+            count += sum(1 for m in c.consume(5_000, 0.5) if not m.error())
+            positions = {tp.partition: tp.offset for tp in c.position(parts)}
+            # a position past the last record can still sit before a trailing commit marker
+            if all(positions[p] >= ends[p] - 1 or ends[p] == 0 for p in ends):
+                count += sum(1 for m in c.consume(5_000, 0.5) if not m.error())
+                return count
+        raise RuntimeError(f"could not read {topic} to its end")
+    finally:
+        c.close()
+
+
 def bench(settings: Settings, *, messages: int, stages: list[str], console: Console | None = None,
           env_extra: dict[str, str] | None = None) -> list[StageResult]:
     console = console or Console()
+    if messages < 100:
+        raise ValueError("at least 100 messages: the window starts at the 10th percentile message")
     admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
     run = uuid.uuid4().hex[:8]
     source = f"bench.framework.{run}.in"
     sinks = {s: f"bench.framework.{run}.{s}" for s in stages}
+    groups = {s: f"bench-framework-{run}-{s}" for s in stages}
     topics = [source, f"{source}.legs", *sinks.values()]
+    broker = _BrokerClock(settings.kafka_port)
     for f in admin.create_topics([NewTopic(t, PARTITIONS, 1) for t in topics]).values():
         f.result()
     codec = Codec(settings.registry_url)
     results: list[StageResult] = []
-    broker = _BrokerClock(settings.kafka_port)
     try:
         t = time.monotonic()
         _fill(settings, codec, source, messages, legs="eos-shape" in stages)
@@ -272,25 +307,36 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
             with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
                 out = fh.name
             env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
-            proc = subprocess.run(
-                [sys.executable, "-m", "ops.bench.framework", stage, source, sinks[stage],
-                 str(messages * 2 if stage == "eos-shape" else messages), out],
-                env=env, cwd=PROJECT_ROOT, timeout=max(300.0, messages / 200), check=False,
-            )
-            data = json.loads(Path(out).read_text() or "{}")
-            os.unlink(out)
+            try:
+                proc = subprocess.run(
+                    [sys.executable, "-m", "ops.bench.framework", stage, source, sinks[stage],
+                     str(messages * 2 if stage == "eos-shape" else messages), out, groups[stage]],
+                    env=env, cwd=PROJECT_ROOT, timeout=max(300.0, messages / 200), check=False,
+                )
+                data = json.loads(Path(out).read_text() or "{}")
+            except subprocess.TimeoutExpired as exc:
+                raise RuntimeError(f"stage {stage} did not finish in {exc.timeout:.0f}s") from exc
+            finally:
+                os.unlink(out)
             if proc.returncode != 0 or "t1" not in data:
                 raise RuntimeError(f"stage {stage} failed (exit {proc.returncode})")
             time.sleep(0.3)  # one more broker sample after the window
             r = StageResult(stage, data["messages"], data["t1"] - data["t0"], data["c1"] - data["c0"],
-                            broker.at(data["t1"]) - broker.at(data["t0"]))
+                            broker.at(data["t1"]) - broker.at(data["t0"]),
+                            _committed_records(settings, sinks[stage]))
             results.append(r)
             console.print(f"  {stage:10} {r.rate:8.0f} msg/s  process {r.cpu_us:6.0f} us/msg  "
                           f"broker {r.broker_us:6.0f} us/msg")
     finally:
         broker.close()
-        for f in admin.delete_topics(topics).values():
+        # Quix made a changelog topic per stateful stage, named after its group.
+        scratch = topics + [t for t in admin.list_topics(timeout=10).topics
+                            if any(t.startswith(f"changelog__{g}") for g in groups.values())]
+        for f in admin.delete_topics(scratch).values():
             with contextlib.suppress(Exception):  # best-effort clean-up of scratch topics
+                f.result()
+        for f in admin.delete_consumer_groups(list(groups.values())).values():
+            with contextlib.suppress(Exception):  # a stage that never started has no group
                 f.result()
     table = Table("stage", "messages", "msg/s", "process CPU us/msg", "broker CPU us/msg",
                   title="Quix Streams cost ladder (one process, 8 partitions)")
@@ -301,8 +347,8 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
 
 
 def _main(argv: list[str]) -> Any:
-    stage, source, sink, n, result = argv
-    return _child(stage, source, sink, int(n), result)
+    stage, source, sink, n, result, group = argv
+    return _child(stage, source, sink, int(n), result, group)
 
 
 if __name__ == "__main__":

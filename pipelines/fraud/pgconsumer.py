@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from prometheus_client import Counter
 
 from paystream import kafka, metrics
@@ -26,7 +26,8 @@ from paystream.settings import Settings
 log = logging.getLogger("paystream.pgconsumer")
 
 RECONNECTS = Counter(
-    "paystream_pgconsumer_reconnects_total", "Postgres connections lost and retried", ["consumer"]
+    "paystream_pgconsumer_reconnects_total",
+    "times a consumer lost its Postgres connection and waited it out", ["consumer"],
 )
 
 BatchHandler = Callable[[psycopg.Connection[Any], list[Message]], None]
@@ -88,7 +89,7 @@ class PgConsumer:
     def _rewind(self) -> None:
         """After a lost connection: the batch in flight was not written, so every
         assigned partition goes back to the offset Postgres holds. A seek that fails
-        raises (and the process exits): skipping ahead would lose that batch."""
+        raises: skipping ahead would lose that batch."""
         parts = [tp.partition for tp in self.consumer.assignment() if tp.topic == self.topic]
         if not parts:
             return
@@ -98,28 +99,57 @@ class PgConsumer:
         log.info("%s rewound to %s", self.name, {p: stored.get(p, "beginning") for p in parts})
 
     def run(self, stop: threading.Event) -> None:
-        """Consume until `stop`. A Postgres restart is waited out (capped backoff,
-        then a rewind to the stored offsets), not a reason to exit: the supervisor
-        would restart the whole worker for what a reconnect does."""
+        """Consume until `stop`. A lost Postgres connection (restart, failover) is
+        waited out (capped backoff, then a rewind to the stored offsets), not a reason
+        to exit: the supervisor would restart the whole worker for what a reconnect
+        does. Any other database error still ends the loop: retrying a statement
+        that fails every time would hide it."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign)
         delay, lost = 0.2, False
         try:
             while not stop.is_set():
                 try:
-                    with psycopg.connect(self.settings.postgres_dsn) as conn:
+                    with psycopg.connect(self.settings.postgres_dsn,
+                                         application_name=f"paystream-{self.name}") as conn:
                         if lost:
                             self._rewind()
                             log.info("%s: postgres is back", self.name)
-                            lost, delay = False, 0.2
+                            lost = False
                         while not stop.is_set():
                             msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
                             if msgs:
                                 self.process(conn, msgs)
+                                delay = 0.2  # a batch committed: the connection works
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                    if not connection_lost(exc):
+                        raise
+                    if not lost:
+                        RECONNECTS.labels(self.name).inc()
                     lost = True
-                    RECONNECTS.labels(self.name).inc()
                     log.warning("%s: postgres unavailable (%s); retrying in %.1fs", self.name, exc, delay)
+                    stop.wait(delay)
+                    delay = min(delay * 2, 5.0)
+                except KafkaException as exc:
+                    # A rewind right after a (re)assignment can come before the fetcher
+                    # has started a partition; nothing was consumed since, so retry.
+                    err = exc.args[0] if exc.args else None
+                    if not (lost and isinstance(err, KafkaError) and err.code() == KafkaError._STATE):
+                        raise
+                    log.warning("%s: rewind not possible yet (%s); retrying in %.1fs", self.name, err, delay)
                     stop.wait(delay)
                     delay = min(delay * 2, 5.0)
         finally:
             self.consumer.close()
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether a psycopg error means the connection is gone (server restart, admin
+    shutdown, network), which a reconnect fixes, rather than a statement that failed."""
+    if isinstance(exc, psycopg.InterfaceError):
+        return True
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    state = getattr(exc, "sqlstate", None)
+    # No SQLSTATE: the client lost or could not open the connection. Class 08 is
+    # connection exceptions; 57P01-57P03 are admin/crash shutdown and "cannot connect now".
+    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")

@@ -38,11 +38,12 @@ from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.pgconsumer import PgConsumer
+from pipelines.fraud.pgconsumer import PgConsumer, connection_lost
 
 ALERTS = "fraud.alerts"
 DECISIONS = "fraud.decisions"
 OUTBOX_CHANNEL = "review_outbox"
+RELAY_APPLICATION_NAME = "paystream-outbox-relay"
 NAMESPACE = uuid.UUID("0e4e1c0a-5f7b-4c1e-8b7d-2a9c6f4e3b21")
 
 log = logging.getLogger("paystream.reviews")
@@ -103,9 +104,11 @@ class OutboxRelay:
     """Publishes committed decisions; woken by NOTIFY, with a poll as a safety net."""
 
     def __init__(self, settings: Settings, codec: Codec, *, batch: int = 100,
-                 poll_interval: float = 0.5) -> None:
+                 poll_interval: float = 0.5, topic: str = DECISIONS) -> None:
+        """`topic`: where to publish (fraud.decisions; a test's scratch topic)."""
         self.settings = settings
         self.codec = codec
+        self.topic = topic
         self.batch = batch
         self.poll_interval = poll_interval
         self.producer = kafka.BatchPublisher(
@@ -128,7 +131,7 @@ class OutboxRelay:
 
             for _, key, payload in rows:
                 value = payload if isinstance(payload, dict) else json.loads(payload)
-                self.producer.produce(DECISIONS, key=key.encode(), on_delivery=delivered,
+                self.producer.produce(self.topic, key=key.encode(), on_delivery=delivered,
                                       value=self.codec.encode(DECISIONS, value))
             left = self.producer.flush(15)
             ids = [r[0] for r in rows]
@@ -145,19 +148,35 @@ class OutboxRelay:
         return len(rows)
 
     def run(self, stop: threading.Event) -> None:
-        with psycopg.connect(self.settings.postgres_dsn, autocommit=True) as listen, \
-                psycopg.connect(self.settings.postgres_dsn) as conn:
-            listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
-            while not stop.is_set():
-                try:
-                    while self.publish_pending(conn):
-                        pass
-                except psycopg.Error as exc:
-                    log.warning("outbox relay: %s", exc)
-                    time.sleep(1)
-                for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
-                    pass
-
+        """Publish until `stop`; a lost Postgres connection is waited out (capped
+        backoff, then reconnect and LISTEN again), as in `PgConsumer.run`."""
+        delay = 0.2
+        while not stop.is_set():
+            try:
+                # Named, so pg_stat_activity tells an operator (and a test) which they are.
+                with psycopg.connect(self.settings.postgres_dsn, autocommit=True,
+                                     application_name=RELAY_APPLICATION_NAME) as listen, \
+                        psycopg.connect(self.settings.postgres_dsn,
+                                        application_name=RELAY_APPLICATION_NAME) as conn:
+                    listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
+                    while not stop.is_set():
+                        try:
+                            while self.publish_pending(conn):
+                                pass
+                        except psycopg.Error as exc:
+                            if connection_lost(exc):
+                                raise
+                            log.warning("outbox relay: %s", exc)
+                            time.sleep(1)
+                        for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
+                            pass
+                        delay = 0.2
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                if not connection_lost(exc):
+                    raise
+                log.warning("outbox relay: postgres unavailable (%s); retrying in %.1fs", exc, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, 5.0)
 
 def run(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -31,10 +31,17 @@ class Rows:
         self.table = table
         self.backends: set[int] = set()
         self.batches = 0
+        self.first_batch = threading.Event()  # set once the consumer is inside its first batch
+        self.killed = threading.Event()  # the test has terminated that batch's connection
 
     def __call__(self, conn: psycopg.Connection[Any], msgs: list[Message]) -> None:
         self.backends.add(conn.info.backend_pid)
         self.batches += 1
+        if not self.first_batch.is_set():
+            # Hold the first batch open until its connection is gone, so the kill
+            # always lands mid-stream, inside a transaction, whatever the machine's speed.
+            self.first_batch.set()
+            self.killed.wait(30)
         conn.cursor().executemany(
             f"INSERT INTO {self.table} (k, n) VALUES (%s, 1)"
             f" ON CONFLICT (k) DO UPDATE SET n = {self.table}.n + 1",
@@ -70,12 +77,11 @@ def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(d
             thread = threading.Thread(target=loop, daemon=True)
             thread.start()
             deadline = time.monotonic() + 60
-            while not rows.backends and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert rows.backends, "the consumer never wrote a batch"
+            assert rows.first_batch.wait(60), "the consumer never started a batch"
             first = next(iter(rows.backends))
             killed = admin_conn.execute("SELECT pg_terminate_backend(%s)", (first,)).fetchone()
             assert killed and killed[0]
+            rows.killed.set()
 
             def count() -> int:
                 row = admin_conn.execute(f"SELECT count(*) FROM {table}").fetchone()
@@ -86,6 +92,7 @@ def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(d
             stop.set()
             thread.join(30)
             assert not died, f"the consumer loop died: {died!r}"
+            assert not thread.is_alive(), "the consumer did not stop"
             assert count() == N
             doubled = admin_conn.execute(f"SELECT count(*) FROM {table} WHERE n > 1").fetchone()
             # The batch the kill interrupted rolled back; its rewind re-reads it once.
@@ -100,4 +107,83 @@ def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(d
         finally:
             admin_conn.execute(f"DROP TABLE IF EXISTS {table}")
             admin_conn.execute("DELETE FROM downstream_offsets WHERE consumer = %s", (f"test-{run}",))
+            admin.delete_topics([topic])
+
+
+def test_outbox_relay_waits_out_a_lost_connection_and_publishes_what_comes_after(db: Settings) -> None:
+    """The reviews worker's other loop: its LISTEN and work connections are both
+    terminated; a decision written afterwards is still published, once."""
+    from psycopg.types.json import Jsonb
+
+    from paystream.codec import Codec
+    from pipelines.fraud.reviews import OUTBOX_CHANNEL, RELAY_APPLICATION_NAME, OutboxRelay
+
+    run = uuid.uuid4().hex[:8]
+    topic = f"test.outbox.{run}"
+    admin = AdminClient({"bootstrap.servers": db.bootstrap_servers})
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
+    relay = OutboxRelay(db, Codec(db.registry_url), poll_interval=0.2, topic=topic)
+    stop = threading.Event()
+    died: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            relay.run(stop)
+        except BaseException as exc:
+            died.append(exc)
+
+    def decision() -> tuple[str, str, dict[str, Any]]:
+        did, sender = str(uuid.uuid4()), str(uuid.uuid4())
+        return did, sender, {
+            "decision_id": did, "alert_id": str(uuid.uuid4()), "payment_id": str(uuid.uuid4()),
+            "sender_id": sender, "receiver_id": str(uuid.uuid4()), "decision": "APPROVED",
+            "decided_by": "test", "note": None, "decided_at": int(time.time() * 1000), "sender_owner_id": None,
+        }  # fmt: skip
+
+    def published(conn: psycopg.Connection[Any], did: str) -> bool:
+        row = conn.execute("SELECT published_at IS NOT NULL FROM review_outbox WHERE decision_id = %s",
+                           (did,)).fetchone()
+        return bool(row and row[0])
+
+    mine: list[str] = []
+    with psycopg.connect(db.postgres_dsn, autocommit=True) as conn:
+        try:
+            thread = threading.Thread(target=loop, daemon=True)
+            thread.start()
+            deadline = time.monotonic() + 30
+            backends: list[int] = []
+            while len(backends) < 2 and time.monotonic() < deadline:  # LISTEN + work connection
+                backends = [r[0] for r in conn.execute(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = %s"
+                    " AND backend_start > now() - interval '30 seconds'", (RELAY_APPLICATION_NAME,)).fetchall()]
+                time.sleep(0.1)
+            assert len(backends) >= 2, f"relay connections not found: {backends}"
+            for pid in backends:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            did, sender, payload = decision()
+            mine.append(did)
+            conn.execute("INSERT INTO review_outbox (decision_id, alert_id, message_key, payload)"
+                         " VALUES (%s, %s, %s, %s)", (did, payload["alert_id"], sender, Jsonb(payload)))
+            conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
+            while not published(conn, did) and time.monotonic() < deadline + 30 and thread.is_alive():
+                time.sleep(0.2)
+            assert not died, f"the relay loop died: {died!r}"
+            assert published(conn, did)
+            stop.set()
+            thread.join(30)
+            assert not thread.is_alive()
+            # exactly one record for it on the topic
+            c = kafka.consumer(db, f"test-outbox-{run}", **{"isolation.level": "read_committed",
+                                                             "auto.offset.reset": "earliest"})
+            c.subscribe([topic])
+            keys: list[bytes] = []
+            until = time.monotonic() + 15
+            while time.monotonic() < until and len(keys) < 1:
+                keys += [m.key() for m in c.consume(100, 0.5) if not m.error()]
+            keys += [m.key() for m in c.consume(100, 1.0) if not m.error()]
+            c.close()
+            assert keys.count(sender.encode()) == 1
+        finally:
+            stop.set()
+            conn.execute("DELETE FROM review_outbox WHERE decision_id = ANY(%s)", (mine,))
             admin.delete_topics([topic])

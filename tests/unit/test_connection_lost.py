@@ -1,0 +1,28 @@
+"""Which Postgres errors the reviews and webhooks workers wait out (a reconnect fixes
+them) and which they must not retry forever (the same statement would fail again)."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from pipelines.fraud.pgconsumer import connection_lost
+
+
+@pytest.mark.parametrize("exc", [
+    errors.AdminShutdown(), errors.CrashShutdown(), errors.CannotConnectNow(),
+    errors.ConnectionFailure(), errors.ConnectionException(),
+    psycopg.OperationalError("server closed the connection unexpectedly"),  # no SQLSTATE
+    psycopg.InterfaceError("the connection is closed"),
+])  # fmt: skip
+def test_lost_connections_are_waited_out(exc: Exception) -> None:
+    assert connection_lost(exc)
+
+
+@pytest.mark.parametrize("exc", [
+    errors.QueryCanceled(), errors.DiskFull(), errors.DeadlockDetected(), errors.LockNotAvailable(),
+    errors.UniqueViolation(), errors.UndefinedTable(), ValueError("not a database error"),
+])  # fmt: skip
+def test_failing_statements_are_not(exc: Exception) -> None:
+    assert not connection_lost(exc)
