@@ -39,6 +39,7 @@ from paystream import kafka
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
+from paystream.reconnect import Backoff
 from paystream.settings import Settings, get_settings
 from sinks import read_model as rm
 
@@ -190,7 +191,7 @@ class PgWriter:
     def connect_with_retry(self, stopping: Callable[[], bool] = lambda: False) -> None:
         """Reconnect with capped exponential backoff: a Postgres restart is an outage
         to wait out, not a reason to exit."""
-        delay = 0.2
+        backoff = Backoff()
         while True:
             try:
                 self.connect()
@@ -198,9 +199,9 @@ class PgWriter:
             except psycopg.OperationalError as exc:
                 if stopping():
                     raise
+                delay = backoff.next()
                 log.warning("postgres unavailable (%s); retrying in %.1fs", exc, delay)
                 time.sleep(delay)
-                delay = min(delay * 2, 5.0)
 
     def close(self) -> None:
         if self.conn is not None:

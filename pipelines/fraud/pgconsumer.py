@@ -21,6 +21,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from prometheus_client import Counter
 
 from paystream import kafka, metrics
+from paystream.reconnect import Backoff, connection_lost
 from paystream.settings import Settings
 
 log = logging.getLogger("paystream.pgconsumer")
@@ -105,7 +106,7 @@ class PgConsumer:
         does. Any other database error still ends the loop: retrying a statement
         that fails every time would hide it."""
         self.consumer.subscribe([self.topic], on_assign=self._on_assign)
-        delay, lost = 0.2, False
+        backoff, lost = Backoff(), False
         try:
             while not stop.is_set():
                 try:
@@ -119,37 +120,25 @@ class PgConsumer:
                             msgs = self.consumer.consume(self.batch_size, self.poll_timeout)
                             if msgs:
                                 self.process(conn, msgs)
-                                delay = 0.2  # a batch committed: the connection works
+                                backoff.reset()  # a batch committed: the connection works
                 except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                     if not connection_lost(exc):
                         raise
                     if not lost:
                         RECONNECTS.labels(self.name).inc()
                     lost = True
+                    delay = backoff.next()
                     log.warning("%s: postgres unavailable (%s); retrying in %.1fs", self.name, exc, delay)
                     stop.wait(delay)
-                    delay = min(delay * 2, 5.0)
                 except KafkaException as exc:
                     # A rewind right after a (re)assignment can come before the fetcher
                     # has started a partition; nothing was consumed since, so retry.
                     err = exc.args[0] if exc.args else None
                     if not (lost and isinstance(err, KafkaError) and err.code() == KafkaError._STATE):
                         raise
+                    delay = backoff.next()
                     log.warning("%s: rewind not possible yet (%s); retrying in %.1fs", self.name, err, delay)
                     stop.wait(delay)
-                    delay = min(delay * 2, 5.0)
         finally:
             self.consumer.close()
 
-
-def connection_lost(exc: BaseException) -> bool:
-    """Whether a psycopg error means the connection is gone (server restart, admin
-    shutdown, network), which a reconnect fixes, rather than a statement that failed."""
-    if isinstance(exc, psycopg.InterfaceError):
-        return True
-    if not isinstance(exc, psycopg.OperationalError):
-        return False
-    state = getattr(exc, "sqlstate", None)
-    # No SQLSTATE: the client lost or could not open the connection. Class 08 is
-    # connection exceptions; 57P01-57P03 are admin/crash shutdown and "cannot connect now".
-    return state is None or state.startswith("08") or state in ("57P01", "57P02", "57P03")

@@ -37,8 +37,9 @@ from paystream import ids, kafka, metrics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
+from paystream.reconnect import Backoff, connection_lost
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.pgconsumer import PgConsumer, connection_lost
+from pipelines.fraud.pgconsumer import PgConsumer
 
 ALERTS = "fraud.alerts"
 DECISIONS = "fraud.decisions"
@@ -150,7 +151,7 @@ class OutboxRelay:
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop`; a lost Postgres connection is waited out (capped
         backoff, then reconnect and LISTEN again), as in `PgConsumer.run`."""
-        delay = 0.2
+        backoff = Backoff()
         while not stop.is_set():
             try:
                 # Named, so pg_stat_activity tells an operator (and a test) which they are.
@@ -170,13 +171,14 @@ class OutboxRelay:
                             time.sleep(1)
                         for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
                             pass
-                        delay = 0.2
+                        backoff.reset()
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 if not connection_lost(exc):
                     raise
+                delay = backoff.next()
                 log.warning("outbox relay: postgres unavailable (%s); retrying in %.1fs", exc, delay)
                 stop.wait(delay)
-                delay = min(delay * 2, 5.0)
+
 
 def run(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")

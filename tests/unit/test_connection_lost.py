@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from pipelines.fraud.pgconsumer import connection_lost
+from paystream.reconnect import Backoff, connection_lost
 
 
 @pytest.mark.parametrize("exc", [
@@ -26,3 +26,10 @@ def test_lost_connections_are_waited_out(exc: Exception) -> None:
 ])  # fmt: skip
 def test_failing_statements_are_not(exc: Exception) -> None:
     assert not connection_lost(exc)
+
+
+def test_backoff_doubles_to_its_cap_and_resets() -> None:
+    b = Backoff()
+    assert [b.next() for _ in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    b.reset()
+    assert b.next() == 0.2
