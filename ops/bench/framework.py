@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 import uuid
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,18 +226,22 @@ class _BrokerClock:
         self.thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set() and self.proc is not None:
+        assert self.proc is not None
+        while not self._stop.wait(0.1):
             t = self.proc.cpu_times()
             self.samples.append((time.time(), t.user + t.system))
-            time.sleep(0.1)
 
     def at(self, when: float) -> float:
-        before = [s for s in self.samples if s[0] <= when]
-        after = [s for s in self.samples if s[0] >= when]
-        if not before or not after:
-            return (before or after or [(0.0, 0.0)])[-1 if before else 0][1]
-        (ta, ca), (tb, cb) = before[-1], after[0]
-        return ca if tb == ta else ca + (cb - ca) * (when - ta) / (tb - ta)
+        """CPU seconds at `when`, interpolated between the samples around it."""
+        if not self.samples:
+            return 0.0
+        i = bisect_right(self.samples, when, key=lambda s: s[0])
+        if i == 0:
+            return self.samples[0][1]
+        if i == len(self.samples):
+            return self.samples[-1][1]
+        (ta, ca), (tb, cb) = self.samples[i - 1], self.samples[i]
+        return ca + (cb - ca) * (when - ta) / (tb - ta)
 
     def close(self) -> None:
         self._stop.set()
