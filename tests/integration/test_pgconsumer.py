@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -21,6 +22,23 @@ from pipelines.fraud.pgconsumer import RECONNECTS, PgConsumer
 pytestmark = pytest.mark.integration
 
 N = 3_000
+
+
+def start_loop(run: Callable[[threading.Event], None],
+               stop: threading.Event) -> tuple[threading.Thread, list[BaseException]]:
+    """A worker loop in a thread, as the workers run it; whatever ends it is kept in
+    the returned list (the point of these tests: nothing may)."""
+    died: list[BaseException] = []
+
+    def loop() -> None:
+        try:
+            run(stop)
+        except BaseException as exc:
+            died.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread, died
 
 
 class Rows:
@@ -65,17 +83,9 @@ def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(d
             rows = Rows(table)
             consumer = PgConsumer(db, name=f"test-{run}", topic=topic, handle=rows, batch_size=100)
             stop = threading.Event()
-            died: list[BaseException] = []
-
-            def loop() -> None:
-                try:
-                    consumer.run(stop)
-                except BaseException as exc:  # the point of the test: this must not happen
-                    died.append(exc)
 
             before = RECONNECTS.labels(f"test-{run}")._value.get()
-            thread = threading.Thread(target=loop, daemon=True)
-            thread.start()
+            thread, died = start_loop(consumer.run, stop)
             deadline = time.monotonic() + 60
             assert rows.first_batch.wait(60), "the consumer never started a batch"
             first = next(iter(rows.backends))
@@ -124,13 +134,6 @@ def test_outbox_relay_waits_out_a_lost_connection_and_publishes_what_comes_after
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
     relay = OutboxRelay(db, Codec(db.registry_url), poll_interval=0.2, topic=topic)
     stop = threading.Event()
-    died: list[BaseException] = []
-
-    def loop() -> None:
-        try:
-            relay.run(stop)
-        except BaseException as exc:
-            died.append(exc)
 
     def decision() -> tuple[str, str, dict[str, Any]]:
         did, sender = str(uuid.uuid4()), str(uuid.uuid4())
@@ -148,8 +151,7 @@ def test_outbox_relay_waits_out_a_lost_connection_and_publishes_what_comes_after
     mine: list[str] = []
     with psycopg.connect(db.postgres_dsn, autocommit=True) as conn:
         try:
-            thread = threading.Thread(target=loop, daemon=True)
-            thread.start()
+            thread, died = start_loop(relay.run, stop)
             deadline = time.monotonic() + 30
             backends: list[int] = []
             while len(backends) < 2 and time.monotonic() < deadline:  # LISTEN + work connection
