@@ -18,9 +18,14 @@ def ledger_cmd(
     paced_seconds: float = typer.Option(10.0),
     commit_interval: list[float] = typer.Option([0.05, 0.2], help="repeat for several values"),
     workload: list[str] = typer.Option(["uniform", "hot"], help="uniform | hot (one account sends 50%)"),
+    batch: bool = typer.Option(True, help="send through paystream's batching client library"),
+    batch_max: int = typer.Option(128, help="most commands in one batch record"),
+    batch_linger_ms: float = typer.Option(5.0, help="longest a command waits for its batch"),
 ) -> None:
     """Sustained transfers/s and produce->outcome latency of one ledger process."""
-    from ops.bench.ledger import bench
+    from ops.bench.ledger import BATCH, bench
+
+    BATCH.update(enabled=batch, max_items=batch_max, linger_ms=batch_linger_ms)
 
     try:
         bench(get_settings(), transfers=transfers, accounts=accounts, paced_rate=paced_rate,

@@ -1,7 +1,8 @@
 """`paystream schemas apply | check`.
 
-`apply` registers each topic's value schema under ``<topic>-value`` and pins the
-subject to BACKWARD compatibility, so the registry itself refuses a breaking
+`apply` registers each topic's value schema under ``<topic>-value`` (and its
+further record types under ``<topic>-<full name>``) and pins each subject to
+BACKWARD compatibility, so the registry itself refuses a breaking
 change. `check` registers nothing: it compares the working tree's schemas with
 those of a git revision (the previous commit by default) using Apache Avro's
 reader/writer compatibility checker, so CI catches a breaking edit before any
@@ -33,6 +34,9 @@ def register_all(registry_url: str) -> dict[str, int]:
         schema = Schema(load_schema_text(spec.value_schema), "AVRO")
         client.set_compatibility(subject_name=spec.subject, level="BACKWARD")
         ids[spec.subject] = int(client.register_schema(spec.subject, schema))
+        for schema_file, subject in zip(spec.record_schemas, spec.record_subjects().values(), strict=True):
+            client.set_compatibility(subject_name=subject, level="BACKWARD")
+            ids[subject] = int(client.register_schema(subject, Schema(load_schema_text(schema_file), "AVRO")))
     return ids
 
 
@@ -68,8 +72,9 @@ def check_compatibility(base: str, root: Path = PROJECT_ROOT) -> list[str]:
                 f"{rel}: not backward compatible with {base}: {'; '.join(result.messages)}"
             )
     for spec in load_topic_specs(root / "ops" / "topics.toml").values():
-        if not (schema_dir / spec.value_schema).exists():
-            problems.append(f"topic {spec.name}: schema {spec.value_schema} is missing")
+        for schema_file in (spec.value_schema, *spec.record_schemas):
+            if not (schema_dir / schema_file).exists():
+                problems.append(f"topic {spec.name}: schema {schema_file} is missing")
     return problems
 
 

@@ -24,11 +24,14 @@ def dead_letter(
     value: bytes | None,
     timestamp_ms: int | None = None,
     headers: list[tuple[str, bytes | None]] | None = None,
+    item: int | None = None,
 ) -> dict[str, Any]:
-    """The id is derived from the source position, so a re-run that dead-letters the
-    same message again produces the same id and readers can de-duplicate."""
+    """The id is derived from the source position (and the item's index in a batch),
+    so a re-run that dead-letters the same message again produces the same id and
+    readers can de-duplicate."""
+    position = f"{topic}:{partition}:{offset}" if item is None else f"{topic}:{partition}:{offset}:{item}"
     return {
-        "dead_letter_id": ids.uuid5(_NS, f"{topic}:{partition}:{offset}"),
+        "dead_letter_id": ids.uuid5(_NS, position),
         "component": component,
         "reason_code": reason_code,
         "reason": reason[:2000],

@@ -18,23 +18,24 @@ import time
 from typing import Any
 
 from quixstreams import Application, message_context
-from quixstreams.models.serializers import SerializationContext, Serializer
 from quixstreams.state import State
 
-from paystream import kafka, liveness, metrics, tracing
+from paystream import batching, ids, kafka, liveness, metrics, tracing
 from paystream import logging as plog
-from paystream.codec import Codec
+from paystream.batching import COMMAND_BATCH, LEG_BATCH
+from paystream.codec import Codec, topic_specs
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
+from paystream.partitioning import key_for_partition, partition_for
 from paystream.settings import Settings, get_settings
+from paystream.stream import quix_compat
 from pipelines.ledger import domain
 
 COMMANDS = "payments.commands"
+COMMAND = "io.paystream.commands.Command"
+LEG = "io.paystream.ledger.Leg"
 COMPONENT = "ledger"
 log = logging.getLogger("paystream.ledger")
-
-# An output travels through the dataframe as (topic, key, encoded value).
-Routed = tuple[str, str, bytes]
 
 # Single-writer metrics (the processing loop is one thread): no lock per message.
 OUTCOMES = metrics.local_counter(
@@ -78,64 +79,209 @@ class Outcomes:
             h.observe(max(0.0, time.time() - timestamp_ms / 1000))
 
 
-class _Routed(Serializer):
-    """Serializer for values that are already Avro bytes (encoded by `Codec`)."""
+_MISSING = object()
 
-    def __call__(self, value: Routed, ctx: SerializationContext) -> bytes:
-        return value[2]
+
+class _CachedAccount:
+    """One account's state during one input record: the account entry is read and
+    deserialized once and written once, however many items of a batch touch it
+    (the other keys, the per-id memos, pass straight through)."""
+
+    __slots__ = ("_account", "_dirty", "_state")
+
+    def __init__(self, state: Any) -> None:
+        self._state = state
+        self._account: Any = _MISSING
+        self._dirty = False
+
+    def get(self, key: str, default: Any = None) -> Any:
+        if key == "a":
+            if self._account is _MISSING:
+                self._account = self._state.get("a")
+            return default if self._account is None else self._account
+        return self._state.get(key, default)
+
+    def set(self, key: str, value: Any) -> None:
+        if key == "a":
+            self._account = value
+            self._dirty = True
+        else:
+            self._state.set(key, value)
+
+    def flush(self) -> None:
+        if self._dirty:
+            self._state.set("a", self._account)
+            self._dirty = False
+
+
+class _Emit:
+    """The outputs of one input record, produced through the checkpoint's
+    transactional producer: events one per record (the public contract of
+    `ledger.events`), legs coalesced into one `LegBatch` per destination partition."""
+
+    __slots__ = ("dead", "events", "legs")
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, bytes]] = []
+        self.legs: dict[int, list[bytes]] = {}
+        self.dead: list[tuple[str, bytes]] = []
 
 
 class LedgerProcessor:
-    def __init__(self, codec: Codec) -> None:
+    """Decodes, routes and encodes; every decision is `pipelines.ledger.domain`'s.
+
+    A record on `payments.commands` is a single `Command` or a `CommandBatch`; on
+    `ledger.legs` a single `Leg` (written by earlier versions) or a `LegBatch`.
+    Each item of a batch is applied as if it came alone, in order: its own dedupe
+    entry, its own outcome, its own dead letter. An item whose account does not
+    belong to the consumed partition is dead-lettered (`MISROUTED`): a producer that
+    computed partitions with a wrong count must never give an account two writers.
+    """
+
+    def __init__(self, codec: Codec, producer: Any, partitions: int) -> None:
         self.codec = codec
+        self.producer = producer
+        self.partitions = partitions
         self.outcomes = Outcomes()
         self.traced = tracing.enabled()
+        self._leg_header = b""
 
-    def _dlq(self, code: str, reason: str, key: bytes | None, value: bytes | None,
-             timestamp: int, headers: Any) -> list[Routed]:
+    # -- dead letters ---------------------------------------------------------------
+    def _dlq(self, emit: _Emit, code: str, reason: str, key: bytes | None, value: bytes | None,
+             timestamp: int, headers: Any, item: int | None = None) -> None:
         ctx = message_context()
         account = (key or b"").decode("utf-8", "replace")
-        log.warning("dead-lettering %s[%s]@%s: %s", ctx.topic, ctx.partition, ctx.offset, reason,
+        where = f"{ctx.topic}[{ctx.partition}]@{ctx.offset}" + (f" item {item}" if item is not None else "")
+        log.warning("dead-lettering %s: %s", where, reason,
                     extra=plog.payment_fields(account=account, reason_code=code))
         metrics.DEAD_LETTERS.labels(COMPONENT, code).inc()
         record = dead_letter(
             component=COMPONENT, reason_code=code, reason=reason, topic=ctx.topic,
             partition=ctx.partition, offset=ctx.offset, key=key, value=value,
-            timestamp_ms=timestamp, headers=list(headers or []),
+            timestamp_ms=timestamp, headers=list(headers or []), item=item,
         )  # fmt: skip
-        return [(DLQ_TOPIC, (key or b"").decode("utf-8", "replace"), self.codec.encode(DLQ_TOPIC, record))]
+        emit.dead.append((account, self.codec.encode(DLQ_TOPIC, record)))
 
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> list[Routed]:
+    def _dlq_item(self, emit: _Emit, topic: str, code: str, reason: str, item: dict[str, Any], index: int,
+                  timestamp: int, headers: Any) -> None:
+        """A bad item of a batch, dead-lettered alone as the single record it stands for,
+        so `paystream dlq replay` can send it again after a fix."""
+        account = str(item.get("account_id") or "")
+        self._dlq(emit, code, reason, account.encode(), self.codec.encode(topic, item), timestamp, headers, index)
+
+    # -- records ----------------------------------------------------------------------
+    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> None:
+        emit = _Emit()
+        self._apply(emit, value, key, timestamp, headers, state)
+        self._produce(emit, timestamp, headers)
+
+    def _apply(self, emit: _Emit, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> None:
         topic = message_context().topic
         try:
             skey = key.decode("utf-8") if key is not None else ""
         except UnicodeDecodeError:
-            return self._dlq("UNDECODABLE", "key is not UTF-8", key, value, timestamp, headers)
+            return self._dlq(emit, "UNDECODABLE", "key is not UTF-8", key, value, timestamp, headers)
         try:
-            if topic == COMMANDS:
-                writer = self.codec.writer_name(value)
-                if writer is not None and writer != "io.paystream.commands.Command":
-                    return self._dlq("FORBIDDEN_TYPE", f"{writer} is not accepted on {COMMANDS}",
-                                     key, value, timestamp, headers)
-            record = self.codec.decode(topic, value)
+            name, record = self.codec.decode_typed(topic, value)
         except UnknownSchemaError as exc:
-            return self._dlq("UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
+            return self._dlq(emit, "UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
         except DecodeError as exc:
-            return self._dlq("UNDECODABLE", str(exc), key, value, timestamp, headers)
-        if self.traced:
-            tracing.annotate(payment_id=record.get("payment_id") or record.get("command_id"), account=skey,
-                             command_type=record.get("type") or record.get("kind"))
+            return self._dlq(emit, "UNDECODABLE", str(exc), key, value, timestamp, headers)
         if topic == COMMANDS:
-            problem = domain.command_problem(record, skey)
-            if problem is not None:
-                return self._dlq("INVALID", problem, key, value, timestamp, headers)
-            outputs = domain.apply_command(state, record, timestamp)
-        else:
+            if name == COMMAND:
+                self._command(emit, state, record, skey, key, value, timestamp, headers)
+            elif name == COMMAND_BATCH:
+                self._batch(emit, state, record, COMMANDS, timestamp, headers)
+            else:
+                self._dlq(emit, "FORBIDDEN_TYPE", f"{name} is not accepted on {COMMANDS}", key, value,
+                          timestamp, headers)
+        elif name == LEG:
             if record["account_id"] != skey:
-                return self._dlq("KEY_MISMATCH", "leg key differs from account_id", key, value, timestamp, headers)
-            outputs = domain.apply_leg(state, record, timestamp)
+                return self._dlq(emit, "KEY_MISMATCH", "leg key differs from account_id", key, value,
+                                 timestamp, headers)
+            self._emit(emit, domain.apply_leg(state, record, timestamp), timestamp)
+        elif name == LEG_BATCH:
+            self._batch(emit, state, record, domain.LEGS, timestamp, headers)
+        else:
+            self._dlq(emit, "FORBIDDEN_TYPE", f"{name} is not accepted on {topic}", key, value, timestamp, headers)
+        return None
+
+    def _command(self, emit: _Emit, state: State, record: dict[str, Any], skey: str, key: bytes, value: bytes,
+                 timestamp: int, headers: Any) -> None:
+        if self.traced:
+            tracing.annotate(payment_id=record.get("command_id"), account=skey, command_type=record.get("type"))
+        problem = domain.command_problem(record, skey)
+        if problem is not None:
+            return self._dlq(emit, "INVALID", problem, key, value, timestamp, headers)
+        self._emit(emit, domain.apply_command(state, record, timestamp), timestamp)
+        return None
+
+    def _batch(self, emit: _Emit, state: State, batch: dict[str, Any], topic: str, timestamp: int,
+               headers: Any) -> None:
+        partition = message_context().partition
+        accounts: dict[str, _CachedAccount] = {}
+        is_command = topic == COMMANDS
+        for index, item in enumerate(batch["items"]):
+            account = item.get("account_id")
+            if is_command:
+                problem = domain.command_problem(item, account)
+                if problem is not None:
+                    self._dlq_item(emit, topic, "INVALID", problem, item, index, timestamp, headers)
+                    continue
+            elif not domain.is_uuid(account):
+                self._dlq_item(emit, topic, "INVALID", f"leg account_id {account!r} is not a UUID", item, index,
+                               timestamp, headers)
+                continue
+            if partition_for(account, self.partitions) != partition:
+                self._dlq_item(emit, topic, "MISROUTED",
+                               f"account {account} belongs to partition "
+                               f"{partition_for(account, self.partitions)} of {self.partitions}, not {partition} "
+                               f"(the producer assumed {batch['partition_count']} partitions)",
+                               item, index, timestamp, headers)  # fmt: skip
+                continue
+            cached = accounts.get(account)
+            if cached is None:
+                cached = accounts[account] = _CachedAccount(quix_compat.state_for(state, account.encode()))
+            if is_command:
+                outputs = domain.apply_command(cached, item, timestamp)
+            else:
+                outputs = domain.apply_leg(cached, item, timestamp)
+            self._emit(emit, outputs, timestamp)
+        for cached in accounts.values():
+            cached.flush()
+
+    def _emit(self, emit: _Emit, outputs: list[domain.Output], timestamp: int) -> None:
+        codec = self.codec
+        for o in outputs:
+            if o.topic == domain.EVENTS:
+                emit.events.append((o.key, codec.encode(domain.EVENTS, o.value)))
+            else:
+                p = partition_for(o.key, self.partitions)
+                bodies = emit.legs.get(p)
+                if bodies is None:
+                    bodies = emit.legs[p] = []
+                bodies.append(codec.encode_body(domain.LEGS, o.value))
         self.outcomes.observe(outputs, timestamp)
-        return [(o.topic, o.key, self.codec.encode(o.topic, o.value)) for o in outputs]
+
+    def _produce(self, emit: _Emit, timestamp: int, headers: Any) -> None:
+        if self.traced:
+            headers = tracing.replace_trace_headers(headers or [], tracing.inject())
+        produce = self.producer.produce
+        for account, value in emit.events:
+            produce(topic=domain.EVENTS, value=value, key=account, headers=headers, timestamp=timestamp)
+        if emit.legs:
+            if not self._leg_header:
+                self._leg_header = self.codec.header(domain.LEGS, LEG_BATCH)
+            ctx = message_context()
+            for p, bodies in emit.legs.items():
+                # The batch id is derived from the input position: a re-run after a crash
+                # writes the same batch, which keeps dead letters and logs comparable.
+                batch_id = ids.uuid5(domain.NAMESPACE, f"legs:{ctx.topic}:{ctx.partition}:{ctx.offset}:{p}")
+                value = batching.assemble(self._leg_header, batch_id, p, self.partitions, bodies)
+                produce(topic=domain.LEGS, value=value, key=key_for_partition(p, self.partitions),
+                        partition=p, headers=headers, timestamp=timestamp)
+        for account, value in emit.dead:
+            produce(topic=DLQ_TOPIC, value=value, key=account, headers=headers, timestamp=timestamp)
 
 
 def build_app(settings: Settings | None = None) -> Application:
@@ -175,23 +321,18 @@ def build_app(settings: Settings | None = None) -> Application:
     codec = Codec(settings.registry_url)
     commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
     legs_in = app.topic(domain.LEGS, key_deserializer="bytes", value_deserializer="bytes")
-    outputs = {
-        name: app.topic(name, key_serializer="str", value_serializer=_Routed())
-        for name in (domain.EVENTS, domain.LEGS, DLQ_TOPIC)
-    }
+    partitions = topic_specs()[COMMANDS].partitions
+    if topic_specs()[domain.LEGS].partitions != partitions:
+        raise RuntimeError("payments.commands and ledger.legs must have one partition count (ops/topics.toml)")
     sdf = app.dataframe(commands).concat(app.dataframe(legs_in))
     if not settings.ledger_time_alignment:
-        # concat() turns on Quix's cross-topic timestamp alignment, which holds a
-        # partition's commands back while its legs partition has an open
-        # transaction: always, under load, since the ledger itself writes the legs.
-        # Ledger correctness never depends on timestamp order *across* the two
-        # inputs (each topic's partition stays in order, and any interleaving of a
-        # command with a leg is a valid history), so we turn it off. Measured in
-        # docs/LEDGER.md. Quix has no public switch for this yet.
-        app._dataframe_registry._requires_time_alignment = False
-    fn, after = tracing.instrument_quix(metrics.InstrumentedProcessor(LedgerProcessor(codec), COMPONENT), COMPONENT)
-    sdf = after(sdf.apply(fn, stateful=True, expand=True, metadata=True))
-    sdf.to_topic(lambda value, *_: outputs[value[0]], key=lambda value: value[1])
+        # Ledger correctness never depends on timestamp order *across* the two inputs
+        # (each topic's partition stays in order, and any interleaving of a command
+        # with a leg is a valid history); measured in docs/LEDGER.md.
+        quix_compat.disable_time_alignment(app)
+    processor = LedgerProcessor(codec, quix_compat.transactional_producer(app), partitions)
+    fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
+    sdf.apply(fn, stateful=True, metadata=True)
     return app
 
 

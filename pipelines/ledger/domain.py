@@ -594,7 +594,7 @@ _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[
 _BODIES = tuple(sorted(set(_BODY_FOR.values())))
 
 
-def _is_uuid(text: Any) -> bool:
+def is_uuid(text: Any) -> bool:
     """Only the canonical spelling (lowercase, hyphenated) is accepted: state is keyed
     by the id's bytes, so "ABC…" and "abc…" would otherwise be two accounts. A regex,
     not `uuid.UUID` and back: it ran three times per command, 3.5% of the ledger's CPU."""
@@ -615,12 +615,12 @@ def command_problem(cmd: dict[str, Any], key: str) -> str | None:
         if other != body and cmd.get(other):
             return f"{ctype} must not carry `{other}`"
     for name in ("command_id", "account_id"):
-        if not _is_uuid(cmd.get(name)):
+        if not is_uuid(cmd.get(name)):
             return f"{name} {cmd.get(name)!r} is not a canonical UUID"
     if cmd["account_id"] != key:
         return f"key {key!r} differs from account_id {cmd['account_id']!r}"
-    if ctype == "TRANSFER" and not _is_uuid(cmd["movement"].get("counterparty_id")):
+    if ctype == "TRANSFER" and not is_uuid(cmd["movement"].get("counterparty_id")):
         return "TRANSFER needs a UUID counterparty_id"
-    if ctype == "REVERSE_TRANSFER" and not _is_uuid(cmd["reversal"]["payment_id"]):
+    if ctype == "REVERSE_TRANSFER" and not is_uuid(cmd["reversal"]["payment_id"]):
         return "REVERSE_TRANSFER needs a UUID payment_id"
     return None

@@ -288,4 +288,4 @@ def test_is_uuid_accepts_exactly_the_canonical_spelling(text: str) -> None:
         canonical = str(uuid.UUID(text)) == text
     except ValueError:
         canonical = False
-    assert domain._is_uuid(text) == canonical
+    assert domain.is_uuid(text) == canonical
