@@ -98,16 +98,17 @@ class LedgerProcess:
 
 
 class Outcomes:
-    """Follows ledger.events from the current end and timestamps terminal outcomes."""
+    """Follows ledger.events (or `topic`, a peer's copy of it with the same schema) from
+    the current end and timestamps terminal outcomes."""
 
     def __init__(self, settings: Settings, codec: Codec,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None = None, topic: str = EVENTS) -> None:
         self.codec = codec
         self.on_event = on_event  # sees every decoded event (bench compare replays its own)
         self.consumer = kafka.consumer(settings, f"bench-{uuid.uuid4()}", **{"fetch.wait.max.ms": 10})
-        parts = self.consumer.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self.consumer.assign([
-            TopicPartition(EVENTS, p, self.consumer.get_watermark_offsets(TopicPartition(EVENTS, p), timeout=10)[1])
+            TopicPartition(topic, p, self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
             for p in parts
         ])
         self.seen: dict[str, tuple[float, str]] = {}
@@ -174,8 +175,29 @@ def _producer(settings: Settings) -> Producer:
     return _PRODUCERS[key]
 
 
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A command ready to send: the load client encodes before it starts the clock,
+    for every design, so the time measured is the system's and not the encoder's."""
+
+    command_id: str
+    key: bytes
+    value: bytes
+
+
+def encode_commands(codec: Codec, cmds: list[dict[str, Any]]) -> list[Encoded]:
+    return [Encoded(c["command_id"], c["account_id"].encode(), codec.encode(C.COMMANDS_TOPIC, c)) for c in cmds]
+
+
 def _produce(settings: Settings, codec: Codec, cmds: list[dict[str, Any]],
              rate: float = 0.0, sent_at: dict[str, float] | None = None) -> None:
+    produce_encoded(settings, encode_commands(codec, cmds), rate=rate, sent_at=sent_at)
+
+
+def produce_encoded(settings: Settings, cmds: list[Encoded], *, topic: str = C.COMMANDS_TOPIC,
+                    rate: float = 0.0, sent_at: dict[str, float] | None = None) -> None:
+    """One independent produce per command (no batching by the load generator beyond
+    the producer's own linger), open loop at `rate` if given."""
     p = _producer(settings)
     start = time.monotonic()
     for i, c in enumerate(cmds):
@@ -184,8 +206,8 @@ def _produce(settings: Settings, codec: Codec, cmds: list[dict[str, Any]],
             if delay > 0:
                 time.sleep(delay)
         if sent_at is not None:
-            sent_at[c["command_id"]] = time.monotonic()
-        p.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+            sent_at[c.command_id] = time.monotonic()
+        p.produce(topic, key=c.key, value=c.value)
         p.poll(0)
     p.flush(60)
 
