@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
@@ -97,6 +97,10 @@ class LedgerProcess:
             self.proc.kill()
 
 
+_NOT_READY = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
+
+
 class Outcomes:
     """Follows ledger.events (or `topic`, a peer's copy of it with the same schema) from
     the current end and timestamps terminal outcomes."""
@@ -107,14 +111,24 @@ class Outcomes:
         self.on_event = on_event  # sees every decoded event (bench compare replays its own)
         self.consumer = kafka.consumer(settings, f"bench-{uuid.uuid4()}", **{"fetch.wait.max.ms": 10})
         parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        self.consumer.assign([
-            TopicPartition(topic, p, self.consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1])
-            for p in parts
-        ])
+        self.consumer.assign([TopicPartition(topic, p, self._end(topic, p)) for p in parts])
         self.seen: dict[str, tuple[float, str]] = {}
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _end(self, topic: str, partition: int) -> int:
+        """The partition's end offset; a topic created a moment ago (a peer's) may not
+        have its leader in place yet, which is worth a few retries."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return int(self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in _NOT_READY) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _run(self) -> None:
         while not self._stop.is_set():
