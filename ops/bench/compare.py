@@ -1,12 +1,16 @@
-"""`paystream bench compare`: paystream against the classic row-locking design.
+"""`paystream bench compare`: paystream against the classic row-locking design
+and against a Kafka Streams peer of the same shape.
 
-Both designs get the same transfers (same accounts, same seed), on the same
+All designs get the same transfers (same accounts, same seed), on the same
 machine, with the same durability promise per acknowledged transfer: paystream
 end to end through Kafka with acks=all, produce -> terminal event visible to a
-read_committed consumer; the baseline (`ops.bench.baseline`) one Postgres
-transaction with synchronous_commit=on. Three workloads: uniform over all
-accounts, one hot account sending 50 % of the transfers, and fan-in where one
-merchant receives 50 %.
+read_committed consumer; the Kafka Streams peer (`ops.bench.kstreams`, `--design
+kstreams`) by the very same procedure on topics of its own on the same broker;
+the baseline (`ops.bench.baseline`) one Postgres transaction with
+synchronous_commit=on. Three workloads: uniform over all accounts, one hot
+account sending 50 % of the transfers, and fan-in where one merchant receives 50 %.
+The load client encodes every command before the clock starts and submits each
+transfer on its own (docs/PROOF.md, fairness rules).
 
 Per workload and design: sustained throughput (all transfers offered at once),
 then latency p50/p95/p99 at a fixed offered rate (open loop, measured from the
@@ -15,8 +19,8 @@ CPU ms per transfer) and peak memory. The baseline is tried with several pool
 sizes and variants on a prefix of the workload; the best is then measured in
 full and reported, with what it was.
 
-After the paystream runs, the invariants `paystream verify` checks are applied
-to the bench's own accounts (every event of them, replayed): sums per currency
+After the paystream and peer runs, the invariants `paystream verify` checks are
+applied to the design's own accounts (every event of them, replayed): sums per currency
 zero, one terminal outcome per command, no leg twice, no negative balance,
 balance_after equal to the replay. The baseline is checked in its own terms
 (money conserved, no negative balance, one row per payment).
@@ -172,7 +176,7 @@ class Sampler:
 
 @dataclass
 class Measurement:
-    design: str  # paystream | baseline
+    design: str  # paystream | kstreams | baseline
     workload: str
     config: str
     transfers: int
