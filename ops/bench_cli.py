@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 from rich.console import Console
 
@@ -69,16 +71,25 @@ def compare_cmd(
     isolated: bool = typer.Option(False, help="run both designs on a fresh stack of their own"),
     group_wait: float = typer.Option(600.0, help="seconds to wait for other ledgers to leave the group"),
     publish: bool = typer.Option(False, help="also copy the plot to docs/bench/compare.png"),
+    design: str = typer.Option("paystream,baseline,kstreams",
+                               help="comma list of designs: paystream, baseline (Postgres), kstreams "
+                                    "(Kafka Streams peer, built with Maven; a failed build stops the bench)"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the results as JSON to this path"),
 ) -> None:
-    """paystream vs the classic Postgres row-locking design on the same workloads."""
-    from ops.bench.compare import compare
+    """paystream vs a Kafka Streams peer and the classic Postgres row-locking design, same workloads."""
+    from ops.bench.compare import compare, parse_designs
 
     console = Console()
     if not console.is_terminal:
-        console = Console(width=200)  # the tables are wide; logs and pipes should not wrap them
+        console = Console(width=220)  # the tables are wide; logs and pipes should not wrap them
+    try:
+        designs = parse_designs(design)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--design") from exc
     kw = dict(accounts=accounts, transfers_n=transfers, paced_rate=paced_rate, paced_seconds=paced_seconds,
               pools=pool, variants=variant, sweep_n=sweep, workloads=workload,
-              commit_interval=commit_interval, group_wait=group_wait, publish=publish, console=console)
+              commit_interval=commit_interval, group_wait=group_wait, publish=publish, designs=designs,
+              json_path=json_out, console=console)
     try:
         if isolated:
             from ops.isolated import isolated_stack, settings_env

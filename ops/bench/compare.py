@@ -1,12 +1,16 @@
-"""`paystream bench compare`: paystream against the classic row-locking design.
+"""`paystream bench compare`: paystream against the classic row-locking design
+and against a Kafka Streams peer of the same shape.
 
-Both designs get the same transfers (same accounts, same seed), on the same
+All designs get the same transfers (same accounts, same seed), on the same
 machine, with the same durability promise per acknowledged transfer: paystream
 end to end through Kafka with acks=all, produce -> terminal event visible to a
-read_committed consumer; the baseline (`ops.bench.baseline`) one Postgres
-transaction with synchronous_commit=on. Three workloads: uniform over all
-accounts, one hot account sending 50 % of the transfers, and fan-in where one
-merchant receives 50 %.
+read_committed consumer; the Kafka Streams peer (`ops.bench.kstreams`, `--design
+kstreams`) by the very same procedure on topics of its own on the same broker;
+the baseline (`ops.bench.baseline`) one Postgres transaction with
+synchronous_commit=on. Three workloads: uniform over all accounts, one hot
+account sending 50 % of the transfers, and fan-in where one merchant receives 50 %.
+The load client encodes every command before the clock starts and submits each
+transfer on its own (docs/PROOF.md, fairness rules).
 
 Per workload and design: sustained throughput (all transfers offered at once),
 then latency p50/p95/p99 at a fixed offered rate (open loop, measured from the
@@ -15,8 +19,8 @@ CPU ms per transfer) and peak memory. The baseline is tried with several pool
 sizes and variants on a prefix of the workload; the best is then measured in
 full and reported, with what it was.
 
-After the paystream runs, the invariants `paystream verify` checks are applied
-to the bench's own accounts (every event of them, replayed): sums per currency
+After the paystream and peer runs, the invariants `paystream verify` checks are
+applied to the design's own accounts (every event of them, replayed): sums per currency
 zero, one terminal outcome per command, no leg twice, no negative balance,
 balance_after equal to the replay. The baseline is checked in its own terms
 (money conserved, no negative balance, one row per payment).
@@ -41,7 +45,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.bench import baseline as B
-from ops.bench.ledger import LedgerProcess, Outcomes, _group_is_busy, _produce
+from ops.bench import kstreams as K
+from ops.bench.ledger import EVENTS, Encoded, LedgerProcess, Outcomes, _group_is_busy, encode_commands, produce_encoded
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings
@@ -171,7 +176,7 @@ class Sampler:
 
 @dataclass
 class Measurement:
-    design: str  # paystream | baseline
+    design: str  # paystream | kstreams | baseline
     workload: str
     config: str
     transfers: int
@@ -212,6 +217,7 @@ class Report:
     measurements: list[Measurement] = field(default_factory=list)
     paystream_invariants: dict[str, Any] = field(default_factory=dict)
     baseline_invariants: dict[str, Any] = field(default_factory=dict)
+    kstreams_invariants: dict[str, Any] = field(default_factory=dict)
     plot: str = ""
 
     def get(self, design: str, workload: str) -> Measurement | None:
@@ -221,32 +227,42 @@ class Report:
 # ----------------------------------------------------------------------------- paystream
 
 
-class PaystreamRunner:
-    """One ledger process of our own, and one reader of ledger.events for the whole run."""
+class StreamRunner:
+    """A design on the broker: one process of its own and one reader of its events
+    topic for the whole run. paystream and the Kafka Streams peer are measured by the
+    same procedure: same accounts and transfers, commands pre-encoded by the load
+    client and submitted one by one (to paystream through its client library, which
+    coalesces them per partition), timed from produce to the terminal event visible
+    to a read_committed consumer."""
 
-    def __init__(self, settings: Settings, console: Console, *, commit_interval: float,
-                 env_extra: dict[str, str] | None, group_wait: float) -> None:
+    design = ""
+    app_group = ""  # the name of the design's own process in the CPU and memory samples
+
+    def __init__(self, settings: Settings, console: Console, codec: Codec, *, commands_topic: str,
+                 events_topic: str) -> None:
         self.settings = settings
         self.console = console
-        deadline = time.monotonic() + group_wait
-        while _busy(settings):
-            if time.monotonic() > deadline:
-                raise RuntimeError("another ledger is in group paystream-ledger (someone's tests or "
-                                   "`paystream up`); the bench needs the group to itself. Stop it, "
-                                   "wait longer (--group-wait) or use --isolated")
-            console.print("[yellow]another ledger is in the group; waiting for it to leave[/yellow]")
-            time.sleep(10)
-        self.codec = Codec(settings.registry_url)
+        self.codec = codec
+        self.commands_topic = commands_topic
         self.mine: set[str] = set()
         self.events: list[dict[str, Any]] = []
-        self.outcomes = Outcomes(settings, self.codec, on_event=self._keep)
-        self.ledger = LedgerProcess(settings, commit_interval, env_extra)
-        self.commit_interval = commit_interval
+        self.outcomes = Outcomes(settings, self.codec, on_event=self._keep, topic=events_topic)
         self.command_ids: list[str] = []
+        self.config = ""
+
+    # the design's process: `ps` (psutil) and `peak_rss` (bytes)
+    def _process(self) -> Any:
+        raise NotImplementedError
 
     def _keep(self, e: dict[str, Any]) -> None:
         if e["account_id"] in self.mine:
             self.events.append(e)
+
+    def _send(self, cmds: list[Encoded], rate: float = 0.0, sent_at: dict[str, float] | None = None) -> None:
+        # The codec lets paystream's client library batch paystream's commands; the
+        # peer's topic gets one produce per command (produce_encoded).
+        produce_encoded(self.settings, cmds, topic=self.commands_topic, rate=rate, sent_at=sent_at,
+                        codec=self.codec)
 
     def setup(self, accounts: list[str]) -> None:
         self.mine.update(accounts)
@@ -255,52 +271,55 @@ class PaystreamRunner:
         deposits = [C.deposit(a, BALANCE, CURRENCY) for a in accounts]
         self.command_ids += [c["command_id"] for c in opens + deposits]
         t0 = time.monotonic()
-        _produce(self.settings, self.codec, opens)
-        _produce(self.settings, self.codec, deposits)
+        self._send(encode_commands(self.codec, opens))
+        self._send(encode_commands(self.codec, deposits))
         if not self.outcomes.wait_for([d["command_id"] for d in deposits], 600):
-            raise RuntimeError("the ledger did not open and fund the accounts within 600 s")
-        self.console.print(f"paystream: {len(accounts)} accounts opened and funded in "
+            raise RuntimeError(f"{self.design} did not open and fund the accounts within 600 s")
+        self.console.print(f"{self.design}: {len(accounts)} accounts opened and funded in "
                            f"{time.monotonic() - t0:.1f}s")
 
     def warm_up(self, cmds: list[dict[str, Any]]) -> None:
         """Unmeasured transfers before the first measured workload, as the baseline's
         pool and variant sweep warms Postgres before its measured runs. A broker whose
         JIT is still cold spent 2-2.5x the CPU per message (`bench framework`), and
-        the first workload measured (uniform) used to pay for it alone."""
+        the first workload measured (uniform) used to pay for it alone; a JVM peer
+        needs its own JIT warm too."""
         ids = [c["command_id"] for c in cmds]
         self.command_ids += ids
         t0 = time.monotonic()
-        _produce(self.settings, self.codec, cmds)
+        self._send(encode_commands(self.codec, cmds))
         if not self.outcomes.wait_for(ids, timeout=max(180.0, len(cmds) / 100)):
-            raise RuntimeError("the ledger did not settle the warm-up transfers in time")
-        self.console.print(f"paystream: warm-up, {len(cmds)} unmeasured transfers in "
+            raise RuntimeError(f"{self.design} did not settle the warm-up transfers in time")
+        self.console.print(f"{self.design}: warm-up, {len(cmds)} unmeasured transfers in "
                            f"{time.monotonic() - t0:.1f}s")
 
     def _groups(self) -> dict[str, Callable[[], list[psutil.Process]]]:
         broker = listener(self.settings.kafka_port)
         me = psutil.Process()
-        return {"ledger": lambda: [self.ledger.ps], "broker": lambda: [broker] if broker else [],
+        proc = self._process()
+        return {self.app_group: lambda: [proc.ps], "broker": lambda: [broker] if broker else [],
                 "client": lambda: [me]}
 
     def measure(self, workload: str, cmds: list[dict[str, Any]], paced: list[dict[str, Any]],
                 rate: float) -> Measurement:
-        m = Measurement("paystream", workload, f"1 ledger, commit {self.commit_interval}s", len(cmds), 0, 0.0)
+        m = Measurement(self.design, workload, self.config, len(cmds), 0, 0.0)
         ids = [c["command_id"] for c in cmds]
         self.command_ids += ids + [c["command_id"] for c in paced]
+        full, slow = encode_commands(self.codec, cmds), encode_commands(self.codec, paced)
         with Sampler(self._groups()) as s:
             t0 = time.monotonic()
-            _produce(self.settings, self.codec, cmds)
+            self._send(full)
             self.outcomes.wait_for(ids, timeout=max(180.0, len(cmds) / 100))
             done = [i for i in ids if i in self.outcomes.seen]
             end = max((self.outcomes.seen[i][0] for i in done), default=time.monotonic())
         m.completed, m.seconds = len(done), end - t0
         m.cpu_seconds, m.cpu_window, m.peak_mib = s.cpu_seconds(), s.t1 - s.t0, dict(s.peak)
         m.statuses = dict(_count(self.outcomes.seen[i][1] for i in done))
-        m.peak_mib["ledger"] = max(m.peak_mib.get("ledger", 0.0), self.ledger.peak_rss / 2**20)
+        m.peak_mib[self.app_group] = max(m.peak_mib.get(self.app_group, 0.0), self._process().peak_rss / 2**20)
         # latency at a fixed offered rate
         sent_at: dict[str, float] = {}
         pids = [c["command_id"] for c in paced]
-        _produce(self.settings, self.codec, paced, rate=rate, sent_at=sent_at)
+        self._send(slow, rate=rate, sent_at=sent_at)
         self.outcomes.wait_for(pids, timeout=max(120.0, len(paced) / 100))
         got = [i for i in pids if i in self.outcomes.seen]
         m.paced_rate, m.paced_completed = rate, len(got)
@@ -334,8 +353,72 @@ class PaystreamRunner:
         }
 
     def close(self) -> None:
-        self.ledger.stop()
         self.outcomes.close()
+
+
+class PaystreamRunner(StreamRunner):
+    """One ledger process of our own on the project's topics."""
+
+    design = "paystream"
+    app_group = "ledger"
+
+    def __init__(self, settings: Settings, console: Console, *, commit_interval: float,
+                 env_extra: dict[str, str] | None, group_wait: float) -> None:
+        deadline = time.monotonic() + group_wait
+        while _busy(settings):
+            if time.monotonic() > deadline:
+                raise RuntimeError("another ledger is in group paystream-ledger (someone's tests or "
+                                   "`paystream up`); the bench needs the group to itself. Stop it, "
+                                   "wait longer (--group-wait) or use --isolated")
+            console.print("[yellow]another ledger is in the group; waiting for it to leave[/yellow]")
+            time.sleep(10)
+        super().__init__(settings, console, Codec(settings.registry_url), commands_topic=C.COMMANDS_TOPIC,
+                         events_topic=EVENTS)
+        self.ledger = LedgerProcess(settings, commit_interval, env_extra)
+        self.commit_interval = commit_interval
+        self.config = f"1 ledger, commit {commit_interval}s"
+
+    def _process(self) -> Any:
+        return self.ledger
+
+    def close(self) -> None:
+        self.ledger.stop()
+        super().close()
+
+
+class KStreamsRunner(StreamRunner):
+    """The Kafka Streams peer (ops/bench/kstreams.py) on topics of its own, same broker."""
+
+    design = "kstreams"
+    app_group = "kstreams"
+
+    def __init__(self, settings: Settings, console: Console, built: Path, *, commit_interval: float) -> None:
+        codec = Codec(settings.registry_url)
+        self.peer = K.Peer(settings, codec, built, commit_ms=round(commit_interval * 1000))
+        try:
+            super().__init__(settings, console, codec, commands_topic=self.peer.commands,
+                             events_topic=self.peer.events)
+            self.peer.wait_running()
+        except BaseException:
+            self.peer.close()
+            raise
+        self.config = f"1 stream thread, commit {commit_interval}s, heap {K.JVM_HEAP}"
+
+    def _process(self) -> Any:
+        return self.peer
+
+    def measure(self, workload: str, cmds: list[dict[str, Any]], paced: list[dict[str, Any]],
+                rate: float) -> Measurement:
+        m = super().measure(workload, cmds, paced, rate)
+        if not self.peer.alive():
+            raise RuntimeError(f"the Kafka Streams peer died during {workload}:\n{self.peer.tail()}")
+        return m
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.peer.close()
 
 
 def _busy(settings: Settings) -> bool:
@@ -421,60 +504,87 @@ class BaselineRunner:
 
 # ----------------------------------------------------------------------------- main
 
+DESIGNS = ("paystream", "baseline", "kstreams")
+# the processes whose CPU and memory are the design's cost ("server"), by design
+SERVER = {"paystream": ("ledger", "broker"), "kstreams": ("kstreams", "broker"), "baseline": ("postgres",)}
+
+
+def parse_designs(text: str) -> list[str]:
+    """`paystream,baseline,kstreams` (any subset, any order) -> the designs, in run order."""
+    names = [d.strip() for d in text.split(",") if d.strip()]
+    unknown = [d for d in names if d not in DESIGNS]
+    if unknown or not names:
+        raise ValueError(f"unknown design(s) {unknown or text!r}: choose from {', '.join(DESIGNS)}")
+    return [d for d in ("paystream", "kstreams", "baseline") if d in names]
+
+
+def server_cpu_us(m: Measurement) -> float:
+    """Server CPU microseconds per completed transfer (the design's processes summed)."""
+    return sum(1000 * m.cpu_ms_per_transfer(g) for g in SERVER[m.design])
+
+
+def server_peak_mib(m: Measurement) -> float:
+    return sum(m.peak_mib.get(g, 0.0) for g in SERVER[m.design])
+
 
 def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20_000, paced_rate: float = 500.0,
             paced_seconds: float = 10.0, pools: list[int] | None = None, variants: list[str] | None = None,
             sweep_n: int = 6_000, workloads: list[str] | None = None, commit_interval: float = 0.1,
             env_extra: dict[str, str] | None = None, group_wait: float = 600.0, dbname: str = "bench_baseline",
-            publish: bool = False, console: Console | None = None) -> Report:
+            publish: bool = False, designs: list[str] | None = None, json_path: Path | None = None,
+            console: Console | None = None) -> Report:
     console = console or Console()
     pools = pools or [8, 16, 32, 64]
     variants = variants or ["classic", "proc"]
     workloads = workloads or list(WORKLOADS)
+    designs = parse_designs(",".join(designs or DESIGNS))
+    built = K.build(settings) if "kstreams" in designs else None  # a failed build stops the bench here
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     report = Report(stamp, {
         "accounts": accounts, "transfers": transfers_n, "paced_rate": paced_rate, "paced_seconds": paced_seconds,
         "pools": pools, "variants": variants, "sweep_n": sweep_n, "commit_interval": commit_interval,
         "bootstrap": settings.bootstrap_servers, "postgres_port": settings.postgres_port,
+        "kafka_version": settings.kafka_version, "broker_heap": settings.kafka_heap, "designs": designs,
         "cpus": psutil.cpu_count(), "load_at_start": list(psutil.getloadavg()),
     })
     ids = [str(uuid.uuid4()) for _ in range(accounts)]
     n_paced = int(paced_rate * paced_seconds)
     work = {wl: (transfers(ids, transfers_n, wl, f"{wl}/max"), transfers(ids, n_paced, wl, f"{wl}/paced"))
             for wl in workloads}
+    warm = transfers(ids, min(sweep_n, transfers_n), "uniform", "warm-up")
 
-    console.print(f"[bold]paystream[/bold]: ledger on {settings.bootstrap_servers}, {accounts} accounts")
-    ps = PaystreamRunner(settings, console, commit_interval=commit_interval, env_extra=env_extra,
-                         group_wait=group_wait)
-    try:
-        ps.setup(ids)
-        ps.warm_up(transfers(ids, min(sweep_n, transfers_n), "uniform", "warm-up"))
-        for wl in workloads:
-            cmds, paced = work[wl]
-            m = ps.measure(wl, cmds, paced, paced_rate)
-            report.measurements.append(m)
-            console.print(f"  paystream {wl:8}: {m.rate:7.0f}/s; at {paced_rate:.0f}/s p50 "
-                          f"{pct(m.latencies_ms, .5):.0f} ms p99 {pct(m.latencies_ms, .99):.0f} ms; "
-                          f"ledger CPU {m.cpu_pct('ledger'):.0f}%")
-        report.paystream_invariants = ps.invariants()
-    finally:
-        ps.close()
-
-    console.print(f"[bold]baseline[/bold]: Postgres on port {settings.postgres_port}, database {dbname}")
-    bl = BaselineRunner(settings, console, dbname)
-    try:
-        bl.setup(ids)
-        inv: dict[str, Any] = {}
-        for wl in workloads:
-            cmds, paced = work[wl]
-            m = bl.measure(wl, cmds, paced, paced_rate, pools, variants, min(sweep_n, transfers_n))
-            report.measurements.append(m)
-            inv[wl] = bl.last_invariants
-            console.print(f"  baseline  {wl:8}: {m.rate:7.0f}/s ({m.config}); at {paced_rate:.0f}/s p50 "
-                          f"{pct(m.latencies_ms, .5):.1f} ms p99 {pct(m.latencies_ms, .99):.1f} ms")
-        report.baseline_invariants = inv
-    finally:
-        bl.close()
+    for design in designs:
+        if design == "baseline":
+            _run_baseline(settings, console, report, ids, work, paced_rate, pools, variants,
+                          min(sweep_n, transfers_n), dbname)
+            continue
+        runner: StreamRunner
+        if design == "paystream":
+            console.print(f"[bold]paystream[/bold]: ledger on {settings.bootstrap_servers}, {accounts} accounts")
+            runner = PaystreamRunner(settings, console, commit_interval=commit_interval, env_extra=env_extra,
+                                     group_wait=group_wait)
+        else:
+            assert built is not None
+            console.print(f"[bold]kstreams[/bold]: Kafka Streams {settings.kafka_version} peer on "
+                          f"{settings.bootstrap_servers}, {accounts} accounts")
+            runner = KStreamsRunner(settings, console, built, commit_interval=commit_interval)
+        try:
+            runner.setup(ids)
+            runner.warm_up(warm)
+            for wl in workloads:
+                cmds, paced = work[wl]
+                m = runner.measure(wl, cmds, paced, paced_rate)
+                report.measurements.append(m)
+                console.print(f"  {design:9} {wl:8}: {m.rate:7.0f}/s; at {paced_rate:.0f}/s p50 "
+                              f"{pct(m.latencies_ms, .5):.0f} ms p99 {pct(m.latencies_ms, .99):.0f} ms; "
+                              f"{runner.app_group} CPU {m.cpu_pct(runner.app_group):.0f}%")
+            inv = runner.invariants()
+            if design == "paystream":
+                report.paystream_invariants = inv
+            else:
+                report.kstreams_invariants = inv
+        finally:
+            runner.close()
 
     render(report, console)
     report.plot = str(plot(report, RESULTS / f"compare-{stamp}.png"))
@@ -484,46 +594,144 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
         shutil.copyfile(report.plot, DOC_PLOT)
     data = {**asdict(report), "measurements": [m.summary() for m in report.measurements]}
     (RESULTS / f"compare-{stamp}.json").write_text(json.dumps(data, indent=2, default=str))
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(results_json(report), indent=2, default=str) + "\n")
+        console.print(f"results: {json_path}")
     console.print(f"plot: {report.plot}" + (f" (copied to {DOC_PLOT})" if publish else ""))
     return report
+
+
+def _run_baseline(settings: Settings, console: Console, report: Report, ids: list[str],
+                  work: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]], paced_rate: float,
+                  pools: list[int], variants: list[str], sweep_n: int, dbname: str) -> None:
+    console.print(f"[bold]baseline[/bold]: Postgres on port {settings.postgres_port}, database {dbname}")
+    bl = BaselineRunner(settings, console, dbname)
+    try:
+        bl.setup(ids)
+        inv: dict[str, Any] = {}
+        for wl, (cmds, paced) in work.items():
+            m = bl.measure(wl, cmds, paced, paced_rate, pools, variants, sweep_n)
+            report.measurements.append(m)
+            inv[wl] = bl.last_invariants
+            console.print(f"  baseline  {wl:8}: {m.rate:7.0f}/s ({m.config}); at {paced_rate:.0f}/s p50 "
+                          f"{pct(m.latencies_ms, .5):.1f} ms p99 {pct(m.latencies_ms, .99):.1f} ms")
+        report.baseline_invariants = inv
+    finally:
+        bl.close()
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return a / b if b and a == a and b == b else None  # NaN-safe
+
+
+def ratios(report: Report, peer: str, wl: str) -> dict[str, float | None] | None:
+    """paystream / `peer` on one workload: throughput (higher is better for paystream),
+    latency and CPU per transfer (lower is better for paystream)."""
+    p, o = report.get("paystream", wl), report.get(peer, wl)
+    if p is None or o is None:
+        return None
+    return {
+        "throughput": _ratio(p.rate, o.rate),
+        "p50": _ratio(pct(p.latencies_ms, .5), pct(o.latencies_ms, .5)),
+        "p99": _ratio(pct(p.latencies_ms, .99), pct(o.latencies_ms, .99)),
+        "cpu_per_transfer": _ratio(server_cpu_us(p), server_cpu_us(o)),
+    }
+
+
+def results_json(report: Report) -> dict[str, Any]:
+    """The `--json` file: per design and workload the headline figures, then the
+    ratios of paystream against each peer."""
+    designs: dict[str, dict[str, Any]] = {}
+    for m in report.measurements:
+        designs.setdefault(m.design, {})[m.workload] = {
+            "config": m.config,
+            "transfers": m.transfers,
+            "completed": m.completed,
+            "transfers_per_s": m.rate,
+            "p50_ms": pct(m.latencies_ms, .5),
+            "p99_ms": pct(m.latencies_ms, .99),
+            "paced_rate": m.paced_rate,
+            "paced_completed": m.paced_completed,
+            "cpu_us_per_transfer": server_cpu_us(m),
+            "cpu_us_per_transfer_by_process": {g: 1000 * m.cpu_ms_per_transfer(g) for g in SERVER[m.design]},
+            "client_cpu_us_per_transfer": 1000 * m.cpu_ms_per_transfer("client"),
+            "peak_rss_mib": server_peak_mib(m),
+            "peak_mib_by_process": {g: m.peak_mib.get(g, 0.0) for g in SERVER[m.design]},
+        }
+    out_ratios: dict[str, dict[str, Any]] = {}
+    for wl in WORKLOADS:
+        for peer in ("baseline", "kstreams"):
+            r = ratios(report, peer, wl)
+            if r is not None:
+                out_ratios.setdefault(wl, {})[f"paystream/{peer}"] = r
+    return {
+        "started": report.started,
+        "settings": report.settings,
+        "units": {"transfers_per_s": "completed transfers per second, full speed",
+                  "p50_ms": "ms, produce -> terminal event, at paced_rate offered",
+                  "cpu_us_per_transfer": "server CPU microseconds per transfer (design's processes + broker)",
+                  "peak_rss_mib": "peak MiB of the design's processes (RSS; Postgres: PSS)"},
+        "designs": designs,
+        "ratios": out_ratios,
+        "invariants": {"paystream": report.paystream_invariants, "kstreams": report.kstreams_invariants,
+                       "baseline": {wl: v["money_conserved_and_no_negative"]
+                                    for wl, v in report.baseline_invariants.items()}},
+    }
 
 
 def render(report: Report, console: Console) -> None:
     rate = report.settings["paced_rate"]
     t = Table("workload", "design", "config", "transfers/s", f"p50 ms\n@{rate:.0f}/s", "p95 ms", "p99 ms",
               "server CPU %\n(of 1 core)", "server CPU\nms/transfer", "client\nCPU %", "peak MiB",
-              title="paystream vs classic Postgres (server = ledger + broker | postgres processes)")
+              title="paystream vs Kafka Streams vs classic Postgres "
+                    "(server = ledger | kstreams + broker | postgres processes)")
     for m in report.measurements:
-        if m.design == "paystream":
-            cpu = f"{m.cpu_pct('ledger'):.0f} + {m.cpu_pct('broker'):.0f}"
-            per = f"{m.cpu_ms_per_transfer('ledger'):.2f} + {m.cpu_ms_per_transfer('broker'):.2f}"
-            mem = f"ledger {m.peak_mib.get('ledger', 0):.0f} + broker {m.peak_mib.get('broker', 0):.0f}"
-        else:
-            cpu = f"{m.cpu_pct('postgres'):.0f}"
-            per = f"{m.cpu_ms_per_transfer('postgres'):.2f}"
+        groups = SERVER[m.design]
+        cpu = " + ".join(f"{m.cpu_pct(g):.0f}" for g in groups)
+        per = " + ".join(f"{m.cpu_ms_per_transfer(g):.2f}" for g in groups)
+        if m.design == "baseline":
             mem = f"{m.peak_mib.get('postgres', 0):.0f} (PSS)"
+        else:
+            mem = " + ".join(f"{g} {m.peak_mib.get(g, 0):.0f}" for g in groups)
         short = m.paced_completed < 0.99 * rate * report.settings["paced_seconds"]
         t.add_row(m.workload, m.design, m.config, f"{m.rate:,.0f}",
                   f"{pct(m.latencies_ms, .5):.1f}" + (" *" if short else ""),
                   f"{pct(m.latencies_ms, .95):.1f}", f"{pct(m.latencies_ms, .99):.1f}", cpu, per,
                   f"{m.cpu_pct('client'):.0f}", mem)
     console.print(t)
+
+    def x(v: float | None) -> str:
+        return f"{v:.2f}x" if v is not None else "-"
+
     r = Table("workload", "throughput paystream / best baseline", "floor", "met",
-              "paystream / classic statements (best pool, sweep)", "p99 paystream / baseline", title="ratios")
+              "paystream / classic statements (best pool, sweep)", "p99 paystream / baseline",
+              "throughput paystream / kstreams", "p99 paystream / kstreams",
+              "CPU per transfer paystream / kstreams", title="ratios")
     for wl in WORKLOADS:
-        p, b = report.get("paystream", wl), report.get("baseline", wl)
-        if p is None or b is None or not b.rate:
+        vb, vk = ratios(report, "baseline", wl), ratios(report, "kstreams", wl)
+        if vb is None and vk is None:
             continue
-        ratio = p.rate / b.rate
-        p99 = pct(p.latencies_ms, .99) / pct(b.latencies_ms, .99)
-        met = "[green]yes[/green]" if ratio >= FLOORS[wl] else "[red]no[/red]"
-        classic = classic_best(b)
-        vs_classic = f"{p.rate / classic:.2f}x ({classic:,.0f}/s)" if classic else "-"
-        r.add_row(wl, f"{ratio:.2f}x", f">= {FLOORS[wl]:.0f}x", met, vs_classic, f"{p99:.1f}x")
+        cols = ["-"] * 5
+        if vb is not None:
+            b = report.get("baseline", wl)
+            p = report.get("paystream", wl)
+            assert b is not None and p is not None
+            ratio = vb["throughput"] or 0.0
+            classic = classic_best(b)
+            cols = [x(vb["throughput"]), f">= {FLOORS[wl]:.0f}x",
+                    "[green]yes[/green]" if ratio >= FLOORS[wl] else "[red]no[/red]",
+                    f"{p.rate / classic:.2f}x ({classic:,.0f}/s)" if classic else "-", x(vb["p99"])]
+        kcols = [x(vk["throughput"]), x(vk["p99"]), x(vk["cpu_per_transfer"])] if vk else ["-"] * 3
+        r.add_row(wl, *cols, *kcols)
     console.print(r)
-    console.print(f"paystream invariants on the bench's accounts: {report.paystream_invariants}")
-    console.print("baseline invariants: " + json.dumps(
-        {wl: v["money_conserved_and_no_negative"] for wl, v in report.baseline_invariants.items()}))
+    if report.paystream_invariants:
+        console.print(f"paystream invariants on the bench's accounts: {report.paystream_invariants}")
+    if report.kstreams_invariants:
+        console.print(f"kstreams invariants on the bench's accounts: {report.kstreams_invariants}")
+    if report.baseline_invariants:
+        console.print("baseline invariants: " + json.dumps(
+            {wl: v["money_conserved_and_no_negative"] for wl, v in report.baseline_invariants.items()}))
 
 
 def classic_best(m: Measurement) -> float:
@@ -539,20 +747,28 @@ def plot(report: Report, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    wls = [wl for wl in WORKLOADS if report.get("paystream", wl) and report.get("baseline", wl)]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 6))
-    colors = {"paystream": "#2b6cb0", "baseline": "#c05621", "classic": "#f6ad55"}
-    width = 0.27
-    series = [
-        ("paystream", [m.rate if (m := report.get("paystream", wl)) else 0.0 for wl in wls], colors["paystream"]),
-        ("baseline, statements (best pool)", [classic_best(m) if (m := report.get("baseline", wl)) else 0.0
-                                              for wl in wls], colors["classic"]),
-        ("baseline, best variant and pool per workload", [m.rate if (m := report.get("baseline", wl)) else 0.0
-                                                          for wl in wls], colors["baseline"]),
-    ]
-    for i, (label, rates, color) in enumerate(series):
-        xs = [k + (i - 1) * width for k in range(len(wls))]
-        bars = ax1.bar(xs, rates, width, label=label, color=color)
+    wls = [wl for wl in WORKLOADS if any(report.get(d, wl) for d in DESIGNS)]
+    designs = [d for d in ("paystream", "kstreams", "baseline") if any(report.get(d, wl) for wl in wls)]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 6))
+    colors = {"paystream": "#2b6cb0", "kstreams": "#2f855a", "baseline": "#c05621", "classic": "#f6ad55"}
+
+    def rates(design: str, of: Callable[[Measurement], float]) -> list[float]:
+        return [of(m) if (m := report.get(design, wl)) else 0.0 for wl in wls]
+
+    series = []
+    if "paystream" in designs:
+        series.append(("paystream", rates("paystream", lambda m: m.rate), colors["paystream"]))
+    if "kstreams" in designs:
+        series.append(("Kafka Streams peer (same shape, same broker)", rates("kstreams", lambda m: m.rate),
+                       colors["kstreams"]))
+    if "baseline" in designs:
+        series.append(("baseline, statements (best pool)", rates("baseline", classic_best), colors["classic"]))
+        series.append(("baseline, best variant and pool per workload", rates("baseline", lambda m: m.rate),
+                       colors["baseline"]))
+    width = 0.8 / max(1, len(series))
+    for i, (label, vals, color) in enumerate(series):
+        xs = [k - 0.4 + width * (i + 0.5) for k in range(len(wls))]
+        bars = ax1.bar(xs, vals, width, label=label, color=color)
         ax1.bar_label(bars, fmt="%.0f", fontsize=8)
     ax1.set_xticks(range(len(wls)), wls)
     ax1.set_ylabel("transfers/s (sustained)")
@@ -560,8 +776,8 @@ def plot(report: Report, path: Path) -> Path:
     ax1.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     rate = report.settings["paced_rate"]
     qs = ((0.5, "p50"), (0.95, "p95"), (0.99, "p99"))
-    group = 0.8 / 6
-    for i, design in enumerate(("paystream", "baseline")):
+    group = 0.8 / (3 * max(1, len(designs)))
+    for i, design in enumerate(designs):
         for j, (q, label) in enumerate(qs):
             vals = []
             for wl in wls:
@@ -575,8 +791,8 @@ def plot(report: Report, path: Path) -> Path:
     ax2.set_ylabel("ms (log)")
     ax2.set_title(f"latency at {rate:.0f} transfers/s offered")
     ax2.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=3)
-    fig.suptitle("paystream (Kafka, exactly-once ledger) vs classic Postgres row locks — "
-                 f"{report.settings['accounts']} accounts, {psutil.cpu_count()} cores")
+    fig.suptitle("paystream (Kafka, exactly-once ledger) vs a Kafka Streams peer vs classic Postgres row locks — "
+                 f"{report.settings['accounts']} accounts, {psutil.cpu_count()} cores", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psutil
-from confluent_kafka import Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
@@ -98,23 +98,38 @@ class LedgerProcess:
             self.proc.kill()
 
 
+_NOT_READY = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION)
+
+
 class Outcomes:
-    """Follows ledger.events from the current end and timestamps terminal outcomes."""
+    """Follows ledger.events (or `topic`, a peer's copy of it with the same schema) from
+    the current end and timestamps terminal outcomes."""
 
     def __init__(self, settings: Settings, codec: Codec,
-                 on_event: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_event: Callable[[dict[str, Any]], None] | None = None, topic: str = EVENTS) -> None:
         self.codec = codec
         self.on_event = on_event  # sees every decoded event (bench compare replays its own)
         self.consumer = kafka.consumer(settings, f"bench-{uuid.uuid4()}", **{"fetch.wait.max.ms": 10})
-        parts = self.consumer.list_topics(EVENTS, timeout=10).topics[EVENTS].partitions
-        self.consumer.assign([
-            TopicPartition(EVENTS, p, self.consumer.get_watermark_offsets(TopicPartition(EVENTS, p), timeout=10)[1])
-            for p in parts
-        ])
+        parts = self.consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self.consumer.assign([TopicPartition(topic, p, self._end(topic, p)) for p in parts])
         self.seen: dict[str, tuple[float, str]] = {}
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
+
+    def _end(self, topic: str, partition: int) -> int:
+        """The partition's end offset; a topic created a moment ago (a peer's) may not
+        have its leader in place yet, which is worth a few retries."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                return int(self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1])
+            except KafkaException as exc:
+                err = exc.args[0]
+                if not (err.retriable() or err.code() in _NOT_READY) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -172,16 +187,24 @@ BATCH = {"enabled": True, "max_items": 128, "linger_ms": 5.0}
 
 @dataclass(frozen=True, slots=True)
 class Encoded:
-    """A command as the load client holds it: encoded before the clock starts, so
-    encoding costs every design the same and is never the measured limit."""
+    """A command as the load client holds it: encoded before the clock starts, for
+    every design, so encoding costs every design the same and the time measured is
+    the system's, not the encoder's."""
 
     command_id: str
     account_id: str
     value: bytes
 
+    @property
+    def key(self) -> bytes:
+        return self.account_id.encode()
+
 
 def encode_all(codec: Codec, cmds: list[dict[str, Any]]) -> list[Encoded]:
     return [Encoded(c["command_id"], c["account_id"], codec.encode(C.COMMANDS_TOPIC, c)) for c in cmds]
+
+
+encode_commands = encode_all
 
 
 def _producer(settings: Settings) -> Producer:
@@ -214,20 +237,31 @@ def _produce(settings: Settings, codec: Codec, cmds: list[dict[str, Any]] | list
     items: list[Encoded] = (
         cmds if cmds and isinstance(cmds[0], Encoded) else encode_all(codec, cmds)  # type: ignore[assignment,arg-type]
     )
+    produce_encoded(settings, items, rate=rate, sent_at=sent_at, codec=codec)
+
+
+def produce_encoded(settings: Settings, cmds: list[Encoded], *, topic: str = C.COMMANDS_TOPIC,
+                    rate: float = 0.0, sent_at: dict[str, float] | None = None, codec: Codec | None = None) -> None:
+    """Independent single-command submissions, open loop at `rate` if given. To
+    paystream's topic they go through paystream's client library (`CommandBatcher`,
+    when `BATCH` is enabled and a codec is given), which coalesces them per partition
+    as a gateway or a direct producer using the library does; to any other design's
+    topic, one produce per command (the producer's own linger is the same for all)."""
     p = _producer(settings)
-    batcher = _batcher(settings, codec) if BATCH["enabled"] else None
+    batcher = (_batcher(settings, codec) if BATCH["enabled"] and codec is not None and topic == C.COMMANDS_TOPIC
+               else None)  # fmt: skip
     start = time.monotonic()
-    for i, e in enumerate(items):
+    for i, c in enumerate(cmds):
         if rate:
             delay = start + i / rate - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
         if sent_at is not None:
-            sent_at[e.command_id] = time.monotonic()
+            sent_at[c.command_id] = time.monotonic()
         if batcher is not None:
-            batcher.send(e.account_id, e.value)
+            batcher.send(c.account_id, c.value)
         else:
-            p.produce(C.COMMANDS_TOPIC, key=e.account_id.encode(), value=e.value)
+            p.produce(topic, key=c.key, value=c.value)
         p.poll(0)
     if batcher is not None:
         batcher.flush()
