@@ -79,41 +79,6 @@ class Outcomes:
             h.observe(max(0.0, time.time() - timestamp_ms / 1000))
 
 
-_MISSING = object()
-
-
-class _CachedAccount:
-    """One account's state during one input record: the account entry is read and
-    deserialized once and written once, however many items of a batch touch it
-    (the other keys, the per-id memos, pass straight through)."""
-
-    __slots__ = ("_account", "_dirty", "_state")
-
-    def __init__(self, state: Any) -> None:
-        self._state = state
-        self._account: Any = _MISSING
-        self._dirty = False
-
-    def get(self, key: str, default: Any = None) -> Any:
-        if key == "a":
-            if self._account is _MISSING:
-                self._account = self._state.get("a")
-            return default if self._account is None else self._account
-        return self._state.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        if key == "a":
-            self._account = value
-            self._dirty = True
-        else:
-            self._state.set(key, value)
-
-    def flush(self) -> None:
-        if self._dirty:
-            self._state.set("a", self._account)
-            self._dirty = False
-
-
 class _Emit:
     """The outputs of one input record, produced through the checkpoint's
     transactional producer: events one per record (the public contract of
@@ -219,36 +184,25 @@ class LedgerProcessor:
     def _batch(self, emit: _Emit, state: State, batch: dict[str, Any], topic: str, timestamp: int,
                headers: Any) -> None:
         partition = message_context().partition
-        accounts: dict[str, _CachedAccount] = {}
         is_command = topic == COMMANDS
+        accepted: list[dict[str, Any]] = []
         for index, item in enumerate(batch["items"]):
             account = item.get("account_id")
             if is_command:
                 problem = domain.command_problem(item, account)
-                if problem is not None:
-                    self._dlq_item(emit, topic, "INVALID", problem, item, index, timestamp, headers)
-                    continue
-            elif not domain.is_uuid(account):
-                self._dlq_item(emit, topic, "INVALID", f"leg account_id {account!r} is not a UUID", item, index,
-                               timestamp, headers)
-                continue
-            if partition_for(account, self.partitions) != partition:
-                self._dlq_item(emit, topic, "MISROUTED",
-                               f"account {account} belongs to partition "
-                               f"{partition_for(account, self.partitions)} of {self.partitions}, not {partition} "
-                               f"(the producer assumed {batch['partition_count']} partitions)",
-                               item, index, timestamp, headers)  # fmt: skip
-                continue
-            cached = accounts.get(account)
-            if cached is None:
-                cached = accounts[account] = _CachedAccount(quix_compat.state_for(state, account.encode()))
-            if is_command:
-                outputs = domain.apply_command(cached, item, timestamp)
             else:
-                outputs = domain.apply_leg(cached, item, timestamp)
-            self._emit(emit, outputs, timestamp)
-        for cached in accounts.values():
-            cached.flush()
+                problem = None if domain.is_uuid(account) else f"leg account_id {account!r} is not a UUID"
+            if problem is not None:
+                self._dlq_item(emit, topic, "INVALID", problem, item, index, timestamp, headers)
+            elif (owner := partition_for(account, self.partitions)) != partition:
+                self._dlq_item(emit, topic, "MISROUTED",
+                               f"account {account} belongs to partition {owner} of {self.partitions}, not "
+                               f"{partition} (the producer assumed {batch['partition_count']} partitions)",
+                               item, index, timestamp, headers)  # fmt: skip
+            else:
+                accepted.append(item)
+        stores = domain.BatchStores(lambda account: quix_compat.state_for(state, account.encode()))
+        self._emit(emit, domain.apply_batch(stores, accepted, timestamp, legs=not is_command), timestamp)
 
     def _emit(self, emit: _Emit, outputs: list[domain.Output], timestamp: int) -> None:
         codec = self.codec
