@@ -24,6 +24,7 @@ import structlog
 from confluent_kafka import KafkaError, Producer, TopicPartition
 
 from paystream import kafka, tracing
+from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
 from paystream.commands import COMMANDS_TOPIC
 from paystream.settings import Settings
@@ -37,6 +38,11 @@ class SendError(Exception):
 
 
 class CommandSender:
+    """Concurrent commands bound for one partition are coalesced into batch records
+    (`paystream.batching.CommandBatcher`), which the ledger applies for a fraction
+    of a single record's cost; each request still waits for the acknowledgement of
+    the record that carries its command."""
+
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.codec = codec
         self.timeout = settings.gateway_produce_timeout_seconds
@@ -49,12 +55,24 @@ class CommandSender:
         self._stop = threading.Event()
         self._settled: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], Any]] = []
         self._thread = threading.Thread(target=self._poll, name="gw-producer-poll", daemon=True)
+        self.batcher: CommandBatcher | None = None
 
     def _new_producer(self) -> Producer:
         return kafka.producer(self.settings, **{"message.timeout.ms": int(self.timeout * 1000), "linger.ms": 1})
 
+    def _new_batcher(self) -> CommandBatcher | None:
+        if self.settings.gateway_batch_max_items <= 1 or tracing.enabled():
+            return None
+        meta = self.producer.list_topics(COMMANDS_TOPIC, timeout=10).topics[COMMANDS_TOPIC]
+        return CommandBatcher(
+            self.producer, header=self.codec.header(COMMANDS_TOPIC, COMMAND_BATCH),
+            command_schema_id=self.codec.schema_id(COMMANDS_TOPIC), partitions=len(meta.partitions),
+            max_items=self.settings.gateway_batch_max_items, linger_ms=self.settings.gateway_batch_linger_ms,
+        )  # fmt: skip
+
     def start(self) -> None:
         self.codec.schema_id(COMMANDS_TOPIC)  # fail at startup, not on the first request
+        self.batcher = self._new_batcher()
         self._thread.start()
 
     def _replace_producer(self) -> None:
@@ -63,6 +81,9 @@ class CommandSender:
         log.warning("no command delivered for %.0fs while messages time out; replacing the Kafka producer "
                     "(librdkafka #5430)", self.watch.stuck_after)
         old, self.producer = self.producer, self._new_producer()
+        if self.batcher is not None:
+            stale, self.batcher = self.batcher, self._new_batcher()
+            stale.close()  # what it still holds goes to the old producer, which purge() fails
         self.watch.reset()
         self.replaced += 1
         # Fail what the old producer still holds now (503, the client retries with its key)
@@ -107,9 +128,12 @@ class CommandSender:
         structlog.contextvars.bind_contextvars(payment_id=cmd["command_id"], account=cmd["account_id"])
         extra = {"headers": tracing.inject()} if tracing.enabled() else {}  # W3C traceparent
         try:
-            self.producer.produce(
-                COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered, **extra
-            )
+            if self.batcher is not None:
+                self.batcher.send(cmd["account_id"], value, on_delivery=delivered)
+            else:
+                self.producer.produce(
+                    COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered, **extra
+                )
         except (BufferError, Exception) as exc:
             raise SendError(f"cannot enqueue command: {exc}") from exc
         try:
@@ -118,6 +142,8 @@ class CommandSender:
             raise SendError("no delivery report from Kafka in time") from exc
 
     def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
         self._stop.set()
         self.producer.flush(5)
 

@@ -83,7 +83,9 @@ class CommandBatcher:
 
     `producer` is a `confluent_kafka.Producer` (idempotent, acks=all): a full local
     queue is waited out with `poll`, never dropped. `on_delivery` is passed to
-    every batch's produce.
+    every batch's produce; a command's own `on_delivery` (given to `send`) is
+    called with its batch's delivery report, so a caller can wait for its command
+    to be durable (the gateway answers only then).
     """
 
     def __init__(
@@ -110,6 +112,7 @@ class CommandBatcher:
         self.on_delivery = on_delivery
         self._lock = threading.Lock()
         self._items: list[list[bytes]] = [[] for _ in range(partitions)]
+        self._callbacks: list[list[Callable[..., Any]]] = [[] for _ in range(partitions)]
         self._since: list[float] = [0.0] * partitions
         self._wake = threading.Event()
         self._closed = False
@@ -118,10 +121,10 @@ class CommandBatcher:
         self._thread = threading.Thread(target=self._linger_loop, name="command-batcher", daemon=True)
         self._thread.start()
 
-    def send(self, account_id: str, encoded: bytes) -> None:
+    def send(self, account_id: str, encoded: bytes, on_delivery: Callable[..., Any] | None = None) -> None:
         body = body_of(encoded, self._schema_id)
         p = partition_for(account_id, self.partitions)
-        full: list[bytes] | None = None
+        full: tuple[list[bytes], list[Callable[..., Any]]] | None = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("batcher is closed")
@@ -130,18 +133,24 @@ class CommandBatcher:
                 self._since[p] = time.monotonic()
                 self._wake.set()
             items.append(body)
+            if on_delivery is not None:
+                self._callbacks[p].append(on_delivery)
             if len(items) >= self.max_items:
-                full, self._items[p] = items, []
+                full = self._take(p)
         if full is not None:
-            self._send(p, full)
+            self._send(p, *full)
+
+    def _take(self, p: int) -> tuple[list[bytes], list[Callable[..., Any]]]:
+        taken = (self._items[p], self._callbacks[p])
+        self._items[p], self._callbacks[p] = [], []
+        return taken
 
     def flush(self) -> None:
         """Send every waiting command now (the caller still flushes the producer)."""
         with self._lock:
-            ready = [(p, items) for p, items in enumerate(self._items) if items]
-            self._items = [[] for _ in range(self.partitions)]
-        for p, items in ready:
-            self._send(p, items)
+            ready = [(p, *self._take(p)) for p, items in enumerate(self._items) if items]
+        for p, items, callbacks in ready:
+            self._send(p, items, callbacks)
 
     def close(self) -> None:
         self.flush()
@@ -150,10 +159,22 @@ class CommandBatcher:
         self._wake.set()
         self._thread.join(timeout=5)
 
-    def _send(self, partition: int, bodies: list[bytes]) -> None:
+    def _send(self, partition: int, bodies: list[bytes], callbacks: list[Callable[..., Any]]) -> None:
         value = assemble(self._header, str(uuid.uuid4()), partition, self.partitions, bodies)
         key = key_for_partition(partition, self.partitions)
-        extra = {"on_delivery": self.on_delivery} if self.on_delivery is not None else {}
+        extra: dict[str, Any] = {}
+        if callbacks:
+            outer = self.on_delivery
+
+            def delivered(err: Any, msg: Any) -> None:
+                if outer is not None:
+                    outer(err, msg)
+                for cb in callbacks:
+                    cb(err, msg)
+
+            extra["on_delivery"] = delivered
+        elif self.on_delivery is not None:
+            extra["on_delivery"] = self.on_delivery
         while True:
             try:
                 self._producer.produce(self.topic, value=value, key=key, partition=partition, **extra)
@@ -168,15 +189,14 @@ class CommandBatcher:
             self._wake.wait(self.linger_s or 0.001)
             self._wake.clear()
             now = time.monotonic()
-            due: list[tuple[int, list[bytes]]] = []
+            due: list[tuple[int, list[bytes], list[Callable[..., Any]]]] = []
             with self._lock:
                 for p, items in enumerate(self._items):
                     if items and now - self._since[p] >= self.linger_s:
-                        due.append((p, items))
-                        self._items[p] = []
-            for p, items in due:
+                        due.append((p, *self._take(p)))
+            for p, items, callbacks in due:
                 try:
-                    self._send(p, items)
+                    self._send(p, items, callbacks)
                 except Exception:
                     log.exception("could not send a batch of %d commands to partition %d", len(items), p)
                     raise

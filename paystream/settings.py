@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     gateway_inflight_lock_seconds: int = 30
     gateway_redis_prefix: str = "gw:"
     gateway_pg_pool_max: int = 10
+    # Concurrent payments bound for one partition leave as one batch record
+    # (`paystream.batching`): up to this many, waiting at most this long for company.
+    # 1 sends every command alone. With tracing on, commands always go alone, so each
+    # payment keeps its own trace through the ledger.
+    gateway_batch_max_items: int = 64
+    gateway_batch_linger_ms: float = 2.0
     outbox_batch_size: int = 100
     outbox_poll_interval: float = 0.5
     outbox_fault: str | None = Field(

@@ -139,3 +139,25 @@ def test_batcher_refuses_a_command_written_with_another_schema() -> None:
 def test_body_of_strips_exactly_the_header() -> None:
     assert body_of(b"\x00\x00\x00\x00\x01abc", 1) == b"abc"
     assert assemble(b"H", "id", 0, 1, []) == b"H\x04id\x00\x02\x00"
+
+
+def test_each_command_hears_its_batchs_delivery_report() -> None:
+    class Reporting(FakeProducer):
+        def produce(self, topic: str, value: bytes, key: str, partition: int, **kw: Any) -> None:
+            super().produce(topic, value, key, partition)
+            kw["on_delivery"](None if partition % 2 == 0 else "broker said no", None)
+
+    batcher = CommandBatcher(Reporting(), header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=8,
+                             max_items=1000, linger_ms=10_000)
+    heard: dict[str, Any] = {}
+    cmds = [C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 5, "USD") for _ in range(40)]
+    for c in cmds:
+        def hear(err: Any, _msg: Any, cid: str = c["command_id"]) -> None:
+            heard[cid] = err
+
+        batcher.send(c["account_id"], _wire(c), on_delivery=hear)
+    assert heard == {}
+    batcher.close()
+    assert heard == {
+        c["command_id"]: (None if partition_for(c["account_id"], 8) % 2 == 0 else "broker said no") for c in cmds
+    }

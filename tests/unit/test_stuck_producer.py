@@ -80,7 +80,9 @@ def test_command_sender_replaces_a_stuck_producer(monkeypatch: pytest.MonkeyPatc
 
     monkeypatch.setattr(kafka, "producer", factory)
     monkeypatch.setattr(ledger_io.tracing, "enabled", lambda: False)
-    sender = CommandSender(Settings(gateway_produce_timeout_seconds=0.05), FakeCodec())  # type: ignore[arg-type]
+    # Commands alone (batching has its own tests): the replacement is what this checks.
+    sender = CommandSender(Settings(gateway_produce_timeout_seconds=0.05, gateway_batch_max_items=1),
+                           FakeCodec())  # type: ignore[arg-type]
     sender.start()
     cmd = {"command_id": "c", "account_id": "a"}
 
