@@ -30,6 +30,7 @@ from gateway.security import (
     dummy_hash,
     hash_password,
     issue_token,
+    rate_subject,
     valid_account_number,
     verify_password,
 )
@@ -96,6 +97,11 @@ Cursor = Annotated[str | None, Query(max_length=64)]
 def _ip(request: Request) -> str:
     peer = request.client.host if request.client else None
     return client_ip(peer, request.headers.get("x-forwarded-for"), gw_of(request).trusted)
+
+
+def _ip_bucket(request: Request) -> str:
+    """The per-IP rate limit's bucket: the client address, IPv6 by /64."""
+    return rate_subject(_ip(request))
 
 
 async def _rate(gw: Gateway, bucket: str, ident: str, limit: int) -> None:
@@ -171,7 +177,7 @@ async def register(body: M.RegisterIn, request: Request) -> Response:
     """Create a user and their first account. The account is opened by the ledger
     shortly after (status `opening` until then)."""
     gw = gw_of(request)
-    await _rate(gw, "register", _ip(request), gw.settings.gateway_rate_register_per_minute)
+    await _rate(gw, "register", _ip_bucket(request), gw.settings.gateway_rate_register_per_minute)
     pw_hash = await asyncio.to_thread(hash_password, body.password)
     try:
         user, ref = await store.create_user(
@@ -207,14 +213,29 @@ async def register(body: M.RegisterIn, request: Request) -> Response:
     tags=["auth"],
 )
 async def login(body: M.LoginIn, request: Request) -> Response:
-    """The same 401 for an unknown email and a wrong password, after the same work."""
+    """The same 401 for an unknown email and a wrong password, after the same work.
+
+    Two limits: per client address (IPv6 by /64), and per email, which locks an
+    account out for exponentially longer after repeated failures, so guessing one
+    account's password from many addresses does not work either. Both answer 429
+    `rate_limited` with Retry-After, the same for unknown and known emails."""
     gw = gw_of(request)
-    await _rate(gw, "login", _ip(request), gw.settings.gateway_rate_login_per_minute)
-    user = await store.user_by_email(gw.pool, body.email.strip().lower())
+    await _rate(gw, "login", _ip_bucket(request), gw.settings.gateway_rate_login_per_minute)
+    email = body.email.strip().lower()
+    locked = await gw.logins.attempt(email)
+    if locked is not None:
+        raise Problem(
+            429,
+            "rate_limited",
+            f"too many failed logins for this account; retry in {locked} s",
+            headers={"Retry-After": str(locked)},
+        )
+    user = await store.user_by_email(gw.pool, email)
     stored = user.password_hash if user else dummy_hash()
     ok = await asyncio.to_thread(verify_password, stored, body.password)
     if user is None or not ok:
         raise Problem(401, "invalid_credentials", "email or password is wrong")
+    await gw.logins.succeeded(email)
     token = issue_token(gw.settings, user.user_id, user.role)
     return json_response(
         200,

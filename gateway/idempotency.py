@@ -109,12 +109,32 @@ return rate_wait(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 )
 
 
+# Failed logins per account. Every attempt is counted *before* the password is
+# checked (a success deletes the count), so parallel guesses cannot all slip in
+# before the first failure is recorded. From the `threshold`-th attempt on, the
+# account is locked for base * 2^(n - threshold), capped; a locked account is
+# refused without counting. Failures are forgotten `reset_ms` after the last one.
+_LOGIN_ATTEMPT = """
+local now = tonumber(ARGV[1])
+local locked_until = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+if locked_until > now then return locked_until - now end
+local n = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+local threshold = tonumber(ARGV[2])
+local lock = 0
+if n >= threshold then
+  lock = math.floor(math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ (n - threshold)))
+  redis.call('HSET', KEYS[1], 'locked_until', now + lock)
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]) + lock)
+return 0
+"""
+
 # (current window key, previous window key, limit, window ms, ms elapsed in window)
 RateWindow = tuple[str, str, int, int, int]
 
 
-_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT = (
-    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE)
+_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT, _LOGIN_SCRIPT = (
+    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE, _LOGIN_ATTEMPT)
 )
 
 
@@ -214,6 +234,42 @@ class RateLimiter:
         cur, prev, limit, window_ms, elapsed = self.window(bucket, ident, limit, window_seconds)
         wait = int(await self.redis.evalsha(_RATE_SCRIPT, [cur, prev], [limit, window_ms, elapsed]))
         return None if wait <= 0 else max(1, -(-wait // 1000))
+
+
+class LoginGuard:
+    """Per-account login throttling with exponential lockout.
+
+    The per-IP limit alone lets a botnet try one account's password from many
+    addresses; this limit follows the account instead. It keys on a hash of the
+    normalised email whether or not the account exists, so a lockout tells an
+    attacker nothing about which emails are registered.
+    """
+
+    def __init__(self, redis: RespClient, prefix: str, *, threshold: int, base_seconds: float,
+                 max_seconds: float, reset_seconds: float) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.threshold = threshold
+        self.base_ms = int(base_seconds * 1000)
+        self.max_ms = int(max_seconds * 1000)
+        self.reset_ms = int(reset_seconds * 1000)
+
+    def key(self, email: str) -> str:
+        return f"{self.prefix}login:{hashlib.sha256(email.encode()).hexdigest()[:32]}"
+
+    async def attempt(self, email: str) -> int | None:
+        """Count a login attempt for `email`: None if it may proceed, else seconds to wait."""
+        if self.threshold <= 0:
+            return None
+        wait = int(await self.redis.evalsha(
+            _LOGIN_SCRIPT, [self.key(email)],
+            [int(time.time() * 1000), self.threshold, self.base_ms, self.max_ms, self.reset_ms]))
+        return None if wait <= 0 else max(1, -(-wait // 1000))
+
+    async def succeeded(self, email: str) -> None:
+        """A correct password clears the account's failures (and a lock it set itself)."""
+        if self.threshold > 0:
+            await self.redis.execute("DEL", self.key(email))
 
 
 def _s(v: Any) -> str:

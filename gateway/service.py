@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.responses import Response
 
 from gateway import store
-from gateway.idempotency import IdempotencyStore, RateLimiter
+from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
 from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
 from gateway.problems import PROBLEM_JSON, Problem, problem_body
 from gateway.resp import RespClient
@@ -116,6 +116,14 @@ class Gateway:
             settings.gateway_inflight_lock_seconds,
         )
         self.limiter = RateLimiter(self.redis, self.prefix)
+        self.logins = LoginGuard(
+            self.redis,
+            self.prefix,
+            threshold=settings.gateway_login_lockout_after,
+            base_seconds=settings.gateway_login_lockout_base_seconds,
+            max_seconds=settings.gateway_login_lockout_max_seconds,
+            reset_seconds=settings.gateway_login_failures_reset_seconds,
+        )
         self.codec = Codec(settings.registry_url)
         self.sender = CommandSender(settings, self.codec)
         self.listener = ResultListener(settings, self.codec, uuid.uuid4().hex[:12])

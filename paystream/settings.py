@@ -95,6 +95,16 @@ class Settings(BaseSettings):
     gateway_produce_timeout_seconds: float = 5.0
     gateway_rate_login_per_minute: int = 5
     gateway_rate_register_per_minute: int = 3
+    gateway_login_lockout_after: int = Field(
+        default=5, description="failed logins for one email before it is locked out (0: never)"
+    )
+    gateway_login_lockout_base_seconds: float = Field(
+        default=30.0, description="first lockout; each further failure doubles it"
+    )
+    gateway_login_lockout_max_seconds: float = Field(default=900.0, description="longest lockout")
+    gateway_login_failures_reset_seconds: float = Field(
+        default=3600.0, description="failed logins are forgotten this long after the last one"
+    )
     gateway_rate_payments_per_minute: int = 1200
     gateway_idempotency_ttl_seconds: int = 86400
     gateway_inflight_lock_seconds: int = 30

@@ -643,17 +643,69 @@ def test_rate_limits(gw: Env) -> None:
     assert codes == [201, 201, 201, 429]
     # a spoofed X-Forwarded-For chain is read from the right: the left-most entry,
     # written by the client, does not buy a fresh bucket
+    # (a fresh email per attempt, so only the per-IP limit can answer 429)
     with httpx.Client(base_url=gw.base, timeout=30) as c:
         fixed = _ip()
         codes = [
             c.post(
                 "/v1/auth/login",
-                json={"email": "x@example.com", "password": "nope"},
+                json={"email": f"s{uuid.uuid4().hex[:8]}@example.com", "password": "nope"},
                 headers={"X-Forwarded-For": f"203.0.113.{i}, {fixed}"},
             ).status_code
             for i in range(6)
         ]
-    assert codes[-1] == 429
+    assert codes == [401] * 5 + [429]
+
+
+def test_login_locks_the_account_out_whatever_the_address(gw: Env) -> None:
+    """Guessing one account's password from many addresses: after
+    `gateway_login_lockout_after` (5) failures the email is locked out, even for
+    the right password and from a fresh address; other accounts are not."""
+    victim, bystander = register(gw), register(gw)
+    codes = []
+    for _ in range(7):
+        with gw.client(_ip()) as c:  # a fresh address each time: the per-IP limit never trips
+            codes.append(c.post("/v1/auth/login", json={"email": victim.email, "password": "wrong-" + PASSWORD}))
+    assert [r.status_code for r in codes] == [401] * 5 + [429] * 2
+    locked = codes[-1]
+    assert locked.json()["code"] == "rate_limited"
+    assert locked.headers["content-type"].startswith("application/problem+json")
+    assert 1 <= int(locked.headers["Retry-After"]) <= 30
+    with gw.client(_ip()) as c:
+        right = c.post("/v1/auth/login", json={"email": victim.email.upper(), "password": PASSWORD})
+        assert right.status_code == 429 and right.json()["code"] == "rate_limited"
+        # an unknown email locks out the same way: a lockout does not reveal who is registered
+        ghost = f"ghost{uuid.uuid4().hex[:8]}@example.com"
+    ghost_codes = []
+    for _ in range(6):
+        with gw.client(_ip()) as c:
+            ghost_codes.append(c.post("/v1/auth/login", json={"email": ghost, "password": PASSWORD}).status_code)
+    assert ghost_codes == [401] * 5 + [429]
+    with gw.client(_ip()) as c:
+        ok = c.post("/v1/auth/login", json={"email": bystander.email, "password": PASSWORD})
+        assert ok.status_code == 200, ok.text
+
+
+def test_ipv6_clients_share_a_bucket_per_64(gw: Env) -> None:
+    """An IPv6 client holds a whole /64; new addresses in it are not new buckets."""
+    a, b = os.getpid() % 65536, next(_ip_counter) % 65535
+    prefix = f"2001:db8:{a:x}:{b:x}"
+    with httpx.Client(base_url=gw.base, timeout=30) as c:
+        codes = [
+            c.post(
+                "/v1/auth/login",
+                json={"email": f"v{uuid.uuid4().hex[:8]}@example.com", "password": "nope"},
+                headers={"X-Forwarded-For": f"{prefix}:{i:x}:{i:x}:{i:x}:{i + 1:x}"},
+            ).status_code
+            for i in range(6)
+        ]
+        assert codes == [401] * 5 + [429]
+        other = c.post(
+            "/v1/auth/login",
+            json={"email": f"v{uuid.uuid4().hex[:8]}@example.com", "password": "nope"},
+            headers={"X-Forwarded-For": f"2001:db8:{a:x}:{b + 1:x}::1"},
+        )
+        assert other.status_code == 401  # the next /64 is another client
 
 
 def test_payment_rate_limit_per_user(gw: Env) -> None:
@@ -828,6 +880,32 @@ def test_resp_client_pipelines_and_recovers(stack: Settings) -> None:
         await c.close()
         with pytest.raises(RedisConnectionError):
             await RespClient("redis://127.0.0.1:1/0", timeout=2).execute("PING")
+
+    asyncio.run(go())
+
+
+def test_login_guard_locks_out_exponentially(stack: Settings) -> None:
+    from gateway.idempotency import LoginGuard
+    from gateway.resp import RespClient
+
+    async def go() -> None:
+        redis = RespClient(f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}")
+        guard = LoginGuard(redis, f"gwtest:{uuid.uuid4().hex[:8]}:", threshold=3, base_seconds=1,
+                           max_seconds=2, reset_seconds=60)
+        email = "lock@example.com"
+        assert [await guard.attempt(email) for _ in range(3)] == [None, None, None]
+        assert await guard.attempt(email) == 1  # the third failure locked it for 1 s
+        await asyncio.sleep(1.1)
+        assert await guard.attempt(email) is None  # the fourth attempt: locked for 2 s
+        assert await guard.attempt(email) == 2
+        await asyncio.sleep(2.1)
+        assert await guard.attempt(email) is None  # the fifth: capped at 2 s
+        assert await guard.attempt(email) == 2
+        assert await guard.attempt("other@example.com") is None
+        await guard.succeeded(email)  # a correct password clears it
+        assert await guard.attempt(email) is None
+        await redis.execute("DEL", guard.key(email), guard.key("other@example.com"))
+        await redis.close()
 
     asyncio.run(go())
 
