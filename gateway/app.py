@@ -721,6 +721,9 @@ def create_server_app() -> FastAPI:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Refuse to start on a missing or weak JWT secret outside development (ConfigError),
+    # now rather than at the first request.
+    settings.jwt_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -7,10 +7,12 @@ so they never need to live in source or in the process list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import Field
@@ -38,6 +40,11 @@ class Settings(BaseSettings):
         env_prefix="PAYSTREAM_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production refuses a missing or short JWT secret and hides /docs, "
+        "/openapi.json and /metrics unless exposed on purpose",
+    )
     home: Path = Field(default=PROJECT_ROOT / ".stack", description="state of the local stack")
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "paystream",
@@ -205,19 +212,58 @@ class Settings(BaseSettings):
         """The JWT signing key: env, then ``*_FILE``, then a generated key kept under ``home``.
 
         Generating on first use keeps a fresh checkout working without ever
-        committing a secret; production deployments pass one explicitly.
+        committing a secret. Outside development a key must be given and be at
+        least 32 bytes (RFC 7518 3.2: an HS256 key no shorter than the hash): a
+        key generated on one host would differ between gateway replicas and
+        vanish with the container, and a short one can be brute-forced offline
+        from any token.
         """
-        if self.jwt_secret:
-            return self.jwt_secret
-        from_file = _read_secret_file("jwt_secret")
-        if from_file:
-            return from_file
+        given = self.jwt_secret or _read_secret_file("jwt_secret")
+        if given:
+            if len(given.encode()) < MIN_JWT_SECRET_BYTES:
+                raise ConfigError(
+                    f"PAYSTREAM_JWT_SECRET is {len(given.encode())} bytes; "
+                    f"at least {MIN_JWT_SECRET_BYTES} are required"
+                )
+            return given
+        if self.environment != "development":
+            raise ConfigError(
+                f"environment is {self.environment}: set PAYSTREAM_JWT_SECRET or "
+                f"PAYSTREAM_JWT_SECRET_FILE (at least {MIN_JWT_SECRET_BYTES} bytes, e.g. "
+                "`openssl rand -base64 48`)"
+            )
         path = self.home / "secrets" / "jwt.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
+            _write_secret_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+class ConfigError(RuntimeError):
+    """A setting that the process must not start with."""
+
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+def _write_secret_once(path: Path, value: str) -> None:
+    """Create ``path`` holding ``value``, mode 0600 from the start, atomically.
+
+    The secret is written to a private temporary file and linked into place:
+    nobody ever reads a half-written key or one that is briefly world-readable,
+    and when two processes race, the first link wins and both use that key.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made one first: use theirs
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @lru_cache(maxsize=1)
