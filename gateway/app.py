@@ -741,8 +741,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="paystream gateway",
         version="1.0.0",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        # the API description and Swagger UI map every endpoint for an attacker; public
+        # only in development unless PAYSTREAM_GATEWAY_DOCS_ENABLED says otherwise
+        openapi_url="/openapi.json" if settings.gateway_serves_docs else None,
+        docs_url="/docs" if settings.gateway_serves_docs else None,
         redoc_url=None,
         # FastAPI's own OpenTelemetry instrumentation (on once a tracer provider exists)
         # is off: gateway/observability.py makes the one request span and the metrics.

@@ -146,8 +146,13 @@ class Settings(BaseSettings):
         default=5000, description="librdkafka statistics period: how often consumer lag is refreshed"
     )
     backlog_poll_seconds: float = Field(default=5.0, description="how often outbox backlogs are counted")
-    gateway_metrics_enabled: bool = Field(
-        default=True, description="serve /metrics on the gateway (block it at the public proxy)"
+    gateway_metrics_enabled: bool | None = Field(
+        default=None,
+        description="serve /metrics on the gateway; default: only in development (in production "
+        "it would tell anyone the traffic and error rates)",
+    )
+    gateway_docs_enabled: bool | None = Field(
+        default=None, description="serve /docs and /openapi.json; default: only in development"
     )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json (one object per line) or console")
@@ -166,6 +171,20 @@ class Settings(BaseSettings):
     def metrics_port(self, component: str) -> int:
         """The Prometheus port of a component (0: none); the sink keeps `sink_metrics_port`."""
         return int(getattr(self, f"{component.replace('-', '_')}_metrics_port", 0) or 0)
+
+    @property
+    def gateway_serves_metrics(self) -> bool:
+        """`/metrics` on the gateway: as set, else only in development."""
+        if self.gateway_metrics_enabled is not None:
+            return self.gateway_metrics_enabled
+        return self.environment == "development"
+
+    @property
+    def gateway_serves_docs(self) -> bool:
+        """`/docs` and `/openapi.json`: as set, else only in development."""
+        if self.gateway_docs_enabled is not None:
+            return self.gateway_docs_enabled
+        return self.environment == "development"
 
     @property
     def bootstrap_servers(self) -> str:
