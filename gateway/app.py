@@ -464,8 +464,11 @@ async def list_payments(p: User, request: Request, limit: Limit = 20, starting_a
         except ValueError:
             raise Problem(400, "invalid_cursor", "starting_after is not a payment id") from None
         row = await store.payment_row(gw.pool, sid)
-        if row is None:
-            raise Problem(400, "invalid_cursor", "starting_after is not a known payment")
+        # Only the caller's own payments are cursors: accepting anyone's would tell which
+        # payment ids exist and when they were made. Unknown and foreign ids look alike.
+        mine = row is not None and bool({str(row.get("from_account")), str(row.get("to_account"))} & set(ids))
+        if row is None or not (mine or p.is_admin):
+            raise Problem(400, "invalid_cursor", "starting_after is not one of your payments")
         before = (row["created_at"], sid)
     rows = await store.payments_of(gw.pool, ids, limit + 1, before) if ids else []
     rows = rows or []

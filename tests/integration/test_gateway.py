@@ -326,6 +326,14 @@ def test_register_deposit_pay_history(gw: Env, reader: EventReader) -> None:
         assert [t["amount"] for t in page2["data"]] == ["1000.00"]
         listed = c.get("/v1/payments", headers=b.headers).json()
         assert payment["id"] in [x["id"] for x in listed["data"]]
+        # a cursor must be one of the caller's own payments: someone else's payment id
+        # answers exactly like an unknown one (no oracle for ids and their times)
+        assert c.get("/v1/payments", params={"starting_after": payment["id"]}, headers=b.headers).status_code == 200
+        outsider = register(gw)
+        foreign = c.get("/v1/payments", params={"starting_after": payment["id"]}, headers=outsider.headers)
+        unknown = c.get("/v1/payments", params={"starting_after": str(uuid.uuid4())}, headers=outsider.headers)
+        assert foreign.status_code == unknown.status_code == 400
+        assert foreign.json() == unknown.json() and foreign.json()["code"] == "invalid_cursor"
 
 
 def test_concurrent_identical_requests_make_one_payment(gw: Env, reader: EventReader) -> None:
