@@ -2,7 +2,9 @@
 
 Stripe's conventions: a key is scoped to user and endpoint and remembers a
 fingerprint of the request. A finished request is replayed byte for byte; a
-request still running answers 409; a different body under the same key is 422.
+request still running (sending, or waiting for the ledger's answer) answers 409;
+after it answered 202 a retry waits for the outcome again; a different body
+under the same key is 422.
 
 Each key is one Redis hash changed only by Lua scripts, so the check and the
 claim are atomic even with several gateway processes. An in-flight claim carries
@@ -59,7 +61,7 @@ local rec = redis.call('HMGET', KEYS[1], 'fp', 'state', 'lock_until', 'status', 
                       'headers')
 if rec[1] ~= ARGV[1] then return {'mismatch'} end
 if rec[2] == 'done' then return {'done', rec[4], rec[5], rec[7] or ''} end
-if rec[2] == 'in_flight' and tonumber(rec[3]) > now then
+if (rec[2] == 'in_flight' or rec[2] == 'accepted') and tonumber(rec[3] or '0') > now then
   return {'busy', tostring(math.ceil((tonumber(rec[3]) - now) / 1000))}
 end
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[2],
@@ -86,6 +88,16 @@ if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'sent', '1') end
+return 0
+"""
+
+# The holder stops answering for the key (it answered 202 or 503): a retry may take
+# over at once instead of getting 409 until the lock deadline.
+_UNLOCK = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'lock_until', '0')
+  return 1
+end
 return 0
 """
 
@@ -133,8 +145,8 @@ return 0
 RateWindow = tuple[str, str, int, int, int]
 
 
-_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT, _LOGIN_SCRIPT = (
-    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE, _LOGIN_ATTEMPT)
+_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT, _LOGIN_SCRIPT, _UNLOCK_SCRIPT = (
+    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE, _LOGIN_ATTEMPT, _UNLOCK)
 )
 
 
@@ -193,10 +205,17 @@ class IdempotencyStore:
     async def accepted(
         self, key: str, token: str, record_key: str = "", record: bytes = b"", record_ttl: int = 0
     ) -> None:
-        """Mark the command as sent (and, if given, store the payment record)."""
+        """Mark the command as sent (and, if given, store the payment record). The
+        claim stays locked while its holder waits for the outcome: a duplicate meanwhile
+        answers 409 `request_in_progress`, as for a claim not yet sent."""
         await self.redis.evalsha(
             _ACCEPTED_SCRIPT, [key, record_key or key + ":r"], [token, record, record_ttl or self.ttl]
         )
+
+    async def unlock(self, key: str, token: str) -> None:
+        """The holder no longer waits on the key (it answered 202 or 503): the next
+        retry resumes it (waits for the outcome) instead of answering 409."""
+        await self.redis.evalsha(_UNLOCK_SCRIPT, [key], [token])
 
     async def done(
         self,

@@ -286,6 +286,7 @@ class Gateway:
                     await self.idem.release(key, token)
                 else:
                     await self.idem.accepted(key, token)
+                    await self.idem.unlock(key, token)
                 log.warning("command %s not sent: %s", command_id, exc)
                 raise Problem(
                     503,
@@ -301,6 +302,7 @@ class Gateway:
             outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
             if outcome is None:
                 handed_off = True
+                await self.idem.unlock(key, token)  # a retry now waits for the outcome, not 409
                 self._spawn(self._finalize_later(key, waiter, record, render))
                 headers = {"Location": location} if location else {}
                 if wait > 0 or location:

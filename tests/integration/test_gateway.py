@@ -918,6 +918,33 @@ def test_login_guard_locks_out_exponentially(stack: Settings) -> None:
     asyncio.run(go())
 
 
+def test_a_request_waiting_for_the_ledger_still_holds_its_key(stack: Settings) -> None:
+    """gateway/README.md: a request still running answers 409. Running includes
+    waiting for the ledger after the command was sent; only once the holder answered
+    (202 or 503) does a retry take over and wait for the outcome itself."""
+    from gateway.idempotency import IdempotencyStore
+    from gateway.resp import RespClient
+
+    async def go() -> None:
+        redis = RespClient(f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}")
+        idem = IdempotencyStore(redis, f"gwtest:{uuid.uuid4().hex[:8]}:", ttl_seconds=60, lock_seconds=30)
+        key = idem.key("user", "payments", uuid.uuid4().hex)
+        assert (await idem.claim(key, "fp", "first")).kind == "new"
+        assert (await idem.claim(key, "fp", "second")).kind == "busy"  # not sent yet
+        await idem.accepted(key, "first")  # sent; the first request now waits for the ledger
+        busy = await idem.claim(key, "fp", "second")
+        assert busy.kind == "busy" and busy.retry_after >= 1
+        await idem.unlock(key, "second")  # only the holder can let go
+        assert (await idem.claim(key, "fp", "third")).kind == "busy"
+        await idem.unlock(key, "first")  # the first answered 202
+        resumed = await idem.claim(key, "fp", "fourth")
+        assert resumed.kind == "resume" and resumed.sent
+        await redis.execute("DEL", key)
+        await redis.close()
+
+    asyncio.run(go())
+
+
 def test_failed_send_releases_the_key(stack: Settings) -> None:
     """Kafka refuses the command: 503, and the key is free for the retry (nothing was
     sent, so nothing can be replayed)."""
