@@ -42,6 +42,7 @@ from gateway.service import (
     json_response,
     payment_record,
     public,
+    public_reason,
     render_payment,
 )
 from paystream import commands as C
@@ -436,15 +437,15 @@ async def _row_view(gw: Gateway, p: Principal, row: dict[str, Any]) -> dict[str,
     to = refs.get(str(row.get("to_account")))
     kind = str(row.get("kind") or "transfer").lower()
     kind = {"deposit": "deposit", "withdraw": "withdrawal", "withdrawal": "withdrawal"}.get(kind, "transfer")
-    reason = row.get("reason")
+    status = str(row.get("status") or "pending").lower()
     return {
         "id": str(row["payment_id"]), "object": "payment", "kind": kind,
-        "status": str(row.get("status") or "pending").lower(),
+        "status": status,
         "from_account": frm.account_number if frm else None,
         "to_account": to.account_number if to else None,
         "amount": format_minor(int(row["amount"]), str(row["currency"])),
         "currency": str(row["currency"]),
-        "description": row.get("description"), "reason": str(reason).lower() if reason else None,
+        "description": row.get("description"), "reason": public_reason(row.get("reason"), status),
         "created_at": iso(row.get("created_at")),
     }  # fmt: skip
 

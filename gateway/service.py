@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -26,7 +27,7 @@ from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
 from gateway.problems import PROBLEM_JSON, Problem, problem_body
 from gateway.resp import RespClient
 from gateway.security import Network, TokenVerifier, parse_networks
-from paystream.codec import Codec
+from paystream.codec import SCHEMA_DIR, Codec
 from paystream.money import format_minor
 from paystream.settings import Settings
 
@@ -34,6 +35,29 @@ log = logging.getLogger("paystream.gateway")
 
 # "reversed": completed, then taken back by a chargeback; still the end of the request.
 TERMINAL_STATUSES = {"completed", "failed", "rejected", "reversed"}
+
+
+def _reason_codes() -> frozenset[str]:
+    schema = json.loads((SCHEMA_DIR / "ledger_event.avsc").read_text())
+    field = next(f for f in schema["fields"] if f["name"] == "reason")
+    enum = next(t for t in field["type"] if isinstance(t, dict) and t.get("type") == "enum")
+    return frozenset(enum["symbols"])
+
+
+# The ledger's reason codes (ReasonCode in schemas/ledger_event.avsc). Only these are
+# shown to a payment's parties: a reversed payment's reason in the read model is the
+# reversal's free-text note, which carries the reviewing admin's internal note.
+REASON_CODES = _reason_codes()
+
+
+def public_reason(reason: Any, status: str) -> str | None:
+    """A payment's reason as its parties may see it: a ledger reason code, lower
+    case, or a generic one for a reversal; never free text written by staff."""
+    if reason and str(reason).upper() in REASON_CODES:
+        return str(reason).lower()
+    if status == "reversed":
+        return "reversed_after_review"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +356,7 @@ class Gateway:
         final = {
             **record,
             "status": outcome.status,
-            "reason": outcome.reason.lower() if outcome.reason else None,
+            "reason": public_reason(outcome.reason, outcome.status),
         }
         status, body, media = render(outcome, public(final))
         saved = orjson.dumps({**final, "reason_code": outcome.reason})

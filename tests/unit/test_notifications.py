@@ -56,6 +56,31 @@ def test_review_decided_goes_to_the_senders_owner_without_the_note():
     assert decision_notification(decision(sender_owner_id=None)) is None
 
 
+NOTE = "card-testing ring, see AML case 4411 (reviewed by j.smith)"
+
+
+@pytest.mark.parametrize(("etype", "command_type", "note", "reason"), [
+    # a review rejected the payment: compensation reverses it with the admin's note
+    ("REVERSAL_DEBITED", "REVERSE_TRANSFER", f"fraud review a1 rejected: {NOTE}", "REVERSED_AFTER_REVIEW"),
+    ("TRANSFER_REVERSED", "REVERSE_TRANSFER", f"fraud review a1 rejected: {NOTE}", "REVERSED_AFTER_REVIEW"),
+    ("ACCOUNT_FROZEN", "REVERSE_TRANSFER", f"reversal: fraud review a1 rejected: {NOTE}", "ACCOUNT_UNDER_REVIEW"),
+    # an admin froze the account with a reason, or unfroze it after a review
+    ("ACCOUNT_FROZEN", "FREEZE", NOTE, "ACCOUNT_UNDER_REVIEW"),
+    ("ACCOUNT_UNFROZEN", "UNFREEZE", f"fraud review a1 approved: {NOTE}", None),
+])  # fmt: skip
+def test_staff_notes_never_reach_the_user(etype, command_type, note, reason):
+    n = notification_for(OWNER, event(etype, command_type=command_type, note=note))
+    assert n is not None
+    assert n["reason"] == reason  # generic: the details stay in the review
+    assert "AML" not in str(n) and "j.smith" not in str(n)
+    assert "AML" not in body_of(n)  # the webhook body
+
+
+def test_reason_codes_are_still_told():
+    n = notification_for(OWNER, event("TRANSFER_FAILED", reason="RECEIVER_FROZEN", note="refund"))
+    assert n is not None and n["reason"] == "RECEIVER_FROZEN"
+
+
 def test_kinds():
     cases = {
         "TRANSFER_DEBITED": "PAYMENT_SENT", "TRANSFER_COMPLETED": "PAYMENT_RECEIVED",
