@@ -30,6 +30,7 @@ from gateway.security import (
     dummy_hash,
     hash_password,
     issue_token,
+    rate_subject,
     valid_account_number,
     verify_password,
 )
@@ -41,6 +42,7 @@ from gateway.service import (
     json_response,
     payment_record,
     public,
+    public_reason,
     render_payment,
 )
 from paystream import commands as C
@@ -96,6 +98,11 @@ Cursor = Annotated[str | None, Query(max_length=64)]
 def _ip(request: Request) -> str:
     peer = request.client.host if request.client else None
     return client_ip(peer, request.headers.get("x-forwarded-for"), gw_of(request).trusted)
+
+
+def _ip_bucket(request: Request) -> str:
+    """The per-IP rate limit's bucket: the client address, IPv6 by /64."""
+    return rate_subject(_ip(request))
 
 
 async def _rate(gw: Gateway, bucket: str, ident: str, limit: int) -> None:
@@ -171,7 +178,7 @@ async def register(body: M.RegisterIn, request: Request) -> Response:
     """Create a user and their first account. The account is opened by the ledger
     shortly after (status `opening` until then)."""
     gw = gw_of(request)
-    await _rate(gw, "register", _ip(request), gw.settings.gateway_rate_register_per_minute)
+    await _rate(gw, "register", _ip_bucket(request), gw.settings.gateway_rate_register_per_minute)
     pw_hash = await asyncio.to_thread(hash_password, body.password)
     try:
         user, ref = await store.create_user(
@@ -207,14 +214,29 @@ async def register(body: M.RegisterIn, request: Request) -> Response:
     tags=["auth"],
 )
 async def login(body: M.LoginIn, request: Request) -> Response:
-    """The same 401 for an unknown email and a wrong password, after the same work."""
+    """The same 401 for an unknown email and a wrong password, after the same work.
+
+    Two limits: per client address (IPv6 by /64), and per email, which locks an
+    account out for exponentially longer after repeated failures, so guessing one
+    account's password from many addresses does not work either. Both answer 429
+    `rate_limited` with Retry-After, the same for unknown and known emails."""
     gw = gw_of(request)
-    await _rate(gw, "login", _ip(request), gw.settings.gateway_rate_login_per_minute)
-    user = await store.user_by_email(gw.pool, body.email.strip().lower())
+    await _rate(gw, "login", _ip_bucket(request), gw.settings.gateway_rate_login_per_minute)
+    email = body.email.strip().lower()
+    locked = await gw.logins.attempt(email)
+    if locked is not None:
+        raise Problem(
+            429,
+            "rate_limited",
+            f"too many failed logins for this account; retry in {locked} s",
+            headers={"Retry-After": str(locked)},
+        )
+    user = await store.user_by_email(gw.pool, email)
     stored = user.password_hash if user else dummy_hash()
     ok = await asyncio.to_thread(verify_password, stored, body.password)
     if user is None or not ok:
         raise Problem(401, "invalid_credentials", "email or password is wrong")
+    await gw.logins.succeeded(email)
     token = issue_token(gw.settings, user.user_id, user.role)
     return json_response(
         200,
@@ -415,15 +437,15 @@ async def _row_view(gw: Gateway, p: Principal, row: dict[str, Any]) -> dict[str,
     to = refs.get(str(row.get("to_account")))
     kind = str(row.get("kind") or "transfer").lower()
     kind = {"deposit": "deposit", "withdraw": "withdrawal", "withdrawal": "withdrawal"}.get(kind, "transfer")
-    reason = row.get("reason")
+    status = str(row.get("status") or "pending").lower()
     return {
         "id": str(row["payment_id"]), "object": "payment", "kind": kind,
-        "status": str(row.get("status") or "pending").lower(),
+        "status": status,
         "from_account": frm.account_number if frm else None,
         "to_account": to.account_number if to else None,
         "amount": format_minor(int(row["amount"]), str(row["currency"])),
         "currency": str(row["currency"]),
-        "description": row.get("description"), "reason": str(reason).lower() if reason else None,
+        "description": row.get("description"), "reason": public_reason(row.get("reason"), status),
         "created_at": iso(row.get("created_at")),
     }  # fmt: skip
 
@@ -443,8 +465,11 @@ async def list_payments(p: User, request: Request, limit: Limit = 20, starting_a
         except ValueError:
             raise Problem(400, "invalid_cursor", "starting_after is not a payment id") from None
         row = await store.payment_row(gw.pool, sid)
-        if row is None:
-            raise Problem(400, "invalid_cursor", "starting_after is not a known payment")
+        # Only the caller's own payments are cursors: accepting anyone's would tell which
+        # payment ids exist and when they were made. Unknown and foreign ids look alike.
+        mine = row is not None and bool({str(row.get("from_account")), str(row.get("to_account"))} & set(ids))
+        if row is None or not (mine or p.is_admin):
+            raise Problem(400, "invalid_cursor", "starting_after is not one of your payments")
         before = (row["created_at"], sid)
     rows = await store.payments_of(gw.pool, ids, limit + 1, before) if ids else []
     rows = rows or []
@@ -700,6 +725,9 @@ def create_server_app() -> FastAPI:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    # Refuse to start on a missing or weak JWT secret outside development (ConfigError),
+    # now rather than at the first request.
+    settings.jwt_key()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -717,8 +745,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="paystream gateway",
         version="1.0.0",
         lifespan=lifespan,
-        openapi_url="/openapi.json",
-        docs_url="/docs",
+        # the API description and Swagger UI map every endpoint for an attacker; public
+        # only in development unless PAYSTREAM_GATEWAY_DOCS_ENABLED says otherwise
+        openapi_url="/openapi.json" if settings.gateway_serves_docs else None,
+        docs_url="/docs" if settings.gateway_serves_docs else None,
         redoc_url=None,
         # FastAPI's own OpenTelemetry instrumentation (on once a tracer provider exists)
         # is off: gateway/observability.py makes the one request span and the metrics.

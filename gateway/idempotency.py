@@ -2,7 +2,9 @@
 
 Stripe's conventions: a key is scoped to user and endpoint and remembers a
 fingerprint of the request. A finished request is replayed byte for byte; a
-request still running answers 409; a different body under the same key is 422.
+request still running (sending, or waiting for the ledger's answer) answers 409;
+after it answered 202 a retry waits for the outcome again; a different body
+under the same key is 422.
 
 Each key is one Redis hash changed only by Lua scripts, so the check and the
 claim are atomic even with several gateway processes. An in-flight claim carries
@@ -59,7 +61,7 @@ local rec = redis.call('HMGET', KEYS[1], 'fp', 'state', 'lock_until', 'status', 
                       'headers')
 if rec[1] ~= ARGV[1] then return {'mismatch'} end
 if rec[2] == 'done' then return {'done', rec[4], rec[5], rec[7] or ''} end
-if rec[2] == 'in_flight' and tonumber(rec[3]) > now then
+if (rec[2] == 'in_flight' or rec[2] == 'accepted') and tonumber(rec[3] or '0') > now then
   return {'busy', tostring(math.ceil((tonumber(rec[3]) - now) / 1000))}
 end
 redis.call('HSET', KEYS[1], 'state', 'in_flight', 'token', ARGV[2],
@@ -89,6 +91,16 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[1], 'sent', '
 return 0
 """
 
+# The holder stops answering for the key (it answered 202 or 503): a retry may take
+# over at once instead of getting 409 until the lock deadline.
+_UNLOCK = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then
+  redis.call('HSET', KEYS[1], 'lock_until', '0')
+  return 1
+end
+return 0
+"""
+
 # A final outcome is the same whoever learns it, so anyone may record it.
 _DONE = """
 if ARGV[5] ~= '' then redis.call('SET', KEYS[2], ARGV[5], 'EX', tonumber(ARGV[6])) end
@@ -109,12 +121,32 @@ return rate_wait(KEYS[1], KEYS[2], tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 )
 
 
+# Failed logins per account. Every attempt is counted *before* the password is
+# checked (a success deletes the count), so parallel guesses cannot all slip in
+# before the first failure is recorded. From the `threshold`-th attempt on, the
+# account is locked for base * 2^(n - threshold), capped; a locked account is
+# refused without counting. Failures are forgotten `reset_ms` after the last one.
+_LOGIN_ATTEMPT = """
+local now = tonumber(ARGV[1])
+local locked_until = tonumber(redis.call('HGET', KEYS[1], 'locked_until') or '0')
+if locked_until > now then return locked_until - now end
+local n = redis.call('HINCRBY', KEYS[1], 'fails', 1)
+local threshold = tonumber(ARGV[2])
+local lock = 0
+if n >= threshold then
+  lock = math.floor(math.min(tonumber(ARGV[4]), tonumber(ARGV[3]) * 2 ^ (n - threshold)))
+  redis.call('HSET', KEYS[1], 'locked_until', now + lock)
+end
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[5]) + lock)
+return 0
+"""
+
 # (current window key, previous window key, limit, window ms, ms elapsed in window)
 RateWindow = tuple[str, str, int, int, int]
 
 
-_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT = (
-    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE)
+_CLAIM_SCRIPT, _RELEASE_SCRIPT, _ACCEPTED_SCRIPT, _DONE_SCRIPT, _RATE_SCRIPT, _LOGIN_SCRIPT, _UNLOCK_SCRIPT = (
+    Script(t) for t in (_CLAIM, _RELEASE, _ACCEPTED, _DONE, _RATE, _LOGIN_ATTEMPT, _UNLOCK)
 )
 
 
@@ -173,10 +205,17 @@ class IdempotencyStore:
     async def accepted(
         self, key: str, token: str, record_key: str = "", record: bytes = b"", record_ttl: int = 0
     ) -> None:
-        """Mark the command as sent (and, if given, store the payment record)."""
+        """Mark the command as sent (and, if given, store the payment record). The
+        claim stays locked while its holder waits for the outcome: a duplicate meanwhile
+        answers 409 `request_in_progress`, as for a claim not yet sent."""
         await self.redis.evalsha(
             _ACCEPTED_SCRIPT, [key, record_key or key + ":r"], [token, record, record_ttl or self.ttl]
         )
+
+    async def unlock(self, key: str, token: str) -> None:
+        """The holder no longer waits on the key (it answered 202 or 503): the next
+        retry resumes it (waits for the outcome) instead of answering 409."""
+        await self.redis.evalsha(_UNLOCK_SCRIPT, [key], [token])
 
     async def done(
         self,
@@ -214,6 +253,42 @@ class RateLimiter:
         cur, prev, limit, window_ms, elapsed = self.window(bucket, ident, limit, window_seconds)
         wait = int(await self.redis.evalsha(_RATE_SCRIPT, [cur, prev], [limit, window_ms, elapsed]))
         return None if wait <= 0 else max(1, -(-wait // 1000))
+
+
+class LoginGuard:
+    """Per-account login throttling with exponential lockout.
+
+    The per-IP limit alone lets a botnet try one account's password from many
+    addresses; this limit follows the account instead. It keys on a hash of the
+    normalised email whether or not the account exists, so a lockout tells an
+    attacker nothing about which emails are registered.
+    """
+
+    def __init__(self, redis: RespClient, prefix: str, *, threshold: int, base_seconds: float,
+                 max_seconds: float, reset_seconds: float) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.threshold = threshold
+        self.base_ms = int(base_seconds * 1000)
+        self.max_ms = int(max_seconds * 1000)
+        self.reset_ms = int(reset_seconds * 1000)
+
+    def key(self, email: str) -> str:
+        return f"{self.prefix}login:{hashlib.sha256(email.encode()).hexdigest()[:32]}"
+
+    async def attempt(self, email: str) -> int | None:
+        """Count a login attempt for `email`: None if it may proceed, else seconds to wait."""
+        if self.threshold <= 0:
+            return None
+        wait = int(await self.redis.evalsha(
+            _LOGIN_SCRIPT, [self.key(email)],
+            [int(time.time() * 1000), self.threshold, self.base_ms, self.max_ms, self.reset_ms]))
+        return None if wait <= 0 else max(1, -(-wait // 1000))
+
+    async def succeeded(self, email: str) -> None:
+        """A correct password clears the account's failures (and a lock it set itself)."""
+        if self.threshold > 0:
+            await self.redis.execute("DEL", self.key(email))
 
 
 def _s(v: Any) -> str:

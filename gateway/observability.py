@@ -13,7 +13,7 @@
     W3C `traceparent`), and binds `trace_id` in structlog's context so every log
     line of the request carries it (`payment_id` and `account` are bound where the
     command is sent, `gateway.ledger_io`);
-* `GET /metrics` (Prometheus text; `gateway_metrics_enabled`);
+* `GET /metrics` (Prometheus text; `gateway_metrics_enabled`, default only in development);
 * the admin console, static files under `/admin` (`gateway/admin/`): no build step,
   and it only calls the public `/v1` API with the admin's token.
 
@@ -181,7 +181,7 @@ async def metrics_endpoint(_: Request) -> Response:
 def install(app: FastAPI, settings: Settings) -> None:
     tracing.setup("gateway", settings)
     metrics.UP.labels("gateway").set(1)
-    if settings.gateway_metrics_enabled:
+    if settings.gateway_serves_metrics:
         app.add_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
     app.mount("/admin", AdminFiles(directory=ADMIN_DIR, html=True), name="admin")
     app.add_middleware(Observability)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 from collections import deque
 from typing import Any, cast
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import hiredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -73,9 +74,27 @@ class Script:
         self.sha = hashlib.sha1(text.encode()).hexdigest()
 
 
+def _tls_context(url: str) -> ssl.SSLContext | None:
+    """TLS for ``rediss://`` (certificate and host name verified; ``ssl_ca_certs=PATH``
+    in the query names a private CA, as in redis-py), none for ``redis://``.
+
+    Any other scheme is refused: falling back to plaintext would send the password
+    and every idempotency record in the clear to a server the operator meant to
+    reach over TLS.
+    """
+    u = urlparse(url)
+    if u.scheme == "redis":
+        return None
+    if u.scheme != "rediss":
+        raise ValueError(f"Redis URL scheme {u.scheme!r} is not supported (use redis:// or rediss://)")
+    ca = parse_qs(u.query).get("ssl_ca_certs")
+    return ssl.create_default_context(cafile=ca[0] if ca else None)
+
+
 class RespClient:
     def __init__(self, url: str, timeout: float = 5.0) -> None:
         u = urlparse(url)
+        self.ssl = _tls_context(url)
         self.host = u.hostname or "127.0.0.1"
         self.port = u.port or 6379
         self.db = int((u.path or "/0").lstrip("/") or 0)
@@ -94,7 +113,7 @@ class RespClient:
                 loop = asyncio.get_running_loop()
                 try:
                     _, proto = await asyncio.wait_for(
-                        loop.create_connection(_Protocol, self.host, self.port), self.timeout
+                        loop.create_connection(_Protocol, self.host, self.port, ssl=self.ssl), self.timeout
                     )
                 except (OSError, TimeoutError) as exc:
                     raise RedisConnectionError(f"cannot connect to Redis: {exc}") from exc

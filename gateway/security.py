@@ -195,6 +195,24 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted: tuple[Networ
     return hops[0] if hops else peer
 
 
+def rate_subject(addr: str) -> str:
+    """The per-IP rate limit's bucket for a client address.
+
+    An IPv6 client normally holds a whole /64 (SLAAC, privacy addresses), so a
+    per-address bucket would give it 2^64 fresh buckets; IPv6 is bucketed by /64.
+    An IPv4-mapped IPv6 address is its IPv4 address.
+    """
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 # ----------------------------------------------------------------- account numbers
 
 ACCOUNT_NUMBER = re.compile(r"^PS[0-9]{10}$")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
 import uuid
@@ -21,12 +22,12 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.responses import Response
 
 from gateway import store
-from gateway.idempotency import IdempotencyStore, RateLimiter
+from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
 from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
 from gateway.problems import PROBLEM_JSON, Problem, problem_body
 from gateway.resp import RespClient
 from gateway.security import Network, TokenVerifier, parse_networks
-from paystream.codec import Codec
+from paystream.codec import SCHEMA_DIR, Codec
 from paystream.money import format_minor
 from paystream.settings import Settings
 
@@ -34,6 +35,29 @@ log = logging.getLogger("paystream.gateway")
 
 # "reversed": completed, then taken back by a chargeback; still the end of the request.
 TERMINAL_STATUSES = {"completed", "failed", "rejected", "reversed"}
+
+
+def _reason_codes() -> frozenset[str]:
+    schema = json.loads((SCHEMA_DIR / "ledger_event.avsc").read_text())
+    field = next(f for f in schema["fields"] if f["name"] == "reason")
+    enum = next(t for t in field["type"] if isinstance(t, dict) and t.get("type") == "enum")
+    return frozenset(enum["symbols"])
+
+
+# The ledger's reason codes (ReasonCode in schemas/ledger_event.avsc). Only these are
+# shown to a payment's parties: a reversed payment's reason in the read model is the
+# reversal's free-text note, which carries the reviewing admin's internal note.
+REASON_CODES = _reason_codes()
+
+
+def public_reason(reason: Any, status: str) -> str | None:
+    """A payment's reason as its parties may see it: a ledger reason code, lower
+    case, or a generic one for a reversal; never free text written by staff."""
+    if reason and str(reason).upper() in REASON_CODES:
+        return str(reason).lower()
+    if status == "reversed":
+        return "reversed_after_review"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +140,14 @@ class Gateway:
             settings.gateway_inflight_lock_seconds,
         )
         self.limiter = RateLimiter(self.redis, self.prefix)
+        self.logins = LoginGuard(
+            self.redis,
+            self.prefix,
+            threshold=settings.gateway_login_lockout_after,
+            base_seconds=settings.gateway_login_lockout_base_seconds,
+            max_seconds=settings.gateway_login_lockout_max_seconds,
+            reset_seconds=settings.gateway_login_failures_reset_seconds,
+        )
         self.codec = Codec(settings.registry_url)
         self.sender = CommandSender(settings, self.codec)
         self.listener = ResultListener(settings, self.codec, uuid.uuid4().hex[:12])
@@ -278,6 +310,7 @@ class Gateway:
                     await self.idem.release(key, token)
                 else:
                     await self.idem.accepted(key, token)
+                    await self.idem.unlock(key, token)
                 log.warning("command %s not sent: %s", command_id, exc)
                 raise Problem(
                     503,
@@ -293,6 +326,7 @@ class Gateway:
             outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
             if outcome is None:
                 handed_off = True
+                await self.idem.unlock(key, token)  # a retry now waits for the outcome, not 409
                 self._spawn(self._finalize_later(key, waiter, record, render))
                 headers = {"Location": location} if location else {}
                 if wait > 0 or location:
@@ -322,7 +356,7 @@ class Gateway:
         final = {
             **record,
             "status": outcome.status,
-            "reason": outcome.reason.lower() if outcome.reason else None,
+            "reason": public_reason(outcome.reason, outcome.status),
         }
         status, body, media = render(outcome, public(final))
         saved = orjson.dumps({**final, "reason_code": outcome.reason})

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fastavro
 import fastavro.read
@@ -123,6 +123,21 @@ def load_topic_specs(path: Path) -> dict[str, TopicSpec]:
 def load_schema_text(name: str) -> str:
     """Canonical JSON text of a schema file, so registry lookups match byte for byte."""
     return json.dumps(json.loads((SCHEMA_DIR / name).read_text()), separators=(",", ":"))
+
+
+def wire_schema_id(data: bytes | None) -> int:
+    """The schema id in a Confluent wire-format header; DecodeError if there is none.
+
+    Checked before any registry call: bytes without the magic byte would otherwise
+    be read as an invented schema id, cost a registry lookup each and be
+    dead-lettered as UNKNOWN_SCHEMA, when they are simply UNDECODABLE.
+    """
+    if data is None or len(data) < _HEADER.size:
+        raise DecodeError("value is empty or shorter than the Confluent header")
+    magic, schema_id = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise DecodeError(f"bad magic byte {magic}: not Confluent wire format")
+    return int(schema_id)
 
 
 class Codec:
@@ -268,12 +283,13 @@ class Codec:
             self._writer_schemas[schema_id] = parsed
         return parsed
 
-    def writer_name(self, data: bytes) -> str | None:
-        """Full name of the record a value was written as (to spot foreign types)."""
-        if data is None or len(data) < _HEADER.size:
-            return None
-        _, schema_id = _HEADER.unpack_from(data)
-        schema = self._writer_schema(schema_id)
+    def writer_name(self, data: bytes | None) -> str | None:
+        """Full name of the record a value was written as (to spot foreign types).
+
+        Raises DecodeError, without asking the registry, for bytes that are not
+        Confluent wire format (see :func:`wire_schema_id`).
+        """
+        schema = self._writer_schema(wire_schema_id(data))
         return schema.get("name") if isinstance(schema, dict) else None
 
     # -- values ------------------------------------------------------------------
@@ -342,11 +358,8 @@ class Codec:
         Raises DecodeError for anything that is not a well-formed record of this
         topic, and UnknownSchemaError when the schema id is not in the registry.
         """
-        if data is None or len(data) < _HEADER.size:
-            raise DecodeError("value is empty or shorter than the Confluent header")
-        magic, schema_id = _HEADER.unpack_from(data)
-        if magic != MAGIC:
-            raise DecodeError(f"bad magic byte {magic}: not Confluent wire format")
+        schema_id = wire_schema_id(data)
+        data = cast(bytes, data)  # wire_schema_id refused None
         writer = self._writer_schema(schema_id)
         # Resolution is only needed when the writer used another schema than ours;
         # skipping it for our own schema roughly halves decoding time.

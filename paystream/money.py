@@ -27,7 +27,10 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 # that sums of many maximal amounts still fit an Avro long / Postgres bigint.
 MAX_AMOUNT_MINOR = 10**15
 
-_DECIMAL = re.compile(r"^(-)?(0|[1-9][0-9]*)(?:\.([0-9]+))?$")
+# fullmatch, never ``$``: ``$`` also matches before a trailing newline, so
+# "10.00\n" would pass. Surrounding whitespace is refused, not stripped: the API's
+# pattern has none, and a lenient parser here would accept what the contract refuses.
+_DECIMAL = re.compile(r"(-)?(0|[1-9][0-9]*)(?:\.([0-9]+))?")
 
 
 def exponent(currency: str) -> int:
@@ -55,8 +58,8 @@ class Money:
     def parse(cls, text: Any, currency: str) -> Money:
         """Parse a decimal string such as ``"100.50"`` exactly.
 
-        Refuses floats, exponents, separators and more decimals than the
-        currency has, with an error naming the problem.
+        Refuses floats, exponents, separators, surrounding whitespace and more
+        decimals than the currency has, with an error naming the problem.
         """
         exp = exponent(currency)
         if not isinstance(text, str):
@@ -64,7 +67,7 @@ class Money:
                 f"amount must be a decimal string, not {type(text).__name__}",
                 code="amount_not_a_string",
             )
-        match = _DECIMAL.match(text.strip())
+        match = _DECIMAL.fullmatch(text)
         if match is None:
             raise MoneyError(f"{text!r} is not a decimal amount", code="invalid_amount")
         sign, whole, frac = match.groups()

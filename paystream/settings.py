@@ -7,10 +7,12 @@ so they never need to live in source or in the process list.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import Field
@@ -38,6 +40,11 @@ class Settings(BaseSettings):
         env_prefix="PAYSTREAM_", env_file=".env", extra="ignore", populate_by_name=True
     )
 
+    environment: Literal["development", "production"] = Field(
+        default="development",
+        description="production refuses a missing or short JWT secret and hides /docs, "
+        "/openapi.json and /metrics unless exposed on purpose",
+    )
     home: Path = Field(default=PROJECT_ROOT / ".stack", description="state of the local stack")
     cache_dir: Path = Field(
         default=Path.home() / ".cache" / "paystream",
@@ -95,6 +102,16 @@ class Settings(BaseSettings):
     gateway_produce_timeout_seconds: float = 5.0
     gateway_rate_login_per_minute: int = 5
     gateway_rate_register_per_minute: int = 3
+    gateway_login_lockout_after: int = Field(
+        default=5, description="failed logins for one email before it is locked out (0: never)"
+    )
+    gateway_login_lockout_base_seconds: float = Field(
+        default=30.0, description="first lockout; each further failure doubles it"
+    )
+    gateway_login_lockout_max_seconds: float = Field(default=900.0, description="longest lockout")
+    gateway_login_failures_reset_seconds: float = Field(
+        default=3600.0, description="failed logins are forgotten this long after the last one"
+    )
     gateway_rate_payments_per_minute: int = 1200
     gateway_idempotency_ttl_seconds: int = 86400
     gateway_inflight_lock_seconds: int = 30
@@ -135,8 +152,13 @@ class Settings(BaseSettings):
         default=5000, description="librdkafka statistics period: how often consumer lag is refreshed"
     )
     backlog_poll_seconds: float = Field(default=5.0, description="how often outbox backlogs are counted")
-    gateway_metrics_enabled: bool = Field(
-        default=True, description="serve /metrics on the gateway (block it at the public proxy)"
+    gateway_metrics_enabled: bool | None = Field(
+        default=None,
+        description="serve /metrics on the gateway; default: only in development (in production "
+        "it would tell anyone the traffic and error rates)",
+    )
+    gateway_docs_enabled: bool | None = Field(
+        default=None, description="serve /docs and /openapi.json; default: only in development"
     )
     log_level: str = "INFO"
     log_format: str = Field(default="json", description="json (one object per line) or console")
@@ -155,6 +177,20 @@ class Settings(BaseSettings):
     def metrics_port(self, component: str) -> int:
         """The Prometheus port of a component (0: none); the sink keeps `sink_metrics_port`."""
         return int(getattr(self, f"{component.replace('-', '_')}_metrics_port", 0) or 0)
+
+    @property
+    def gateway_serves_metrics(self) -> bool:
+        """`/metrics` on the gateway: as set, else only in development."""
+        if self.gateway_metrics_enabled is not None:
+            return self.gateway_metrics_enabled
+        return self.environment == "development"
+
+    @property
+    def gateway_serves_docs(self) -> bool:
+        """`/docs` and `/openapi.json`: as set, else only in development."""
+        if self.gateway_docs_enabled is not None:
+            return self.gateway_docs_enabled
+        return self.environment == "development"
 
     @property
     def bootstrap_servers(self) -> str:
@@ -201,19 +237,58 @@ class Settings(BaseSettings):
         """The JWT signing key: env, then ``*_FILE``, then a generated key kept under ``home``.
 
         Generating on first use keeps a fresh checkout working without ever
-        committing a secret; production deployments pass one explicitly.
+        committing a secret. Outside development a key must be given and be at
+        least 32 bytes (RFC 7518 3.2: an HS256 key no shorter than the hash): a
+        key generated on one host would differ between gateway replicas and
+        vanish with the container, and a short one can be brute-forced offline
+        from any token.
         """
-        if self.jwt_secret:
-            return self.jwt_secret
-        from_file = _read_secret_file("jwt_secret")
-        if from_file:
-            return from_file
+        given = self.jwt_secret or _read_secret_file("jwt_secret")
+        if given:
+            if len(given.encode()) < MIN_JWT_SECRET_BYTES:
+                raise ConfigError(
+                    f"PAYSTREAM_JWT_SECRET is {len(given.encode())} bytes; "
+                    f"at least {MIN_JWT_SECRET_BYTES} are required"
+                )
+            return given
+        if self.environment != "development":
+            raise ConfigError(
+                f"environment is {self.environment}: set PAYSTREAM_JWT_SECRET or "
+                f"PAYSTREAM_JWT_SECRET_FILE (at least {MIN_JWT_SECRET_BYTES} bytes, e.g. "
+                "`openssl rand -base64 48`)"
+            )
         path = self.home / "secrets" / "jwt.key"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(48))
-            path.chmod(0o600)
+            _write_secret_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+class ConfigError(RuntimeError):
+    """A setting that the process must not start with."""
+
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+def _write_secret_once(path: Path, value: str) -> None:
+    """Create ``path`` holding ``value``, mode 0600 from the start, atomically.
+
+    The secret is written to a private temporary file and linked into place:
+    nobody ever reads a half-written key or one that is briefly world-readable,
+    and when two processes race, the first link wins and both use that key.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(value)
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process made one first: use theirs
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @lru_cache(maxsize=1)

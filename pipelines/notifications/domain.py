@@ -41,6 +41,20 @@ def kind_of(ev: dict[str, Any]) -> str | None:
     return KINDS.get(etype or "")
 
 
+# What a user is told when the event carries no reason code. The event's `note` is
+# never told: it is free text written by staff (a freeze reason, a reversal that
+# quotes the reviewing admin's note), and the details stay in the review.
+GENERIC_REASONS = {
+    "ACCOUNT_FROZEN": "ACCOUNT_UNDER_REVIEW",
+    "PAYMENT_REVERSED": "REVERSED_AFTER_REVIEW",
+}
+
+
+def public_reason(kind: str, ev: dict[str, Any]) -> str | None:
+    """The ledger's reason code if there is one, else a generic reason for the kind."""
+    return ev.get("reason") or GENERIC_REASONS.get(kind)
+
+
 def notification_for(owner: str | None, ev: dict[str, Any]) -> dict[str, Any] | None:
     kind = kind_of(ev)
     if kind is None or not owner:
@@ -54,7 +68,7 @@ def notification_for(owner: str | None, ev: dict[str, Any]) -> dict[str, Any] | 
         "account_id": ev["account_id"],
         "amount": ev.get("amount"),
         "currency": ev.get("currency"),
-        "reason": ev.get("reason") or ev.get("note"),
+        "reason": public_reason(kind, ev),
         "source_event_id": ev["event_id"],
         # event time: a re-emitted notification is identical to the first
         "created_at": ev["occurred_at"],

@@ -4,17 +4,17 @@
 its signing secret, the only time the secret is shown. Authentication is the
 gateway's (JWT); the Postgres pool is the gateway's.
 
-URLs must be https to a public host. A URL naming a loopback, private or
-link-local address (or `localhost`) is refused unless
-PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS is set (development and tests), so users
-cannot aim deliveries at our own network. This checks literal addresses only;
-a hostname that *resolves* to a private address would need checking at
-delivery time too (not done yet, see docs/NOTIFICATIONS.md).
+URLs must be https to a public host. A URL naming a loopback, private,
+link-local or otherwise non-public address, in any notation (`127.1`,
+`2130706433`, `0x7f000001`, IPv4-mapped or NAT64 IPv6), or `localhost`, is
+refused unless PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS is set (development and
+tests), so users cannot aim deliveries at our own network. A host name is
+checked again at every delivery, on the addresses it resolves to then
+(`pipelines.notifications.egress`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from datetime import datetime
 from typing import Annotated, Any
@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.app import User, gw_of
 from gateway.problems import Problem, responses
+from pipelines.notifications.egress import host_problem
 from pipelines.notifications.signing import new_secret
 from pipelines.notifications.webhooks import WebhookSettings
 
@@ -75,15 +76,7 @@ def url_problem(url: str, allow_private: bool) -> str | None:
         return None
     if parts.scheme != "https":
         return "the url must use https"
-    if host == "localhost" or host.endswith(".localhost"):
-        return "the url must name a public host"
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if not ip.is_global:
-        return "the url must name a public host"
-    return None
+    return host_problem(host)
 
 
 @router.post("", status_code=201, response_model=EndpointCreated,

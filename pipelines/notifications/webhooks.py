@@ -47,6 +47,7 @@ from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
 from pipelines.fraud.pgconsumer import PgConsumer
 from pipelines.notifications import signing
+from pipelines.notifications.egress import PublicOnlyTransport
 
 NOTIFICATIONS = "notifications"
 NAMESPACE = uuid.UUID("b3f0c2d4-8e1a-4a6f-9c7d-5e2b1f0a3c68")
@@ -182,6 +183,18 @@ class Endpoint:
     secret: str
 
 
+def http_client(ws: WebhookSettings) -> httpx.AsyncClient:
+    """The client deliveries go through. It connects only to public addresses,
+    checked on what the host name resolves to at connect time (DNS rebinding);
+    it follows no redirects and uses no proxy from the environment, which would
+    each connect somewhere other than the checked address."""
+    timeout = httpx.Timeout(ws.timeout_seconds, connect=min(5.0, ws.timeout_seconds))
+    limits = httpx.Limits(max_connections=ws.concurrency * 2)
+    transport = PublicOnlyTransport(limits=limits, allow_private=ws.allow_private_urls)
+    return httpx.AsyncClient(timeout=timeout, transport=transport, trust_env=False,
+                             follow_redirects=False)
+
+
 class Deliverer:
     def __init__(self, settings: Settings, ws: WebhookSettings) -> None:
         self.settings = settings
@@ -300,12 +313,9 @@ class Deliverer:
         await pool.open(wait=True, timeout=30)
         if taken := await self.reclaim(pool):
             log.info("took back %s endpoint lease(s) of this worker's previous run", taken)
-        timeout = httpx.Timeout(self.ws.timeout_seconds, connect=min(5.0, self.ws.timeout_seconds))
-        limits = httpx.Limits(max_connections=self.ws.concurrency * 2)
         tasks: set[asyncio.Task[None]] = set()
         try:
-            async with httpx.AsyncClient(timeout=timeout, limits=limits,
-                                         follow_redirects=False) as client:
+            async with http_client(self.ws) as client:
                 while not stop.is_set():
                     free = self.ws.concurrency - len(tasks)
                     if free > 0:

@@ -169,9 +169,10 @@ def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fr
                                                   "cursor": first["next_cursor"]}, headers=admin).json()
     assert first["items"][0]["alert_id"] != second["items"][0]["alert_id"]
 
-    rej = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": "mule"}, headers=admin)
+    internal = "mule account per AML case 4411"
+    rej = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": internal}, headers=admin)
     assert rej.status_code == 200, rej.text
-    assert rej.json()["state"] == "rejected" and rej.json()["note"] == "mule"
+    assert rej.json()["state"] == "rejected" and rej.json()["note"] == internal
     again = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": "again"}, headers=admin)
     assert again.status_code == 409 and again.json()["code"] == "review_already_decided"
     assert api.post(f"/v1/admin/reviews/{a1}/approve", headers=admin).status_code == 409
@@ -222,6 +223,15 @@ def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fr
             verdict, owner, t["command_id"], t["account_id"])
         assert n["notification_id"] == notification_id(n["source_event_id"], owner)
     assert len({n["notification_id"] for n in decided(notes.events)}) == 2
+    # the reversal, the receiver's freeze and the sender's unfreeze are told to the
+    # parties with generic reasons: the admin's note stays in the review
+    told_events = {e["event_id"]: e for e in events.events
+                   if e["command_id"] in (rev_id, unfreeze_command_id(a1))}
+    notes.poll_until(lambda evs: set(told_events) <= {e["source_event_id"] for e in evs}, 240)
+    about = [n for n in notes.events if n["source_event_id"] in told_events]
+    assert {n["kind"] for n in about} == {"PAYMENT_REVERSED", "ACCOUNT_FROZEN", "ACCOUNT_UNFROZEN"}
+    assert all("AML" not in str(n) for n in about), about
+    assert {n["reason"] for n in about if n["kind"] == "ACCOUNT_FROZEN"} == {"ACCOUNT_UNDER_REVIEW"}
     notifier.stop()
     events.close()
     decisions.close()

@@ -326,6 +326,14 @@ def test_register_deposit_pay_history(gw: Env, reader: EventReader) -> None:
         assert [t["amount"] for t in page2["data"]] == ["1000.00"]
         listed = c.get("/v1/payments", headers=b.headers).json()
         assert payment["id"] in [x["id"] for x in listed["data"]]
+        # a cursor must be one of the caller's own payments: someone else's payment id
+        # answers exactly like an unknown one (no oracle for ids and their times)
+        assert c.get("/v1/payments", params={"starting_after": payment["id"]}, headers=b.headers).status_code == 200
+        outsider = register(gw)
+        foreign = c.get("/v1/payments", params={"starting_after": payment["id"]}, headers=outsider.headers)
+        unknown = c.get("/v1/payments", params={"starting_after": str(uuid.uuid4())}, headers=outsider.headers)
+        assert foreign.status_code == unknown.status_code == 400
+        assert foreign.json() == unknown.json() and foreign.json()["code"] == "invalid_cursor"
 
 
 def test_concurrent_identical_requests_make_one_payment(gw: Env, reader: EventReader) -> None:
@@ -547,6 +555,9 @@ def test_hostile_requests_get_problems_and_post_nothing(gw: Env, reader: EventRe
             ({**body, "amount": "0.00"}, 422, "non_positive_amount"),
             ({**body, "amount": "99999999999999999999"}, 422, "amount_too_large"),
             ({**body, "amount": "1e3"}, 422, "invalid_amount"),
+            ({**body, "amount": " 1.00"}, 422, "invalid_amount"),
+            ({**body, "amount": "1.00\n"}, 422, "invalid_amount"),
+            ({**body, "amount": "\t1.00"}, 422, "invalid_amount"),
             ({**body, "currency": "XXX"}, 422, "unknown_currency"),
             ({**body, "currency": "EUR"}, 422, "currency_mismatch"),
             ({**body, "to_account": "PS1234567890"}, 422, "invalid_account_number"),
@@ -640,17 +651,69 @@ def test_rate_limits(gw: Env) -> None:
     assert codes == [201, 201, 201, 429]
     # a spoofed X-Forwarded-For chain is read from the right: the left-most entry,
     # written by the client, does not buy a fresh bucket
+    # (a fresh email per attempt, so only the per-IP limit can answer 429)
     with httpx.Client(base_url=gw.base, timeout=30) as c:
         fixed = _ip()
         codes = [
             c.post(
                 "/v1/auth/login",
-                json={"email": "x@example.com", "password": "nope"},
+                json={"email": f"s{uuid.uuid4().hex[:8]}@example.com", "password": "nope"},
                 headers={"X-Forwarded-For": f"203.0.113.{i}, {fixed}"},
             ).status_code
             for i in range(6)
         ]
-    assert codes[-1] == 429
+    assert codes == [401] * 5 + [429]
+
+
+def test_login_locks_the_account_out_whatever_the_address(gw: Env) -> None:
+    """Guessing one account's password from many addresses: after
+    `gateway_login_lockout_after` (5) failures the email is locked out, even for
+    the right password and from a fresh address; other accounts are not."""
+    victim, bystander = register(gw), register(gw)
+    codes = []
+    for _ in range(7):
+        with gw.client(_ip()) as c:  # a fresh address each time: the per-IP limit never trips
+            codes.append(c.post("/v1/auth/login", json={"email": victim.email, "password": "wrong-" + PASSWORD}))
+    assert [r.status_code for r in codes] == [401] * 5 + [429] * 2
+    locked = codes[-1]
+    assert locked.json()["code"] == "rate_limited"
+    assert locked.headers["content-type"].startswith("application/problem+json")
+    assert 1 <= int(locked.headers["Retry-After"]) <= 30
+    with gw.client(_ip()) as c:
+        right = c.post("/v1/auth/login", json={"email": victim.email.upper(), "password": PASSWORD})
+        assert right.status_code == 429 and right.json()["code"] == "rate_limited"
+        # an unknown email locks out the same way: a lockout does not reveal who is registered
+        ghost = f"ghost{uuid.uuid4().hex[:8]}@example.com"
+    ghost_codes = []
+    for _ in range(6):
+        with gw.client(_ip()) as c:
+            ghost_codes.append(c.post("/v1/auth/login", json={"email": ghost, "password": PASSWORD}).status_code)
+    assert ghost_codes == [401] * 5 + [429]
+    with gw.client(_ip()) as c:
+        ok = c.post("/v1/auth/login", json={"email": bystander.email, "password": PASSWORD})
+        assert ok.status_code == 200, ok.text
+
+
+def test_ipv6_clients_share_a_bucket_per_64(gw: Env) -> None:
+    """An IPv6 client holds a whole /64; new addresses in it are not new buckets."""
+    a, b = os.getpid() % 65536, next(_ip_counter) % 65535
+    prefix = f"2001:db8:{a:x}:{b:x}"
+    with httpx.Client(base_url=gw.base, timeout=30) as c:
+        codes = [
+            c.post(
+                "/v1/auth/login",
+                json={"email": f"v{uuid.uuid4().hex[:8]}@example.com", "password": "nope"},
+                headers={"X-Forwarded-For": f"{prefix}:{i:x}:{i:x}:{i:x}:{i + 1:x}"},
+            ).status_code
+            for i in range(6)
+        ]
+        assert codes == [401] * 5 + [429]
+        other = c.post(
+            "/v1/auth/login",
+            json={"email": f"v{uuid.uuid4().hex[:8]}@example.com", "password": "nope"},
+            headers={"X-Forwarded-For": f"2001:db8:{a:x}:{b + 1:x}::1"},
+        )
+        assert other.status_code == 401  # the next /64 is another client
 
 
 def test_payment_rate_limit_per_user(gw: Env) -> None:
@@ -825,6 +888,59 @@ def test_resp_client_pipelines_and_recovers(stack: Settings) -> None:
         await c.close()
         with pytest.raises(RedisConnectionError):
             await RespClient("redis://127.0.0.1:1/0", timeout=2).execute("PING")
+
+    asyncio.run(go())
+
+
+def test_login_guard_locks_out_exponentially(stack: Settings) -> None:
+    from gateway.idempotency import LoginGuard
+    from gateway.resp import RespClient
+
+    async def go() -> None:
+        redis = RespClient(f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}")
+        guard = LoginGuard(redis, f"gwtest:{uuid.uuid4().hex[:8]}:", threshold=3, base_seconds=1,
+                           max_seconds=2, reset_seconds=60)
+        email = "lock@example.com"
+        assert [await guard.attempt(email) for _ in range(3)] == [None, None, None]
+        assert await guard.attempt(email) == 1  # the third failure locked it for 1 s
+        await asyncio.sleep(1.1)
+        assert await guard.attempt(email) is None  # the fourth attempt: locked for 2 s
+        assert await guard.attempt(email) == 2
+        await asyncio.sleep(2.1)
+        assert await guard.attempt(email) is None  # the fifth: capped at 2 s
+        assert await guard.attempt(email) == 2
+        assert await guard.attempt("other@example.com") is None
+        await guard.succeeded(email)  # a correct password clears it
+        assert await guard.attempt(email) is None
+        await redis.execute("DEL", guard.key(email), guard.key("other@example.com"))
+        await redis.close()
+
+    asyncio.run(go())
+
+
+def test_a_request_waiting_for_the_ledger_still_holds_its_key(stack: Settings) -> None:
+    """gateway/README.md: a request still running answers 409. Running includes
+    waiting for the ledger after the command was sent; only once the holder answered
+    (202 or 503) does a retry take over and wait for the outcome itself."""
+    from gateway.idempotency import IdempotencyStore
+    from gateway.resp import RespClient
+
+    async def go() -> None:
+        redis = RespClient(f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}")
+        idem = IdempotencyStore(redis, f"gwtest:{uuid.uuid4().hex[:8]}:", ttl_seconds=60, lock_seconds=30)
+        key = idem.key("user", "payments", uuid.uuid4().hex)
+        assert (await idem.claim(key, "fp", "first")).kind == "new"
+        assert (await idem.claim(key, "fp", "second")).kind == "busy"  # not sent yet
+        await idem.accepted(key, "first")  # sent; the first request now waits for the ledger
+        busy = await idem.claim(key, "fp", "second")
+        assert busy.kind == "busy" and busy.retry_after >= 1
+        await idem.unlock(key, "second")  # only the holder can let go
+        assert (await idem.claim(key, "fp", "third")).kind == "busy"
+        await idem.unlock(key, "first")  # the first answered 202
+        resumed = await idem.claim(key, "fp", "fourth")
+        assert resumed.kind == "resume" and resumed.sent
+        await redis.execute("DEL", key)
+        await redis.close()
 
     asyncio.run(go())
 

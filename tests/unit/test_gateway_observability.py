@@ -52,3 +52,15 @@ def test_admin_console_is_static_and_locked_down() -> None:
     assert client.get("/admin/style.css").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
     assert not [p for p in paths if p.startswith(("/admin", "/metrics"))]
+
+
+def test_production_hides_metrics_and_api_docs_by_default() -> None:
+    prod = TestClient(create_app(Settings(jwt_secret="x" * 40, environment="production")))
+    for path in ("/metrics", "/docs", "/openapi.json"):
+        assert prod.get(path).status_code == 404, path
+    exposed = TestClient(create_app(Settings(jwt_secret="x" * 40, environment="production",
+                                             gateway_metrics_enabled=True, gateway_docs_enabled=True)))
+    dev = TestClient(create_app(Settings(jwt_secret="x" * 40, environment="development")))
+    for client in (exposed, dev):
+        for path in ("/metrics", "/docs", "/openapi.json"):
+            assert client.get(path).status_code == 200, path

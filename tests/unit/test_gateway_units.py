@@ -27,6 +27,7 @@ from gateway.security import (
     new_account_number,
     parse_networks,
     password_problem,
+    rate_subject,
     valid_account_number,
     verify_token,
 )
@@ -86,6 +87,14 @@ def test_client_ip_believes_only_trusted_proxies() -> None:
     assert client_ip("127.0.0.1", "203.0.113.9", ()) == "127.0.0.1"
 
 
+def test_rate_subject_buckets_ipv6_by_64() -> None:
+    assert rate_subject("198.51.100.7") == "198.51.100.7"
+    assert rate_subject("2001:db8:1:2::1") == rate_subject("2001:db8:1:2:ffff:ffff:ffff:ffff") == "2001:db8:1:2::/64"
+    assert rate_subject("2001:db8:1:3::1") != rate_subject("2001:db8:1:2::1")
+    assert rate_subject("::ffff:198.51.100.7") == "198.51.100.7"
+    assert rate_subject("unknown") == "unknown"
+
+
 @given(st.integers(min_value=0, max_value=200))
 def test_account_numbers_carry_a_check_digit(_: int) -> None:
     n = new_account_number()
@@ -117,6 +126,9 @@ def _payment(**over: Any) -> dict[str, Any]:
     ({"amount": "0"}, "non_positive_amount"),
     ({"amount": "-1"}, "non_positive_amount"),
     ({"amount": "1e2"}, "invalid_amount"),
+    ({"amount": " 10.00"}, "invalid_amount"),
+    ({"amount": "10.00\n"}, "invalid_amount"),
+    ({"amount": "\t10.00"}, "invalid_amount"),
     ({"amount": "10000000000000000"}, "amount_too_large"),
     ({"currency": "ZZZ"}, "unknown_currency"),
     ({"to_account": "PS0000000001"}, "invalid_account_number"),

@@ -29,6 +29,17 @@ def test_parse_refuses(value, code):
     assert err.value.code == code
 
 
+@pytest.mark.parametrize(
+    "value", [" 10.00", "10.00 ", "10.00\n", "\t10.00", "\n10.00", "10.00\r\n", " ", "1 0.00",
+              "\u00a010.00", "10.00\u2003", "\u0661\u0660.00"],
+)
+def test_parse_refuses_whitespace_and_non_ascii_digits(value):
+    # strict parsing: the OpenAPI pattern has no whitespace, so neither may the parser
+    with pytest.raises(MoneyError) as err:
+        Money.parse(value, "USD")
+    assert err.value.code == "invalid_amount"
+
+
 def test_unknown_currency_and_mismatch():
     with pytest.raises(UnknownCurrencyError):
         Money.parse("1.00", "XXX")

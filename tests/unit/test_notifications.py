@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import uuid
 
+import pytest
+
 from pipelines.notifications import signing
 from pipelines.notifications.domain import (
     decision_notification,
@@ -52,6 +54,31 @@ def test_review_decided_goes_to_the_senders_owner_without_the_note():
     assert decision_notification(d) == n  # a redelivered decision: same id, same record
     assert decision_notification(decision(decision="APPROVED"))["reason"] == "APPROVED"
     assert decision_notification(decision(sender_owner_id=None)) is None
+
+
+NOTE = "card-testing ring, see AML case 4411 (reviewed by j.smith)"
+
+
+@pytest.mark.parametrize(("etype", "command_type", "note", "reason"), [
+    # a review rejected the payment: compensation reverses it with the admin's note
+    ("REVERSAL_DEBITED", "REVERSE_TRANSFER", f"fraud review a1 rejected: {NOTE}", "REVERSED_AFTER_REVIEW"),
+    ("TRANSFER_REVERSED", "REVERSE_TRANSFER", f"fraud review a1 rejected: {NOTE}", "REVERSED_AFTER_REVIEW"),
+    ("ACCOUNT_FROZEN", "REVERSE_TRANSFER", f"reversal: fraud review a1 rejected: {NOTE}", "ACCOUNT_UNDER_REVIEW"),
+    # an admin froze the account with a reason, or unfroze it after a review
+    ("ACCOUNT_FROZEN", "FREEZE", NOTE, "ACCOUNT_UNDER_REVIEW"),
+    ("ACCOUNT_UNFROZEN", "UNFREEZE", f"fraud review a1 approved: {NOTE}", None),
+])  # fmt: skip
+def test_staff_notes_never_reach_the_user(etype, command_type, note, reason):
+    n = notification_for(OWNER, event(etype, command_type=command_type, note=note))
+    assert n is not None
+    assert n["reason"] == reason  # generic: the details stay in the review
+    assert "AML" not in str(n) and "j.smith" not in str(n)
+    assert "AML" not in body_of(n)  # the webhook body
+
+
+def test_reason_codes_are_still_told():
+    n = notification_for(OWNER, event("TRANSFER_FAILED", reason="RECEIVER_FROZEN", note="refund"))
+    assert n is not None and n["reason"] == "RECEIVER_FROZEN"
 
 
 def test_kinds():
@@ -115,3 +142,45 @@ def test_webhook_urls():
     assert url_problem("http://127.0.0.1:8080/x", True) is None
     assert url_problem("https://hooks.example.com/\x00", True)
     assert url_problem("https://hooks.example.com/ä", True)
+
+
+@pytest.mark.parametrize("url", [
+    "https://2130706433/",                 # 127.0.0.1 as one decimal number
+    "https://0x7f000001/",                 # ... as hex
+    "https://017700000001/",               # ... as octal
+    "https://127.1/",                      # ... with parts left out
+    "https://0x7f.0.0.1/",
+    "https://0/",                          # 0.0.0.0
+    "https://0177.0.0.1/",
+    "https://127.0.0.1./",
+    "https://localhost./x",
+    "https://LOCALHOST/x",
+    "https://169.254.169.254/latest/meta-data",
+    "https://100.64.0.1/",                 # carrier-grade NAT
+    "https://[::1]/",
+    "https://[::]/",
+    "https://[::ffff:127.0.0.1]/",         # IPv4-mapped IPv6
+    "https://[::ffff:a9fe:a9fe]/",
+    "https://[64:ff9b::a9fe:a9fe]/",       # NAT64 of 169.254.169.254
+    "https://[64:ff9b::7f00:1]/",
+    "https://[64:ff9b:1::a9fe:a9fe]/",
+    "https://[2002:7f00:1::]/",            # 6to4 of 127.0.0.1
+    "https://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",  # Teredo
+    "https://[fe80::1]/",
+    "https://[fc00::1]/",
+    "https://[fec0::1]/",
+    "https://[ff02::1]/",
+    "https://[::127.0.0.1]/",
+    "https://%31%32%37.0.0.1/",           # percent-encoded host
+])  # fmt: skip
+def test_webhook_urls_refuse_non_public_hosts_in_every_notation(url):
+    assert url_problem(url, False), url
+
+
+@pytest.mark.parametrize("url", [
+    "https://hooks.example.com/x", "https://8.8.8.8/x", "https://[2606:4700:4700::1111]/x",
+    "https://hooks.example.com./x", "https://0x.example.com/x", "https://127.0.0.1.example.com/x",
+    "https://xn--bcher-kva.example/x",
+])
+def test_webhook_urls_accept_public_hosts(url):
+    assert url_problem(url, False) is None, url
