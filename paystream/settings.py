@@ -170,6 +170,10 @@ class Settings(BaseSettings):
 
     # Ledger tuning
     ledger_commit_interval: float = 0.1
+    # How long the ledger's fetches wait for data. Each hop of a transfer pays up to
+    # this after the previous hop's commit; lower means more fetch requests for the
+    # broker. The latency setting (docs/LEDGER.md) is commit interval 0.02 s and 5 ms.
+    ledger_fetch_wait_ms: int = 20
     ledger_instance: str = "0"
     ledger_time_alignment: bool = False
     ledger_max_amount_minor: int = 10**15

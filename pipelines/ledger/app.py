@@ -263,7 +263,7 @@ def build_app(settings: Settings | None = None) -> Application:
             **kafka.QUIX_PRODUCER,
         },
         consumer_extra_config={
-            "fetch.wait.max.ms": 20,
+            "fetch.wait.max.ms": settings.ledger_fetch_wait_ms,
             **kafka.QUIX_CONSUMER,
             **metrics.quix_consumer_config(COMPONENT, settings, instance),
         },
