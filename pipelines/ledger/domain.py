@@ -557,8 +557,11 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
         # state write on the hottest path. It is written even for a key that is not
         # an account: legs come only from the ledger, each after a real debit, so
         # this cannot be used to grow state at will.
-        if store.get(f"p:{leg['payment_id']}") is None:
+        seen = store.get(f"p:{leg['payment_id']}")
+        if seen is None:
             _credit(ctx, leg)
+        elif seen["from"] != leg["counterparty_id"]:
+            _refund_reused_id(ctx, leg)
         return ctx.finish()
     if store.get(f"l:{leg['leg_id']}") is not None:
         return []
@@ -580,6 +583,17 @@ def receiver_problem(acct: dict[str, Any] | None, currency: str) -> str | None:
     if acct["currency"] != currency:
         return "RECEIVER_CURRENCY_MISMATCH"
     return None
+
+
+def _refund_reused_id(ctx: _Ctx, leg: dict[str, Any]) -> None:
+    """A credit whose payment id this receiver already holds from another sender: a
+    second payment reusing the id (possible from direct producers). Its dedupe marker
+    is taken, so it would never be credited; it is refunded instead, with a reason."""
+    ctx.leg(
+        "REFUND", target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
+        amount=leg["amount"], currency=leg["currency"], requested_by=leg["requested_by"],
+        reason="ID_REUSED_WITH_DIFFERENT_FIELDS",
+    )  # fmt: skip
 
 
 def _credit(ctx: _Ctx, leg: dict[str, Any]) -> None:

@@ -97,6 +97,32 @@ def test_receiver_refusal_refunds_the_sender():
     assert dup["status"] == "FAILED" and dup["reason"] == "RECEIVER_FROZEN"
 
 
+def test_a_payment_id_reused_by_a_second_sender_is_refunded_not_stranded():
+    """Two senders, one payment id, one receiver: the receiver's dedupe marker for the
+    credit holds the first, so the second debit used to sit in transit for ever (no
+    credit, no refund, no outcome). It is refunded with a reason now."""
+    sim = funded()
+    sim.send(deposit(C, 50_000))
+    pid = str(uuid.uuid4())
+    first, second = transfer(A, B, 5_000, pid=pid), transfer(C, B, 7_000, pid=pid)
+    sim.send(first)
+    sim.send(second)
+    sim.drain()
+    outcomes = [e for e in sim.events if e["command_id"] == pid and e["terminal"] and not e["replay"]]
+    assert sorted((e["account_id"], e["type"], e["reason"]) for e in outcomes) == sorted([
+        (B, "TRANSFER_COMPLETED", None), (C, "TRANSFER_FAILED", "ID_REUSED_WITH_DIFFERENT_FIELDS"),
+    ])
+    assert (sim.balance(A), sim.balance(B), sim.balance(C)) == (95_000, 5_000, 50_000)
+    transit = sum(v for (acct, _), v in sim.posting_sums().items() if acct == domain.transit_account("USD"))
+    assert transit == 0
+    # a replayed credit of the second payment is refunded again only in name: the
+    # sender's partition drops the repeated refund leg
+    legs = [leg for kind, leg in sim.log if kind == "leg" and leg["kind"] == "CREDIT" and leg["counterparty_id"] == C]
+    sim.pending[B].append(legs[0])
+    sim.drain()
+    assert (sim.balance(A), sim.balance(B), sim.balance(C)) == (95_000, 5_000, 50_000)
+
+
 def test_rejections_are_outcomes():
     sim = funded()
     sim.send(open_account(str(uuid.UUID(int=9)), currency="EUR"))
