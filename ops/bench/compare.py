@@ -278,19 +278,25 @@ class StreamRunner:
         self.console.print(f"{self.design}: {len(accounts)} accounts opened and funded in "
                            f"{time.monotonic() - t0:.1f}s")
 
-    def warm_up(self, cmds: list[dict[str, Any]]) -> None:
+    def warm_up(self, rounds: Callable[[int], list[dict[str, Any]]], seconds: float) -> None:
         """Unmeasured transfers before the first measured workload, as the baseline's
-        pool and variant sweep warms Postgres before its measured runs. A broker whose
-        JIT is still cold spent 2-2.5x the CPU per message (`bench framework`), and
-        the first workload measured (uniform) used to pay for it alone; a JVM peer
-        needs its own JIT warm too."""
-        ids = [c["command_id"] for c in cmds]
-        self.command_ids += ids
+        pool and variant sweep warms Postgres before its measured runs: rounds of
+        fresh transfers until `seconds` have passed. A broker whose JIT is still cold
+        spent 2-3x the CPU per message (its C2 compiler alone took half a core in its
+        first minute, docs/LEDGER.md), and a fixed count (6,000 transfers, 2.4 s once
+        the ledger batched) left the first design measured on a colder broker than
+        the next; a JVM peer needs its own JIT warm too."""
         t0 = time.monotonic()
-        self._send(encode_commands(self.codec, cmds))
-        if not self.outcomes.wait_for(ids, timeout=max(180.0, len(cmds) / 100)):
-            raise RuntimeError(f"{self.design} did not settle the warm-up transfers in time")
-        self.console.print(f"{self.design}: warm-up, {len(cmds)} unmeasured transfers in "
+        n = 0
+        while n == 0 or time.monotonic() - t0 < seconds:
+            cmds = rounds(n)
+            ids = [c["command_id"] for c in cmds]
+            self.command_ids += ids
+            self._send(encode_commands(self.codec, cmds))
+            if not self.outcomes.wait_for(ids, timeout=max(180.0, len(cmds) / 100)):
+                raise RuntimeError(f"{self.design} did not settle the warm-up transfers in time")
+            n += 1
+        self.console.print(f"{self.design}: warm-up, {n} rounds of unmeasured transfers in "
                            f"{time.monotonic() - t0:.1f}s")
 
     def _groups(self) -> dict[str, Callable[[], list[psutil.Process]]]:
@@ -532,7 +538,7 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
             sweep_n: int = 6_000, workloads: list[str] | None = None, commit_interval: float = 0.1,
             env_extra: dict[str, str] | None = None, group_wait: float = 600.0, dbname: str = "bench_baseline",
             publish: bool = False, designs: list[str] | None = None, json_path: Path | None = None,
-            console: Console | None = None) -> Report:
+            warmup_seconds: float = 30.0, console: Console | None = None) -> Report:
     console = console or Console()
     pools = pools or [8, 16, 32, 64]
     variants = variants or ["classic", "proc"]
@@ -551,7 +557,8 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
     n_paced = int(paced_rate * paced_seconds)
     work = {wl: (transfers(ids, transfers_n, wl, f"{wl}/max"), transfers(ids, n_paced, wl, f"{wl}/paced"))
             for wl in workloads}
-    warm = transfers(ids, min(sweep_n, transfers_n), "uniform", "warm-up")
+    def warm(n: int) -> list[dict[str, Any]]:
+        return transfers(ids, min(sweep_n, transfers_n), "uniform", f"warm-up/{n}")
 
     for design in designs:
         if design == "baseline":
@@ -570,7 +577,7 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
             runner = KStreamsRunner(settings, console, built, commit_interval=commit_interval)
         try:
             runner.setup(ids)
-            runner.warm_up(warm)
+            runner.warm_up(warm, warmup_seconds)
             for wl in workloads:
                 cmds, paced = work[wl]
                 m = runner.measure(wl, cmds, paced, paced_rate)
