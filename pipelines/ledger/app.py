@@ -255,11 +255,13 @@ def build_app(settings: Settings | None = None) -> Application:
         producer_extra_config={
             "transactional.id": f"paystream-ledger-{instance}",
             # Outputs only become visible when the checkpoint commits, and the commit
-            # flushes, so lingering within the interval costs no latency; it batches a
-            # checkpoint's messages into fewer requests, which the broker on the same
-            # two cores turns into CPU for the ledger: 2 ms -> 20 ms took full speed
-            # from 1,909-2,062/s to 2,093-2,298/s at the same p99 (docs/LEDGER.md).
-            "linger.ms": 20,
+            # flushes, so lingering for the whole interval costs no latency: outputs
+            # leave in the commit's flush (or when a batch fills), in few large
+            # requests. On this machine a request costs the broker far more than a
+            # record, and the broker shares the two cores with the ledger: 20 ms ->
+            # one interval (100 ms) took hot from 4,574-5,332/s to 5,340-5,966/s,
+            # the broker from 42-54 to 31-38 us per transfer (docs/LEDGER.md).
+            "linger.ms": max(20, int(settings.ledger_commit_interval * 1000)),
             **kafka.QUIX_PRODUCER,
         },
         consumer_extra_config={
