@@ -75,6 +75,8 @@ def compare_cmd(
                                help="comma list of designs: paystream, baseline (Postgres), kstreams "
                                     "(Kafka Streams peer, built with Maven; a failed build stops the bench)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the results as JSON to this path"),
+    instances: int = typer.Option(2, help="ledger processes (paystream) and stream threads (Kafka Streams peer): "
+                                          "one per core of this 2-core machine"),
     warmup_seconds: float = typer.Option(30.0, help="unmeasured transfers for at least this long before each "
                                                     "broker design's first workload (broker and JIT warm)"),
 ) -> None:
@@ -91,7 +93,7 @@ def compare_cmd(
     kw = dict(accounts=accounts, transfers_n=transfers, paced_rate=paced_rate, paced_seconds=paced_seconds,
               pools=pool, variants=variant, sweep_n=sweep, workloads=workload,
               commit_interval=commit_interval, group_wait=group_wait, publish=publish, designs=designs,
-              json_path=json_out, warmup_seconds=warmup_seconds, console=console)
+              json_path=json_out, warmup_seconds=warmup_seconds, instances=instances, console=console)
     try:
         if isolated:
             from ops.isolated import isolated_stack, settings_env

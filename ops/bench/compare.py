@@ -299,11 +299,14 @@ class StreamRunner:
         self.console.print(f"{self.design}: warm-up, {n} rounds of unmeasured transfers in "
                            f"{time.monotonic() - t0:.1f}s")
 
+    def _processes(self) -> list[Any]:
+        return [self._process()]
+
     def _groups(self) -> dict[str, Callable[[], list[psutil.Process]]]:
         broker = listener(self.settings.kafka_port)
         me = psutil.Process()
-        proc = self._process()
-        return {self.app_group: lambda: [proc.ps], "broker": lambda: [broker] if broker else [],
+        procs = [p.ps for p in self._processes()]
+        return {self.app_group: lambda: procs, "broker": lambda: [broker] if broker else [],
                 "client": lambda: [me]}
 
     def measure(self, workload: str, cmds: list[dict[str, Any]], paced: list[dict[str, Any]],
@@ -321,7 +324,8 @@ class StreamRunner:
         m.completed, m.seconds = len(done), end - t0
         m.cpu_seconds, m.cpu_window, m.peak_mib = s.cpu_seconds(), s.t1 - s.t0, dict(s.peak)
         m.statuses = dict(_count(self.outcomes.seen[i][1] for i in done))
-        m.peak_mib[self.app_group] = max(m.peak_mib.get(self.app_group, 0.0), self._process().peak_rss / 2**20)
+        m.peak_mib[self.app_group] = max(m.peak_mib.get(self.app_group, 0.0),
+                                         sum(p.peak_rss for p in self._processes()) / 2**20)
         # latency at a fixed offered rate
         sent_at: dict[str, float] = {}
         pids = [c["command_id"] for c in paced]
@@ -363,13 +367,15 @@ class StreamRunner:
 
 
 class PaystreamRunner(StreamRunner):
-    """One ledger process of our own on the project's topics."""
+    """`instances` ledger processes of our own on the project's topics, one consumer
+    group: Kafka's task model spreads the partitions over them (the peer gets as many
+    stream threads, the baseline a pool of connections)."""
 
     design = "paystream"
     app_group = "ledger"
 
     def __init__(self, settings: Settings, console: Console, *, commit_interval: float,
-                 env_extra: dict[str, str] | None, group_wait: float) -> None:
+                 env_extra: dict[str, str] | None, group_wait: float, instances: int = 1) -> None:
         deadline = time.monotonic() + group_wait
         while _busy(settings):
             if time.monotonic() > deadline:
@@ -380,15 +386,20 @@ class PaystreamRunner(StreamRunner):
             time.sleep(10)
         super().__init__(settings, console, Codec(settings.registry_url), commands_topic=C.COMMANDS_TOPIC,
                          events_topic=EVENTS)
-        self.ledger = LedgerProcess(settings, commit_interval, env_extra)
+        self.ledgers = [LedgerProcess(settings, commit_interval, env_extra, instance=f"bench-{i}")
+                        for i in range(instances)]
         self.commit_interval = commit_interval
-        self.config = f"1 ledger, commit {commit_interval}s"
+        self.config = f"{instances} ledger{'s' if instances > 1 else ''}, commit {commit_interval}s"
 
     def _process(self) -> Any:
-        return self.ledger
+        return self.ledgers[0]
+
+    def _processes(self) -> list[Any]:
+        return list(self.ledgers)
 
     def close(self) -> None:
-        self.ledger.stop()
+        for ledger in self.ledgers:
+            ledger.stop()
         super().close()
 
 
@@ -398,9 +409,10 @@ class KStreamsRunner(StreamRunner):
     design = "kstreams"
     app_group = "kstreams"
 
-    def __init__(self, settings: Settings, console: Console, built: Path, *, commit_interval: float) -> None:
+    def __init__(self, settings: Settings, console: Console, built: Path, *, commit_interval: float,
+                 threads: int = 1) -> None:
         codec = Codec(settings.registry_url)
-        self.peer = K.Peer(settings, codec, built, commit_ms=round(commit_interval * 1000))
+        self.peer = K.Peer(settings, codec, built, commit_ms=round(commit_interval * 1000), threads=threads)
         try:
             super().__init__(settings, console, codec, commands_topic=self.peer.commands,
                              events_topic=self.peer.events)
@@ -408,7 +420,8 @@ class KStreamsRunner(StreamRunner):
         except BaseException:
             self.peer.close()
             raise
-        self.config = f"1 stream thread, commit {commit_interval}s, heap {K.JVM_HEAP}"
+        plural = "s" if threads > 1 else ""
+        self.config = f"{threads} stream thread{plural}, commit {commit_interval}s, heap {K.JVM_HEAP}"
 
     def _process(self) -> Any:
         return self.peer
@@ -538,7 +551,7 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
             sweep_n: int = 6_000, workloads: list[str] | None = None, commit_interval: float = 0.1,
             env_extra: dict[str, str] | None = None, group_wait: float = 600.0, dbname: str = "bench_baseline",
             publish: bool = False, designs: list[str] | None = None, json_path: Path | None = None,
-            warmup_seconds: float = 30.0, console: Console | None = None) -> Report:
+            warmup_seconds: float = 30.0, instances: int = 2, console: Console | None = None) -> Report:
     console = console or Console()
     pools = pools or [8, 16, 32, 64]
     variants = variants or ["classic", "proc"]
@@ -551,7 +564,7 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
         "pools": pools, "variants": variants, "sweep_n": sweep_n, "commit_interval": commit_interval,
         "bootstrap": settings.bootstrap_servers, "postgres_port": settings.postgres_port,
         "kafka_version": settings.kafka_version, "broker_heap": settings.kafka_heap, "designs": designs,
-        "cpus": psutil.cpu_count(), "load_at_start": list(psutil.getloadavg()),
+        "cpus": psutil.cpu_count(), "load_at_start": list(psutil.getloadavg()), "instances": instances,
     })
     ids = [str(uuid.uuid4()) for _ in range(accounts)]
     n_paced = int(paced_rate * paced_seconds)
@@ -569,12 +582,12 @@ def compare(settings: Settings, *, accounts: int = 10_000, transfers_n: int = 20
         if design == "paystream":
             console.print(f"[bold]paystream[/bold]: ledger on {settings.bootstrap_servers}, {accounts} accounts")
             runner = PaystreamRunner(settings, console, commit_interval=commit_interval, env_extra=env_extra,
-                                     group_wait=group_wait)
+                                     group_wait=group_wait, instances=instances)
         else:
             assert built is not None
             console.print(f"[bold]kstreams[/bold]: Kafka Streams {settings.kafka_version} peer on "
                           f"{settings.bootstrap_servers}, {accounts} accounts")
-            runner = KStreamsRunner(settings, console, built, commit_interval=commit_interval)
+            runner = KStreamsRunner(settings, console, built, commit_interval=commit_interval, threads=instances)
         try:
             runner.setup(ids)
             runner.warm_up(warm, warmup_seconds)

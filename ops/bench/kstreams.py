@@ -95,7 +95,7 @@ class Peer:
     state directory; everything deleted by `close`."""
 
     def __init__(self, settings: Settings, codec: Codec, built: Path, *, commit_ms: int = 100,
-                 heap: str = JVM_HEAP) -> None:
+                 heap: str = JVM_HEAP, threads: int = 1) -> None:
         self.settings = settings
         self.run = uuid.uuid4().hex[:8]
         self.prefix = f"kstreams.{self.run}."
@@ -118,7 +118,9 @@ class Peer:
             "--bootstrap", settings.bootstrap_servers, "--app-id", self.app_id, "--prefix", self.prefix,
             "--state-dir", str(self.state_dir), "--schemas", str(SCHEMA_DIR),
             "--command-id", str(ids[C.COMMANDS_TOPIC]), "--event-id", str(ids[EVENTS]),
-            "--leg-id", str(ids[LEGS]), "--commit-ms", str(commit_ms),
+            "--leg-id", str(ids[LEGS]), "--commit-ms", str(commit_ms), "--threads", str(threads),
+            # the ledger's producer lingers one commit interval (pipelines/ledger/app.py); so does the peer's
+            "--linger-ms", str(max(20, commit_ms)),
         ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
         self.ps = psutil.Process(self.proc.pid)

@@ -64,12 +64,12 @@ class RunResult:
 
 class LedgerProcess:
     def __init__(self, settings: Settings, commit_interval: float,
-                 env_extra: dict[str, str] | None = None) -> None:
+                 env_extra: dict[str, str] | None = None, instance: str = "bench") -> None:
         # env_extra points the child at another stack (ops.isolated.settings_env).
         env = {**os.environ, **(env_extra or {}),
                "PAYSTREAM_LEDGER_COMMIT_INTERVAL": str(commit_interval),
-               "PAYSTREAM_LEDGER_INSTANCE": "bench", "PYTHONUNBUFFERED": "1"}
-        log = open(settings.home / "logs" / "bench-ledger.log", "ab")  # noqa: SIM115
+               "PAYSTREAM_LEDGER_INSTANCE": instance, "PYTHONUNBUFFERED": "1"}
+        log = open(settings.home / "logs" / f"{instance}-ledger.log", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "paystream.cli", "run", "ledger"],
                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
         self.ps = psutil.Process(self.proc.pid)
