@@ -17,7 +17,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import structlog
@@ -53,21 +53,25 @@ class CommandSender:
         self.replaced = 0
         self._retired: list[tuple[Producer, float]] = []
         self._stop = threading.Event()
-        self._settled: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], Any]] = []
+        self._settled: deque[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], Any]] = deque()
         self._thread = threading.Thread(target=self._poll, name="gw-producer-poll", daemon=True)
         self.batcher: CommandBatcher | None = None
 
     def _new_producer(self) -> Producer:
         return kafka.producer(self.settings, **{"message.timeout.ms": int(self.timeout * 1000), "linger.ms": 1})
 
-    def _new_batcher(self) -> CommandBatcher | None:
+    def _new_batcher(self, partitions: int | None = None) -> CommandBatcher | None:
+        """`block=False`: a full local queue fails the batch's requests (503, the
+        client retries with its key) instead of blocking the event loop."""
         if self.settings.gateway_batch_max_items <= 1 or tracing.enabled():
             return None
-        meta = self.producer.list_topics(COMMANDS_TOPIC, timeout=10).topics[COMMANDS_TOPIC]
+        if partitions is None:
+            partitions = len(self.producer.list_topics(COMMANDS_TOPIC, timeout=10).topics[COMMANDS_TOPIC].partitions)
         return CommandBatcher(
             self.producer, header=self.codec.header(COMMANDS_TOPIC, COMMAND_BATCH),
-            command_schema_id=self.codec.schema_id(COMMANDS_TOPIC), partitions=len(meta.partitions),
+            command_schema_id=self.codec.schema_id(COMMANDS_TOPIC), partitions=partitions,
             max_items=self.settings.gateway_batch_max_items, linger_ms=self.settings.gateway_batch_linger_ms,
+            block=False,
         )  # fmt: skip
 
     def start(self) -> None:
@@ -82,8 +86,10 @@ class CommandSender:
                     "(librdkafka #5430)", self.watch.stuck_after)
         old, self.producer = self.producer, self._new_producer()
         if self.batcher is not None:
-            stale, self.batcher = self.batcher, self._new_batcher()
-            stale.close()  # what it still holds goes to the old producer, which purge() fails
+            # Commands still waiting in the old batcher fail now (503, retried with the
+            # same key); no metadata call here, the broker is what is unwell.
+            stale, self.batcher = self.batcher, self._new_batcher(partitions=self.batcher.partitions)
+            stale.abort(SendError("the Kafka producer was replaced; retry"))
         self.watch.reset()
         self.replaced += 1
         # Fail what the old producer still holds now (503, the client retries with its key)
@@ -102,18 +108,27 @@ class CommandSender:
         """Serve delivery reports; the futures they settle are handed to each event
         loop once per poll, not once per message (each hand-over is a wake-up)."""
         while not self._stop.is_set():
-            self.producer.poll(0.05)
-            if self.watch.stuck():
-                self._replace_producer()
-            if self._retired:
-                self._serve_retired()
-            if self._settled:
-                batch, self._settled = self._settled, []
-                by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
-                for loop, fut, err in batch:
-                    by_loop.setdefault(loop, []).append((fut, err))
-                for loop, items in by_loop.items():
-                    loop.call_soon_threadsafe(_settle_all, items)
+            try:
+                self._poll_once()
+            except Exception:  # the thread that serves every delivery report must not die
+                log.exception("gateway producer poll failed; going on")
+                time.sleep(0.1)
+
+    def _poll_once(self) -> None:
+        self.producer.poll(0.05)
+        if self.watch.stuck():
+            self._replace_producer()
+        if self._retired:
+            self._serve_retired()
+        if self._settled:
+            # Reports arrive from this thread, the batcher's and request threads: a
+            # deque's popleft never loses one appended meanwhile.
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[None], Any]]] = {}
+            while self._settled:
+                loop, fut, err = self._settled.popleft()
+                by_loop.setdefault(loop, []).append((fut, err))
+            for loop, items in by_loop.items():
+                loop.call_soon_threadsafe(_settle_all, items)
 
     async def send(self, cmd: dict[str, Any]) -> None:
         loop = asyncio.get_running_loop()

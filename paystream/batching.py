@@ -76,16 +76,19 @@ class CommandBatcher:
 
     `send` takes one encoded command (Confluent wire format, the value a single
     producer would send) and its account id; a batch leaves when it holds
-    `max_items` commands or its first command has waited `linger_ms`, whichever
-    comes first. Batches are produced with an idempotent producer, to the
-    partition Kafka's Java partitioner assigns each account (murmur2), so each
-    account keeps one writer and its commands keep their order.
+    `max_items` commands or `max_bytes`, or its first command has waited
+    `linger_ms`, whichever comes first. Batches are produced to the partition
+    Kafka's Java partitioner assigns each account (murmur2), so each account keeps
+    one writer; a batch is taken and produced under one lock, so one partition's
+    batches leave in the order their commands were sent.
 
-    `producer` is a `confluent_kafka.Producer` (idempotent, acks=all): a full local
-    queue is waited out with `poll`, never dropped. `on_delivery` is passed to
-    every batch's produce; a command's own `on_delivery` (given to `send`) is
-    called with its batch's delivery report, so a caller can wait for its command
-    to be durable (the gateway answers only then).
+    `producer` is a `confluent_kafka.Producer` (idempotent, acks=all). A full local
+    queue is waited out with `poll` (`block=True`, a client library's choice), or
+    fails the batch's commands at once (`block=False`: the gateway answers 503 and
+    the client retries with its key, rather than blocking its event loop). A
+    command's own `on_delivery` (given to `send`) hears its batch's delivery report,
+    or the error that kept the batch from being produced; nothing is dropped
+    silently. `on_delivery` (given here) hears every batch's report.
     """
 
     def __init__(
@@ -96,22 +99,27 @@ class CommandBatcher:
         command_schema_id: int,
         partitions: int,
         max_items: int = 256,
+        max_bytes: int = 512 * 1024,
         linger_ms: float = 5.0,
         topic: str = COMMANDS,
         on_delivery: Callable[..., Any] | None = None,
+        block: bool = True,
     ) -> None:
-        if partitions <= 0 or max_items <= 0 or linger_ms < 0:
-            raise ValueError("partitions and max_items must be positive, linger_ms not negative")
+        if partitions <= 0 or max_items <= 0 or max_bytes <= 0 or linger_ms < 0:
+            raise ValueError("partitions, max_items and max_bytes must be positive, linger_ms not negative")
         self._producer = producer
         self._header = header
         self._schema_id = command_schema_id
         self.partitions = partitions
         self.max_items = max_items
+        self.max_bytes = max_bytes
         self.linger_s = linger_ms / 1000
         self.topic = topic
         self.on_delivery = on_delivery
-        self._lock = threading.Lock()
+        self.block = block
+        self._lock = threading.RLock()
         self._items: list[list[bytes]] = [[] for _ in range(partitions)]
+        self._sizes: list[int] = [0] * partitions
         self._callbacks: list[list[Callable[..., Any]]] = [[] for _ in range(partitions)]
         self._since: list[float] = [0.0] * partitions
         self._wake = threading.Event()
@@ -124,63 +132,81 @@ class CommandBatcher:
     def send(self, account_id: str, encoded: bytes, on_delivery: Callable[..., Any] | None = None) -> None:
         body = body_of(encoded, self._schema_id)
         p = partition_for(account_id, self.partitions)
-        full: tuple[list[bytes], list[Callable[..., Any]]] | None = None
         with self._lock:
             if self._closed:
                 raise RuntimeError("batcher is closed")
             items = self._items[p]
+            if items and self._sizes[p] + len(body) > self.max_bytes:
+                self._send(p, *self._take(p))
+                items = self._items[p]
             if not items:
                 self._since[p] = time.monotonic()
                 self._wake.set()
             items.append(body)
+            self._sizes[p] += len(body)
             if on_delivery is not None:
                 self._callbacks[p].append(on_delivery)
             if len(items) >= self.max_items:
-                full = self._take(p)
-        if full is not None:
-            self._send(p, *full)
+                self._send(p, *self._take(p))
 
     def _take(self, p: int) -> tuple[list[bytes], list[Callable[..., Any]]]:
         taken = (self._items[p], self._callbacks[p])
-        self._items[p], self._callbacks[p] = [], []
+        self._items[p], self._callbacks[p], self._sizes[p] = [], [], 0
         return taken
 
     def flush(self) -> None:
         """Send every waiting command now (the caller still flushes the producer)."""
         with self._lock:
-            ready = [(p, *self._take(p)) for p, items in enumerate(self._items) if items]
-        for p, items, callbacks in ready:
-            self._send(p, items, callbacks)
+            for p, items in enumerate(self._items):
+                if items:
+                    self._send(p, *self._take(p))
 
     def close(self) -> None:
-        self.flush()
         with self._lock:
+            self.flush()
             self._closed = True
         self._wake.set()
         self._thread.join(timeout=5)
 
+    def abort(self, error: Any) -> None:
+        """Fail every waiting command with `error` without producing it (its producer is
+        being replaced) and refuse new ones."""
+        with self._lock:
+            self._closed = True
+            waiting = [self._take(p)[1] for p in range(self.partitions)]
+        self._wake.set()
+        for callbacks in waiting:
+            for cb in callbacks:
+                cb(error, None)
+
     def _send(self, partition: int, bodies: list[bytes], callbacks: list[Callable[..., Any]]) -> None:
+        """Produce one batch (the caller holds the lock). A batch that cannot be produced
+        fails its commands' callbacks with the error; the batcher goes on."""
         value = assemble(self._header, str(uuid.uuid4()), partition, self.partitions, bodies)
         key = key_for_partition(partition, self.partitions)
-        extra: dict[str, Any] = {}
-        if callbacks:
-            outer = self.on_delivery
+        outer = self.on_delivery
 
-            def delivered(err: Any, msg: Any) -> None:
-                if outer is not None:
-                    outer(err, msg)
-                for cb in callbacks:
-                    cb(err, msg)
+        def delivered(err: Any, msg: Any) -> None:
+            if outer is not None:
+                outer(err, msg)
+            for cb in callbacks:
+                cb(err, msg)
 
-            extra["on_delivery"] = delivered
-        elif self.on_delivery is not None:
-            extra["on_delivery"] = self.on_delivery
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, partition=partition, **extra)
+                self._producer.produce(self.topic, value=value, key=key, partition=partition,
+                                       on_delivery=delivered)
                 break
-            except BufferError:
+            except BufferError as exc:
+                if not self.block:
+                    log.warning("local queue full: failing a batch of %d commands", len(bodies))
+                    delivered(exc, None)
+                    return
                 self._producer.poll(0.05)
+            except Exception as exc:
+                log.exception("could not produce a batch of %d commands to partition %d", len(bodies), partition)
+                delivered(exc, None)
+                return
         self.batches += 1
         self.commands += len(bodies)
 
@@ -189,14 +215,7 @@ class CommandBatcher:
             self._wake.wait(self.linger_s or 0.001)
             self._wake.clear()
             now = time.monotonic()
-            due: list[tuple[int, list[bytes], list[Callable[..., Any]]]] = []
             with self._lock:
                 for p, items in enumerate(self._items):
                     if items and now - self._since[p] >= self.linger_s:
-                        due.append((p, *self._take(p)))
-            for p, items, callbacks in due:
-                try:
-                    self._send(p, items, callbacks)
-                except Exception:
-                    log.exception("could not send a batch of %d commands to partition %d", len(items), p)
-                    raise
+                        self._send(p, *self._take(p))

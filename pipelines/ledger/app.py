@@ -17,6 +17,7 @@ import logging
 import time
 from typing import Any
 
+from confluent_kafka.admin import AdminClient
 from quixstreams import Application, message_context
 from quixstreams.state import State
 
@@ -164,6 +165,8 @@ class LedgerProcessor:
             if record["account_id"] != skey:
                 return self._dlq(emit, "KEY_MISMATCH", "leg key differs from account_id", key, value,
                                  timestamp, headers)
+            if (problem := self._misrouted(skey)) is not None:
+                return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
             self._emit(emit, domain.apply_leg(state, record, timestamp), timestamp)
         elif name == LEG_BATCH:
             self._batch(emit, state, record, domain.LEGS, timestamp, headers)
@@ -178,8 +181,20 @@ class LedgerProcessor:
         problem = domain.command_problem(record, skey)
         if problem is not None:
             return self._dlq(emit, "INVALID", problem, key, value, timestamp, headers)
+        if (problem := self._misrouted(skey)) is not None:
+            return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
         self._emit(emit, domain.apply_command(state, record, timestamp), timestamp)
         return None
+
+    def _misrouted(self, account: str) -> str | None:
+        """Why this partition is not the account's writer, or None. A producer whose
+        partitioner is not murmur2 (librdkafka's default is not) would otherwise give
+        an account a second writer."""
+        owner = partition_for(account, self.partitions)
+        partition = message_context().partition
+        if owner == partition:
+            return None
+        return f"account {account} belongs to partition {owner} of {self.partitions}, not {partition}"
 
     def _batch(self, emit: _Emit, state: State, batch: dict[str, Any], topic: str, timestamp: int,
                headers: Any) -> None:
@@ -238,6 +253,27 @@ class LedgerProcessor:
             produce(topic=DLQ_TOPIC, value=value, key=account, headers=headers, timestamp=timestamp)
 
 
+def _partition_count(settings: Settings) -> int:
+    """The partition count every routing decision uses, checked against the broker.
+
+    Legs and batches are routed by a partition computed here; were it not the count
+    the topics really have, a credit could land on a partition that is not its
+    account's writer. So the ledger refuses to start unless ops/topics.toml and the
+    broker agree, for both inputs."""
+    expected = topic_specs()[COMMANDS].partitions
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    topics = admin.list_topics(timeout=30).topics
+    for name in (COMMANDS, domain.LEGS):
+        spec = topic_specs()[name].partitions
+        actual = len(topics[name].partitions) if name in topics else 0
+        if spec != expected or actual != expected:
+            raise RuntimeError(
+                f"{name} has {actual} partitions on the broker and {spec} in ops/topics.toml; the ledger needs "
+                f"{expected} for both inputs (run `paystream topics apply`)"
+            )
+    return expected
+
+
 def build_app(settings: Settings | None = None) -> Application:
     settings = settings or get_settings()
     instance = settings.ledger_instance
@@ -277,9 +313,8 @@ def build_app(settings: Settings | None = None) -> Application:
     codec = Codec(settings.registry_url)
     commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
     legs_in = app.topic(domain.LEGS, key_deserializer="bytes", value_deserializer="bytes")
-    partitions = topic_specs()[COMMANDS].partitions
-    if topic_specs()[domain.LEGS].partitions != partitions:
-        raise RuntimeError("payments.commands and ledger.legs must have one partition count (ops/topics.toml)")
+    partitions = _partition_count(settings)
+    codec.header(domain.LEGS, LEG_BATCH)  # a missing registration stops the start, not the first leg
     sdf = app.dataframe(commands).concat(app.dataframe(legs_in))
     if not settings.ledger_time_alignment:
         # Ledger correctness never depends on timestamp order *across* the two inputs

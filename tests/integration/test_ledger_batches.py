@@ -159,3 +159,21 @@ def test_bad_items_and_undecodable_batches(stack, codec, ledger, reader):
     assert codec.decode(C.COMMANDS_TOPIC, item["value"])["command_id"] == invalid["command_id"]
     whole = sorted(d["value"] for d in by_code["UNDECODABLE"])
     assert whole == sorted([truncated, garbage])
+
+
+def test_a_single_command_on_the_wrong_partition_is_dead_lettered(stack, codec, ledger, reader):
+    """librdkafka's default partitioner is not Kafka's murmur2: a direct producer that
+    kept it would put an account on a partition that is not its writer's."""
+    dead = DeadLetters(stack, codec)
+    (a, b) = _open_funded(stack, codec, reader, 2, 10_000)
+    wrong = (partition_for(a, PARTITIONS) + 1) % PARTITIONS
+    t = C.transfer(a, b, 10_000, "USD")
+    producer = kafka.producer(stack)
+    producer.produce(C.COMMANDS_TOPIC, value=codec.encode(C.COMMANDS_TOPIC, t), key=a.encode(), partition=wrong)
+    assert producer.flush(10) == 0
+    letters = [d for d in dead.until(1) if d["reason_code"] == "MISROUTED"]
+    dead.close()
+    assert len(letters) == 1 and letters[0]["key"] == a.encode()
+    assert f"belongs to partition {partition_for(a, PARTITIONS)}" in letters[0]["reason"]
+    time.sleep(2)
+    assert not any(e["command_id"] == t["command_id"] for e in reader.events)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 import uuid
 from typing import Any
@@ -161,3 +162,73 @@ def test_each_command_hears_its_batchs_delivery_report() -> None:
     assert heard == {
         c["command_id"]: (None if partition_for(c["account_id"], 8) % 2 == 0 else "broker said no") for c in cmds
     }
+
+
+def test_one_partitions_batches_leave_in_order_whoever_sends_them() -> None:
+    """The linger thread and `send` both produce batches; taking and producing under one
+    lock keeps a partition's commands in the order they were sent."""
+
+    class Slow(FakeProducer):
+        def produce(self, topic: str, value: bytes, key: str, partition: int, **kw: Any) -> None:
+            # the linger thread's produce is slow: a batch it has taken must still
+            # leave before the next one the sender fills meanwhile
+            if threading.current_thread().name == "command-batcher":
+                time.sleep(0.02)
+            super().produce(topic, value, key, partition)
+
+    producer = Slow()
+    batcher = CommandBatcher(producer, header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=2,
+                             max_items=7, linger_ms=1)
+    account = str(uuid.uuid4())
+    cmds = [C.transfer(account, str(uuid.uuid4()), i + 1, "USD") for i in range(300)]
+    for i, c in enumerate(cmds):
+        batcher.send(account, _wire(c))
+        if i % 13 == 0:
+            time.sleep(0.003)  # let the linger thread take partial batches
+    batcher.close()
+    seen = [i["command_id"] for s in producer.sent for i in _decode_batch(s["value"])["items"]]
+    assert seen == [c["command_id"] for c in cmds]
+
+
+def test_a_batch_is_split_at_max_bytes() -> None:
+    producer = FakeProducer()
+    batcher = CommandBatcher(producer, header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=1,
+                             max_items=1000, max_bytes=2_000, linger_ms=10_000)
+    cmds = [C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 5, "USD") for _ in range(100)]
+    for c in cmds:
+        batcher.send(c["account_id"], _wire(c))
+    batcher.close()
+    assert all(len(s["value"]) <= 2_000 + 200 for s in producer.sent) and len(producer.sent) > 5
+    assert sum(len(_decode_batch(s["value"])["items"]) for s in producer.sent) == 100
+
+
+def test_a_batch_that_cannot_be_produced_fails_its_commands_and_the_batcher_goes_on() -> None:
+    class Refusing(FakeProducer):
+        def produce(self, topic: str, value: bytes, key: str, partition: int, **kw: Any) -> None:
+            if not self.sent and not getattr(self, "refused", False):
+                self.refused = True
+                raise RuntimeError("message too large")
+            super().produce(topic, value, key, partition)
+
+    producer = Refusing()
+    batcher = CommandBatcher(producer, header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=1,
+                             max_items=1, linger_ms=10_000)
+    heard: list[Any] = []
+    for _ in range(2):
+        c = C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 5, "USD")
+        batcher.send(c["account_id"], _wire(c), on_delivery=lambda err, _m: heard.append(err))
+    batcher.close()
+    assert isinstance(heard[0], RuntimeError) and len(producer.sent) == 1
+
+
+def test_abort_fails_waiting_commands_without_producing_them() -> None:
+    producer = FakeProducer()
+    batcher = CommandBatcher(producer, header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=4,
+                             max_items=100, linger_ms=10_000)
+    heard: list[Any] = []
+    c = C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 5, "USD")
+    batcher.send(c["account_id"], _wire(c), on_delivery=lambda err, _m: heard.append(err))
+    batcher.abort("producer replaced")
+    assert heard == ["producer replaced"] and producer.sent == []
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.send(c["account_id"], _wire(c))
