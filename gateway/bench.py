@@ -171,29 +171,36 @@ MERCHANTS_PER_PAYER = 10  # fraud's fan-out rule fires at the 11th distinct rece
 
 async def _clients(
     base: str, users: list[BenchUser], ids: list[int], prefer: str | None, measure_from: float, stop_at: float,
-    merchants: list[BenchUser],
+    merchants: list[BenchUser], clients_total: int,
 ) -> tuple[list[float], dict[str | int, int]]:
-    """Clients `ids` of one process, each with its own keep-alive connection."""
+    """Clients `ids` of one process, each with its own keep-alive connection. Client i
+    pays in turn as each payer whose index is i modulo the number of clients, so the
+    load is spread over all payers and each stays at a realistic rate (below the
+    gateway's per-user payment limit when there are enough payers)."""
     latencies: list[float] = []
     statuses: Counter[str | int] = Counter()
     url = httpx.URL(base)
     host, port = url.host, url.port or 80
 
     async def client(i: int) -> None:
-        me = users[i % len(users)]
+        payers = users[i % clients_total::clients_total] or [users[i % len(users)]]
         rng = random.Random(i)
-        mine = rng.sample(merchants, min(MERCHANTS_PER_PAYER, len(merchants)))
+        shops = {p.number: rng.sample(merchants, min(MERCHANTS_PER_PAYER, len(merchants))) for p in payers}
         conn = _Connection(host, port)
-        fixed = (f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
-                 f"Authorization: {me.headers['Authorization']}\r\n"
-                 + (f"Prefer: {prefer}\r\n" if prefer else ""))
+        fixed = {p.number: (f"Host: {host}:{port}\r\nContent-Type: application/json\r\n"
+                            f"Authorization: {p.headers['Authorization']}\r\n"
+                            + (f"Prefer: {prefer}\r\n" if prefer else "")) for p in payers}
+        turn = 0
         try:
             while time.time() < stop_at:
+                me = payers[turn % len(payers)]
+                turn += 1
+                mine = shops[me.number]
                 to = mine[rng.randrange(len(mine))]
                 body = orjson.dumps(
                     {"from_account": me.number, "to_account": to.number, "amount": "0.01", "currency": "USD"}
                 )
-                head = (f"POST /v1/payments HTTP/1.1\r\n{fixed}Idempotency-Key: {uuid.uuid4().hex}\r\n"
+                head = (f"POST /v1/payments HTTP/1.1\r\n{fixed[me.number]}Idempotency-Key: {uuid.uuid4().hex}\r\n"
                         f"Content-Length: {len(body)}\r\n\r\n").encode()
                 t0 = time.time()
                 _SENT[0] += 1
@@ -217,7 +224,7 @@ async def _clients(
     return latencies, dict(statuses)
 
 
-def _worker(args: tuple[str, list[BenchUser], list[int], str | None, float, float, list[BenchUser]],
+def _worker(args: tuple[str, list[BenchUser], list[int], str | None, float, float, list[BenchUser], int],
             out: Any) -> None:
     """One client process; also reports its CPU per request sent (warm-up included),
     so client cost can be told apart from server cost on a shared machine."""
@@ -247,7 +254,8 @@ def _phase(
     for k in range(procs):
         ids = list(range(k, clients, procs))
         recv, send = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_worker, args=((base, users, ids, prefer, measure_from, stop_at, merchants), send))
+        proc = ctx.Process(target=_worker,
+                           args=((base, users, ids, prefer, measure_from, stop_at, merchants, clients), send))
         proc.start()
         running.append((proc, recv))
     time.sleep(max(0.0, measure_from - time.time()))
@@ -290,7 +298,8 @@ def register(app: typer.Typer) -> None:
         seconds: float = typer.Option(10.0, help="measured seconds per phase"),
         warmup: float = typer.Option(10.0, help="unmeasured seconds before each phase (docs/PROOF.md: how long "
                                      "a fresh stack takes to warm)"),
-        users: int = typer.Option(50, help="paying bench users (one funded account each)"),
+        users: int = typer.Option(500, help="paying bench users (one funded account each); each client pays as "
+                                            "its share of them in turn, so each stays under the per-user limit"),
         merchants: int = typer.Option(20, help="receiving bench users (they never pay)"),
         max_failed: float = typer.Option(0.01, help="fail when more than this share of requests do not end as asked"),
         procs: int = typer.Option(2, help="client processes the clients are spread over"),
