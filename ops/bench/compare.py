@@ -246,8 +246,7 @@ class StreamRunner:
         self.codec = codec
         self.commands_topic = commands_topic
         self.mine: set[str] = set()
-        self.events: list[dict[str, Any]] = []
-        self.outcomes = Outcomes(settings, self.codec, on_event=self._keep, topic=events_topic)
+        self.outcomes = Outcomes(settings, self.codec, keep=True, topic=events_topic)
         self.command_ids: list[str] = []
         self.config = ""
 
@@ -255,9 +254,10 @@ class StreamRunner:
     def _process(self) -> Any:
         raise NotImplementedError
 
-    def _keep(self, e: dict[str, Any]) -> None:
-        if e["account_id"] in self.mine:
-            self.events.append(e)
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """Every event of our accounts, decoded once the measurements are over."""
+        return [e for e in self.outcomes.events() if e["account_id"] in self.mine]
 
     def _send(self, cmds: list[Encoded], rate: float = 0.0, sent_at: dict[str, float] | None = None) -> None:
         # The codec lets paystream's client library batch paystream's commands; the
@@ -343,7 +343,7 @@ class StreamRunner:
 
         time.sleep(1.0)  # the reader thread may still be appending the last events
         replay = Replay(invariants=True)
-        for e in list(self.events):
+        for e in self.events:
             replay.feed(e)
         sums = {cur: s for cur, s in replay.by_currency.items() if s != 0}
         terminals = [replay.terminals.get(cid, 0) for cid in self.command_ids]
