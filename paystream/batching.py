@@ -37,17 +37,14 @@ HEADER_SIZE = 5
 _HEADER = struct.Struct(">bI")
 
 
-zigzag_varint = long_bytes  # Avro's encoding of an int or long: one implementation, the codec's
-
-
 def assemble(header: bytes, batch_id: str, partition: int, partitions: int, bodies: Sequence[bytes]) -> bytes:
     """A batch in Confluent wire format from its items' Avro bodies (header excluded):
     the layout of `command_batch.avsc` and `leg_batch.avsc` (unit-tested against
     fastavro's own encoding)."""
     ident = batch_id.encode()
-    parts = [header, zigzag_varint(len(ident)), ident, zigzag_varint(partition), zigzag_varint(partitions)]
+    parts = [header, long_bytes(len(ident)), ident, long_bytes(partition), long_bytes(partitions)]
     if bodies:
-        parts.append(zigzag_varint(len(bodies)))
+        parts.append(long_bytes(len(bodies)))
         parts.extend(bodies)
     parts.append(b"\x00")
     return b"".join(parts)

@@ -233,10 +233,6 @@ class Codec:
         sid = self.schema_id(topic) if name is None else self.record_schema_id(topic, name)
         return _HEADER.pack(MAGIC, sid)
 
-    def encode_record(self, topic: str, name: str, value: dict[str, Any]) -> bytes:
-        """Encode a further record type of `topic` (a batch), in Confluent wire format."""
-        return self.header(topic, name) + self._writer(self._record_file(topic, name))(value)
-
     def encode_body(self, topic: str, value: dict[str, Any]) -> bytes:
         """The Avro body of a value of `topic` without the header: the unit batches are
         made of (an Avro array of records is its items' bodies back to back)."""

@@ -46,7 +46,7 @@ from rich.table import Table
 
 from ops.bench import baseline as B
 from ops.bench import kstreams as K
-from ops.bench.ledger import EVENTS, Encoded, LedgerProcess, Outcomes, _group_is_busy, encode_commands, produce_encoded
+from ops.bench.ledger import EVENTS, Encoded, LedgerProcess, Outcomes, _group_is_busy, encode_all, produce_encoded
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings
@@ -272,8 +272,8 @@ class StreamRunner:
         deposits = [C.deposit(a, BALANCE, CURRENCY) for a in accounts]
         self.command_ids += [c["command_id"] for c in opens + deposits]
         t0 = time.monotonic()
-        self._send(encode_commands(self.codec, opens))
-        self._send(encode_commands(self.codec, deposits))
+        self._send(encode_all(self.codec, opens))
+        self._send(encode_all(self.codec, deposits))
         if not self.outcomes.wait_for([d["command_id"] for d in deposits], 600):
             raise RuntimeError(f"{self.design} did not open and fund the accounts within 600 s")
         self.console.print(f"{self.design}: {len(accounts)} accounts opened and funded in "
@@ -293,7 +293,7 @@ class StreamRunner:
             cmds = rounds(n)
             ids = [c["command_id"] for c in cmds]
             self.command_ids += ids
-            self._send(encode_commands(self.codec, cmds))
+            self._send(encode_all(self.codec, cmds))
             if not self.outcomes.wait_for(ids, timeout=max(180.0, len(cmds) / 100)):
                 raise RuntimeError(f"{self.design} did not settle the warm-up transfers in time")
             n += 1
@@ -315,7 +315,7 @@ class StreamRunner:
         m = Measurement(self.design, workload, self.config, len(cmds), 0, 0.0)
         ids = [c["command_id"] for c in cmds]
         self.command_ids += ids + [c["command_id"] for c in paced]
-        full, slow = encode_commands(self.codec, cmds), encode_commands(self.codec, paced)
+        full, slow = encode_all(self.codec, cmds), encode_all(self.codec, paced)
         with Sampler(self._groups()) as s:
             t0 = time.monotonic()
             self._send(full)

@@ -23,7 +23,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import replace
@@ -32,6 +31,7 @@ from pathlib import Path
 import psutil
 from confluent_kafka.admin import AdminClient
 
+from ops.bench.ledger import PeakRss
 from paystream import commands as C
 from paystream.codec import SCHEMA_DIR, Codec, topic_specs
 from paystream.settings import PROJECT_ROOT, Settings
@@ -124,9 +124,7 @@ class Peer:
         ]
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
         self.ps = psutil.Process(self.proc.pid)
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
+        self.rss = PeakRss(self.ps)
 
     def _create_topics(self) -> None:
         from ops.topics import apply_topics
@@ -134,13 +132,9 @@ class Peer:
         specs = topic_specs()
         apply_topics(self.settings, specs={self.prefix + t: replace(specs[t], name=self.prefix + t) for t in TOPICS})
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.2)
+    @property
+    def peak_rss(self) -> int:
+        return self.rss.peak
 
     def wait_running(self, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
@@ -160,7 +154,7 @@ class Peer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
     def stop(self) -> None:
-        self._stop.set()
+        self.rss.stop()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

@@ -62,6 +62,28 @@ class RunResult:
         return self.completed / self.seconds if self.seconds else 0.0
 
 
+class PeakRss:
+    """Samples a process's RSS every 0.2 s in a thread and keeps the peak, for every
+    design's process the benches start (the ledger here, the Kafka Streams peer)."""
+
+    def __init__(self, ps: psutil.Process) -> None:
+        self.ps = ps
+        self.peak = 0
+        self._stop = threading.Event()
+        threading.Thread(target=self._sample, daemon=True).start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.peak = max(self.peak, self.ps.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
 class LedgerProcess:
     def __init__(self, settings: Settings, commit_interval: float,
                  env_extra: dict[str, str] | None = None, instance: str = "bench") -> None:
@@ -73,24 +95,18 @@ class LedgerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "paystream.cli", "run", "ledger"],
                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
         self.ps = psutil.Process(self.proc.pid)
-        self.peak_rss = 0
-        self._stop = threading.Event()
-        threading.Thread(target=self._sample, daemon=True).start()
+        self.rss = PeakRss(self.ps)
 
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.peak_rss = max(self.peak_rss, self.ps.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.2)
+    @property
+    def peak_rss(self) -> int:
+        return self.rss.peak
 
     def cpu_seconds(self) -> float:
         t = self.ps.cpu_times()
         return t.user + t.system
 
     def stop(self) -> None:
-        self._stop.set()
+        self.rss.stop()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
@@ -265,8 +281,6 @@ class Encoded:
 def encode_all(codec: Codec, cmds: list[dict[str, Any]]) -> list[Encoded]:
     return [Encoded(c["command_id"], c["account_id"], codec.encode(C.COMMANDS_TOPIC, c)) for c in cmds]
 
-
-encode_commands = encode_all
 
 
 def _producer(settings: Settings) -> Producer:

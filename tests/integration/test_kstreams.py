@@ -18,7 +18,7 @@ from rich.console import Console
 
 from ops.bench import compare as CMP
 from ops.bench import kstreams as K
-from ops.bench.ledger import encode_commands
+from ops.bench.ledger import encode_all
 from paystream.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -53,7 +53,7 @@ def test_every_transfer_completes_exactly_once_and_money_is_conserved(stack: Set
         # the same commands again: the dedupe markers must answer, nothing may move
         ids = [c["command_id"] for c in cmds]
         before = len(runner.events)
-        runner._send(encode_commands(runner.codec, cmds[:100]))
+        runner._send(encode_all(runner.codec, cmds[:100]))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if sum(e["type"] == "COMMAND_DUPLICATE" for e in runner.events[before:]) >= 100:

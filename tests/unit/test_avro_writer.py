@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from paystream import avro_writer
-from paystream.batching import assemble, zigzag_varint
+from paystream.batching import assemble
 from paystream.codec import SCHEMA_DIR, _physical
 
 SCHEMAS = sorted(p.name for p in SCHEMA_DIR.glob("*.avsc"))
@@ -71,7 +71,7 @@ def test_compiled_writer_writes_fastavros_bytes(name: str) -> None:
 
 @given(st.integers(-(2**63), 2**63 - 1))
 def test_long_bytes_is_avros_zigzag_varint(n: int) -> None:
-    assert avro_writer.long_bytes(n) == _fastavro("long", n) == zigzag_varint(n)
+    assert avro_writer.long_bytes(n) == _fastavro("long", n)
 
 
 def test_missing_fields_are_written_as_their_default_like_fastavro() -> None:
