@@ -105,15 +105,14 @@ def _ip_bucket(request: Request) -> str:
     return rate_subject(_ip(request))
 
 
+def _too_many(what: str, retry: int) -> Problem:
+    return Problem(429, "rate_limited", f"too many {what}; retry in {retry} s", headers={"Retry-After": str(retry)})
+
+
 async def _rate(gw: Gateway, bucket: str, ident: str, limit: int) -> None:
     retry = await gw.limiter.hit(bucket, ident, limit)
     if retry is not None:
-        raise Problem(
-            429,
-            "rate_limited",
-            f"too many {bucket} requests; retry in {retry} s",
-            headers={"Retry-After": str(retry)},
-        )
+        raise _too_many(f"{bucket} requests", retry)
 
 
 def _wait(gw: Gateway, prefer: str | None) -> float:
@@ -225,12 +224,7 @@ async def login(body: M.LoginIn, request: Request) -> Response:
     email = body.email.strip().lower()
     locked = await gw.logins.attempt(email)
     if locked is not None:
-        raise Problem(
-            429,
-            "rate_limited",
-            f"too many failed logins for this account; retry in {locked} s",
-            headers={"Retry-After": str(locked)},
-        )
+        raise _too_many("failed logins for this account", locked)
     user = await store.user_by_email(gw.pool, email)
     stored = user.password_hash if user else dummy_hash()
     ok = await asyncio.to_thread(verify_password, stored, body.password)
