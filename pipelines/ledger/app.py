@@ -3,7 +3,8 @@
 One stream over `payments.commands` (public) and `ledger.legs` (internal), joined
 with `StreamingDataFrame.concat`, so an account's commands and legs share one
 state store and one writer. Each input yields encoded outputs for
-`ledger.events`, `ledger.legs` and the dead-letter topic; Quix commits the state
+`ledger.events` and the dead-letter topic, and legs that wait for the checkpoint
+and leave as one `LegBatch` per destination partition; Quix commits the state
 changelog, those outputs and the input offsets in one Kafka transaction per
 checkpoint.
 
@@ -93,6 +94,33 @@ class _Emit:
         self.dead: list[tuple[str, bytes]] = []
 
 
+# Legs for one partition wait for the checkpoint's commit and leave as one LegBatch,
+# or sooner when this many have gathered (a record stays far below the broker's 1 MiB
+# message limit: a leg body is about 200 bytes).
+LEG_BATCH_MAX_ITEMS = 1024
+
+
+class _PendingLegs:
+    """Encoded legs bound for one partition of `ledger.legs`, gathered across the
+    inputs of one checkpoint. Carrying them per input record sent about one leg per
+    record under uniform load (a command batch of a few items spreads over all
+    partitions), and a record is what costs the ledger and the broker most."""
+
+    __slots__ = ("bodies", "origin", "timestamp")
+
+    def __init__(self, origin: str, timestamp: int) -> None:
+        self.origin = origin
+        self.timestamp = timestamp
+        self.bodies: list[bytes] = []
+
+    def add(self, bodies: list[bytes], timestamp: int) -> None:
+        self.bodies.extend(bodies)
+        # The earliest input's time: a leg inherits its command's timestamp for the
+        # end-to-end latency metric, which may then overstate, never understate.
+        if timestamp < self.timestamp:
+            self.timestamp = timestamp
+
+
 class LedgerProcessor:
     """Decodes, routes and encodes; every decision is `pipelines.ledger.domain`'s.
 
@@ -104,13 +132,14 @@ class LedgerProcessor:
     computed partitions with a wrong count must never give an account two writers.
     """
 
-    def __init__(self, codec: Codec, producer: Any, partitions: int) -> None:
+    def __init__(self, codec: Codec, producer: quix_compat.TransactionalProducer, partitions: int) -> None:
         self.codec = codec
         self.producer = producer
         self.partitions = partitions
         self.outcomes = Outcomes()
         self.traced = tracing.enabled()
         self._leg_header = b""
+        self._legs: dict[int, _PendingLegs] = {}
 
     # -- dead letters ---------------------------------------------------------------
     def _dlq(self, emit: _Emit, code: str, reason: str, key: bytes | None, value: bytes | None,
@@ -239,18 +268,36 @@ class LedgerProcessor:
         for account, value in emit.events:
             produce(topic=domain.EVENTS, value=value, key=account, headers=headers, timestamp=timestamp)
         if emit.legs:
-            if not self._leg_header:
-                self._leg_header = self.codec.header(domain.LEGS, LEG_BATCH)
             ctx = message_context()
+            origin = f"{ctx.topic}:{ctx.partition}:{ctx.offset}"
             for p, bodies in emit.legs.items():
-                # The batch id is derived from the input position: a re-run after a crash
-                # writes the same batch, which keeps dead letters and logs comparable.
-                batch_id = ids.uuid5(domain.NAMESPACE, f"legs:{ctx.topic}:{ctx.partition}:{ctx.offset}:{p}")
-                value = batching.assemble(self._leg_header, batch_id, p, self.partitions, bodies)
-                produce(topic=domain.LEGS, value=value, key=key_for_partition(p, self.partitions),
-                        partition=p, headers=headers, timestamp=timestamp)
+                pending = self._legs.get(p)
+                if pending is None:
+                    pending = self._legs[p] = _PendingLegs(origin, timestamp)
+                pending.add(bodies, timestamp)
+                # Traced inputs keep their own leg records, so each carries its trace.
+                if self.traced or len(pending.bodies) >= LEG_BATCH_MAX_ITEMS:
+                    self._produce_legs(p, headers)
         for account, value in emit.dead:
             produce(topic=DLQ_TOPIC, value=value, key=account, headers=headers, timestamp=timestamp)
+
+    def flush_legs(self) -> None:
+        """Produce every pending leg batch: called just before the checkpoint commits,
+        inside its transaction (`quix_compat.before_commit`)."""
+        for p in list(self._legs):
+            self._produce_legs(p, None)
+
+    def _produce_legs(self, p: int, headers: Any) -> None:
+        pending = self._legs.pop(p)
+        if not self._leg_header:
+            self._leg_header = self.codec.header(domain.LEGS, LEG_BATCH)
+        # The batch id is derived from the first input that contributed to it: a re-run
+        # after a crash that batches alike writes the same id, which keeps dead letters
+        # and logs comparable (each leg keeps its own id, which is what dedupes it).
+        batch_id = ids.uuid5(domain.NAMESPACE, f"legs:{pending.origin}:{p}")
+        value = batching.assemble(self._leg_header, batch_id, p, self.partitions, pending.bodies)
+        self.producer.produce(topic=domain.LEGS, value=value, key=key_for_partition(p, self.partitions),
+                              partition=p, headers=headers, timestamp=pending.timestamp)
 
 
 def _partition_count(settings: Settings) -> int:
@@ -321,7 +368,8 @@ def build_app(settings: Settings | None = None) -> Application:
         # (each topic's partition stays in order, and any interleaving of a command
         # with a leg is a valid history); measured in docs/LEDGER.md.
         quix_compat.disable_time_alignment(app)
-    processor = LedgerProcessor(codec, quix_compat.transactional_producer(app), partitions)
+    processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions)
+    quix_compat.before_commit(app, processor.flush_legs)
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)
     return app
