@@ -132,8 +132,10 @@ class LedgerProcessor:
     computed partitions with a wrong count must never give an account two writers.
     """
 
-    def __init__(self, codec: Codec, producer: quix_compat.TransactionalProducer, partitions: int) -> None:
+    def __init__(self, codec: Codec, producer: quix_compat.TransactionalProducer, partitions: int,
+                 account_memo: int = 0) -> None:
         self.codec = codec
+        self.account_memo = account_memo
         self.producer = producer
         self.partitions = partitions
         self.outcomes = Outcomes()
@@ -167,8 +169,21 @@ class LedgerProcessor:
     # -- records ----------------------------------------------------------------------
     def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> None:
         emit = _Emit()
-        self._apply(emit, value, key, timestamp, headers, state)
+        try:
+            self._apply(emit, value, key, timestamp, headers, state)
+        except BaseException:
+            # Rules mutate memoized accounts in place; an input that did not finish
+            # must not leave them ahead of the state (Quix stops the app anyway).
+            quix_compat.forget_partition_locals()
+            raise
         self._produce(emit, timestamp, headers)
+
+    def _stores(self, state: State) -> domain.BatchStores:
+        """Every input, single or batch, goes through one `BatchStores`, so the
+        partition's account memo sees every write."""
+        limit = self.account_memo
+        memo = quix_compat.partition_local(state, lambda: domain.AccountMemo(limit)) if limit else None
+        return domain.BatchStores(lambda account: quix_compat.state_for(state, account.encode()), memo)
 
     def _apply(self, emit: _Emit, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> None:
         topic = message_context().topic
@@ -196,7 +211,7 @@ class LedgerProcessor:
                                  timestamp, headers)
             if (problem := self._misrouted(skey)) is not None:
                 return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
-            self._emit(emit, domain.apply_leg(state, record, timestamp), timestamp)
+            self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=True), timestamp)
         elif name == LEG_BATCH:
             self._batch(emit, state, record, domain.LEGS, timestamp, headers)
         else:
@@ -212,7 +227,7 @@ class LedgerProcessor:
             return self._dlq(emit, "INVALID", problem, key, value, timestamp, headers)
         if (problem := self._misrouted(skey)) is not None:
             return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
-        self._emit(emit, domain.apply_command(state, record, timestamp), timestamp)
+        self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=False), timestamp)
         return None
 
     def _misrouted(self, account: str) -> str | None:
@@ -245,8 +260,7 @@ class LedgerProcessor:
                                item, index, timestamp, headers)  # fmt: skip
             else:
                 accepted.append(item)
-        stores = domain.BatchStores(lambda account: quix_compat.state_for(state, account.encode()))
-        self._emit(emit, domain.apply_batch(stores, accepted, timestamp, legs=not is_command), timestamp)
+        self._emit(emit, domain.apply_batch(self._stores(state), accepted, timestamp, legs=not is_command), timestamp)
 
     def _emit(self, emit: _Emit, outputs: list[domain.Output], timestamp: int) -> None:
         codec = self.codec
@@ -368,8 +382,10 @@ def build_app(settings: Settings | None = None) -> Application:
         # (each topic's partition stays in order, and any interleaving of a command
         # with a leg is a valid history); measured in docs/LEDGER.md.
         quix_compat.disable_time_alignment(app)
-    processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions)
+    processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
+                                settings.ledger_account_memo)
     quix_compat.before_commit(app, processor.flush_legs)
+    quix_compat.fast_changelog()
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)
     return app

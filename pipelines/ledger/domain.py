@@ -30,6 +30,7 @@ derived from postings downstream and never kept in state here.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import uuid
 from collections.abc import Callable
@@ -70,19 +71,32 @@ _MISSING = object()
 class _CachedAccount:
     """One account's store during one batch: the account entry is read (and
     deserialized) once and written once, however many items touch it; the
-    per-id memos pass straight through, each written when it happens."""
+    per-id memos pass straight through, each written when it happens.
 
-    __slots__ = ("_account", "_dirty", "_store")
+    `known` (optional) holds account entries across batches, for as long as this
+    writer owns the account's partition: a read found there costs no state read at
+    all. Every write goes to the store as well, so the store (and its changelog)
+    stays the record and `known` is only ever a copy of what was last written."""
 
-    def __init__(self, store: Store) -> None:
+    __slots__ = ("_account", "_dirty", "_id", "_known", "_store")
+
+    def __init__(self, store: Store, account_id: str = "", known: AccountMemo | None = None) -> None:
         self._store = store
+        self._id = account_id
+        self._known = known
         self._account: Any = _MISSING
         self._dirty = False
 
     def get(self, key: str, default: Any = None) -> Any:
         if key == "a":
             if self._account is _MISSING:
-                self._account = self._store.get("a")
+                known = self._known
+                account = _MISSING if known is None else known.get(self._id, _MISSING)
+                if account is _MISSING:
+                    account = self._store.get("a")
+                    if known is not None:
+                        known.put(self._id, account)
+                self._account = account
             return default if self._account is None else self._account
         return self._store.get(key, default)
 
@@ -96,7 +110,41 @@ class _CachedAccount:
     def flush(self) -> None:
         if self._dirty:
             self._store.set("a", self._account)
+            if self._known is not None:
+                self._known.put(self._id, self._account)
             self._dirty = False
+
+
+class AccountMemo:
+    """Account entries of one partition, kept between batches by the partition's
+    single writer (bounded; the oldest entries leave first).
+
+    Only the writer that owns the partition may hold one, and only while it owns it:
+    the adapter ties it to Quix's store partition, which is closed when the
+    partition is revoked, so a partition that comes back starts with an empty memo
+    (another writer may have moved its money meanwhile). Entries are the very
+    dicts the rules mutate, written to the store at every batch's end."""
+
+    __slots__ = ("_entries", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._entries: dict[str, Any] = {}
+
+    def get(self, account_id: str, default: Any = None) -> Any:
+        return self._entries.get(account_id, default)
+
+    def put(self, account_id: str, account: Any) -> None:
+        entries = self._entries
+        if account_id not in entries and len(entries) >= self.limit:
+            # Drop the oldest eighth at once: cheaper than an LRU's bookkeeping on
+            # every hit, and a dropped entry only costs one state read later.
+            for old in list(itertools.islice(entries, max(1, self.limit // 8))):
+                del entries[old]
+        entries[account_id] = account
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 class BatchStores:
@@ -106,14 +154,15 @@ class BatchStores:
     same as writing it after every item (property-tested: any split of a stream of
     commands into batches gives the same events and balances)."""
 
-    def __init__(self, store_of: Callable[[str], Store]) -> None:
+    def __init__(self, store_of: Callable[[str], Store], known: AccountMemo | None = None) -> None:
         self._store_of = store_of
+        self._known = known
         self._open: dict[str, _CachedAccount] = {}
 
     def __call__(self, account: str) -> Store:
         cached = self._open.get(account)
         if cached is None:
-            cached = self._open[account] = _CachedAccount(self._store_of(account))
+            cached = self._open[account] = _CachedAccount(self._store_of(account), account, self._known)
         return cached
 
     def flush(self) -> None:

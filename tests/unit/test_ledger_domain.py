@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import uuid
 from collections import Counter, defaultdict
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -317,6 +318,19 @@ def test_is_uuid_accepts_exactly_the_canonical_spelling(text: str) -> None:
     assert domain.is_uuid(text) == canonical
 
 
+class CopyingStore:
+    """A store that keeps copies, as a serializing state store does."""
+
+    def __init__(self, inner: domain.DictStore) -> None:
+        self.inner = inner
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return copy.deepcopy(self.inner.get(key, default))
+
+    def set(self, key: str, value: Any) -> None:
+        self.inner.set(key, copy.deepcopy(value))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(action, max_size=60), st.data())
 def test_any_split_into_batches_gives_the_same_events_and_state(actions, data):
@@ -325,9 +339,16 @@ def test_any_split_into_batches_gives_the_same_events_and_state(actions, data):
     applying them one by one. The stream is the one-by-one run's own input log, cut
     at random points into runs of commands or of legs; a leg joins a batch only once
     the input that produced it has been applied in an earlier batch, as a leg becomes
-    visible only after its producer's commit."""
+    visible only after its producer's commit.
+
+    Accounts may also be memoized across batches (`domain.AccountMemo`, from none to
+    every account, evicting as it fills), as the ledger does for as long as it owns
+    a partition; the store copies values in and out as Quix's serialization does,
+    so a memo that ever disagreed with the store would show."""
     single, _ = run_actions(actions)
     batched = Sim()
+    limit = data.draw(st.sampled_from([0, 1, 2, 5, 1000]))
+    memo = domain.AccountMemo(limit) if limit else None
     produced: set[str] = set()
     log = single.log
     i = 0
@@ -342,7 +363,8 @@ def test_any_split_into_batches_gives_the_same_events_and_state(actions, data):
             i += 1
         if not batch:  # the next leg's producer is still in this run: apply it first
             continue
-        outs = domain.apply_batch(domain.BatchStores(lambda a: batched.stores[a]), batch, 0, legs=kind == "leg")
+        stores = domain.BatchStores(lambda a: CopyingStore(batched.stores[a]), memo)
+        outs = domain.apply_batch(stores, batch, 0, legs=kind == "leg")
         for o in outs:
             if o.topic == domain.LEGS:
                 produced.add(o.value["leg_id"])
