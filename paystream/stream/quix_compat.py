@@ -13,6 +13,8 @@ from typing import Any, TypeVar, cast
 
 from quixstreams import Application
 from quixstreams.state import State
+from quixstreams.state.rocksdb import RocksDBOptions
+from rocksdict import WriteOptions
 
 CHECKED_VERSION = "3.28"
 
@@ -158,6 +160,46 @@ def fast_changelog() -> None:
 
     setattr(cls, "_prepare", _prepare)  # noqa: B010 (a method replaced on purpose)
     setattr(cls, "_paystream_fast_changelog", True)  # noqa: B010
+
+
+class _ChangelogDurableOptions(RocksDBOptions):
+    """Quix's RocksDB options with `atomic_flush`: with the write-ahead log off, the
+    column families (state, and the changelog offset in Quix's metadata family)
+    must reach disk together, or a crash could keep an offset without its data."""
+
+    def to_options(self) -> Any:
+        opts = super().to_options()
+        opts.set_atomic_flush(True)
+        return opts
+
+
+def changelog_durable_state() -> RocksDBOptions:
+    """RocksDB options for stores whose durability is their changelog, as Kafka
+    Streams runs RocksDB: no write-ahead log (each state write then costs about
+    1.7 us a key instead of 2.7 on this machine, four keys a transfer).
+
+    Sound because the changelog is the record: every batch Quix writes carries the
+    changelog offset it reaches, in the same batch, and `atomic_flush` keeps them
+    together on disk. After a crash RocksDB opens at its last flush, an older but
+    consistent point, and Quix replays the changelog from the offset stored there
+    (the crash and failover tests kill -9 the ledger mid-stream). A clean close
+    flushes the memtables. Pass the result as `Application(rocksdb_options=...)`;
+    it also turns the log off for every store partition this process writes."""
+    from quixstreams.state.rocksdb import partition as rocks
+
+    cls = rocks.RocksDBStorePartition
+    if not getattr(cls, "_paystream_no_wal", False):
+        if not hasattr(cls, "_write"):
+            raise RuntimeError(f"quixstreams changed: no RocksDBStorePartition._write (checked {CHECKED_VERSION})")
+        no_wal = WriteOptions()
+        no_wal.disable_wal = True  # type: ignore[assignment,method-assign]  # a property in rocksdict 0.3
+
+        def _write(self: Any, batch: Any) -> None:
+            self._db.write(batch, no_wal)
+
+        setattr(cls, "_write", _write)  # noqa: B010 (a method replaced on purpose)
+        setattr(cls, "_paystream_no_wal", True)  # noqa: B010
+    return _ChangelogDurableOptions()
 
 
 def before_commit(app: Application, hook: Callable[[], None]) -> None:

@@ -347,6 +347,7 @@ def build_app(settings: Settings | None = None) -> Application:
         # Skipping data silently is never right for a ledger: fail loudly instead.
         auto_recover_from_source_offset_out_of_range=False,
         state_dir=str(settings.home / "state" / f"ledger-{instance}"),
+        rocksdb_options=quix_compat.changelog_durable_state(),
         # A stable id per instance: a restarted instance fences its zombie at once
         # instead of leaving consumers waiting out the transaction timeout.
         producer_extra_config={
