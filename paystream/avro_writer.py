@@ -35,11 +35,15 @@ def long_bytes(n: int) -> bytes:
     """Avro's zigzag varint of an int or long."""
     if 0 <= n < 64:
         return _SMALL[n]
-    if -64 <= n < 0:
-        return _NEG_SMALL[n]
+    z = (n << 1) ^ (n >> 63)
+    if 0 <= z < 0x80:
+        return _NEG_SMALL[n] if n < 0 else _SMALL[n]
+    if 0 <= z < 0x4000:
+        # Two bytes: amounts and sequence numbers mostly; no loop.
+        return bytes(((z & 0x7F) | 0x80, z >> 7))
     if not -(1 << 63) <= n < (1 << 63):
         raise ValueError(f"{n} does not fit an Avro long")
-    z = ((n << 1) ^ (n >> 63)) & 0xFFFFFFFFFFFFFFFF
+    z &= 0xFFFFFFFFFFFFFFFF
     out = bytearray()
     while z > 0x7F:
         out.append((z & 0x7F) | 0x80)
