@@ -13,10 +13,15 @@ from typing import Any, TypeVar, cast
 
 from quixstreams import Application
 from quixstreams.state import State
+from quixstreams.state.base.transaction import PartitionTransactionStatus
+from quixstreams.state.metadata import SEPARATOR as _SEPARATOR
+from quixstreams.state.metadata import Marker
 from quixstreams.state.rocksdb import RocksDBOptions
 from rocksdict import WriteOptions
 
 CHECKED_VERSION = "3.28"
+_UNDEFINED = Marker.UNDEFINED
+_STARTED = PartitionTransactionStatus.STARTED
 
 
 def disable_time_alignment(app: Application) -> None:
@@ -253,7 +258,47 @@ def forget_partition_locals() -> None:
     _PARTITION_LOCALS.clear()
 
 
-def state_for(state: State, prefix: bytes) -> State:
+class _LeanState:
+    """A key prefix's state in a store transaction, read and written through the
+    transaction's own update cache and RocksDB partition, as Quix's `get` and `set`
+    do, without the layers between (a status check wrapper, TTL branches, key
+    serialization through two helpers): 4-5 % of the ledger's CPU, with four state
+    reads and four writes per transfer. Only for a store partition that has never
+    seen TTL (`state_for` checks); any other falls back to Quix's own `State`.
+    Values and keys are serialized with the transaction's own functions, so the
+    bytes in RocksDB and the changelog are Quix's (unit-tested)."""
+
+    __slots__ = ("_cache", "_deleted", "_dumps", "_key_prefix", "_loads", "_prefix", "_read", "_updated")
+
+    def __init__(self, transaction: Any, prefix: bytes) -> None:
+        cache = transaction._update_cache
+        self._cache = cache
+        self._prefix = prefix
+        self._key_prefix = prefix + _SEPARATOR
+        self._dumps = transaction._dumps
+        self._loads = transaction._loads
+        # The update cache buckets updates by column family and prefix; reading the
+        # bucket once per state is what Quix does per call.
+        self._updated = cache._updated["default"][prefix]
+        self._deleted = cache._deleted["default"]
+        self._read = transaction._partition.get
+
+    def get(self, key: str, default: Any = None) -> Any:
+        k = self._key_prefix + self._dumps(key)
+        if k in self._deleted:
+            return default
+        value = self._updated.get(k)
+        if value is None:
+            value = self._read(k, "default")
+            if value is _UNDEFINED:
+                return default
+        return self._loads(value)
+
+    def set(self, key: str, value: Any) -> None:
+        self._cache.set(self._key_prefix + self._dumps(key), self._dumps(value), self._prefix, "default")
+
+
+def state_for(state: State, prefix: bytes) -> Any:
     """The state of another key in the same partition's store transaction.
 
     Quix scopes `State` to the message key. A batch carries many accounts of one
@@ -263,4 +308,9 @@ def state_for(state: State, prefix: bytes) -> State:
     transaction = getattr(state, "_transaction", None)
     if transaction is None:
         raise RuntimeError(f"quixstreams changed: no TransactionState._transaction (checked {CHECKED_VERSION})")
-    return transaction.as_state(prefix=prefix)
+    partition = transaction._partition
+    if getattr(partition, "uses_ttl_stamps", True) or getattr(partition, "_ttl_stamped_reads_unflagged", True):
+        return transaction.as_state(prefix=prefix)
+    if transaction.status is not _STARTED:
+        raise RuntimeError(f"state transaction is {transaction.status}, not started")
+    return _LeanState(transaction, prefix)
