@@ -407,7 +407,10 @@ async def _payment_view(gw: Gateway, p: Principal, payment_id: str) -> dict[str,
     except ValueError:
         return None
     rec = await gw.cached_payment(payment_id)
-    row = await store.payment_row(gw.pool, payment_id) if rec is None or rec["status"] == "pending" else None
+    # The read model is always asked: the cached record holds the outcome the POST
+    # answered, and a later one (a reversal) reaches only the read model; a cached
+    # "completed" must not hide it for the week the record lives.
+    row = await store.payment_row(gw.pool, payment_id)
     if rec is not None:
         if not p.is_admin and p.user_id not in rec.get("owners", ()):
             return None

@@ -195,3 +195,34 @@ def test_peek_command_id_matches_avro_layout() -> None:
     fastavro.schemaless_writer(buf, schema, event)
     assert _peek_command_id(buf.getvalue()) == cid
     assert _peek_command_id(b"\x00\x00\x00\x00\x01short") is None
+
+
+def test_a_reversal_in_the_read_model_wins_over_the_cached_completion(monkeypatch: pytest.MonkeyPatch) -> None:
+    """GET /v1/payments/{id} answered `completed` for a week after a reversal: the
+    record cached when the POST answered was read, and the read model only while
+    that record was pending."""
+    import asyncio
+
+    from gateway import app as gateway_app
+    from gateway import store
+    from gateway.security import Principal
+
+    pid = str(uuid.uuid4())
+    cached = {"id": pid, "object": "payment", "status": "completed", "reason": None, "owners": ["u1"],
+              "reason_code": None, "amount": "10.00", "currency": "USD"}
+
+    class FakeGateway:
+        pool = None
+
+        async def cached_payment(self, payment_id: str) -> dict[str, Any]:
+            return dict(cached)
+
+    async def row(pool: Any, payment_id: str) -> dict[str, Any]:
+        return {"payment_id": payment_id, "status": "REVERSED", "reason": None}
+
+    monkeypatch.setattr(store, "payment_row", row)
+    view = asyncio.run(gateway_app._payment_view(FakeGateway(), Principal("u1", "user"), pid))  # type: ignore[arg-type]
+    assert view is not None and view["status"] == "reversed"
+    assert "owners" not in view
+    # someone else's payment stays hidden, whatever the read model says
+    assert asyncio.run(gateway_app._payment_view(FakeGateway(), Principal("u2", "user"), pid)) is None  # type: ignore[arg-type]
