@@ -27,6 +27,12 @@ CURRENCY_EXPONENTS: dict[str, int] = {
 # that sums of many maximal amounts still fit an Avro long / Postgres bigint.
 MAX_AMOUNT_MINOR = 10**15
 
+# Largest balance a deposit or a credit may leave on an account (a clear refusal,
+# BALANCE_LIMIT / RECEIVER_BALANCE_LIMIT, instead of an Avro long overflowing in the
+# ledger's encoder). Refunds and reversal credits only restore money an account had,
+# so they are not refused; 2**63 is still 92x away even so.
+MAX_BALANCE_MINOR = 10**17
+
 # fullmatch, never ``$``: ``$`` also matches before a trailing newline, so
 # "10.00\n" would pass. Surrounding whitespace is refused, not stripped: the API's
 # pattern has none, and a lenient parser here would accept what the contract refuses.

@@ -211,7 +211,8 @@ class LedgerProcessor:
                                  timestamp, headers)
             if (problem := self._misrouted(skey)) is not None:
                 return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
-            self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=True), timestamp)
+            self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=True), timestamp,
+                       headers)
         elif name == LEG_BATCH:
             self._batch(emit, state, record, domain.LEGS, timestamp, headers)
         else:
@@ -227,7 +228,8 @@ class LedgerProcessor:
             return self._dlq(emit, "INVALID", problem, key, value, timestamp, headers)
         if (problem := self._misrouted(skey)) is not None:
             return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
-        self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=False), timestamp)
+        self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=False), timestamp,
+                   headers)
         return None
 
     def _misrouted(self, account: str) -> str | None:
@@ -260,19 +262,24 @@ class LedgerProcessor:
                                item, index, timestamp, headers)  # fmt: skip
             else:
                 accepted.append(item)
-        self._emit(emit, domain.apply_batch(self._stores(state), accepted, timestamp, legs=not is_command), timestamp)
+        outputs = domain.apply_batch(self._stores(state), accepted, timestamp, legs=not is_command)
+        self._emit(emit, outputs, timestamp, headers)
 
-    def _emit(self, emit: _Emit, outputs: list[domain.Output], timestamp: int) -> None:
+    def _emit(self, emit: _Emit, outputs: list[domain.Output], timestamp: int, headers: Any) -> None:
         codec = self.codec
         for o in outputs:
             if o.topic == domain.EVENTS:
                 emit.events.append((o.key, codec.encode(domain.EVENTS, o.value)))
-            else:
+            elif o.topic == domain.LEGS:
                 p = partition_for(o.key, self.partitions)
                 bodies = emit.legs.get(p)
                 if bodies is None:
                     bodies = emit.legs[p] = []
                 bodies.append(codec.encode_body(domain.LEGS, o.value))
+            else:  # domain.DEAD: an item the rules cannot apply, as the single record it stands for
+                v = o.value
+                self._dlq(emit, v["code"], v["reason"], o.key.encode(), codec.encode(domain.LEGS, v["item"]),
+                          timestamp, headers)
         self.outcomes.observe(outputs, timestamp)
 
     def _produce(self, emit: _Emit, timestamp: int, headers: Any) -> None:

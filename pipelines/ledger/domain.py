@@ -39,12 +39,15 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 from paystream import ids
-from paystream.money import MAX_AMOUNT_MINOR, is_currency
+from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
 
 NAMESPACE = uuid.UUID("7b3c3a4e-9f0e-4d83-9a43-0c7f5c1d2b6e")
 
 EVENTS = "ledger.events"
 LEGS = "ledger.legs"
+# Not a topic: an input the ledger cannot apply, for the adapter to dead-letter with
+# its reason (value: code, reason, and the item itself). Nothing is written for it.
+DEAD = "dead-letter"
 
 
 class Store(Protocol):
@@ -480,6 +483,10 @@ def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         assert ctx.account is not None and mv is not None
         if not has_funds(ctx.account, mv["amount"]):
             reason = "INSUFFICIENT_FUNDS"
+    if reason is None and cmd["type"] == "DEPOSIT":
+        assert ctx.account is not None and mv is not None
+        if ctx.account["balance"] + mv["amount"] > MAX_BALANCE_MINOR:
+            reason = "BALANCE_LIMIT"
     if reason is not None:
         return _reject(ctx, cmd, reason, fp)
     assert ctx.account is not None and mv is not None
@@ -612,17 +619,29 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
         elif seen["from"] != leg["counterparty_id"]:
             _refund_reused_id(ctx, leg)
         return ctx.finish()
+    if kind not in ("REFUND", "REVERSAL_CREDIT"):
+        return [_dead(leg, f"leg kind {kind!r} is not one the ledger writes")]
+    if ctx.account is None:
+        # Only a leg the ledger did not write can get here (it refunds or reverses
+        # to the account that sent): refused without a trace in state, never an
+        # exception that would stop the partition on this record for ever.
+        return [_dead(leg, f"{kind} leg for {leg['account_id']}, which is not an account: money only "
+                           "returns to the account that sent it")]
     if store.get(f"l:{leg['leg_id']}") is not None:
         return []
     store.set(f"l:{leg['leg_id']}", 1)
     if kind == "REFUND":
         _refund(ctx, leg)
-    elif kind == "REVERSAL_CREDIT":
+    else:
         _reversal_credit(ctx, leg)
     return ctx.finish()
 
 
-def receiver_problem(acct: dict[str, Any] | None, currency: str) -> str | None:
+def _dead(item: dict[str, Any], reason: str) -> Output:
+    return Output(DEAD, item["account_id"], {"code": "INVALID", "reason": reason, "item": item})
+
+
+def receiver_problem(acct: dict[str, Any] | None, currency: str, amount: int = 0) -> str | None:
     if acct is None:
         return "RECEIVER_UNKNOWN"
     if acct["status"] == "FROZEN":
@@ -631,6 +650,8 @@ def receiver_problem(acct: dict[str, Any] | None, currency: str) -> str | None:
         return "RECEIVER_CLOSED"
     if acct["currency"] != currency:
         return "RECEIVER_CURRENCY_MISMATCH"
+    if acct["balance"] + amount > MAX_BALANCE_MINOR:
+        return "RECEIVER_BALANCE_LIMIT"
     return None
 
 
@@ -647,7 +668,7 @@ def _refund_reused_id(ctx: _Ctx, leg: dict[str, Any]) -> None:
 
 def _credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
     amount, cur, pid, sender = leg["amount"], leg["currency"], leg["payment_id"], leg["counterparty_id"]
-    refusal = receiver_problem(ctx.account, cur)
+    refusal = receiver_problem(ctx.account, cur, amount)
     if refusal is not None:
         ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur})
         ctx.leg(
@@ -674,7 +695,7 @@ def _refund(ctx: _Ctx, leg: dict[str, Any]) -> None:
     """Money returns to a sender whose receiver refused it, whatever the sender's
     status now: a refund only restores what the sender had."""
     amount, cur, pid = leg["amount"], leg["currency"], leg["payment_id"]
-    assert ctx.account is not None, "a refund returns to an account that sent"
+    assert ctx.account is not None  # apply_leg dead-letters a refund to a non-account
     ctx.account["balance"] += amount
     ctx.save_account()
     seen = ctx.store.get(f"c:{leg['command_id']}")
@@ -695,7 +716,7 @@ def _refund(ctx: _Ctx, leg: dict[str, Any]) -> None:
 
 def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
     amount, cur, pid = leg["amount"], leg["currency"], leg["payment_id"]
-    assert ctx.account is not None, "a reversal returns money to the original sender"
+    assert ctx.account is not None  # apply_leg dead-letters a reversal credit to a non-account
     ctx.account["balance"] += amount
     ctx.save_account()
     ctx.event(

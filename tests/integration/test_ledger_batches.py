@@ -177,3 +177,30 @@ def test_a_single_command_on_the_wrong_partition_is_dead_lettered(stack, codec, 
     assert f"belongs to partition {partition_for(a, PARTITIONS)}" in letters[0]["reason"]
     time.sleep(2)
     assert not any(e["command_id"] == t["command_id"] for e in reader.events)
+
+
+def test_a_forged_refund_to_a_non_account_is_dead_lettered_and_the_ledger_goes_on(stack, codec, ledger, reader):
+    """Legs come only from the ledger, but until the broker authenticates producers
+    anyone can write one. A REFUND to a key that never sent used to stop the ledger
+    on that record for ever (an uncaught AssertionError); now it is a dead letter
+    with a reason, alone and in a batch, and the partition keeps moving."""
+    dead = DeadLetters(stack, codec)
+    (a, b) = _open_funded(stack, codec, reader, 2, 10_000)
+    nobody = str(uuid.uuid4())
+    while partition_for(nobody, PARTITIONS) != partition_for(a, PARTITIONS):
+        nobody = str(uuid.uuid4())
+    forged = {"leg_id": str(uuid.uuid4()), "kind": "REFUND", "command_id": str(uuid.uuid4()),
+              "payment_id": str(uuid.uuid4()), "account_id": nobody, "counterparty_id": b,
+              "amount": 10**15, "currency": "USD", "reason": None, "requested_by": "forger", "issued_at": 0}
+    producer = kafka.producer(stack)
+    p = partition_for(nobody, PARTITIONS)
+    producer.produce("ledger.legs", value=codec.encode("ledger.legs", forged), key=nobody.encode(), partition=p)
+    assert producer.flush(10) == 0
+    t = C.transfer(a, b, 100, "USD")
+    send(stack, codec, [t])
+    assert reader.terminals([t["command_id"]])[t["command_id"]]["type"] == "TRANSFER_COMPLETED"
+    letters = [d for d in dead.until(1) if d["reason_code"] == "INVALID" and d["key"] == nobody.encode()]
+    dead.close()
+    assert len(letters) == 1 and "not an account" in letters[0]["reason"]
+    assert codec.decode("ledger.legs", letters[0]["value"])["leg_id"] == forged["leg_id"]
+    assert not any(e["account_id"] == nobody for e in reader.events)

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter, defaultdict
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -122,6 +123,45 @@ def test_a_payment_id_reused_by_a_second_sender_is_refunded_not_stranded():
     sim.pending[B].append(legs[0])
     sim.drain()
     assert (sim.balance(A), sim.balance(B), sim.balance(C)) == (95_000, 5_000, 50_000)
+
+
+def test_balances_stop_at_the_limit_with_a_clear_refusal():
+    """Deposits and credits that would take a balance past MAX_BALANCE_MINOR are
+    refused with a reason, not left to overflow an Avro long in the encoder."""
+    from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR
+
+    sim = funded()
+    top = MAX_BALANCE_MINOR - sim.balance(B)
+    while top > 0:  # fill B to the limit, one maximal deposit at a time
+        step = min(top, MAX_AMOUNT_MINOR)
+        (ev,) = sim.send(deposit(B, step))
+        assert ev["type"] == "DEPOSITED"
+        top -= step
+    (over,) = sim.send(deposit(B, 1))
+    assert (over["type"], over["reason"]) == ("COMMAND_REJECTED", "BALANCE_LIMIT")
+    t = transfer(A, B, 1)
+    sim.send(t)
+    sim.drain()
+    (failed,) = terminal(sim, t["command_id"])
+    assert (failed["type"], failed["reason"]) == ("TRANSFER_FAILED", "RECEIVER_BALANCE_LIMIT")
+    assert sim.balance(A) == 100_000 and sim.balance(B) == MAX_BALANCE_MINOR
+
+
+@pytest.mark.parametrize("kind", ["REFUND", "REVERSAL_CREDIT", "UNKNOWN"])
+def test_a_leg_the_ledger_did_not_write_is_refused_not_raised(kind: str) -> None:
+    """A refund (or reversal credit) to a key that never sent used to raise an
+    AssertionError that nothing caught: the ledger stopped on that record for ever.
+    Such a leg, and a leg of a kind the ledger never writes, come back as a dead
+    letter with a reason, and leave nothing in state."""
+    store = domain.DictStore()
+    target = str(uuid.uuid4())
+    leg = {"leg_id": str(uuid.uuid4()), "kind": kind, "command_id": str(uuid.uuid4()),
+           "payment_id": str(uuid.uuid4()), "account_id": target, "counterparty_id": str(uuid.uuid4()),
+           "amount": 10**15, "currency": "USD", "reason": None, "requested_by": "forger", "issued_at": 0}
+    (out,) = domain.apply_leg(store, leg, 0)
+    assert out.topic == domain.DEAD and out.key == target
+    assert out.value["code"] == "INVALID" and out.value["item"] == leg
+    assert store.data == {}
 
 
 def test_rejections_are_outcomes():
