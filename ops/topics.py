@@ -38,6 +38,7 @@ def _configs(spec: TopicSpec) -> dict[str, str]:
         "cleanup.policy": spec.cleanup_policy,
         "retention.ms": str(spec.retention_ms),
         "min.insync.replicas": str(spec.min_insync_replicas),
+        "message.timestamp.type": spec.timestamp_type,
     }
 
 

@@ -61,6 +61,9 @@ class TopicSpec:
     replication_factor: int
     min_insync_replicas: int
     record_schemas: tuple[str, ...] = ()
+    # "LogAppendTime" where a record's time must be the broker's, never the
+    # producer's (the ledger's inputs: event time is what fraud ages against).
+    timestamp_type: str = "CreateTime"
 
     @property
     def subject(self) -> str:
@@ -116,6 +119,7 @@ def load_topic_specs(path: Path) -> dict[str, TopicSpec]:
             replication_factor=int(merged.get("replication_factor", 1)),
             min_insync_replicas=int(merged.get("min_insync_replicas", 1)),
             record_schemas=tuple(merged.get("record_schemas", ())),
+            timestamp_type=str(merged.get("timestamp_type", "CreateTime")),
         )
     return specs
 

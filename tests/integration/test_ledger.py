@@ -141,3 +141,23 @@ def test_poison_and_invalid_commands_go_to_dead_letters(stack, codec, ledger, re
     # the forged credit moved no money
     opened = reader.terminals([opens[0]["command_id"]])[opens[0]["command_id"]]
     assert opened["type"] == "ACCOUNT_OPENED" and opened["balance_after"] == 0
+
+
+def test_event_time_is_the_brokers_not_the_producers(stack, codec, ledger, reader):
+    """Commands and legs carry the broker's append time (LogAppendTime): a transfer a
+    producer stamps a day old is still stamped now, so fraud, which ages debits by
+    their event time, scores it instead of skipping it as old."""
+    import time
+
+    (a, b), opens = new_accounts(2)
+    send(stack, codec, [*opens, C.deposit(a, 10_000, "USD")])
+    reader.terminals([c["command_id"] for c in opens], timeout=90)
+    t = C.transfer(a, b, 100, "USD")
+    day_ago = int(time.time() * 1000) - 86_400_000
+    before = int(time.time() * 1000)
+    p = kafka.producer(stack)
+    p.produce(C.COMMANDS_TOPIC, key=a.encode(), value=codec.encode(C.COMMANDS_TOPIC, t), timestamp=day_ago)
+    assert p.flush(10) == 0
+    reader.terminals([t["command_id"]])
+    stamped = [e["occurred_at"] for e in reader.events if e["command_id"] == t["command_id"]]
+    assert len(stamped) == 2 and all(ts >= before - 5_000 for ts in stamped), (stamped, before)
