@@ -144,9 +144,10 @@ def test_poison_and_invalid_commands_go_to_dead_letters(stack, codec, ledger, re
 
 
 def test_event_time_is_the_brokers_not_the_producers(stack, codec, ledger, reader):
-    """Commands and legs carry the broker's append time (LogAppendTime): a transfer a
-    producer stamps a day old is still stamped now, so fraud, which ages debits by
-    their event time, scores it instead of skipping it as old."""
+    """Commands carry the broker's append time (LogAppendTime), and the legs the
+    ledger writes carry their command's: a transfer a producer stamps a day old is
+    stamped now on both sides, so fraud, which ages debits by their event time,
+    scores it instead of skipping it as old."""
     import time
 
     (a, b), opens = new_accounts(2)
