@@ -36,7 +36,7 @@ from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
 
 REPLAY_HEADER = "paystream-replay-of"
-INTERNAL = frozenset({"ledger.events", "ledger.legs", "ledger.inbox", DLQ_TOPIC})
+INTERNAL = frozenset({"ledger.events", "ledger.legs", DLQ_TOPIC})
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -44,23 +44,3 @@ class DecodeError(PaystreamError):
 
 class UnknownSchemaError(DecodeError):
     code = "unknown_schema"
-
-
-class NotFoundError(PaystreamError):
-    code = "not_found"
-    status = 404
-
-
-class ConflictError(PaystreamError):
-    code = "conflict"
-    status = 409
-
-
-class AuthError(PaystreamError):
-    code = "unauthorized"
-    status = 401
-
-
-class ForbiddenError(PaystreamError):
-    code = "forbidden"
-    status = 403

@@ -176,7 +176,6 @@ class Settings(BaseSettings):
     ledger_fetch_wait_ms: int = 20
     ledger_instance: str = "0"
     ledger_time_alignment: bool = False
-    ledger_max_amount_minor: int = 10**15
     # Account entries each partition's writer keeps in memory between batches (about
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.
     ledger_account_memo: int = Field(default=20_000, ge=0)
