@@ -36,8 +36,8 @@ def long_bytes(n: int) -> bytes:
     if 0 <= n < 64:
         return _SMALL[n]
     z = (n << 1) ^ (n >> 63)
-    if 0 <= z < 0x80:
-        return _NEG_SMALL[n] if n < 0 else _SMALL[n]
+    if 0 <= z < 0x80:  # -64 <= n < 0 (0 <= n < 64 returned above)
+        return _NEG_SMALL[n]
     if 0 <= z < 0x4000:
         # Two bytes: amounts and sequence numbers mostly; no loop.
         return bytes(((z & 0x7F) | 0x80, z >> 7))

@@ -68,17 +68,22 @@ class TransactionalProducer:
     def produce(self, topic: str, value: bytes, key: str | bytes, timestamp: int,
                 headers: Any = None, partition: int | None = None) -> None:
         raw = self._raw or self._producer()
-        for _ in range(10):
-            try:
-                if partition is None:
-                    raw.produce(topic, value, key, timestamp=timestamp, headers=headers)
-                else:
-                    raw.produce(topic, value, key, partition=partition, timestamp=timestamp, headers=headers)
-                return
-            except BufferError:
-                # The local queue is full: let librdkafka send, then try again.
-                raw.poll(0.1)
-        raise BufferError(f"librdkafka's queue stayed full producing to {topic}")
+        if partition is None:
+            _produce_raw(raw, topic, value, key, timestamp=timestamp, headers=headers)
+        else:
+            _produce_raw(raw, topic, value, key, partition=partition, timestamp=timestamp, headers=headers)
+
+
+def _produce_raw(raw: Any, topic: str, value: bytes | None, key: str | bytes, **kwargs: Any) -> None:
+    """librdkafka's produce, waiting out a full local queue (as Quix's wrapper does)."""
+    for _ in range(10):
+        try:
+            raw.produce(topic, value, key, **kwargs)
+            return
+        except BufferError:
+            # The local queue is full: let librdkafka send, then try again.
+            raw.poll(0.1)
+    raise BufferError(f"librdkafka's queue stayed full producing to {topic}")
 
 
 class _HeldBackChangelog:
@@ -117,14 +122,7 @@ class _HeldBackChangelog:
             self._headers_of = hheaders
             self._headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in (hheaders or {}).items()]
         inner = self._inner
-        raw = self._raw
-        for _ in range(10):
-            try:
-                raw.produce(inner.changelog_name, hvalue, hkey, partition=inner.partition, headers=self._headers)
-                return
-            except BufferError:
-                raw.poll(0.1)
-        raise BufferError("librdkafka's queue stayed full producing a changelog")
+        _produce_raw(self._raw, inner.changelog_name, hvalue, hkey, partition=inner.partition, headers=self._headers)
 
     def release(self) -> None:
         held, self._held = self._held, None
@@ -207,13 +205,15 @@ def changelog_durable_state() -> RocksDBOptions:
     return _ChangelogDurableOptions()
 
 
-def before_commit(app: Application, hook: Callable[[], None]) -> None:
+def before_commit(app: Application, hook: Callable[[], None], on_failure: Callable[[], None]) -> None:
     """Call `hook` just before Quix commits a non-empty checkpoint (on its interval,
     on a forced commit and on a partition revoke), while the checkpoint's Kafka
     transaction is still open: whatever `hook` produces through
     `TransactionalProducer(app)` commits or aborts with that checkpoint's state and
-    input offsets. Quix 3.28 has no public hook for commits, so this wraps the
-    processing context's `commit_checkpoint` (called once per poll loop iteration)."""
+    input offsets. `on_failure` runs when the commit (or `hook`) raises: whatever the
+    caller holds for the checkpoint did not commit. Quix 3.28 has no public hook for
+    commits, so this wraps the processing context's `commit_checkpoint` (called once
+    per poll loop iteration)."""
     ctx = getattr(app, "_processing_context", None)
     if ctx is None or not hasattr(ctx, "commit_checkpoint") or not hasattr(type(ctx), "checkpoint"):
         raise RuntimeError(f"quixstreams changed: no ProcessingContext.commit_checkpoint (checked {CHECKED_VERSION})")
@@ -226,8 +226,7 @@ def before_commit(app: Application, hook: Callable[[], None]) -> None:
                 hook()
             original(force=force, revoking=revoking)
         except BaseException:
-            # The checkpoint's state did not commit: no in-memory copy may outlive it.
-            forget_partition_locals()
+            on_failure()
             raise
 
     ctx.commit_checkpoint = committing

@@ -172,11 +172,16 @@ class LedgerProcessor:
         try:
             self._apply(emit, value, key, timestamp, headers, state)
         except BaseException:
-            # Rules mutate memoized accounts in place; an input that did not finish
-            # must not leave them ahead of the state (Quix stops the app anyway).
-            quix_compat.forget_partition_locals()
+            self.discard_uncommitted()
             raise
         self._produce(emit, timestamp, headers)
+
+    def discard_uncommitted(self) -> None:
+        """After an input or a commit that failed (Quix stops the app anyway): the
+        account memos (rules mutate them in place) and the pending legs must not
+        outlive the state that did not commit."""
+        quix_compat.forget_partition_locals()
+        self._legs.clear()
 
     def _stores(self, state: State) -> domain.BatchStores:
         """Every input, single or batch, goes through one `BatchStores`, so the
@@ -392,7 +397,7 @@ def build_app(settings: Settings | None = None) -> Application:
         quix_compat.disable_time_alignment(app)
     processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
                                 settings.ledger_account_memo)
-    quix_compat.before_commit(app, processor.flush_legs)
+    quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
     quix_compat.fast_changelog()
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)

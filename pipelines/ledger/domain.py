@@ -83,7 +83,7 @@ class _CachedAccount:
 
     __slots__ = ("_account", "_dirty", "_id", "_known", "_store")
 
-    def __init__(self, store: Store, account_id: str = "", known: AccountMemo | None = None) -> None:
+    def __init__(self, store: Store, account_id: str, known: AccountMemo | None) -> None:
         self._store = store
         self._id = account_id
         self._known = known
@@ -145,9 +145,6 @@ class AccountMemo:
             for old in list(itertools.islice(entries, max(1, self.limit // 8))):
                 del entries[old]
         entries[account_id] = account
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class BatchStores:
