@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, Producer, TopicPartition
 from paystream import kafka, tracing
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
-from paystream.commands import COMMANDS_TOPIC
+from paystream.commands import COMMANDS_TOPIC, topic_for
 from paystream.settings import Settings
 
 EVENTS_TOPIC = "ledger.events"
@@ -138,16 +138,17 @@ class CommandSender:
             self.watch.delivered(err)
             self._settled.append((loop, fut, err))
 
-        value = self.codec.encode(COMMANDS_TOPIC, cmd)
+        topic = topic_for(cmd)  # deposits, withdrawals, freezes (admin role): payments.privileged
+        value = self.codec.encode(topic, cmd)
         # The rest of the request's log lines are about this payment (docs/OBSERVABILITY.md).
         structlog.contextvars.bind_contextvars(payment_id=cmd["command_id"], account=cmd["account_id"])
         extra = {"headers": tracing.inject()} if tracing.enabled() else {}  # W3C traceparent
         try:
-            if self.batcher is not None:
+            if self.batcher is not None and topic == COMMANDS_TOPIC:
                 self.batcher.send(cmd["account_id"], value, on_delivery=delivered)
             else:
                 self.producer.produce(
-                    COMMANDS_TOPIC, key=cmd["account_id"].encode(), value=value, on_delivery=delivered, **extra
+                    topic, key=cmd["account_id"].encode(), value=value, on_delivery=delivered, **extra
                 )
         except (BufferError, Exception) as exc:
             raise SendError(f"cannot enqueue command: {exc}") from exc

@@ -134,7 +134,7 @@ async def _open_account(conn: psycopg.AsyncConnection[Any], owner_id: str, curre
     )
     await conn.execute(
         "INSERT INTO gateway_outbox (topic, message_key, payload) VALUES (%s, %s, %s)",
-        (C.COMMANDS_TOPIC, account_id, Jsonb(cmd)),
+        (C.topic_for(cmd), account_id, Jsonb(cmd)),
     )
     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
     return AccountRef(number, account_id, owner_id, currency)

@@ -343,10 +343,11 @@ class KafkaLoad:
                     self.retry.append(d)
 
         d.sends += 1
-        value = self.codec.encode(C.COMMANDS_TOPIC, d.command)
+        topic = C.topic_for(d.command)
+        value = self.codec.encode(topic, d.command)
         while True:
             try:
-                self.producer.produce(C.COMMANDS_TOPIC, key=d.command["account_id"].encode(), value=value,
+                self.producer.produce(topic, key=d.command["account_id"].encode(), value=value,
                                       on_delivery=delivered)
                 return
             except BufferError:
@@ -575,7 +576,7 @@ class Chaos:
         deposits = [C.deposit(u.account_id, 10**11, CURRENCY) for u in people]
         deposits += [C.deposit(a, 10**11, CURRENCY) for a in direct]
         for c in cmds + deposits:
-            p.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=self.codec.encode(C.COMMANDS_TOPIC, c))
+            p.produce(C.topic_for(c), key=c["account_id"].encode(), value=self.codec.encode(C.topic_for(c), c))
         if p.flush(30):
             raise RuntimeError("setup commands were not acknowledged")
         want = {d["command_id"] for d in deposits}

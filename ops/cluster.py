@@ -34,11 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource
+from confluent_kafka.admin import ConfigResource
 from rich.console import Console
 from rich.table import Table
 
+from ops import kafka_auth
 from ops.isolated import free_ports
+from paystream import kafka
 from paystream.settings import Settings
 
 NODES = 3
@@ -83,6 +85,7 @@ class Cluster:
         self.root = root
         self.heap = heap
         self.kafka = stack._Kafka(settings)  # the jar cache and log4j config of the single-node stack
+        self.settings = settings
         ports = free_ports(2 * NODES)
         self.nodes = [Node(i + 1, ports[2 * i], ports[2 * i + 1], root / f"broker-{i + 1}") for i in range(NODES)]
         self.cluster_id = _dir_id()
@@ -90,6 +93,11 @@ class Cluster:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def admin_settings(self) -> Settings:
+        return kafka_auth.as_principal(self.settings, kafka_auth.ADMIN).model_copy(
+            update={"bootstrap_servers_override": self.bootstrap})
 
     def node(self, node_id: int) -> Node:
         return next(n for n in self.nodes if n.node_id == node_id)
@@ -100,11 +108,10 @@ class Cluster:
             "process.roles=broker,controller",
             f"node.id={n.node_id}",
             f"controller.quorum.bootstrap.servers={quorum}",
-            f"listeners=PLAINTEXT://127.0.0.1:{n.port},CONTROLLER://127.0.0.1:{n.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{n.port},CONTROLLER://127.0.0.1:{n.controller_port}",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"listeners=BROKER://127.0.0.1:{n.port},CONTROLLER://127.0.0.1:{n.controller_port}",
+            f"advertised.listeners=BROKER://127.0.0.1:{n.port},CONTROLLER://127.0.0.1:{n.controller_port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            *kafka_auth.broker_security(self.settings, "BROKER"),
             f"log.dirs={n.data}",
             f"default.replication.factor={TOPIC_RF}",
             f"min.insync.replicas={MIN_ISR}",
@@ -120,6 +127,7 @@ class Cluster:
             "auto.create.topics.enable=false",
         ]
         n.home.mkdir(parents=True, exist_ok=True)
+        n.properties.touch(mode=0o600)  # it holds the brokers' passwords
         n.properties.write_text("\n".join(lines) + "\n")
 
     def format(self, console: Console) -> None:
@@ -132,7 +140,7 @@ class Cluster:
             self._write(n)
             _run([*self.kafka._java_base(), "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
                   "-c", str(n.properties), "--initial-controllers", initial,
-                  "--feature", "transaction.version=1"],
+                  "--feature", "transaction.version=1", *kafka_auth.format_args(self.settings)],
                  what=f"format broker {n.node_id}", timeout=120)
 
     def start(self, n: Node) -> None:
@@ -172,7 +180,7 @@ class Cluster:
         self.wait_brokers(NODES)
 
     def wait_brokers(self, count: int, timeout: float = 60.0) -> None:
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        admin = kafka.admin(self.admin_settings, log_level=0)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(Exception):
@@ -218,7 +226,7 @@ def apply_replicated_topics(settings: Settings) -> None:
 
 def topic_durability(settings: Settings, topics: list[str]) -> dict[str, tuple[int, str]]:
     """(replication factor, min.insync.replicas) of each topic, as the brokers report them."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     md = admin.list_topics(timeout=10)
     out: dict[str, tuple[int, str]] = {}
     present = [t for t in topics if t in md.topics]
@@ -232,7 +240,7 @@ def topic_durability(settings: Settings, topics: list[str]) -> dict[str, tuple[i
 
 
 def leader_of(settings: Settings, topic: str, partition: int) -> int:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     return int(admin.list_topics(topic, timeout=10).topics[topic].partitions[partition].leader)
 
 
@@ -283,6 +291,7 @@ def running_cluster(console: Console, keep: bool = False) -> Iterator[tuple[Sett
             cluster.format(console)
             cluster.start_all()
             settings = iso.model_copy(update={"bootstrap_servers_override": cluster.bootstrap})
+            kafka_auth.apply(settings)
             apply_replicated_topics(settings)
             console.print(f"three brokers up on {cluster.bootstrap} in {time.monotonic() - t0:.0f}s")
             yield settings, cluster
@@ -318,7 +327,7 @@ def cluster_chaos(*, console: Console | None = None, keep: bool = False, account
             setup = [C.open_account(a, external_number=a[:12], owner_id="cluster", currency="EUR") for a in ids]
             deposits = [C.deposit(a, 10**10, "EUR") for a in ids]
             for c in setup + deposits:
-                p.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+                p.produce(C.topic_for(c), key=c["account_id"].encode(), value=codec.encode(C.topic_for(c), c))
             if p.flush(60):
                 raise RuntimeError("setup commands not acknowledged")
             _wait(lambda: {d["command_id"] for d in deposits} <= set(events.terminal), 240,
@@ -370,8 +379,10 @@ def cluster_chaos(*, console: Console | None = None, keep: bool = False, account
             report.aborted_records = sum(1 for p_, o, _ in uncommitted if (p_, o) not in seen)
             report.invariants = _invariants([e for _, _, e in committed],
                                             [c["command_id"] for c in setup + deposits] + sorted(want))
+            from pipelines.ledger.app import CHANGELOG as LEDGER_CHANGELOG
+
             topics = [C.COMMANDS_TOPIC, "ledger.legs", "ledger.events", "__consumer_offsets",
-                      "__transaction_state", "changelog__paystream-ledger--ledger.legs--payments.commands--default"]
+                      "__transaction_state", LEDGER_CHANGELOG]
             report.durability = topic_durability(settings, topics)
             waiter.join(240)
             with contextlib.suppress(TimeoutError):
@@ -399,7 +410,7 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
 
 
 def _isr(settings: Settings, topic: str, partition: int) -> int:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     return len(admin.list_topics(topic, timeout=10).topics[topic].partitions[partition].isrs)
 
 

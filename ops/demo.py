@@ -68,7 +68,7 @@ def run_demo(
 
     def send(cmds: list[dict[str, Any]]) -> None:
         for c in cmds:
-            producer.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+            producer.produce(C.topic_for(c), key=c["account_id"].encode(), value=codec.encode(C.topic_for(c), c))
         producer.flush(30)
 
     try:
@@ -95,7 +95,7 @@ def run_demo(
                 src, dst = rng.sample(accounts, 2)
                 amount = rng.choice([100, 250, 500, 1_000, 2_500, 5_000, deposit])  # some overdraw
                 cmd = C.transfer(src, dst, amount, currency, metadata={"description": f"demo #{i}"})
-                producer.produce(C.COMMANDS_TOPIC, key=src.encode(), value=codec.encode(C.COMMANDS_TOPIC, cmd))
+                producer.produce(C.topic_for(cmd), key=src.encode(), value=codec.encode(C.topic_for(cmd), cmd))
                 producer.poll(0)
                 sent.append(cmd)
                 progress.advance(task)

@@ -22,7 +22,7 @@ PREFIX = "paystream"
 
 
 def admin(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return kafka.admin(settings)
 
 
 @dataclass(frozen=True)

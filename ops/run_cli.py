@@ -122,7 +122,9 @@ def register(app: typer.Typer) -> None:
         if name not in COMPONENTS:
             raise typer.BadParameter(f"unknown component {name!r}; one of {', '.join(COMPONENTS)}")
         from paystream.observability import setup_process
+        from paystream.settings import use_component_principal
 
+        use_component_principal(name)  # its own Kafka user: the ACLs bound what it can write
         setup_process(name)  # JSON logs, traces, metrics port (docs/OBSERVABILITY.md)
         COMPONENTS[name]()
 

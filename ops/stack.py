@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import psutil
 from rich.console import Console
 
+from ops import kafka_auth
 from paystream.settings import Settings
 
 if TYPE_CHECKING:
@@ -160,8 +161,11 @@ def _read_pid(path: Path) -> int | None:
 def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.chmod(mode)
+    tmp.unlink(missing_ok=True)
+    # created with its final mode: a file holding passwords is never readable by others
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "w") as fh:
+        fh.write(text)
+    tmp.chmod(mode)  # the umask may have narrowed it
     tmp.replace(path)
 
 
@@ -725,11 +729,10 @@ class _Kafka(_Service):
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.bootstrap.servers=127.0.0.1:{cport}",
-            f"listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"listeners=BROKER://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
+            f"advertised.listeners=BROKER://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            *kafka_auth.broker_security(s, "BROKER"),
             f"log.dirs={self.data_dir}",
             "offsets.topic.replication.factor=1",
             "offsets.topic.num.partitions=10",
@@ -741,7 +744,12 @@ class _Kafka(_Service):
             "group.initial.rebalance.delay.ms=0",
             "auto.create.topics.enable=false",
         ]
-        _write_atomic(self.properties_file, "\n".join(lines) + "\n")
+        # it holds the brokers' own passwords
+        _write_atomic(self.properties_file, "\n".join(lines) + "\n", mode=0o600)
+
+    @property
+    def _auth_marker(self) -> Path:
+        return self.data_dir / ".paystream-sasl"
 
     def prepare(self, console: Console) -> None:
         if not self._downloaded():
@@ -749,6 +757,12 @@ class _Kafka(_Service):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._write_properties()
         if (self.data_dir / "meta.properties").exists():
+            if self.settings.kafka_security_protocol != "PLAINTEXT" and not self._auth_marker.exists():
+                raise StackError(
+                    f"Kafka's data in {self.data_dir} was formatted without authentication, so its "
+                    "brokers have no SCRAM users; run `paystream stack reset --yes` (it wipes the local "
+                    "stack's data) and start again"
+                )
             return
         console.print("[dim]kafka: formatting KRaft storage (one-off)[/dim]")
         shutil.rmtree(self.data_dir, ignore_errors=True)
@@ -761,10 +775,12 @@ class _Kafka(_Service):
                 "-c", str(self.properties_file),
                 # librdkafka has no KIP-890 (transactions v2); pin the v1 protocol.
                 "--feature", "transaction.version=1",
+                *kafka_auth.format_args(self.settings),
             ],
             what="kafka storage format",
             timeout=120,
         )
+        self._auth_marker.write_text("SCRAM users created at format\n")
 
     def command(self) -> list[str]:
         heap = self.settings.kafka_heap
@@ -793,15 +809,20 @@ class _Kafka(_Service):
 
     def healthy(self) -> bool:
         from confluent_kafka import KafkaException
-        from confluent_kafka.admin import AdminClient
 
         # log_level 0: while polling a starting broker librdkafka would spam "connection refused".
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        from paystream import kafka
+
+        admin = kafka.admin(kafka_auth.as_principal(self.settings, kafka_auth.ADMIN), log_level=0)
         try:
             admin.list_topics(timeout=5)
             return True
         except KafkaException:
             return False
+
+    def after_ready(self, fresh: bool) -> None:
+        # every start: a stack formatted before a component existed still gets its user
+        kafka_auth.apply(self.settings)
 
 
 class _Registry(_Service):

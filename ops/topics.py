@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import ConfigResource, NewTopic
 from rich.console import Console
 from rich.table import Table
 
+from paystream import kafka
 from paystream.codec import TOPICS_FILE, TopicSpec, load_topic_specs, topic_specs
 from paystream.settings import Settings, get_settings
 
@@ -54,7 +55,7 @@ def apply_topics(
         specs, source = load_topic_specs(specs), str(specs)
     else:
         source = "the given spec"
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     metadata = admin.list_topics(timeout=15)
     mismatched = [
         f"{name}: has {len(metadata.topics[name].partitions)} partitions, spec says {s.partitions}"

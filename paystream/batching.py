@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from paystream.avro_writer import long_bytes
+from paystream.commands import COMMANDS_TOPIC
 from paystream.partitioning import key_for_partition, partition_for
 
 log = logging.getLogger("paystream.batching")
 
-COMMANDS = "payments.commands"
+COMMANDS = COMMANDS_TOPIC
 COMMAND_BATCH = "io.paystream.commands.CommandBatch"
 LEGS = "ledger.legs"
 LEG_BATCH = "io.paystream.ledger.LegBatch"

@@ -18,6 +18,8 @@ def _register() -> None:
     from ops.bench_sink import register as register_bench_sink
     from ops.chaos import register as register_chaos
     from ops.db import app as db_app
+    from ops.kafka_access_cli import acls_app
+    from ops.kafka_access_cli import app as producers_app
     from ops.run_cli import register as register_run
     from ops.schemas_cli import app as schemas_app
     from ops.stack_cli import app as stack_app
@@ -29,6 +31,8 @@ def _register() -> None:
     app.add_typer(topics_app, name="topics", help="topics from the declarative spec")
     app.add_typer(schemas_app, name="schemas", help="Avro schemas and the registry")
     app.add_typer(db_app, name="db", help="Postgres read-model migrations")
+    app.add_typer(producers_app, name="producers", help="Kafka principals for direct producers")
+    app.add_typer(acls_app, name="acls", help="Kafka users and ACLs of paystream's components")
     app.add_typer(bench_app, name="bench", help="benchmarks that print figures")
     register_bench_http(bench_app)
     app.add_typer(admin_app, name="admin", help="administrative tasks (admin users)")

@@ -1,5 +1,11 @@
 """Builders for ledger commands: the shape every producer (gateway, ops tools,
-benchmarks, tests) sends to `payments.commands`."""
+benchmarks, tests) sends, and which of the two command topics each goes to.
+
+Commands that create or destroy money, or change who may move it, are privileged:
+the ledger accepts them only from `payments.privileged`, which the broker's ACLs let
+only paystream's privileged principals write (gateway for its admin role, fraud,
+compensation, operators). Kafka does not tell a consumer who produced a record, so
+the topic is what carries the authority (docs/SECURITY.md)."""
 
 from __future__ import annotations
 
@@ -10,7 +16,28 @@ from typing import Any
 from paystream import ids
 
 COMMANDS_TOPIC = "payments.commands"
+PRIVILEGED_TOPIC = "payments.privileged"
+COMMAND_TOPICS = (COMMANDS_TOPIC, PRIVILEGED_TOPIC)
+PRIVILEGED_TYPES = frozenset({"OPEN_ACCOUNT", "DEPOSIT", "WITHDRAW", "FREEZE", "UNFREEZE", "REVERSE_TRANSFER"})
 PAYMENT_NAMESPACE = uuid.UUID("0b8f7c1e-52a4-4b1f-9a0f-6a3a4c7de201")
+
+
+def is_privileged(command: dict[str, Any]) -> bool:
+    """Everything but a transfer: deposits and withdrawals move money in and out of
+    the books, freezes and reversals override an owner, and opening an account says
+    who owns it (and a settlement account may overdraw). So `payments.commands`,
+    the topic direct producers may write, carries transfers only: a transfer moves
+    the sender's own money, which the sender's account already authorises.
+
+    Order holds within a topic, not across the two: a command that needs one on the
+    other topic applied first (a transfer out of a fresh deposit) is sent after that
+    one's outcome, as the gateway does (docs/SECURITY.md)."""
+    return command.get("type") in PRIVILEGED_TYPES
+
+
+def topic_for(command: dict[str, Any]) -> str:
+    """The command topic `command` must be produced to for the ledger to accept it."""
+    return PRIVILEGED_TOPIC if is_privileged(command) else COMMANDS_TOPIC
 
 
 def payment_id_for(client: str, idempotency_key: str) -> str:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
 
 from paystream.settings import Settings
+
+if TYPE_CHECKING:
+    from quixstreams.kafka.configuration import ConnectionConfig
 
 log = logging.getLogger("paystream.kafka")
 
@@ -33,9 +37,38 @@ QUIX_PRODUCER = {"message.timeout.ms": 20_000}
 QUIX_CONSUMER = {"session.timeout.ms": 10_000}
 
 
+def connection(settings: Settings) -> dict[str, Any]:
+    """Where the broker is and who this process is: the start of every client's config.
+
+    Every Kafka client of paystream (producers, consumers, admin clients, Quix apps)
+    is built on this, so none can forget to authenticate (docs/SECURITY.md).
+    """
+    config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
+    if settings.kafka_security_protocol != "PLAINTEXT":
+        user, password = settings.kafka_credentials()
+        config.update({
+            "security.protocol": settings.kafka_security_protocol,
+            "sasl.mechanism": settings.kafka_sasl_mechanism,
+            "sasl.username": user,
+            "sasl.password": password,
+        })
+    return config
+
+
+def quix_connection(settings: Settings) -> ConnectionConfig:
+    """`connection` as Quix's `broker_address`, which its own admin client uses too."""
+    from quixstreams.kafka.configuration import ConnectionConfig
+
+    return ConnectionConfig.from_librdkafka_dict(connection(settings))
+
+
+def admin(settings: Settings, **extra: Any) -> AdminClient:
+    return AdminClient({**connection(settings), **extra})
+
+
 def producer(settings: Settings, **extra: Any) -> Producer:
     return Producer({
-        "bootstrap.servers": settings.bootstrap_servers,
+        **connection(settings),
         "partitioner": "murmur2_random",
         "acks": "all",
         "enable.idempotence": True,
@@ -46,7 +79,7 @@ def producer(settings: Settings, **extra: Any) -> Producer:
 
 def consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
     return Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
+        **connection(settings),
         "group.id": group,
         "isolation.level": "read_committed",
         "auto.offset.reset": "earliest",

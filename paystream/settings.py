@@ -60,6 +60,25 @@ class Settings(BaseSettings):
     bootstrap_servers_override: str | None = Field(
         default=None, validation_alias="PAYSTREAM_BOOTSTRAP_SERVERS"
     )
+    # Authentication (docs/SECURITY.md). Every client authenticates with SASL/SCRAM as
+    # one principal; the broker's ACLs say what that principal may read and write.
+    kafka_security_protocol: Literal["SASL_PLAINTEXT", "SASL_SSL", "PLAINTEXT"] = Field(
+        default="SASL_PLAINTEXT",
+        description="PLAINTEXT turns authentication off: anyone who reaches the broker may move money",
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256"] = "SCRAM-SHA-512"
+    kafka_principal: str = Field(
+        default="admin",
+        description="the Kafka user this process is; `paystream run NAME` makes it the component's own",
+    )
+    kafka_password: str | None = Field(
+        default=None, description="else PAYSTREAM_KAFKA_PASSWORD_FILE, else <kafka_secrets_dir>/<principal>"
+    )
+    kafka_secrets_dir: Path | None = Field(
+        default=None,
+        description="a file per principal holding its password; default <home>/secrets/kafka, which "
+        "`paystream stack up` fills",
+    )
 
     # Schema registry (Apicurio, Confluent-compatible API)
     apicurio_version: str = "3.0.9"
@@ -236,6 +255,28 @@ class Settings(BaseSettings):
         return None
 
     @property
+    def kafka_credentials_dir(self) -> Path:
+        """Where `paystream stack up` keeps the password it generated for each Kafka principal."""
+        return self.kafka_secrets_dir or self.home / "secrets" / "kafka"
+
+    def kafka_credentials(self) -> tuple[str, str]:
+        """(user, password) of `kafka_principal`: explicit password first, else the local stack's.
+
+        As with Postgres, the fallback lets every component reach the local stack
+        with no configuration, and no password ever lives in source.
+        """
+        password = self.kafka_password or _read_secret_file("kafka_password")
+        if password:
+            return self.kafka_principal, password
+        path = self.kafka_credentials_dir / self.kafka_principal
+        if path.exists():
+            return self.kafka_principal, path.read_text().strip()
+        raise ConfigError(
+            f"no Kafka password for principal {self.kafka_principal!r}: set PAYSTREAM_KAFKA_PASSWORD "
+            f"(or _FILE), or start the local stack (`paystream stack up` writes {path})"
+        )
+
+    @property
     def redis_url(self) -> str:
         return self.redis_url_override or f"redis://127.0.0.1:{self.redis_port}/0"
 
@@ -265,7 +306,7 @@ class Settings(BaseSettings):
             )
         path = self.home / "secrets" / "jwt.key"
         if not path.exists():
-            _write_secret_once(path, secrets.token_urlsafe(48))
+            write_secret_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip()
 
 
@@ -276,7 +317,7 @@ class ConfigError(RuntimeError):
 MIN_JWT_SECRET_BYTES = 32
 
 
-def _write_secret_once(path: Path, value: str) -> None:
+def write_secret_once(path: Path, value: str) -> None:
     """Create ``path`` holding ``value``, mode 0600 from the start, atomically.
 
     The secret is written to a private temporary file and linked into place:
@@ -300,3 +341,16 @@ def _write_secret_once(path: Path, value: str) -> None:
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+def use_component_principal(component: str) -> None:
+    """Make this process authenticate to Kafka as `component` (`paystream run NAME`).
+
+    A process given its password explicitly (docker-compose, a deployment) keeps the
+    principal it was given; otherwise each component is its own principal, with the
+    password the local stack generated for it, so the broker's ACLs bound what a
+    compromised or buggy component can write.
+    """
+    if not (os.environ.get("PAYSTREAM_KAFKA_PASSWORD") or os.environ.get("PAYSTREAM_KAFKA_PASSWORD_FILE")):
+        os.environ["PAYSTREAM_KAFKA_PRINCIPAL"] = component
+    get_settings.cache_clear()

@@ -19,7 +19,7 @@ def send(settings: Settings, codec: Codec, cmds: Iterable[dict[str, Any]]) -> in
     p = kafka.producer(settings)
     n = 0
     for c in cmds:
-        p.produce(C.COMMANDS_TOPIC, key=c["account_id"].encode(), value=codec.encode(C.COMMANDS_TOPIC, c))
+        p.produce(C.topic_for(c), key=c["account_id"].encode(), value=codec.encode(C.topic_for(c), c))
         n += 1
         if n % 5000 == 0:
             p.poll(0)

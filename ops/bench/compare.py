@@ -239,7 +239,7 @@ class StreamRunner:
     design = ""
     app_group = ""  # the name of the design's own process in the CPU and memory samples
 
-    def __init__(self, settings: Settings, console: Console, codec: Codec, *, commands_topic: str,
+    def __init__(self, settings: Settings, console: Console, codec: Codec, *, commands_topic: str | None,
                  events_topic: str) -> None:
         self.settings = settings
         self.console = console
@@ -260,8 +260,8 @@ class StreamRunner:
         return [e for e in self.outcomes.events() if e["account_id"] in self.mine]
 
     def _send(self, cmds: list[Encoded], rate: float = 0.0, sent_at: dict[str, float] | None = None) -> None:
-        # The codec lets paystream's client library batch paystream's commands; the
-        # peer's topic gets one produce per command (produce_encoded).
+        # The codec lets paystream's client library batch paystream's commands (each to
+        # its own command topic: None); the peer's topic gets one produce per command.
         produce_encoded(self.settings, cmds, topic=self.commands_topic, rate=rate, sent_at=sent_at,
                         codec=self.codec)
 
@@ -385,7 +385,7 @@ class PaystreamRunner(StreamRunner):
                                    "wait longer (--group-wait) or use --isolated")
             console.print("[yellow]another ledger is in the group; waiting for it to leave[/yellow]")
             time.sleep(10)
-        super().__init__(settings, console, Codec(settings.registry_url), commands_topic=C.COMMANDS_TOPIC,
+        super().__init__(settings, console, Codec(settings.registry_url), commands_topic=None,
                          events_topic=EVENTS)
         self.ledgers = [LedgerProcess(settings, commit_interval, env_extra, instance=f"bench-{i}")
                         for i in range(instances)]

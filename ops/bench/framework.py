@@ -42,12 +42,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 from rich.console import Console
 from rich.table import Table
 
 from ops.bench.compare import listener
 from paystream import commands as C
+from paystream import kafka
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings, get_settings
 
@@ -120,7 +121,7 @@ def _child(stage: str, source: str, sink: str, n: int, result: str, group: str) 
     eos = stage != "alo-pass"
     state_dir = tempfile.mkdtemp(prefix="bench-framework-")
     app = Application(
-        broker_address=settings.bootstrap_servers,
+        broker_address=kafka.quix_connection(settings),
         consumer_group=group,
         processing_guarantee="exactly-once" if eos else "at-least-once",
         commit_interval=0.1,
@@ -269,7 +270,7 @@ def _committed_records(settings: Settings, topic: str) -> int:
     """Records a read_committed consumer sees in `topic`, read to its end."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"bench-count-{uuid.uuid4()}",
+    c = Consumer({**kafka.connection(settings), "group.id": f"bench-count-{uuid.uuid4()}",
                   "isolation.level": "read_committed", "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic, p, 0) for p in range(PARTITIONS)]
@@ -293,7 +294,7 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
     console = console or Console()
     if messages < 100:
         raise ValueError("at least 100 messages: the window starts at the 10th percentile message")
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     run = uuid.uuid4().hex[:8]
     source = f"bench.framework.{run}.in"
     sinks = {s: f"bench.framework.{run}.{s}" for s in stages}

@@ -29,10 +29,10 @@ from dataclasses import replace
 from pathlib import Path
 
 import psutil
-from confluent_kafka.admin import AdminClient
 
 from ops.bench.ledger import PeakRss
 from paystream import commands as C
+from paystream import kafka
 from paystream.codec import SCHEMA_DIR, Codec, topic_specs
 from paystream.settings import PROJECT_ROOT, Settings
 
@@ -122,7 +122,14 @@ class Peer:
             # the ledger's producer lingers one commit interval (pipelines/ledger/app.py); so does the peer's
             "--linger-ms", str(max(20, commit_ms)),
         ]
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT)
+        env = dict(os.environ)
+        if settings.kafka_security_protocol != "PLAINTEXT":
+            # the peer authenticates like paystream's own clients, so both pay the same for it
+            user, password = settings.kafka_credentials()
+            cmd += ["--security-protocol", settings.kafka_security_protocol,
+                    "--sasl-mechanism", settings.kafka_sasl_mechanism, "--sasl-user", user]
+            env["PAYSTREAM_KSTREAMS_SASL_PASSWORD"] = password
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=PROJECT_ROOT, env=env)
         self.ps = psutil.Process(self.proc.pid)
         self.rss = PeakRss(self.ps)
 
@@ -169,7 +176,7 @@ class Peer:
         (the log too, unless the process had failed)."""
         failed = self.proc.poll() not in (None, 0)
         self.stop()
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        admin = kafka.admin(self.settings)
         names = [t for t in admin.list_topics(timeout=10).topics
                  if t.startswith((self.prefix, self.app_id + "-"))]
         # best effort: a leftover is named after the run; the group may never have committed

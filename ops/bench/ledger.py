@@ -26,7 +26,6 @@ from typing import Any
 
 import psutil
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 from rich.table import Table
 
@@ -236,7 +235,7 @@ class Outcomes:
 
 
 def _group_is_busy(settings: Settings) -> bool:
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     desc = admin.describe_consumer_groups(["paystream-ledger"])["paystream-ledger"].result()
     return bool(desc.members)
 
@@ -272,6 +271,8 @@ class Encoded:
     command_id: str
     account_id: str
     value: bytes
+    # paystream's command topic for it (deposits are privileged); a peer's topic is one
+    topic: str = C.COMMANDS_TOPIC
 
     @property
     def key(self) -> bytes:
@@ -279,7 +280,9 @@ class Encoded:
 
 
 def encode_all(codec: Codec, cmds: list[dict[str, Any]]) -> list[Encoded]:
-    return [Encoded(c["command_id"], c["account_id"], codec.encode(C.COMMANDS_TOPIC, c)) for c in cmds]
+    # Both command topics' subjects hold the same schema, so the registry gives them
+    # one id and the peer (one command topic) reads these bytes as they are.
+    return [Encoded(c["command_id"], c["account_id"], codec.encode(t := C.topic_for(c), c), t) for c in cmds]
 
 
 
@@ -316,15 +319,16 @@ def _produce(settings: Settings, codec: Codec, cmds: list[dict[str, Any]] | list
     produce_encoded(settings, items, rate=rate, sent_at=sent_at, codec=codec)
 
 
-def produce_encoded(settings: Settings, cmds: list[Encoded], *, topic: str = C.COMMANDS_TOPIC,
+def produce_encoded(settings: Settings, cmds: list[Encoded], *, topic: str | None = None,
                     rate: float = 0.0, sent_at: dict[str, float] | None = None, codec: Codec | None = None) -> None:
     """Independent single-command submissions, open loop at `rate` if given. To
     paystream's topic they go through paystream's client library (`CommandBatcher`,
     when `BATCH` is enabled and a codec is given), which coalesces them per partition
     as a gateway or a direct producer using the library does; to any other design's
-    topic, one produce per command (the producer's own linger is the same for all)."""
+    topic, one produce per command (the producer's own linger is the same for all).
+    Without `topic`, each command goes to its own paystream command topic."""
     p = _producer(settings)
-    batcher = (_batcher(settings, codec) if BATCH["enabled"] and codec is not None and topic == C.COMMANDS_TOPIC
+    batcher = (_batcher(settings, codec) if BATCH["enabled"] and codec is not None and topic is None
                else None)  # fmt: skip
     start = time.monotonic()
     for i, c in enumerate(cmds):
@@ -334,10 +338,10 @@ def produce_encoded(settings: Settings, cmds: list[Encoded], *, topic: str = C.C
                 time.sleep(delay)
         if sent_at is not None:
             sent_at[c.command_id] = time.monotonic()
-        if batcher is not None:
+        if batcher is not None and c.topic == C.COMMANDS_TOPIC:
             batcher.send(c.account_id, c.value)
         else:
-            p.produce(topic, key=c.key, value=c.value)
+            p.produce(topic or c.topic, key=c.key, value=c.value)
         p.poll(0)
     if batcher is not None:
         batcher.flush()

@@ -180,7 +180,7 @@ class FraudProcessor(Processor):
             out.append(self.encode(ALERTS, t.sender, alert))
             if alert["risk"] == "HIGH":
                 FREEZES.inc()
-                out.append(self.encode(C.COMMANDS_TOPIC, t.sender, freeze_command(alert)))
+                out.append(self.encode(C.PRIVILEGED_TOPIC, t.sender, freeze_command(alert)))
         return out
 
 
@@ -195,7 +195,7 @@ def build_app(settings: Settings | None = None, cfg: FraudConfig | None = None) 
     sdf = app.dataframe(events).concat(app.dataframe(flows))
     disable_time_alignment(app)
     sdf = apply_processor(sdf, FraudProcessor(codec, cfg or get_config()), COMPONENT)
-    route(app, sdf, [FLOWS, ALERTS, C.COMMANDS_TOPIC, DLQ_TOPIC])
+    route(app, sdf, [FLOWS, ALERTS, C.PRIVILEGED_TOPIC, DLQ_TOPIC])
     return app
 
 

@@ -128,7 +128,7 @@ class CompensationProcessor(Processor):
             log.info("%s %s on %s (command %s)", topic, c["type"], k, c["command_id"],
                      extra=plog.payment_fields(rec.get("payment_id"), k, command_id=c["command_id"]))
             COMMANDS_SENT.labels(c["type"]).inc()
-        return [self.encode(C.COMMANDS_TOPIC, k, c) for k, c in cmds]
+        return [self.encode(C.PRIVILEGED_TOPIC, k, c) for k, c in cmds]  # unfreezes, reversals
 
 
 def build_app(settings: Settings | None = None) -> Application:
@@ -142,7 +142,7 @@ def build_app(settings: Settings | None = None) -> Application:
     sdf = app.dataframe(alerts).concat(app.dataframe(decisions))
     disable_time_alignment(app)
     sdf = apply_processor(sdf, CompensationProcessor(codec), COMPONENT)
-    route(app, sdf, [C.COMMANDS_TOPIC, DLQ_TOPIC])
+    route(app, sdf, [C.PRIVILEGED_TOPIC, DLQ_TOPIC])
     return app
 
 

@@ -55,7 +55,7 @@ class RoutedSerializer(Serializer):
 def build_application(settings: Settings, *, component: str, instance: str,
                       commit_interval: float) -> Application:
     app = Application(
-        broker_address=settings.bootstrap_servers,
+        broker_address=kafka.quix_connection(settings),
         consumer_group=f"paystream-{component}",
         processing_guarantee="exactly-once",
         commit_interval=commit_interval,

@@ -1,7 +1,8 @@
 """The ledger as a Quix Streams application (exactly-once).
 
-One stream over `payments.commands` (public) and `ledger.legs` (internal), joined
-with `StreamingDataFrame.concat`, so an account's commands and legs share one
+One stream over `payments.commands` (public), `payments.privileged` (only
+privileged principals may write it) and `ledger.legs` (internal), joined with
+`StreamingDataFrame.concat`, so an account's commands and legs share one
 state store and one writer. Each input yields encoded outputs for
 `ledger.events` and the dead-letter topic, and legs that wait for the checkpoint
 and leave as one `LegBatch` per destination partition; Quix commits the state
@@ -18,7 +19,6 @@ import logging
 import time
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
 from quixstreams import Application, message_context
 from quixstreams.state import State
 
@@ -26,6 +26,7 @@ from paystream import batching, ids, kafka, liveness, metrics, tracing
 from paystream import logging as plog
 from paystream.batching import COMMAND_BATCH, LEG_BATCH
 from paystream.codec import Codec, topic_specs
+from paystream.commands import COMMAND_TOPICS, COMMANDS_TOPIC, PRIVILEGED_TOPIC, is_privileged
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.partitioning import key_for_partition, partition_for
@@ -33,7 +34,9 @@ from paystream.settings import Settings, get_settings
 from paystream.stream import quix_compat
 from pipelines.ledger import domain
 
-COMMANDS = "payments.commands"
+COMMANDS = COMMANDS_TOPIC
+# Quix names a store's changelog after its group and its stream's sorted input topics.
+CHANGELOG = "changelog__paystream-ledger--" + "--".join(sorted((*COMMAND_TOPICS, "ledger.legs"))) + "--default"
 COMMAND = "io.paystream.commands.Command"
 LEG = "io.paystream.ledger.Leg"
 COMPONENT = "ledger"
@@ -202,13 +205,13 @@ class LedgerProcessor:
             return self._dlq(emit, "UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
         except DecodeError as exc:
             return self._dlq(emit, "UNDECODABLE", str(exc), key, value, timestamp, headers)
-        if topic == COMMANDS:
+        if topic in COMMAND_TOPICS:
             if name == COMMAND:
                 self._command(emit, state, record, skey, key, value, timestamp, headers)
             elif name == COMMAND_BATCH:
-                self._batch(emit, state, record, COMMANDS, timestamp, headers)
+                self._batch(emit, state, record, topic, timestamp, headers)
             else:
-                self._dlq(emit, "FORBIDDEN_TYPE", f"{name} is not accepted on {COMMANDS}", key, value,
+                self._dlq(emit, "FORBIDDEN_TYPE", f"{name} is not accepted on {topic}", key, value,
                           timestamp, headers)
         elif name == LEG:
             if record["account_id"] != skey:
@@ -231,6 +234,8 @@ class LedgerProcessor:
         problem = domain.command_problem(record, skey)
         if problem is not None:
             return self._dlq(emit, "INVALID", problem, key, value, timestamp, headers)
+        if (problem := _unprivileged(record)) is not None:
+            return self._dlq(emit, "UNPRIVILEGED", problem, key, value, timestamp, headers)
         if (problem := self._misrouted(skey)) is not None:
             return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
         self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=False), timestamp,
@@ -250,7 +255,8 @@ class LedgerProcessor:
     def _batch(self, emit: _Emit, state: State, batch: dict[str, Any], topic: str, timestamp: int,
                headers: Any) -> None:
         partition = message_context().partition
-        is_command = topic == COMMANDS
+        is_command = topic in COMMAND_TOPICS
+        on_public = topic == COMMANDS
         accepted: list[dict[str, Any]] = []
         for index, item in enumerate(batch["items"]):
             account = item.get("account_id")
@@ -260,6 +266,8 @@ class LedgerProcessor:
                 problem = None if domain.is_uuid(account) else f"leg account_id {account!r} is not a UUID"
             if problem is not None:
                 self._dlq_item(emit, topic, "INVALID", problem, item, index, timestamp, headers)
+            elif on_public and (problem := _unprivileged(item)) is not None:
+                self._dlq_item(emit, topic, "UNPRIVILEGED", problem, item, index, timestamp, headers)
             elif (owner := partition_for(account, self.partitions)) != partition:
                 self._dlq_item(emit, topic, "MISROUTED",
                                f"account {account} belongs to partition {owner} of {self.partitions}, not "
@@ -326,6 +334,17 @@ class LedgerProcessor:
                               partition=p, headers=headers, timestamp=pending.timestamp)
 
 
+def _unprivileged(command: dict[str, Any]) -> str | None:
+    """Why a command read from `payments.commands` may not be applied, or None.
+
+    Only called for records of that topic: anyone with a producer principal may
+    write it, so it carries user commands only (`paystream.commands.is_privileged`)."""
+    if message_context().topic != COMMANDS or not is_privileged(command):
+        return None
+    return (f"{command.get('type')} is accepted only on {PRIVILEGED_TOPIC}, which only privileged principals "
+            "may write")
+
+
 def _partition_count(settings: Settings) -> int:
     """The partition count every routing decision uses, checked against the broker.
 
@@ -334,15 +353,15 @@ def _partition_count(settings: Settings) -> int:
     account's writer. So the ledger refuses to start unless ops/topics.toml and the
     broker agree, for both inputs."""
     expected = topic_specs()[COMMANDS].partitions
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = kafka.admin(settings)
     topics = admin.list_topics(timeout=30).topics
-    for name in (COMMANDS, domain.LEGS):
+    for name in (*COMMAND_TOPICS, domain.LEGS):
         spec = topic_specs()[name].partitions
         actual = len(topics[name].partitions) if name in topics else 0
         if spec != expected or actual != expected:
             raise RuntimeError(
                 f"{name} has {actual} partitions on the broker and {spec} in ops/topics.toml; the ledger needs "
-                f"{expected} for both inputs (run `paystream topics apply`)"
+                f"{expected} for every input (run `paystream topics apply`)"
             )
     return expected
 
@@ -351,7 +370,7 @@ def build_app(settings: Settings | None = None) -> Application:
     settings = settings or get_settings()
     instance = settings.ledger_instance
     app = Application(
-        broker_address=settings.bootstrap_servers,
+        broker_address=kafka.quix_connection(settings),
         consumer_group="paystream-ledger",
         processing_guarantee="exactly-once",
         commit_interval=settings.ledger_commit_interval,
@@ -386,10 +405,11 @@ def build_app(settings: Settings | None = None) -> Application:
     metrics.time_commits(app, COMPONENT)
     codec = Codec(settings.registry_url)
     commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
+    privileged = app.topic(PRIVILEGED_TOPIC, key_deserializer="bytes", value_deserializer="bytes")
     legs_in = app.topic(domain.LEGS, key_deserializer="bytes", value_deserializer="bytes")
     partitions = _partition_count(settings)
     codec.header(domain.LEGS, LEG_BATCH)  # a missing registration stops the start, not the first leg
-    sdf = app.dataframe(commands).concat(app.dataframe(legs_in))
+    sdf = app.dataframe(commands).concat(app.dataframe(privileged)).concat(app.dataframe(legs_in))
     if not settings.ledger_time_alignment:
         # Ledger correctness never depends on timestamp order *across* the two inputs
         # (each topic's partition stays in order, and any interleaving of a command

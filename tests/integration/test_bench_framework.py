@@ -5,16 +5,16 @@ window, and leaves nothing behind on the broker."""
 from __future__ import annotations
 
 import pytest
-from confluent_kafka.admin import AdminClient
 
 from ops.bench import framework
+from paystream import kafka
 from paystream.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
 def _bench_topics(stack: Settings) -> set[str]:
-    names = AdminClient({"bootstrap.servers": stack.bootstrap_servers}).list_topics(timeout=10).topics
+    names = kafka.admin(stack).list_topics(timeout=10).topics
     return {t for t in names if t.startswith(("bench.framework.", "changelog__bench-framework-"))}
 
 

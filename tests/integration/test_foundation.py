@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import ConfigResource, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from ops import stack as stack_mod
@@ -99,7 +99,7 @@ class Throwaway:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+        self.admin = kafka.admin(settings)
         self.registry = SchemaRegistryClient({"url": settings.registry_url})
         self.topics: list[str] = []
         self.subjects: list[str] = []
@@ -164,7 +164,7 @@ def throwaway(stack: Settings) -> Iterator[Throwaway]:
 def read_all(settings: Settings, topic: str, isolation: str, timeout: float = 30) -> list[Message]:
     """Every record of ``topic`` from the beginning up to the end as ``isolation`` sees it."""
     consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
+        **kafka.connection(settings),
         "group.id": f"test-foundation-read-{uuid.uuid4()}",
         "isolation.level": isolation,
         "enable.auto.commit": False,

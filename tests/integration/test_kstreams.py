@@ -13,12 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka.admin import AdminClient
 from rich.console import Console
 
 from ops.bench import compare as CMP
 from ops.bench import kstreams as K
 from ops.bench.ledger import encode_all
+from paystream import kafka
 from paystream.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -33,7 +33,7 @@ def built(stack: Settings) -> Path:
 
 
 def _leftovers(stack: Settings, runner: CMP.KStreamsRunner) -> list[str]:
-    names = AdminClient({"bootstrap.servers": stack.bootstrap_servers}).list_topics(timeout=10).topics
+    names = kafka.admin(stack).list_topics(timeout=10).topics
     return [t for t in names if t.startswith((runner.peer.prefix, runner.peer.app_id))]
 
 

@@ -114,7 +114,7 @@ def test_poison_and_invalid_commands_go_to_dead_letters(stack, codec, ledger, re
     p.produce(C.COMMANDS_TOPIC, key=a.encode(), value=poison)
     invalid = C.transfer(a, str(uuid.uuid4()), 100, "USD")
     invalid["movement"] = None  # schema-valid, but a transfer without money
-    p.produce(C.COMMANDS_TOPIC, key=a.encode(), value=codec.encode(C.COMMANDS_TOPIC, invalid))
+    p.produce(C.topic_for(invalid), key=a.encode(), value=codec.encode(C.topic_for(invalid), invalid))
     leg = {"leg_id": str(uuid.uuid4()), "kind": "CREDIT", "command_id": str(uuid.uuid4()),
            "payment_id": str(uuid.uuid4()), "account_id": a, "counterparty_id": str(uuid.uuid4()),
            "amount": 10**9, "currency": "USD", "reason": None, "requested_by": "mallory", "issued_at": 0}
@@ -157,7 +157,7 @@ def test_event_time_is_the_brokers_not_the_producers(stack, codec, ledger, reade
     day_ago = int(time.time() * 1000) - 86_400_000
     before = int(time.time() * 1000)
     p = kafka.producer(stack)
-    p.produce(C.COMMANDS_TOPIC, key=a.encode(), value=codec.encode(C.COMMANDS_TOPIC, t), timestamp=day_ago)
+    p.produce(C.topic_for(t), key=a.encode(), value=codec.encode(C.topic_for(t), t), timestamp=day_ago)
     assert p.flush(10) == 0
     reader.terminals([t["command_id"]])
     stamped = [e["occurred_at"] for e in reader.events if e["command_id"] == t["command_id"]]

@@ -38,7 +38,7 @@ def test_second_instance_takes_over(stack: Settings, codec: Codec, ledger: Compo
         def produce() -> None:
             p = kafka.producer(stack)
             for i, t in enumerate(transfers):
-                p.produce(C.COMMANDS_TOPIC, key=t["account_id"].encode(), value=codec.encode(C.COMMANDS_TOPIC, t))
+                p.produce(C.topic_for(t), key=t["account_id"].encode(), value=codec.encode(C.topic_for(t), t))
                 if i % 250 == 0:
                     p.poll(0)
                     time.sleep(0.05)

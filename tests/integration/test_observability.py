@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from confluent_kafka.admin import AdminClient
 
+from paystream import kafka
 from paystream.settings import PROJECT_ROOT, Settings
 from pipelines.fraud.app import alert_id
 from tests.conftest import Component
@@ -170,7 +170,7 @@ class System:
 
     def owned(self, component: str, topic: str) -> set[int]:
         """Partitions of `topic` our instance of `component` holds right now."""
-        admin = AdminClient({"bootstrap.servers": self.settings.bootstrap_servers})
+        admin = kafka.admin(self.settings)
         group = f"paystream-{component}"
         desc = admin.describe_consumer_groups([group])[group].result(15)
         mine = f"paystream-{component}-{INSTANCE}"

@@ -142,7 +142,7 @@ def _produce_at(settings: Settings, codec: Codec, cmd: dict[str, Any], key: byte
     """Produce one command with a chosen key; return its (partition, offset)."""
     where: list[tuple[int, int]] = []
     p = kafka.producer(settings)
-    p.produce(C.COMMANDS_TOPIC, key=key, value=codec.encode(C.COMMANDS_TOPIC, cmd),
+    p.produce(C.topic_for(cmd), key=key, value=codec.encode(C.topic_for(cmd), cmd),
               on_delivery=lambda err, m: where.append((m.partition(), m.offset())))  # fmt: skip
     assert p.flush(30) == 0 and where
     return where[0]

@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import Message
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import NewTopic
 
 from paystream import kafka
 from paystream.settings import Settings
@@ -71,7 +71,7 @@ class Rows:
 def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(db: Settings) -> None:
     run = uuid.uuid4().hex[:8]
     topic, table = f"test.pgconsumer.{run}", f"test_pgconsumer_{run}"
-    admin = AdminClient({"bootstrap.servers": db.bootstrap_servers})
+    admin = kafka.admin(db)
     admin.create_topics([NewTopic(topic, 4, 1)])[topic].result()
     with psycopg.connect(db.postgres_dsn, autocommit=True) as admin_conn:
         admin_conn.execute(f"CREATE TABLE {table} (k text PRIMARY KEY, n int NOT NULL)")
@@ -130,7 +130,7 @@ def test_outbox_relay_waits_out_a_lost_connection_and_publishes_what_comes_after
 
     run = uuid.uuid4().hex[:8]
     topic = f"test.outbox.{run}"
-    admin = AdminClient({"bootstrap.servers": db.bootstrap_servers})
+    admin = kafka.admin(db)
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
     relay = OutboxRelay(db, Codec(db.registry_url), poll_interval=0.2, topic=topic)
     stop = threading.Event()

@@ -142,7 +142,7 @@ def test_components_run_registered_paystream_commands(compose: dict[str, Any]) -
     )
     bootstrap = compose["services"]["bootstrap"]
     assert bootstrap["command"][-1] == (
-        "paystream topics apply && paystream schemas apply && paystream db migrate"
+        "paystream acls apply && paystream topics apply && paystream schemas apply && paystream db migrate"
     )
     assert bootstrap["restart"] == "no"
     for name in runs:
@@ -171,3 +171,28 @@ def test_component_env_reaches_settings(
     gateway_env = compose["services"]["gateway"]["environment"]
     monkeypatch.setenv("PAYSTREAM_GATEWAY_HOST", gateway_env["PAYSTREAM_GATEWAY_HOST"])
     assert Settings().gateway_host == "0.0.0.0"
+
+
+def test_kafka_authenticates_and_each_component_holds_only_its_own_password(compose: dict[str, Any]) -> None:
+    from ops import kafka_auth
+    from ops.run_cli import COMPONENTS
+
+    def mounted(service: str) -> dict[str, str]:
+        return {m["target"].rsplit("/", 1)[1]: m["source"] for m in compose["services"][service].get("secrets", [])}
+
+    assert set(kafka_auth.RIGHTS) == set(COMPONENTS)  # one principal per `paystream run` component
+    for name in COMPONENTS:
+        assert mounted(name) == {name: f"kafka_{name}"}, name
+        env = compose["services"][name]["environment"]
+        assert env["PAYSTREAM_KAFKA_SECRETS_DIR"] == "/run/kafka-secrets"
+        assert "PAYSTREAM_KAFKA_PRINCIPAL" not in env  # `paystream run NAME` makes it NAME
+    # bootstrap creates every component's user, so it holds every password; the broker two
+    assert set(mounted("bootstrap")) == {*COMPONENTS, "admin"}
+    assert set(mounted("kafka")) == {"admin", "controller"}
+    script = (PROJECT_ROOT / "ops" / "docker" / "kafka-secrets.sh").read_text()
+    for principal in {*COMPONENTS, "admin", "controller"}:
+        assert compose["secrets"][f"kafka_{principal}"]["file"] == f"./.secrets/kafka/{principal}"
+        assert f" {principal}" in script.split("for p in", 1)[1].split(";", 1)[0]
+    server = compose["services"]["kafka"]["command"][-1]
+    assert "allow.everyone.if.no.acl.found=false" in server
+    assert "PLAINTEXT:PLAINTEXT" not in server and ":PLAINTEXT," not in server

@@ -25,7 +25,10 @@ import org.apache.kafka.streams.state.Stores;
  * <p>Arguments (all required): --bootstrap, --app-id, --prefix (topic name prefix, e.g.
  * "kstreams.abc."), --state-dir, --schemas (paystream's schemas/ directory) and the
  * registry ids of the three value schemas: --command-id, --event-id, --leg-id. Optional:
- * --commit-ms (100), --linger-ms (20), --fetch-wait-ms (20), --threads (1).
+ * --commit-ms (100), --linger-ms (20), --fetch-wait-ms (20), --threads (1), and
+ * --security-protocol with --sasl-mechanism and --sasl-user to authenticate as
+ * paystream's clients do (SCRAM; the password comes from the environment variable
+ * PAYSTREAM_KSTREAMS_SASL_PASSWORD, so it does not show in the process list).
  *
  * <p>Prints "STATE RUNNING" when the application is processing; exits on SIGTERM.
  */
@@ -82,6 +85,17 @@ public final class Main {
         p.put(StreamsConfig.consumerPrefix(ConsumerConfig.FETCH_MAX_WAIT_MS_CONFIG),
                 Integer.parseInt(a.getOrDefault("fetch-wait-ms", "20")));
         p.put(StreamsConfig.REPLICATION_FACTOR_CONFIG, 1);
+        String protocol = a.getOrDefault("security-protocol", "PLAINTEXT");
+        if (!protocol.equals("PLAINTEXT")) {
+            String password = System.getenv("PAYSTREAM_KSTREAMS_SASL_PASSWORD");
+            if (password == null) {
+                throw new IllegalArgumentException("PAYSTREAM_KSTREAMS_SASL_PASSWORD is not set");
+            }
+            p.put("security.protocol", protocol);
+            p.put("sasl.mechanism", need(a, "sasl-mechanism"));
+            p.put("sasl.jaas.config", "org.apache.kafka.common.security.scram.ScramLoginModule required username=\""
+                    + need(a, "sasl-user") + "\" password=\"" + password + "\";");
+        }
 
         Topology t = new Topology();
         t.addSource("commands", Serdes.String().deserializer(), Serdes.ByteArray().deserializer(), commands);

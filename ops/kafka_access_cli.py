@@ -1,0 +1,58 @@
+"""`paystream producers` (principals for teams that produce transfers straight to
+Kafka) and `paystream acls apply` (every component's user and rights)."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+
+from ops import kafka_auth
+from paystream.settings import get_settings
+
+app = typer.Typer(no_args_is_help=True)
+acls_app = typer.Typer(no_args_is_help=True)
+console = Console()
+
+
+@acls_app.command("apply")
+def apply_acls() -> None:
+    """Create each component's SCRAM user and ACLs, and drop ACLs no longer granted.
+
+    `paystream stack up` does this itself; docker-compose's bootstrap service and
+    brokers of your own need it run once per release, as admin."""
+    settings = get_settings()
+    kafka_auth.apply(settings)
+    console.print(f"users and ACLs of {', '.join(kafka_auth.COMPONENTS)} applied")
+
+
+@app.command("add")
+def add(name: str = typer.Argument(..., help="the producing team or service, e.g. payroll")) -> None:
+    """Create a SCRAM user `producer-NAME` that may write transfers to payments.commands, nothing else.
+
+    The password is written to a file only the operator can read (mode 0600); hand it
+    over out of band and delete the file."""
+    settings = get_settings()
+    try:
+        principal = kafka_auth.add_producer(settings, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    path = kafka_auth.password_path(settings, principal)
+    console.print(f"user [bold]{principal}[/bold] ({settings.kafka_sasl_mechanism}) may write "
+                  f"{kafka_auth.COMMANDS}; its password is in {path}")
+
+
+@app.command("list")
+def list_() -> None:
+    """Direct producers the broker knows."""
+    for name in kafka_auth.producers(get_settings()):
+        console.print(name)
+
+
+@app.command("remove")
+def remove(name: str) -> None:
+    """Revoke a direct producer: its user, its ACLs and its password file."""
+    try:
+        kafka_auth.remove_producer(get_settings(), name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"producer-{name} removed")
