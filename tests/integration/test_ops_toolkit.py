@@ -160,7 +160,7 @@ def test_dead_letter_listed_and_replayed_after_fix(stack, codec, ledger, cli):
         events.terminals([opened["command_id"]], timeout=90)
         dep = C.deposit(a, 7_000, "USD")
         part, off = _produce_at(stack, codec, dep, key=str(uuid.uuid4()).encode())  # wrong key
-        dl_id = str(uuid.uuid5(_NS, f"{C.COMMANDS_TOPIC}:{part}:{off}"))
+        dl_id = str(uuid.uuid5(_NS, f"{C.topic_for(dep)}:{part}:{off}"))
         letters.poll_until(lambda rs: any(r["dead_letter_id"] == dl_id for r in rs), timeout=60)
 
         res = runner.invoke(cli, ["dlq", "list", "--component", "ledger", "--limit", "0", "--json"])
