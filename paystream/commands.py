@@ -98,10 +98,12 @@ def status_change(ctype: str, account_id: str, *, reason: str, actor: str,
 
 
 def reverse_transfer(receiver_id: str, payment_id: str, *, reason: str, actor: str,
-                     freeze_receiver: bool = False, command_id: str | None = None) -> dict[str, Any]:
+                     freeze_receiver: bool = False, command_id: str | None = None,
+                     sender_id: str | None = None) -> dict[str, Any]:
+    """`sender_id` lets a reversal that overtakes its credit wait for it (docs/LEDGER.md)."""
     from pipelines.ledger.domain import reversal_command_id
 
     c = _base("REVERSE_TRANSFER", receiver_id, command_id or reversal_command_id(payment_id), actor)
     c["reversal"] = {"payment_id": payment_id, "reason": reason, "actor": actor,
-                     "freeze_receiver": freeze_receiver}
+                     "freeze_receiver": freeze_receiver, "sender_id": sender_id}
     return c

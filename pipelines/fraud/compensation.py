@@ -99,7 +99,7 @@ def apply_decision(store: Store, d: dict[str, Any]) -> list[Command]:
         why += f": {d['note']}"
     if d["decision"] == "REJECTED":
         cmd = C.reverse_transfer(d["receiver_id"], d["payment_id"], reason=why,
-                                 actor=d["decided_by"], freeze_receiver=True)
+                                 actor=d["decided_by"], freeze_receiver=True, sender_id=sender)
         out.append((d["receiver_id"], cmd))
     if was_holding and not held:
         out.append(_unfreeze(sender, aid, d["decided_by"], why))

@@ -548,19 +548,23 @@ def _reverse(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     rv = cmd.get("reversal")
     if not rv:
         return _reject(ctx, cmd, "NOT_ALLOWED", fp)
-    pay = ctx.store.get(f"p:{rv['payment_id']}")
+    pid = rv["payment_id"]
+    pay = ctx.store.get(f"p:{pid}")
     if ctx.account is None:
         return _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
-    if pay is None:
-        return _reject(ctx, cmd, "UNKNOWN_PAYMENT", fp)
+    if pay is None or pay["st"] == "ABANDONED":
+        if not rv.get("sender_id"):
+            return _reject(ctx, cmd, "UNKNOWN_PAYMENT", fp)
+        return _await_credit(ctx, cmd, fp, rv["sender_id"])
+    if pay["st"] == "AWAITING_CREDIT" or ("rev" in pay and pay["rev"]["command_id"] != cmd["command_id"]):
+        return _reject(ctx, cmd, "ALREADY_REVERSED", fp)  # another reversal of it waits already
     if pay["st"] == "REFUSED":
         return _reject(ctx, cmd, "TRANSFER_NOT_COMPLETED", fp)
     if pay["st"] == "REVERSED":
         return _reject(ctx, cmd, "ALREADY_REVERSED", fp)
     amount, cur, sender = pay["amount"], pay["currency"], pay["from"]
     ctx.account["balance"] -= amount
-    pay["st"] = "REVERSED"
-    ctx.store.set(f"p:{rv['payment_id']}", pay)
+    ctx.store.set(f"p:{pid}", {"st": "REVERSED", "from": sender, "amount": amount, "currency": cur})
     _remember(ctx, cmd, fp, "PENDING", None)
     ctx.event(
         "REVERSAL_DEBITED", command_id=cmd["command_id"], payment_id=rv["payment_id"],
@@ -583,6 +587,23 @@ def _reverse(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         "REVERSAL_CREDIT", target=sender, payment_id=rv["payment_id"],
         command_id=cmd["command_id"], amount=amount, currency=cur, requested_by=rv["actor"],
         reason=rv["reason"],
+    )  # fmt: skip
+
+
+def _await_credit(ctx: _Ctx, cmd: dict[str, Any], fp: str, sender: str) -> None:
+    """A reversal for a payment this receiver has not been credited. Either the
+    credit lags (a restart, a failover, a backlog) or the payment never came here.
+    Refusing at once was for good (the reversal's id is fixed, so every retry
+    replayed the refusal) and left the money with the receiver. So the reversal
+    waits in the payment's record, and the sender is asked: its answer (a REVERSE
+    leg) travels the path the credit took, from the sender's partition to this one,
+    so it arrives after the credit if there is one, and `_reverse_answered` decides."""
+    pid = cmd["reversal"]["payment_id"]
+    ctx.store.set(f"p:{pid}", {"st": "AWAITING_CREDIT", "rev": cmd, "fp": fp})
+    _remember(ctx, cmd, fp, "PENDING", None)
+    ctx.leg(
+        "REVERSAL_CHECK", target=sender, payment_id=pid, command_id=cmd["command_id"], amount=0,
+        currency=ctx.account["currency"] if ctx.account else "", requested_by=cmd["reversal"]["actor"],
     )  # fmt: skip
 
 
@@ -611,13 +632,20 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
         # an account: legs come only from the ledger, each after a real debit, so
         # this cannot be used to grow state at will.
         seen = store.get(f"p:{leg['payment_id']}")
-        if seen is None:
+        if seen is None or seen["st"] == "ABANDONED":
             _credit(ctx, leg)
+        elif seen["st"] == "AWAITING_CREDIT":
+            _credit(ctx, leg, waiting=seen)
         elif seen["from"] != leg["counterparty_id"]:
             _refund_reused_id(ctx, leg)
         return ctx.finish()
-    if kind not in ("REFUND", "REVERSAL_CREDIT"):
+    if kind not in ("REFUND", "REVERSAL_CREDIT", "REVERSAL_CHECK", "REVERSE"):
         return [_dead(leg, f"leg kind {kind!r} is not one the ledger writes")]
+    if kind == "REVERSAL_CHECK":
+        if store.get(f"l:{leg['leg_id']}") is None:
+            store.set(f"l:{leg['leg_id']}", 1)
+            _answer_reversal_check(ctx, leg)
+        return ctx.finish()
     if ctx.account is None:
         # Only a leg the ledger did not write can get here (it refunds or reverses
         # to the account that sent): refused without a trace in state, never an
@@ -629,9 +657,44 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
     store.set(f"l:{leg['leg_id']}", 1)
     if kind == "REFUND":
         _refund(ctx, leg)
+    elif kind == "REVERSE":
+        _reverse_answered(ctx, leg)
     else:
         _reversal_credit(ctx, leg)
     return ctx.finish()
+
+
+def _answer_reversal_check(ctx: _Ctx, leg: dict[str, Any]) -> None:
+    """On the sender: did this account debit the payment? A transfer's memo is
+    PENDING once debited (it stays so when credited) and FAILED once refunded; either
+    way a credit leg left for the receiver before this answer does."""
+    seen = ctx.store.get(f"c:{leg['payment_id']}")
+    debited = seen is not None and seen["st"] in ("PENDING", "FAILED")
+    ctx.leg(
+        "REVERSE", target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
+        amount=0, currency=leg["currency"], requested_by=leg["requested_by"],
+        reason=None if debited else "UNKNOWN_PAYMENT",
+    )  # fmt: skip
+
+
+def _reverse_answered(ctx: _Ctx, leg: dict[str, Any]) -> None:
+    """On the receiver, the sender's answer to `_await_credit`: the credit, if any,
+    came first, so the payment's record now says what to do with the reversal."""
+    pid = leg["payment_id"]
+    pay = ctx.store.get(f"p:{pid}")
+    if pay is None or "rev" not in pay:
+        return  # answered already (a second check of the same reversal)
+    rev, fp = pay["rev"], pay["fp"]
+    if pay["st"] == "AWAITING_CREDIT":
+        # no credit came before the answer: the payment was never this account's
+        ctx.store.set(f"p:{pid}", {"st": "ABANDONED"})
+        _reject(ctx, rev, leg["reason"] or "UNKNOWN_PAYMENT", fp)
+    elif pay["st"] == "REFUSED":
+        del pay["rev"], pay["fp"]
+        ctx.store.set(f"p:{pid}", pay)
+        _reject(ctx, rev, "TRANSFER_NOT_COMPLETED", fp)
+    else:
+        _reverse(ctx, rev, fp)
 
 
 def _dead(item: dict[str, Any], reason: str) -> Output:
@@ -663,11 +726,14 @@ def _refund_reused_id(ctx: _Ctx, leg: dict[str, Any]) -> None:
     )  # fmt: skip
 
 
-def _credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
+def _credit(ctx: _Ctx, leg: dict[str, Any], waiting: dict[str, Any] | None = None) -> None:
+    """`waiting`: the record of a reversal that came first (`_await_credit`); it stays
+    with the payment until the sender's answer arrives, right behind this credit."""
     amount, cur, pid, sender = leg["amount"], leg["currency"], leg["payment_id"], leg["counterparty_id"]
+    keep = {"rev": waiting["rev"], "fp": waiting["fp"]} if waiting else {}
     refusal = receiver_problem(ctx.account, cur, amount)
     if refusal is not None:
-        ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur})
+        ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur, **keep})
         ctx.leg(
             "REFUND", target=sender, payment_id=pid, command_id=leg["command_id"],
             amount=amount, currency=cur, requested_by=leg["requested_by"], reason=refusal,
@@ -676,7 +742,7 @@ def _credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
     assert ctx.account is not None
     ctx.account["balance"] += amount
     ctx.save_account()
-    ctx.store.set(f"p:{pid}", {"st": "CREDITED", "from": sender, "amount": amount, "currency": cur})
+    ctx.store.set(f"p:{pid}", {"st": "CREDITED", "from": sender, "amount": amount, "currency": cur, **keep})
     ctx.event(
         "TRANSFER_COMPLETED", command_id=leg["command_id"], payment_id=pid,
         command_type="TRANSFER", status="COMPLETED", terminal=True,

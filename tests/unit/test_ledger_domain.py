@@ -207,6 +207,68 @@ def test_reversal_once_even_into_negative():
     assert sim.balance(A) == 100_000
 
 
+def _reversal(t: dict, *, sender: str | None) -> dict:
+    return cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], domain.reversal_command_id(t["command_id"]),
+               reversal={"payment_id": t["command_id"], "reason": "fraud", "actor": "admin",
+                         "freeze_receiver": True, "sender_id": sender})
+
+
+def test_a_reversal_that_overtakes_its_credit_waits_for_it():
+    """Issue: a rejection reaching the receiver before the credit was refused
+    UNKNOWN_PAYMENT for good (its id is fixed, retries replay the refusal) and the
+    receiver kept the money. Now it waits, and the credit is taken back on arrival."""
+    sim = funded()
+    t = transfer(A, B, 40_000)
+    sim.send(t)                               # debited; the credit leg lags
+    rev = _reversal(t, sender=A)
+    assert [e for e in sim.send(rev) if e["terminal"]] == []
+    assert sim.send(copy.deepcopy(rev))[0]["type"] == "COMMAND_DUPLICATE"  # a retry meanwhile
+    sim.drain()
+    (done,) = terminal(sim, rev["command_id"])
+    assert done["type"] == "TRANSFER_REVERSED" and done["account_id"] == A
+    assert terminal(sim, t["command_id"])[0]["type"] == "TRANSFER_COMPLETED"
+    assert sim.balance(A) == 100_000 and sim.balance(B) == 0
+    assert sim.stores[B].get("a")["status"] == "FROZEN"
+
+
+def test_an_overtaking_reversal_of_a_refused_credit_ends_rejected():
+    sim = funded()
+    t = transfer(A, B, 40_000)
+    sim.send(t)
+    rev = _reversal(t, sender=A)
+    sim.send(rev)
+    sim.send(cmd("FREEZE", B, status_change={"reason": "r", "actor": "x"}))  # B now refuses the credit
+    sim.drain()
+    assert terminal(sim, rev["command_id"])[0]["reason"] == "TRANSFER_NOT_COMPLETED"
+    assert terminal(sim, t["command_id"])[0]["type"] == "TRANSFER_FAILED"
+    assert sim.balance(A) == 100_000 and sim.balance(B) == 0
+
+
+def test_a_reversal_of_a_payment_never_sent_is_refused_after_asking_the_sender():
+    sim = funded()
+    never = transfer(A, B, 40_000)           # not sent
+    rev = _reversal(never, sender=A)
+    sim.send(rev)
+    sim.drain()
+    (done,) = terminal(sim, rev["command_id"])
+    assert (done["type"], done["reason"], done["account_id"]) == ("COMMAND_REJECTED", "UNKNOWN_PAYMENT", B)
+    assert sim.balance(A) == 100_000 and sim.balance(B) == 0
+    # the payment id stays usable: sent now, it is credited as any other
+    sim.send(never)
+    sim.drain()
+    assert terminal(sim, never["command_id"])[0]["type"] == "TRANSFER_COMPLETED"
+    assert sim.balance(B) == 40_000
+
+
+def test_without_the_sender_an_overtaking_reversal_is_refused_as_before():
+    sim = funded()
+    t = transfer(A, B, 40_000)
+    sim.send(t)
+    rev = _reversal(t, sender=None)
+    (ev,) = sim.send(rev)
+    assert (ev["type"], ev["reason"]) == ("COMMAND_REJECTED", "UNKNOWN_PAYMENT")
+
+
 def test_command_problem_catches_malformed_commands():
     assert domain.command_problem(transfer(A, B, 1), A) is None
     assert "differs" in domain.command_problem(transfer(A, B, 1), B)
@@ -254,9 +316,12 @@ def run_actions(actions: list[tuple]) -> tuple[Sim, list[dict]]:
             if not transfers:
                 continue
             t = transfers[a[1] % len(transfers)]
+            # with the sender (as compensation sends it) a reversal that overtakes its
+            # credit waits for it; without (older producers) it is refused at once
             c = cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], domain.reversal_command_id(t["command_id"]),
                     reversal={"payment_id": t["command_id"], "reason": "r", "actor": "t",
-                              "freeze_receiver": a[1] % 2 == 0})
+                              "freeze_receiver": a[1] % 2 == 0,
+                              "sender_id": t["account_id"] if a[1] % 3 else None})
         elif kind == "retry":
             if not sent:
                 continue
