@@ -250,9 +250,10 @@ async def me(p: User, request: Request) -> Response:
 # -------------------------------------------------------------------------- accounts
 
 
-@router.get("/accounts", response_model=M.AccountList, responses=responses(401), tags=["accounts"])
+@router.get("/accounts", response_model=M.AccountList, responses=responses(401, 503), tags=["accounts"])
 async def my_accounts(p: User, request: Request) -> Response:
     gw = gw_of(request)
+    await gw.reads.settle(p.user_id)  # read-your-writes (gateway/reads.py)
     refs = await store.accounts_of(gw.pool, p.user_id)
     return json_response(200, {"object": "list", "data": await _account_views(gw, refs), "has_more": False})
 
@@ -260,11 +261,12 @@ async def my_accounts(p: User, request: Request) -> Response:
 @router.get(
     "/accounts/{account_number}",
     response_model=M.AccountOut,
-    responses=responses(401, 404),
+    responses=responses(401, 404, 503),
     tags=["accounts"],
 )
 async def get_account(account_number: Number, p: User, request: Request) -> Response:
     gw = gw_of(request)
+    await gw.reads.settle(p.user_id)  # read-your-writes (gateway/reads.py)
     ref = await _account(gw, p, account_number)
     return json_response(200, (await _account_views(gw, [ref]))[0])
 
@@ -272,7 +274,7 @@ async def get_account(account_number: Number, p: User, request: Request) -> Resp
 @router.get(
     "/accounts/{account_number}/transactions",
     response_model=M.TransactionList,
-    responses=responses(401, 404),
+    responses=responses(401, 404, 503),
     tags=["accounts"],
 )
 async def transactions(
@@ -285,6 +287,7 @@ async def transactions(
     """Newest first. `starting_after` is the id of the last transaction of the
     previous page."""
     gw = gw_of(request)
+    await gw.reads.settle(p.user_id)
     ref = await _account(gw, p, account_number)
     before = None
     if starting_after is not None:
@@ -447,10 +450,11 @@ async def _row_view(gw: Gateway, p: Principal, row: dict[str, Any]) -> dict[str,
     }  # fmt: skip
 
 
-@router.get("/payments", response_model=M.PaymentList, responses=responses(400, 401), tags=["payments"])
+@router.get("/payments", response_model=M.PaymentList, responses=responses(400, 401, 503), tags=["payments"])
 async def list_payments(p: User, request: Request, limit: Limit = 20, starting_after: Cursor = None) -> Response:
     """Payments from or to the caller's accounts, newest first, from the read model."""
     gw = gw_of(request)
+    await gw.reads.settle(p.user_id)
     refs = await store.accounts_of(gw.pool, p.user_id)
     ids = [r.account_id for r in refs]
     for r in refs:

@@ -25,6 +25,7 @@ from gateway import store
 from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
 from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
 from gateway.problems import PROBLEM_JSON, Problem, problem_body
+from gateway.reads import ReadYourWrites
 from gateway.resp import RespClient
 from gateway.security import Network, TokenVerifier, parse_networks
 from paystream.codec import SCHEMA_DIR, Codec
@@ -152,6 +153,7 @@ class Gateway:
         self.sender = CommandSender(settings, self.codec)
         self.listener = ResultListener(settings, self.codec, uuid.uuid4().hex[:12])
         self.accounts = AccountCache()
+        self.reads = ReadYourWrites(self.redis, self.pool, self.prefix, settings.gateway_read_wait_seconds)
         self.background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -298,7 +300,7 @@ class Gateway:
                 record = {**record, "created_at": prior.get("created_at", record["created_at"])}
             known = await self.known_outcome(command_id)
             if known is not None:
-                return await self._finish(key, known, record, render)
+                return await self._answer(user_id, command, key, known, record, render)
 
         waiter = self.listener.register(command_id)
         handed_off = False
@@ -332,10 +334,25 @@ class Gateway:
                 if wait > 0 or location:
                     headers["Retry-After"] = "1"
                 return json_response(202, public(record), headers)
-            return await self._finish(key, outcome, record, render)
+            return await self._answer(user_id, command, key, outcome, record, render)
         finally:
             if not handed_off:
                 self.listener.unregister(waiter)
+
+    async def _answer(
+        self,
+        user_id: str,
+        command: dict[str, Any],
+        key: str,
+        outcome: Outcome,
+        record: dict[str, Any],
+        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
+    ) -> Response:
+        """The outcome as the response, remembered for the caller's next reads."""
+        response = await self._finish(key, outcome, record, render)
+        if not outcome.id_reused:
+            await self.reads.told(user_id, command["command_id"], command["account_id"], outcome.status)
+        return response
 
     async def _finish(
         self,

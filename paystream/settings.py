@@ -118,6 +118,11 @@ class Settings(BaseSettings):
     gateway_wait_default_seconds: float = 5.0
     gateway_wait_max_seconds: float = 30.0
     gateway_finalize_seconds: float = 120.0
+    gateway_read_wait_seconds: float = Field(
+        default=2.0,
+        description="how long a read waits for the read model to show outcomes its caller was told "
+        "(gateway/reads.py); then 503 read_model_behind. 0: reads never wait",
+    )
     gateway_produce_timeout_seconds: float = 5.0
     gateway_rate_login_per_minute: int = 5
     gateway_rate_register_per_minute: int = 3
@@ -149,7 +154,10 @@ class Settings(BaseSettings):
     )
 
     # Postgres sink (read model)
-    sink_group: str = Field(default="paystream-sink", description="consumer group and offsets owner")
+    sink_group: str = Field(
+        default="paystream-sink",
+        description="consumer group and offsets owner; the sink principal may use groups paystream-sink*",
+    )
     sink_instance: str | None = Field(
         default=None, description="static group membership id: a restart rejoins without a rebalance"
     )

@@ -134,7 +134,7 @@ def gw(stack: Settings, ledger: Component, log_dir: Any) -> Iterator[Env]:
 
     dsn = _create_database(stack)
     migrate(Settings(postgres_dsn_override=dsn))
-    sink_group = f"gwtest-sink-{uuid.uuid4().hex[:8]}"
+    sink_group = f"paystream-sink-gwtest-{uuid.uuid4().hex[:8]}"  # the sink principal's groups: paystream-sink*
     has_sink = "sink" in COMPONENTS
     if has_sink:
         _seed_sink_offsets(stack, dsn, sink_group)
@@ -334,6 +334,29 @@ def test_register_deposit_pay_history(gw: Env, reader: EventReader) -> None:
         unknown = c.get("/v1/payments", params={"starting_after": str(uuid.uuid4())}, headers=outsider.headers)
         assert foreign.status_code == unknown.status_code == 400
         assert foreign.json() == unknown.json() and foreign.json()["code"] == "invalid_cursor"
+
+
+def test_a_client_told_completed_reads_it_next(gw: Env, reader: EventReader) -> None:
+    """Issue: right after `201 completed` the sender's balance was the old one (5 of 5
+    tries; the new one appeared 24-136 ms later). Reads now wait for the read model to
+    show what the caller was told (gateway/reads.py)."""
+    if not gw.has_sink:
+        pytest.skip("needs the sink")
+    a, b = register(gw), register(gw)
+    wait_opened(gw, reader, a, b)
+    assert deposit(gw, a, "100.00").status_code == 201
+    wait_balance(gw, a, "100.00")
+    with gw.client() as c:
+        for i in range(1, 6):
+            r = pay(c, a, b, "1.50", key=uuid.uuid4().hex)
+            assert r.status_code == 201, r.text
+            acct = c.get(f"/v1/accounts/{a.number}", headers=a.headers)
+            left = "{}.{:02d}".format(*divmod(10_000 - 150 * i, 100))
+            assert acct.status_code == 200 and acct.json()["balance"] == left, acct.text
+            listed = c.get("/v1/payments", headers=a.headers).json()["data"]
+            assert (listed[0]["id"], listed[0]["status"]) == (r.json()["id"], "completed")
+            history = c.get(f"/v1/accounts/{a.number}/transactions", headers=a.headers).json()["data"]
+            assert history[0]["payment_id"] == r.json()["id"]
 
 
 def test_concurrent_identical_requests_make_one_payment(gw: Env, reader: EventReader) -> None:
