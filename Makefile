@@ -40,6 +40,7 @@ unit: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 down: install
 	$(BIN)/paystream stack down

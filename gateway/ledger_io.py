@@ -23,13 +23,13 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaError, Producer, TopicPartition
 
-from paystream import kafka, tracing
+from paystream import kafka, topics, tracing
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
 from paystream.commands import COMMANDS_TOPIC, topic_for
 from paystream.settings import Settings
 
-EVENTS_TOPIC = "ledger.events"
+EVENTS_TOPIC = topics.EVENTS
 log = logging.getLogger("paystream.gateway.ledger_io")
 
 

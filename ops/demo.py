@@ -22,11 +22,11 @@ from rich.progress import Progress
 
 from ops import groups as G
 from paystream import commands as C
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.settings import Settings, get_settings
 
-EVENTS = "ledger.events"
+EVENTS = topics.EVENTS
 
 
 class Outcomes:

@@ -30,13 +30,13 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ops import groups as G
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
 
 REPLAY_HEADER = "paystream-replay-of"
-INTERNAL = frozenset({"ledger.events", "ledger.legs", DLQ_TOPIC})
+INTERNAL = frozenset({topics.EVENTS, topics.LEGS, DLQ_TOPIC})
 
 app = typer.Typer(no_args_is_help=True)
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from paystream import commands as C
+from paystream import topics
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, write_secret_once
 
@@ -31,12 +32,12 @@ SCRAM_ITERATIONS = 4096    # Kafka's minimum for SCRAM-SHA-512
 
 COMMANDS = C.COMMANDS_TOPIC
 PRIVILEGED = C.PRIVILEGED_TOPIC
-LEGS = "ledger.legs"
-EVENTS = "ledger.events"
-ALERTS = "fraud.alerts"
-DECISIONS = "fraud.decisions"
-FLOWS = "fraud.flows"
-NOTIFICATIONS = "notifications"
+LEGS = topics.LEGS
+EVENTS = topics.EVENTS
+ALERTS = topics.ALERTS
+DECISIONS = topics.DECISIONS
+FLOWS = topics.FLOWS
+NOTIFICATIONS = topics.NOTIFICATIONS
 DLQ = DLQ_TOPIC
 
 Resource = Literal["topic", "group", "transactional_id", "cluster"]

@@ -31,14 +31,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ops import groups as G
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.settings import Settings, get_settings
 from sinks import read_model as rm
 from sinks.postgres_sink import PgWriter, group_for
 
-EVENTS = "ledger.events"
+EVENTS = topics.EVENTS
 REPROCESS_CONSUMER = "paystream-reprocess"
 BATCH = 2000
 READ_MODEL_TABLES = ("accounts", "payments", "ledger_events", "postings", "audit_log")

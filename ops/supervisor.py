@@ -117,4 +117,4 @@ class Supervisor:
 
 
 def component_argv(name: str) -> list[str]:
-    return [sys.executable, "-m", "paystream.cli", "run", name]
+    return [sys.executable, "-m", "ops.cli", "run", name]

@@ -1,4 +1,4 @@
-"""The operator toolkit (issue 6) in one registration call, so `paystream/cli.py`
+"""The operator toolkit (issue 6) in one registration call, so `ops/cli.py`
 (shared by every component) gains a single line for all of it."""
 
 from __future__ import annotations

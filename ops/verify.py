@@ -40,13 +40,13 @@ from confluent_kafka import TopicPartition
 from rich.console import Console
 from rich.table import Table
 
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
 from sinks.read_model import canonical_uuid, normalize_event
 
-TOPIC = "ledger.events"
+TOPIC = topics.EVENTS
 SHOW = 20  # offending ids printed per check
 
 # Payment facts, as bits.

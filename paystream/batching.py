@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from paystream import topics
 from paystream.avro_writer import long_bytes
 from paystream.commands import COMMANDS_TOPIC
 from paystream.partitioning import key_for_partition, partition_for
@@ -32,7 +33,7 @@ log = logging.getLogger("paystream.batching")
 
 COMMANDS = COMMANDS_TOPIC
 COMMAND_BATCH = "io.paystream.commands.CommandBatch"
-LEGS = "ledger.legs"
+LEGS = topics.LEGS
 LEG_BATCH = "io.paystream.ledger.LegBatch"
 HEADER_SIZE = 5
 _HEADER = struct.Struct(">bI")

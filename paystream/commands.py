@@ -13,10 +13,10 @@ import time
 import uuid
 from typing import Any
 
-from paystream import ids
+from paystream import ids, topics
 
-COMMANDS_TOPIC = "payments.commands"
-PRIVILEGED_TOPIC = "payments.privileged"
+COMMANDS_TOPIC = topics.COMMANDS
+PRIVILEGED_TOPIC = topics.PRIVILEGED
 COMMAND_TOPICS = (COMMANDS_TOPIC, PRIVILEGED_TOPIC)
 PRIVILEGED_TYPES = frozenset({"OPEN_ACCOUNT", "DEPOSIT", "WITHDRAW", "FREEZE", "UNFREEZE", "REVERSE_TRANSFER"})
 PAYMENT_NAMESPACE = uuid.UUID("0b8f7c1e-52a4-4b1f-9a0f-6a3a4c7de201")
@@ -97,12 +97,15 @@ def status_change(ctype: str, account_id: str, *, reason: str, actor: str,
     return c
 
 
+def reversal_command_id(payment_id: str) -> str:
+    """The command id compensation uses, so a reversal is requested at most once."""
+    return ids.uuid5(ids.LEDGER_NAMESPACE, f"reverse:{payment_id}")
+
+
 def reverse_transfer(receiver_id: str, payment_id: str, *, reason: str, actor: str,
                      freeze_receiver: bool = False, command_id: str | None = None,
                      sender_id: str | None = None) -> dict[str, Any]:
     """`sender_id` lets a reversal that overtakes its credit wait for it (docs/LEDGER.md)."""
-    from pipelines.ledger.domain import reversal_command_id
-
     c = _base("REVERSE_TRANSFER", receiver_id, command_id or reversal_command_id(payment_id), actor)
     c["reversal"] = {"payment_id": payment_id, "reason": reason, "actor": actor,
                      "freeze_receiver": freeze_receiver, "sender_id": sender_id}

@@ -6,9 +6,9 @@ import time
 import uuid
 from typing import Any
 
-from paystream import ids
+from paystream import ids, topics
 
-DLQ_TOPIC = "paystream.dlq"
+DLQ_TOPIC = topics.DLQ
 _NS = uuid.UUID("5d1d0c52-7f3e-4b59-8e0b-3f2f3c1b9a10")
 
 

@@ -20,3 +20,8 @@ def uuid5(namespace: uuid.UUID, name: str) -> str:
     h[8] = (h[8] & 0x3F) | 0x80  # RFC 4122 variant
     x = h.hex()
     return f"{x[:8]}-{x[8:12]}-{x[12:16]}-{x[16:20]}-{x[20:]}"
+
+
+# The ledger's namespace: event, leg and reversal ids. Never change it: every id the
+# ledger ever derived (and every dedupe memo keyed by one) depends on it.
+LEDGER_NAMESPACE = uuid.UUID("7b3c3a4e-9f0e-4d83-9a43-0c7f5c1d2b6e")

@@ -35,7 +35,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg.conninfo import conninfo_to_dict
 
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
@@ -43,7 +43,7 @@ from paystream.reconnect import Backoff
 from paystream.settings import Settings, get_settings
 from sinks import read_model as rm
 
-TOPIC = "ledger.events"
+TOPIC = topics.EVENTS
 COMPONENT = "sink"
 MAX_POISON_PER_BATCH = 3
 log = logging.getLogger("paystream.sink")

@@ -53,7 +53,7 @@ class Component:
     def start(self) -> Component:
         self.log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "paystream.cli", "run", self.name],
+            [sys.executable, "-m", "ops.cli", "run", self.name],
             stdout=self.log, stderr=subprocess.STDOUT, env=self.env, cwd=PROJECT_ROOT,
             start_new_session=True,
         )

@@ -28,14 +28,12 @@ from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import commands as C
-from paystream import ids, liveness, metrics, tracing
+from paystream import ids, liveness, metrics, topics, tracing
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
-from pipelines.fraud import rules
-from pipelines.fraud.config import FraudConfig, get_config
-from pipelines.fraud.quixapp import (
+from paystream.stream.quixapp import (
     DownstreamSettings,
     Processor,
     Routed,
@@ -44,10 +42,12 @@ from pipelines.fraud.quixapp import (
     disable_time_alignment,
     route,
 )
+from pipelines.fraud import rules
+from pipelines.fraud.config import FraudConfig, get_config
 
-EVENTS = "ledger.events"
-FLOWS = "fraud.flows"
-ALERTS = "fraud.alerts"
+EVENTS = topics.EVENTS
+FLOWS = topics.FLOWS
+ALERTS = topics.ALERTS
 COMPONENT = "fraud"
 ACTOR = "fraud"
 NAMESPACE = uuid.UUID("c6a7d3e2-4b1f-4d0a-9e57-2f8b1c3a9d40")

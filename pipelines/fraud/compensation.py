@@ -33,7 +33,7 @@ from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.quixapp import (
+from paystream.stream.quixapp import (
     DownstreamSettings,
     Processor,
     Routed,
@@ -42,8 +42,8 @@ from pipelines.fraud.quixapp import (
     disable_time_alignment,
     route,
 )
+from paystream.stream.store import Store
 from pipelines.fraud.reviews import ALERTS, DECISIONS
-from pipelines.ledger.domain import Store
 
 COMPONENT = "compensation"
 NAMESPACE = uuid.UUID("9a2d6f1c-3e8b-4b7a-a1c5-7d0e2f4b6c83")

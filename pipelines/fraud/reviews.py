@@ -4,7 +4,7 @@ Two loops in one process:
 
 * **alerts -> reviews**: every `FraudAlert` on `fraud.alerts` becomes an open row
   in `reviews`, exactly once (rows and offsets in one Postgres transaction,
-  `pipelines.fraud.pgconsumer`).
+  `paystream.stream.pgconsumer`).
 * **outbox -> fraud.decisions**: the decision API writes the review's new state
   and a `review_outbox` row in one transaction; this relay publishes each row as
   a `ReviewDecision` and marks it published. It is at-least-once (a crash between
@@ -33,16 +33,16 @@ import psycopg
 from confluent_kafka import KafkaException, Message
 from psycopg.types.json import Jsonb
 
-from paystream import ids, kafka, metrics
+from paystream import ids, kafka, metrics, topics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
 from paystream.reconnect import Backoff, connection_lost
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.pgconsumer import PgConsumer
+from paystream.stream.pgconsumer import PgConsumer
 
-ALERTS = "fraud.alerts"
-DECISIONS = "fraud.decisions"
+ALERTS = topics.ALERTS
+DECISIONS = topics.DECISIONS
 OUTBOX_CHANNEL = "review_outbox"
 RELAY_APPLICATION_NAME = "paystream-outbox-relay"
 NAMESPACE = uuid.UUID("0e4e1c0a-5f7b-4c1e-8b7d-2a9c6f4e3b21")

@@ -22,7 +22,7 @@ from typing import Any
 from quixstreams import Application, message_context
 from quixstreams.state import State
 
-from paystream import batching, ids, kafka, liveness, metrics, tracing
+from paystream import batching, ids, kafka, liveness, metrics, topics, tracing
 from paystream import logging as plog
 from paystream.batching import COMMAND_BATCH, LEG_BATCH
 from paystream.codec import Codec, topic_specs
@@ -32,11 +32,12 @@ from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.partitioning import key_for_partition, partition_for
 from paystream.settings import Settings, get_settings
 from paystream.stream import quix_compat
+from paystream.stream.quixapp import build_application
 from pipelines.ledger import domain
 
 COMMANDS = COMMANDS_TOPIC
 # Quix names a store's changelog after its group and its stream's sorted input topics.
-CHANGELOG = "changelog__paystream-ledger--" + "--".join(sorted((*COMMAND_TOPICS, "ledger.legs"))) + "--default"
+CHANGELOG = "changelog__paystream-ledger--" + "--".join(sorted((*COMMAND_TOPICS, topics.LEGS))) + "--default"
 COMMAND = "io.paystream.commands.Command"
 LEG = "io.paystream.ledger.Leg"
 COMPONENT = "ledger"
@@ -369,40 +370,23 @@ def _partition_count(settings: Settings) -> int:
 def build_app(settings: Settings | None = None) -> Application:
     settings = settings or get_settings()
     instance = settings.ledger_instance
-    app = Application(
-        broker_address=kafka.quix_connection(settings),
-        consumer_group="paystream-ledger",
-        processing_guarantee="exactly-once",
+    app = build_application(
+        settings,
+        component=COMPONENT,
+        instance=instance,
         commit_interval=settings.ledger_commit_interval,
-        auto_offset_reset="earliest",
-        # Skipping data silently is never right for a ledger: fail loudly instead.
-        auto_recover_from_source_offset_out_of_range=False,
-        state_dir=str(settings.home / "state" / f"ledger-{instance}"),
+        # Outputs only become visible when the checkpoint commits, and the commit
+        # flushes, so lingering for the whole interval costs no latency: outputs
+        # leave in the commit's flush (or when a batch fills), in few large
+        # requests. On this machine a request costs the broker far more than a
+        # record, and the broker shares the two cores with the ledger: 20 ms ->
+        # one interval (100 ms) took hot from 4,574-5,332/s to 5,340-5,966/s,
+        # the broker from 42-54 to 31-38 us per transfer (docs/LEDGER.md).
+        linger_ms=max(20, int(settings.ledger_commit_interval * 1000)),
+        fetch_wait_ms=settings.ledger_fetch_wait_ms,
+        poll_timeout=0.05,
         rocksdb_options=quix_compat.changelog_durable_state(),
-        # A stable id per instance: a restarted instance fences its zombie at once
-        # instead of leaving consumers waiting out the transaction timeout.
-        producer_extra_config={
-            "transactional.id": f"paystream-ledger-{instance}",
-            # Outputs only become visible when the checkpoint commits, and the commit
-            # flushes, so lingering for the whole interval costs no latency: outputs
-            # leave in the commit's flush (or when a batch fills), in few large
-            # requests. On this machine a request costs the broker far more than a
-            # record, and the broker shares the two cores with the ledger: 20 ms ->
-            # one interval (100 ms) took hot from 4,574-5,332/s to 5,340-5,966/s,
-            # the broker from 42-54 to 31-38 us per transfer (docs/LEDGER.md).
-            "linger.ms": max(20, int(settings.ledger_commit_interval * 1000)),
-            **kafka.QUIX_PRODUCER,
-        },
-        consumer_extra_config={
-            "fetch.wait.max.ms": settings.ledger_fetch_wait_ms,
-            **kafka.QUIX_CONSUMER,
-            **metrics.quix_consumer_config(COMPONENT, settings, instance),
-        },
-        consumer_poll_timeout=0.05,
-        # With paystream's JSON logging configured, Quix's records go through it.
-        loglevel=None if plog.configured() else "INFO",
     )
-    metrics.time_commits(app, COMPONENT)
     codec = Codec(settings.registry_url)
     commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
     privileged = app.topic(PRIVILEGED_TOPIC, key_deserializer="bytes", value_deserializer="bytes")

@@ -32,40 +32,22 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import Any
 
-from paystream import ids
+from paystream import ids, topics
 from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
+from paystream.stream.store import Store
 
-NAMESPACE = uuid.UUID("7b3c3a4e-9f0e-4d83-9a43-0c7f5c1d2b6e")
+NAMESPACE = ids.LEDGER_NAMESPACE
 
-EVENTS = "ledger.events"
-LEGS = "ledger.legs"
+EVENTS = topics.EVENTS
+LEGS = topics.LEGS
 # Not a topic: an input the ledger cannot apply, for the adapter to dead-letter with
 # its reason (value: code, reason, and the item itself). Nothing is written for it.
 DEAD = "dead-letter"
-
-
-class Store(Protocol):
-    def get(self, key: str, default: Any = None) -> Any: ...
-    def set(self, key: str, value: Any) -> None: ...
-
-
-class DictStore:
-    """A `Store` over a dict, for tests and replays."""
-
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
-        self.data: dict[str, Any] = {} if data is None else data
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def set(self, key: str, value: Any) -> None:
-        self.data[key] = value
 
 
 _MISSING = object()
@@ -201,11 +183,6 @@ def settlement_account(currency: str) -> str:
 
 def leg_id(payment_id: str, kind: str) -> str:
     return ids.uuid5(NAMESPACE, f"leg:{payment_id}:{kind}")
-
-
-def reversal_command_id(payment_id: str) -> str:
-    """The command id compensation uses, so a reversal is requested at most once."""
-    return ids.uuid5(NAMESPACE, f"reverse:{payment_id}")
 
 
 def fingerprint(cmd: dict[str, Any]) -> str:
@@ -394,7 +371,7 @@ def _replay(ctx: _Ctx, cmd: dict[str, Any], seen: dict[str, Any], fp: str) -> No
     )  # fmt: skip
 
 
-# The rule checks below are public because ops/bench/baseline.py, the row-lock
+# The rule checks below are public because ops/lab/bench/baseline.py, the row-lock
 # design paystream is measured against, decides with the very same functions.
 
 

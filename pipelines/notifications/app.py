@@ -23,11 +23,11 @@ from typing import Any
 from quixstreams import Application
 from quixstreams.state import State
 
-from paystream import liveness, metrics, tracing
+from paystream import liveness, metrics, topics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.quixapp import (
+from paystream.stream.quixapp import (
     DownstreamSettings,
     Processor,
     Routed,
@@ -37,9 +37,9 @@ from pipelines.fraud.quixapp import (
 )
 from pipelines.notifications.domain import decision_notification, kind_of, notification_for
 
-EVENTS = "ledger.events"
-DECISIONS = "fraud.decisions"
-NOTIFICATIONS = "notifications"
+EVENTS = topics.EVENTS
+DECISIONS = topics.DECISIONS
+NOTIFICATIONS = topics.NOTIFICATIONS
 COMPONENT = "notifications"
 OWNER_KEY = "o"
 

@@ -41,15 +41,15 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from paystream import ids, metrics
+from paystream import ids, metrics, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
-from pipelines.fraud.pgconsumer import PgConsumer
+from paystream.stream.pgconsumer import PgConsumer
 from pipelines.notifications import signing
 from pipelines.notifications.egress import PublicOnlyTransport
 
-NOTIFICATIONS = "notifications"
+NOTIFICATIONS = topics.NOTIFICATIONS
 NAMESPACE = uuid.UUID("b3f0c2d4-8e1a-4a6f-9c7d-5e2b1f0a3c68")
 log = logging.getLogger("paystream.webhooks")
 

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from ops.bench import baseline as B
+from ops.lab.bench import baseline as B
 from paystream import commands as C
 from paystream.settings import Settings
 

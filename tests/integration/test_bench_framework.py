@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ops.bench import framework
+from ops.lab.bench import framework
 from paystream import kafka
 from paystream.settings import Settings
 

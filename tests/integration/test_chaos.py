@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_short_chaos_run_has_no_anomalies() -> None:
-    from ops.chaos import SHORT_FAULTS, chaos
+    from ops.lab.chaos import SHORT_FAULTS, chaos
 
     t0 = time.monotonic()
     report = chaos(short=True, console=Console(width=200))
@@ -37,7 +37,7 @@ def test_short_chaos_run_has_no_anomalies() -> None:
 
 
 def test_three_broker_cluster_loses_nothing_when_a_leader_dies() -> None:
-    from ops.cluster import cluster_chaos, render_cluster
+    from ops.lab.cluster import cluster_chaos, render_cluster
 
     console = Console(width=200)
     report = cluster_chaos(console=console)

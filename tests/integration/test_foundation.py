@@ -28,7 +28,7 @@ from confluent_kafka.admin import ConfigResource, NewTopic
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
 from ops import stack as stack_mod
-from ops.isolated import isolated_settings
+from ops.lab.isolated import isolated_settings
 from ops.schemas_cli import check_compatibility, register_all
 from ops.topics import TopicMismatchError, apply_topics
 from paystream import commands as C

@@ -155,7 +155,7 @@ def gw(stack: Settings, ledger: Component, log_dir: Any) -> Iterator[Env]:
         [
             sys.executable,
             "-m",
-            "paystream.cli",
+            "ops.cli",
             "admin",
             "create-user",
             "--email",
@@ -864,7 +864,7 @@ def test_bench_http_smoke(gw: Env) -> None:
     frozen accounts measured as 0.0 req/s)."""
     out = subprocess.run(
         [
-            sys.executable, "-m", "paystream.cli", "bench", "http", "--clients", "4", "--users", "8",
+            sys.executable, "-m", "ops.cli", "bench", "http", "--clients", "4", "--users", "8",
             "--merchants", "4", "--procs", "1", "--seconds", "1", "--warmup", "0", "--base-url", gw.base,
         ],
         env={**os.environ, **gw.env},

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from ops.bench import compare as CMP
-from ops.bench import kstreams as K
-from ops.bench.ledger import encode_all
+from ops.lab.bench import compare as CMP
+from ops.lab.bench import kstreams as K
+from ops.lab.bench.ledger import encode_all
 from paystream import kafka
 from paystream.settings import Settings
 

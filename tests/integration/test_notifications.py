@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ops.webhook_receiver import Receiver
+from ops.lab.webhook_receiver import Receiver
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import Settings

@@ -238,7 +238,7 @@ def system(db: Settings, log_dir: Path) -> Iterator[System]:
     }
     admin_email = f"admin-{uuid.uuid4().hex[:10]}@observability-test.example"
     subprocess.run(
-        [sys.executable, "-m", "paystream.cli", "admin", "create-user", "--email", admin_email, "--role", "admin"],
+        [sys.executable, "-m", "ops.cli", "admin", "create-user", "--email", admin_email, "--role", "admin"],
         env={**os.environ, **env, "PAYSTREAM_ADMIN_PASSWORD": ADMIN_PASSWORD}, cwd=PROJECT_ROOT, check=True,
         capture_output=True, timeout=120,
     )  # fmt: skip

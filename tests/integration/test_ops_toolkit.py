@@ -38,7 +38,7 @@ runner = CliRunner()
 
 @pytest.fixture(scope="module")
 def cli() -> Any:
-    from paystream import cli as cli_mod
+    from ops import cli as cli_mod
 
     cli_mod._register()
     return cli_mod.app

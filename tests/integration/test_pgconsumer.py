@@ -17,7 +17,7 @@ from confluent_kafka.admin import NewTopic
 
 from paystream import kafka
 from paystream.settings import Settings
-from pipelines.fraud.pgconsumer import RECONNECTS, PgConsumer
+from paystream.stream.pgconsumer import RECONNECTS, PgConsumer
 
 pytestmark = pytest.mark.integration
 

@@ -281,7 +281,7 @@ def test_kill_minus_nine_during_transfers(stack, codec, ledger, sink):
         reader.close()
 
     cli = subprocess.run(
-        [sys.executable, "-m", "paystream.cli", "verify", "--wait", "120"],
+        [sys.executable, "-m", "ops.cli", "verify", "--wait", "120"],
         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400,
     )  # fmt: skip
     assert cli.returncode == 0, cli.stdout[-4000:] + cli.stderr[-2000:]

@@ -34,7 +34,7 @@ def _wait_for(proc: subprocess.Popen[str], lines: list[str], needle: str, timeou
 def test_up_supervises_restarts_and_stops(stack: Settings):
     env = {**os.environ, "PAYSTREAM_LEDGER_INSTANCE": f"up-{os.getpid()}", "COLUMNS": "200"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "paystream.cli", "up", "--only", "ledger"],
+        [sys.executable, "-m", "ops.cli", "up", "--only", "ledger"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=PROJECT_ROOT,
         start_new_session=True,
     )

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from ops.webhook_receiver import Receiver
+from ops.lab.webhook_receiver import Receiver
 from paystream import kafka
 from paystream.codec import Codec
 from paystream.settings import Settings
@@ -124,7 +124,7 @@ def test_slow_endpoint_delays_only_itself_and_failing_one_is_given_up(stack, db,
 
     # the endpoint is fixed; the operator redelivers its dead letters
     failing.failing_seconds = 0
-    cli = subprocess.run([sys.executable, "-m", "paystream.cli", "webhooks", "redeliver", "--all",
+    cli = subprocess.run([sys.executable, "-m", "ops.cli", "webhooks", "redeliver", "--all",
                           "--user", users[failing]], capture_output=True, text=True, timeout=60)
     assert cli.returncode == 0 and f"redelivering {PER_USER}" in cli.stdout, cli.stdout + cli.stderr
     wait_for(lambda: want[failing] <= failing.delivered(), 60, "redelivered letters not delivered")

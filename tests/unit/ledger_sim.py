@@ -10,6 +10,7 @@ import uuid
 from collections import defaultdict, deque
 from typing import Any
 
+from paystream.stream.store import DictStore
 from pipelines.ledger import domain
 
 
@@ -40,7 +41,7 @@ def open_account(acct: str, currency: str = "USD", kind: str = "USER") -> dict[s
 
 class Sim:
     def __init__(self) -> None:
-        self.stores: dict[str, domain.DictStore] = defaultdict(domain.DictStore)
+        self.stores: dict[str, DictStore] = defaultdict(DictStore)
         self.pending: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.events: list[dict[str, Any]] = []
         self.log: list[tuple[str, dict[str, Any]]] = []  # every input applied, in order

@@ -9,8 +9,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gateway import admin_cli, store
-from paystream.cli import _register
-from paystream.cli import app as cli
+from ops.cli import _register
+from ops.cli import app as cli
 
 _register()  # mounts `admin` as `paystream admin`, as the console script does
 

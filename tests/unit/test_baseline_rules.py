@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from ops.bench import baseline as B
-from ops.bench.compare import transfers
+from ops.lab.bench import baseline as B
+from ops.lab.bench.compare import transfers
 from tests.unit.ledger_sim import Sim, cmd, deposit, open_account, transfer
 
 

@@ -10,7 +10,7 @@ import fastavro
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ops.bench.ledger import _STATUS, event_head
+from ops.lab.bench.ledger import _STATUS, event_head
 from paystream.codec import SCHEMA_DIR
 
 SCHEMA = json.loads((SCHEMA_DIR / "ledger_event.avsc").read_text())

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 
+from paystream.commands import reversal_command_id
+from paystream.stream.store import DictStore
 from pipelines.fraud.compensation import apply_alert, apply_decision, unfreeze_command_id
-from pipelines.ledger.domain import DictStore, reversal_command_id
 
 SENDER, RECEIVER = str(uuid.uuid4()), str(uuid.uuid4())
 

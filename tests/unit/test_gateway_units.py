@@ -203,8 +203,8 @@ def test_a_reversal_in_the_read_model_wins_over_the_cached_completion(monkeypatc
     that record was pending."""
     import asyncio
 
-    from gateway import app as gateway_app
     from gateway import store
+    from gateway.routes import payments
     from gateway.security import Principal
 
     pid = str(uuid.uuid4())
@@ -221,8 +221,9 @@ def test_a_reversal_in_the_read_model_wins_over_the_cached_completion(monkeypatc
         return {"payment_id": payment_id, "status": "REVERSED", "reason": None}
 
     monkeypatch.setattr(store, "payment_row", row)
-    view = asyncio.run(gateway_app._payment_view(FakeGateway(), Principal("u1", "user"), pid))  # type: ignore[arg-type]
+    view = asyncio.run(payments._payment_view(FakeGateway(), Principal("u1", "user"), pid))  # type: ignore[arg-type]
     assert view is not None and view["status"] == "reversed"
     assert "owners" not in view
     # someone else's payment stays hidden, whatever the read model says
-    assert asyncio.run(gateway_app._payment_view(FakeGateway(), Principal("u2", "user"), pid)) is None  # type: ignore[arg-type]
+    assert asyncio.run(payments._payment_view(FakeGateway(), Principal("u2", "user"), pid)) is None  # type: ignore[arg-type]
+

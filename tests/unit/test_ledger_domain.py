@@ -12,6 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paystream.commands import reversal_command_id
+from paystream.stream.store import DictStore
 from pipelines.ledger import domain
 from tests.unit.ledger_sim import Sim, cmd, deposit, open_account, transfer
 
@@ -153,7 +155,7 @@ def test_a_leg_the_ledger_did_not_write_is_refused_not_raised(kind: str) -> None
     AssertionError that nothing caught: the ledger stopped on that record for ever.
     Such a leg, and a leg of a kind the ledger never writes, come back as a dead
     letter with a reason, and leave nothing in state."""
-    store = domain.DictStore()
+    store = DictStore()
     target = str(uuid.uuid4())
     leg = {"leg_id": str(uuid.uuid4()), "kind": kind, "command_id": str(uuid.uuid4()),
            "payment_id": str(uuid.uuid4()), "account_id": target, "counterparty_id": str(uuid.uuid4()),
@@ -189,7 +191,7 @@ def test_reversal_once_even_into_negative():
     sim.send(t)
     sim.drain()
     sim.send(cmd("WITHDRAW", B, movement=money(30_000)))
-    rid = domain.reversal_command_id(t["command_id"])
+    rid = reversal_command_id(t["command_id"])
     rev = cmd("REVERSE_TRANSFER", B, rid, reversal={"payment_id": t["command_id"], "reason": "fraud",
                                                     "actor": "admin", "freeze_receiver": True})
     sim.send(rev)
@@ -208,7 +210,7 @@ def test_reversal_once_even_into_negative():
 
 
 def _reversal(t: dict, *, sender: str | None) -> dict:
-    return cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], domain.reversal_command_id(t["command_id"]),
+    return cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], reversal_command_id(t["command_id"]),
                reversal={"payment_id": t["command_id"], "reason": "fraud", "actor": "admin",
                          "freeze_receiver": True, "sender_id": sender})
 
@@ -318,7 +320,7 @@ def run_actions(actions: list[tuple]) -> tuple[Sim, list[dict]]:
             t = transfers[a[1] % len(transfers)]
             # with the sender (as compensation sends it) a reversal that overtakes its
             # credit waits for it; without (older producers) it is refused at once
-            c = cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], domain.reversal_command_id(t["command_id"]),
+            c = cmd("REVERSE_TRANSFER", t["movement"]["counterparty_id"], reversal_command_id(t["command_id"]),
                     reversal={"payment_id": t["command_id"], "reason": "r", "actor": "t",
                               "freeze_receiver": a[1] % 2 == 0,
                               "sender_id": t["account_id"] if a[1] % 3 else None})
@@ -426,7 +428,7 @@ def test_is_uuid_accepts_exactly_the_canonical_spelling(text: str) -> None:
 class CopyingStore:
     """A store that keeps copies, as a serializing state store does."""
 
-    def __init__(self, inner: domain.DictStore) -> None:
+    def __init__(self, inner: DictStore) -> None:
         self.inner = inner
 
     def get(self, key: str, default: Any = None) -> Any:

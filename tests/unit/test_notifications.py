@@ -7,13 +7,13 @@ import uuid
 
 import pytest
 
+from gateway.routes.webhooks import url_problem
 from pipelines.notifications import signing
 from pipelines.notifications.domain import (
     decision_notification,
     notification_for,
     notification_id,
 )
-from pipelines.notifications.webhook_api import url_problem
 from pipelines.notifications.webhooks import (
     WebhookSettings,
     after_failure,

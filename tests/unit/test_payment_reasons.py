@@ -29,7 +29,7 @@ class _Gw:
 
 
 def _view(status: str, reason: str | None) -> dict[str, Any]:
-    from gateway.app import _row_view
+    from gateway.routes.payments import _row_view
 
     owner, a, b = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
     gw = _Gw({a: _Ref(a, "PS0000000001", owner), b: _Ref(b, "PS0000000002", str(uuid.uuid4()))})

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paystream import commands as C
+from paystream.stream.store import DictStore
 from pipelines.ledger import domain
 from sinks import read_model as rm
 
@@ -22,12 +23,12 @@ class MiniLedger:
     """Routes commands and legs between per-account stores, collecting events."""
 
     def __init__(self) -> None:
-        self.stores: dict[str, domain.DictStore] = {}
+        self.stores: dict[str, DictStore] = {}
         self.events: list[dict[str, Any]] = []
         self.now = 1_700_000_000_000
 
-    def _store(self, key: str) -> domain.DictStore:
-        return self.stores.setdefault(key, domain.DictStore())
+    def _store(self, key: str) -> DictStore:
+        return self.stores.setdefault(key, DictStore())
 
     def send(self, cmd: dict[str, Any]) -> None:
         self.now += 1

@@ -46,14 +46,14 @@ from confluent_kafka.admin import NewTopic
 from rich.console import Console
 from rich.table import Table
 
-from ops.bench.compare import listener
+from ops.lab.bench.compare import listener
 from paystream import commands as C
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings, get_settings
 
 STAGES = ("alo-pass", "eos-pass", "eos-state", "eos-avro", "eos-shape")
-EVENTS, LEGS = "ledger.events", "ledger.legs"
+EVENTS, LEGS = topics.EVENTS, topics.LEGS
 PARTITIONS = 8
 
 
@@ -315,7 +315,7 @@ def bench(settings: Settings, *, messages: int, stages: list[str], console: Cons
             env = {**os.environ, **(env_extra or {}), "PYTHONUNBUFFERED": "1"}
             try:
                 proc = subprocess.run(
-                    [sys.executable, "-m", "ops.bench.framework", stage, source, sinks[stage],
+                    [sys.executable, "-m", "ops.lab.bench.framework", stage, source, sinks[stage],
                      str(messages * 2 if stage == "eos-shape" else messages), out, groups[stage]],
                     env=env, cwd=PROJECT_ROOT, timeout=max(300.0, messages / 200), check=False,
                 )

@@ -1,4 +1,4 @@
-"""Webhook endpoints API: a FastAPI router the gateway includes.
+"""Webhook endpoints API; `pipelines.notifications` delivers to the endpoints.
 
 `POST /v1/webhooks {url}` registers an endpoint for the calling user and returns
 its signing secret, the only time the secret is shown. Authentication is the
@@ -20,12 +20,11 @@ from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from fastapi.responses import Response
-from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.app import User, gw_of
+from gateway.deps import GatewayDep, User
 from gateway.problems import Problem, responses
 from pipelines.notifications.egress import host_problem
 from pipelines.notifications.signing import new_secret
@@ -48,11 +47,6 @@ class EndpointOut(BaseModel):
 
 class EndpointCreated(EndpointOut):
     secret: str = Field(description="HMAC-SHA256 key of Paystream-Signature; shown only once")
-
-
-def _pool(request: Request) -> AsyncConnectionPool:
-    pool: AsyncConnectionPool = gw_of(request).pool
-    return pool
 
 
 def _iso(ts: datetime) -> str:
@@ -81,13 +75,13 @@ def url_problem(url: str, allow_private: bool) -> str | None:
 
 @router.post("", status_code=201, response_model=EndpointCreated,
              responses=responses(401, 409, 422))
-async def register(body: EndpointIn, p: User, request: Request) -> dict[str, Any]:
+async def register(body: EndpointIn, p: User, gw: GatewayDep) -> dict[str, Any]:
     ws = WebhookSettings()
     problem = url_problem(body.url, ws.allow_private_urls)
     if problem:
         raise Problem(422, "invalid_webhook_url", problem)
     endpoint_id, secret = str(uuid.uuid4()), new_secret()
-    async with _pool(request).connection() as conn, conn.transaction():
+    async with gw.pool.connection() as conn, conn.transaction():
         # serialise one user's registrations so the limit below holds
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"webhooks:{p.user_id}",))
         cur = await conn.execute(
@@ -106,8 +100,8 @@ async def register(body: EndpointIn, p: User, request: Request) -> dict[str, Any
 
 
 @router.get("", response_model=list[EndpointOut], responses=responses(401))
-async def list_endpoints(p: User, request: Request) -> list[dict[str, Any]]:
-    async with _pool(request).connection() as conn:
+async def list_endpoints(p: User, gw: GatewayDep) -> list[dict[str, Any]]:
+    async with gw.pool.connection() as conn:
         cur = await conn.execute(
             "SELECT endpoint_id, url, active, created_at FROM webhook_endpoints WHERE user_id = %s"
             " ORDER BY created_at, endpoint_id", (p.user_id,))
@@ -118,9 +112,9 @@ async def list_endpoints(p: User, request: Request) -> list[dict[str, Any]]:
 
 @router.delete("/{endpoint_id}", status_code=204, responses=responses(401, 404, 422))
 async def deactivate(endpoint_id: Annotated[uuid.UUID, Path()], p: User,
-                     request: Request) -> Response:
+                     gw: GatewayDep) -> Response:
     """Stops new deliveries; pending ones to this endpoint are no longer attempted."""
-    async with _pool(request).connection() as conn:
+    async with gw.pool.connection() as conn:
         cur = await conn.execute(
             "UPDATE webhook_endpoints SET active = false WHERE endpoint_id = %s AND user_id = %s",
             (endpoint_id, p.user_id))

@@ -61,13 +61,13 @@ from rich.console import Console
 from rich.table import Table
 
 from ops import stack
-from ops.isolated import isolated_stack, settings_env
+from ops.lab.isolated import isolated_stack, settings_env
 from paystream import commands as C
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings
 
-EVENTS = "ledger.events"
+EVENTS = topics.EVENTS
 ACKED = (201, 202, 402)
 RETRY = (0, 409, 429, 500, 502, 503, 504)
 ALL_FAULTS = ("kill-ledger", "kill-sink", "kill-gateway", "kill-fraud", "kafka-restart", "postgres-restart",
@@ -99,7 +99,7 @@ class Proc:
         log.write(f"\n=== chaos: starting {self.name} at {time.strftime('%H:%M:%S')} ===\n".encode())
         log.flush()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "paystream.cli", "run", self.name],
+            [sys.executable, "-m", "ops.cli", "run", self.name],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=PROJECT_ROOT, start_new_session=True,
         )
         log.close()
@@ -609,7 +609,7 @@ class Chaos:
         self.receiver.down = False
 
     def _register_webhook(self, user: User) -> None:
-        from ops.webhook_receiver import Receiver
+        from ops.lab.webhook_receiver import Receiver
 
         self.receiver = Receiver()
         r = httpx.post(f"{self.base}/v1/webhooks", json={"url": self.receiver.url},
@@ -895,7 +895,7 @@ class Chaos:
                                                  f"{n} events short"))
         got: Counter[str] = Counter()
         debits = {e["payment_id"] for e in events if e["type"] == "TRANSFER_DEBITED"}
-        for _, _, a in read_all(self.s, self.codec, "read_committed", topic="fraud.alerts"):
+        for _, _, a in read_all(self.s, self.codec, "read_committed", topic=topics.ALERTS):
             got[a["alert_id"]] += 1
             if a["payment_id"] not in debits:
                 self.report.anomalies.append(Anomaly("alert about a payment the journal lacks",
@@ -1018,30 +1018,3 @@ def chaos(*, short: bool = False, faults: list[str] | None = None, clients: int 
     report.seconds = time.monotonic() - t0
     render(report, console)
     return report
-
-
-def register(app: Any) -> None:
-    import typer
-
-    @app.command("chaos")
-    def chaos_cmd(
-        short: bool = typer.Option(False, "--short", help=f"CI mode: {', '.join(SHORT_FAULTS)}"),
-        fault: list[str] = typer.Option(None, "--fault", help=f"only these (repeat): {', '.join(ALL_FAULTS)}"),
-        clients: int = typer.Option(12, help="concurrent HTTP clients"),
-        rate: float = typer.Option(1.5, help="payments/s per HTTP client"),
-        direct_rate: float = typer.Option(20.0, help="transfers/s straight to Kafka"),
-        fraud: bool = typer.Option(False, help="run the fraud component too"),
-        keep: bool = typer.Option(False, help="keep the isolated stack's home (logs) afterwards"),
-        cluster: bool = typer.Option(False, "--cluster", help="three-broker cluster: kill -9 a partition leader"),
-    ) -> None:
-        """Faults under load on an isolated stack, then Jepsen-style checks; exit 1 on any anomaly."""
-        console = Console()
-        if cluster:
-            from ops.cluster import cluster_chaos, render_cluster
-
-            creport = cluster_chaos(console=console, keep=keep)
-            render_cluster(creport, console)
-            raise typer.Exit(0 if creport.ok else 1)
-        report = chaos(short=short, faults=fault or None, clients=clients, rate=rate, direct_rate=direct_rate,
-                       fraud=fraud, keep=keep, console=console)
-        raise typer.Exit(0 if report.ok else 1)

@@ -39,8 +39,8 @@ from rich.console import Console
 from rich.table import Table
 
 from ops import kafka_auth
-from ops.isolated import free_ports
-from paystream import kafka
+from ops.lab.isolated import free_ports
+from paystream import kafka, topics
 from paystream.settings import Settings
 
 NODES = 3
@@ -280,7 +280,7 @@ class ClusterReport:
 @contextlib.contextmanager
 def running_cluster(console: Console, keep: bool = False) -> Iterator[tuple[Settings, Cluster]]:
     """Postgres + registry (isolated) and three brokers; all stopped and deleted afterwards."""
-    from ops.isolated import isolated_stack
+    from ops.lab.isolated import isolated_stack
 
     with isolated_stack("paystream-cluster-", keep=keep, console=console, only=("postgres", "registry"),
                         topics=False) as iso:
@@ -303,8 +303,8 @@ def running_cluster(console: Console, keep: bool = False) -> Iterator[tuple[Sett
 
 def cluster_chaos(*, console: Console | None = None, keep: bool = False, accounts: int = 200,
                   rate: float = 150.0, before: float = 10.0, down: float = 15.0, after: float = 10.0) -> ClusterReport:
-    from ops.chaos import Components, EventLog, KafkaLoad, read_all
-    from ops.isolated import settings_env
+    from ops.lab.chaos import Components, EventLog, KafkaLoad, read_all
+    from ops.lab.isolated import settings_env
     from paystream import commands as C
     from paystream import kafka
     from paystream.codec import Codec
@@ -381,9 +381,9 @@ def cluster_chaos(*, console: Console | None = None, keep: bool = False, account
                                             [c["command_id"] for c in setup + deposits] + sorted(want))
             from pipelines.ledger.app import CHANGELOG as LEDGER_CHANGELOG
 
-            topics = [C.COMMANDS_TOPIC, "ledger.legs", "ledger.events", "__consumer_offsets",
-                      "__transaction_state", LEDGER_CHANGELOG]
-            report.durability = topic_durability(settings, topics)
+            names = [C.COMMANDS_TOPIC, topics.LEGS, topics.EVENTS, "__consumer_offsets",
+                     "__transaction_state", LEDGER_CHANGELOG]
+            report.durability = topic_durability(settings, names)
             waiter.join(240)
             with contextlib.suppress(TimeoutError):
                 _wait(lambda: _isr(settings, C.COMMANDS_TOPIC, 0) == NODES, 120, "")

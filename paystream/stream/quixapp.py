@@ -52,30 +52,47 @@ class RoutedSerializer(Serializer):
         return value[2]
 
 
-def build_application(settings: Settings, *, component: str, instance: str,
-                      commit_interval: float) -> Application:
+def build_application(
+    settings: Settings,
+    *,
+    component: str,
+    instance: str,
+    commit_interval: float,
+    linger_ms: int = 5,
+    fetch_wait_ms: int = 50,
+    poll_timeout: float = 0.1,
+    rocksdb_options: Any = None,
+) -> Application:
+    """The one way a paystream component builds its Quix application: exactly-once,
+    group `paystream-<component>`, a transactional id per instance, state under the
+    stack's home. The ledger passes its own tuning (docs/LEDGER.md)."""
+    extra: dict[str, Any] = {} if rocksdb_options is None else {"rocksdb_options": rocksdb_options}
     app = Application(
         broker_address=kafka.quix_connection(settings),
         consumer_group=f"paystream-{component}",
         processing_guarantee="exactly-once",
         commit_interval=commit_interval,
         auto_offset_reset="earliest",
-        # Skipping data silently would lose alerts or notifications: fail loudly.
+        # Skipping data silently is never right for money, alerts or notifications:
+        # fail loudly instead.
         auto_recover_from_source_offset_out_of_range=False,
         state_dir=str(settings.home / "state" / f"{component}-{instance}"),
+        # A stable id per instance: a restarted instance fences its zombie at once
+        # instead of leaving consumers waiting out the transaction timeout.
         producer_extra_config={
             "transactional.id": f"paystream-{component}-{instance}",
-            "linger.ms": 5,
+            "linger.ms": linger_ms,
             **kafka.QUIX_PRODUCER,
         },
         consumer_extra_config={
-            "fetch.wait.max.ms": 50,
+            "fetch.wait.max.ms": fetch_wait_ms,
             **kafka.QUIX_CONSUMER,
             **metrics.quix_consumer_config(component, settings, instance),
         },
-        consumer_poll_timeout=0.1,
+        consumer_poll_timeout=poll_timeout,
         # With paystream's JSON logging configured, Quix's records go through it.
         loglevel=None if plog.configured() else "INFO",
+        **extra,
     )
     metrics.time_commits(app, component)
     return app

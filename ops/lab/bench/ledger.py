@@ -30,12 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 from paystream import commands as C
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings
 
-EVENTS = "ledger.events"
+EVENTS = topics.EVENTS
 
 
 @dataclass
@@ -86,12 +86,12 @@ class PeakRss:
 class LedgerProcess:
     def __init__(self, settings: Settings, commit_interval: float,
                  env_extra: dict[str, str] | None = None, instance: str = "bench") -> None:
-        # env_extra points the child at another stack (ops.isolated.settings_env).
+        # env_extra points the child at another stack (ops.lab.isolated.settings_env).
         env = {**os.environ, **(env_extra or {}),
                "PAYSTREAM_LEDGER_COMMIT_INTERVAL": str(commit_interval),
                "PAYSTREAM_LEDGER_INSTANCE": instance, "PYTHONUNBUFFERED": "1"}
         log = open(settings.home / "logs" / f"{instance}-ledger.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "paystream.cli", "run", "ledger"],
+        self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "ledger"],
                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
         self.ps = psutil.Process(self.proc.pid)
         self.rss = PeakRss(self.ps)

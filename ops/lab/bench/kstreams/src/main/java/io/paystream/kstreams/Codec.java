@@ -18,7 +18,7 @@ import org.apache.avro.io.EncoderFactory;
 /**
  * Avro values in Confluent wire format (magic byte 0, 4-byte big-endian schema id, Avro
  * binary), with paystream's own schemas from schemas/*.avsc and the ids the registry gave
- * them (passed in by the bench; see ops/bench/kstreams.py). Not Confluent's serializer:
+ * them (passed in by the bench; see ops/lab/bench/kstreams.py). Not Confluent's serializer:
  * that is not on Maven Central.
  */
 final class Codec {

@@ -1,6 +1,6 @@
 """The Kafka Streams peer of `paystream bench compare`: build, topics, process.
 
-`ops/bench/kstreams/` is a small Maven project (Kafka Streams at the broker's
+`ops/lab/bench/kstreams/` is a small Maven project (Kafka Streams at the broker's
 version, Apache Avro; everything from Maven Central) with the ledger's shape:
 commands and legs merged into one processor with one persistent RocksDB store
 (changelogged), `exactly_once_v2`, commit 100 ms, producer linger 20 ms, consumer
@@ -30,15 +30,15 @@ from pathlib import Path
 
 import psutil
 
-from ops.bench.ledger import PeakRss
+from ops.lab.bench.ledger import PeakRss
 from paystream import commands as C
-from paystream import kafka
+from paystream import kafka, topics
 from paystream.codec import SCHEMA_DIR, Codec, topic_specs
 from paystream.settings import PROJECT_ROOT, Settings
 
-PROJECT = PROJECT_ROOT / "ops" / "bench" / "kstreams"
-EVENTS = "ledger.events"
-LEGS = "ledger.legs"
+PROJECT = PROJECT_ROOT / "ops" / "lab" / "bench" / "kstreams"
+EVENTS = topics.EVENTS
+LEGS = topics.LEGS
 TOPICS = (C.COMMANDS_TOPIC, LEGS, EVENTS)
 JVM_HEAP = "512m"
 

@@ -1,4 +1,4 @@
-"""Admin API over the review queue: a FastAPI router the gateway includes.
+"""Admin API over the fraud review queue (`pipelines.fraud.reviews` fills it).
 
 Authentication and the admin check are the gateway's own dependencies (JWT
 only); the Postgres pool is the gateway's. A decision is one Postgres
@@ -15,13 +15,13 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.app import Admin, gw_of
+from gateway.deps import Admin, GatewayDep
 from gateway.problems import Problem, responses
 from gateway.security import valid_account_number
 from pipelines.fraud.reviews import DECISIONS, OUTBOX_CHANNEL, decision_id
@@ -63,11 +63,6 @@ class ReviewOut(BaseModel):
 class ReviewPage(BaseModel):
     items: list[ReviewOut]
     next_cursor: str | None
-
-
-def _pool(request: Request) -> AsyncConnectionPool:
-    pool: AsyncConnectionPool = gw_of(request).pool
-    return pool
 
 
 def _iso(ts: datetime | None) -> str | None:
@@ -120,7 +115,7 @@ async def _account_filter(pool: AsyncConnectionPool, account: str) -> str:
 
 @router.get("", response_model=ReviewPage, responses=responses(400, 401, 403, 404, 422))
 async def list_reviews(
-    p: Admin, request: Request,
+    p: Admin, gw: GatewayDep,
     state: Annotated[Literal["open", "approved", "rejected"] | None, Query()] = None,
     risk: Annotated[Literal["MEDIUM", "HIGH"] | None, Query()] = None,
     account: Annotated[str | None, Query(max_length=64, description="account id or number")] = None,
@@ -128,7 +123,7 @@ async def list_reviews(
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
     """Newest first, keyset-paginated: pass `next_cursor` back as `cursor`."""
-    pool = _pool(request)
+    pool = gw.pool
     where: list[str] = []
     params: list[Any] = []
     if state:
@@ -155,8 +150,8 @@ async def list_reviews(
 
 
 @router.get("/{review_id}", response_model=ReviewOut, responses=responses(401, 403, 404, 422))
-async def get_review(review_id: ReviewId, p: Admin, request: Request) -> dict[str, Any]:
-    async with _pool(request).connection() as conn:
+async def get_review(review_id: ReviewId, p: Admin, gw: GatewayDep) -> dict[str, Any]:
+    async with gw.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT * FROM reviews WHERE alert_id = %s", (review_id,))
         row = await cur.fetchone()
@@ -175,11 +170,11 @@ LIMIT 1
 """
 
 
-async def _decide(request: Request, review_id: uuid.UUID, admin_id: str, verdict: str,
+async def _decide(pool: AsyncConnectionPool, review_id: uuid.UUID, admin_id: str, verdict: str,
                   body: DecisionIn | None) -> dict[str, Any]:
     note = body.note if body else None
     state = "approved" if verdict == "APPROVED" else "rejected"
-    async with _pool(request).connection() as conn, conn.transaction():
+    async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute("SELECT * FROM reviews WHERE alert_id = %s FOR UPDATE", (review_id,))
         row = await cur.fetchone()
@@ -221,13 +216,13 @@ _DECIDE_DOC = (f"Decide an open review (terminal: a second decision is 409). The
 
 @router.post("/{review_id}/approve", response_model=ReviewOut, description=_DECIDE_DOC,
              responses=responses(401, 403, 404, 409, 422))
-async def approve(review_id: ReviewId, p: Admin, request: Request,
+async def approve(review_id: ReviewId, p: Admin, gw: GatewayDep,
                   body: DecisionIn | None = None) -> dict[str, Any]:
-    return await _decide(request, review_id, p.user_id, "APPROVED", body)
+    return await _decide(gw.pool, review_id, p.user_id, "APPROVED", body)
 
 
 @router.post("/{review_id}/reject", response_model=ReviewOut, description=_DECIDE_DOC,
              responses=responses(401, 403, 404, 409, 422))
-async def reject(review_id: ReviewId, p: Admin, request: Request,
+async def reject(review_id: ReviewId, p: Admin, gw: GatewayDep,
                  body: DecisionIn | None = None) -> dict[str, Any]:
-    return await _decide(request, review_id, p.user_id, "REJECTED", body)
+    return await _decide(gw.pool, review_id, p.user_id, "REJECTED", body)

@@ -4,9 +4,9 @@ and against a Kafka Streams peer of the same shape.
 All designs get the same transfers (same accounts, same seed), on the same
 machine, with the same durability promise per acknowledged transfer: paystream
 end to end through Kafka with acks=all, produce -> terminal event visible to a
-read_committed consumer; the Kafka Streams peer (`ops.bench.kstreams`, `--design
+read_committed consumer; the Kafka Streams peer (`ops.lab.bench.kstreams`, `--design
 kstreams`) by the very same procedure on topics of its own on the same broker;
-the baseline (`ops.bench.baseline`) one Postgres transaction with
+the baseline (`ops.lab.bench.baseline`) one Postgres transaction with
 synchronous_commit=on. Three workloads: uniform over all accounts, one hot
 account sending 50 % of the transfers, and fan-in where one merchant receives 50 %.
 The load client encodes every command before the clock starts and submits each
@@ -44,9 +44,9 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
-from ops.bench import baseline as B
-from ops.bench import kstreams as K
-from ops.bench.ledger import EVENTS, Encoded, LedgerProcess, Outcomes, _group_is_busy, encode_all, produce_encoded
+from ops.lab.bench import baseline as B
+from ops.lab.bench import kstreams as K
+from ops.lab.bench.ledger import EVENTS, Encoded, LedgerProcess, Outcomes, _group_is_busy, encode_all, produce_encoded
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings
@@ -405,7 +405,7 @@ class PaystreamRunner(StreamRunner):
 
 
 class KStreamsRunner(StreamRunner):
-    """The Kafka Streams peer (ops/bench/kstreams.py) on topics of its own, same broker."""
+    """The Kafka Streams peer (ops/lab/bench/kstreams.py) on topics of its own, same broker."""
 
     design = "kstreams"
     app_group = "kstreams"

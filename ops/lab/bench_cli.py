@@ -25,7 +25,7 @@ def ledger_cmd(
     batch_linger_ms: float = typer.Option(5.0, help="longest a command waits for its batch"),
 ) -> None:
     """Sustained transfers/s and produce->outcome latency of one ledger process."""
-    from ops.bench.ledger import BATCH, bench
+    from ops.lab.bench.ledger import BATCH, bench
 
     BATCH.update(enabled=batch, max_items=batch_max, linger_ms=batch_linger_ms)
 
@@ -45,7 +45,7 @@ def framework_cmd(
                                     help="alo-pass | eos-pass | eos-state | eos-avro | eos-shape (repeat)"),
 ) -> None:
     """CPU per message of Quix Streams itself, step by step up to the ledger's shape."""
-    from ops.bench.framework import STAGES, bench
+    from ops.lab.bench.framework import STAGES, bench
 
     unknown = sorted(set(stage) - set(STAGES))
     if unknown:
@@ -81,7 +81,7 @@ def compare_cmd(
                                                     "broker design's first workload (broker and JIT warm)"),
 ) -> None:
     """paystream vs a Kafka Streams peer and the classic Postgres row-locking design, same workloads."""
-    from ops.bench.compare import compare, parse_designs
+    from ops.lab.bench.compare import compare, parse_designs
 
     console = Console()
     if not console.is_terminal:
@@ -96,7 +96,7 @@ def compare_cmd(
               json_path=json_out, warmup_seconds=warmup_seconds, instances=instances, console=console)
     try:
         if isolated:
-            from ops.isolated import isolated_stack, settings_env
+            from ops.lab.isolated import isolated_stack, settings_env
 
             with isolated_stack("paystream-compare-", console=console) as iso:
                 compare(iso, env_extra=settings_env(iso), **kw)  # type: ignore[arg-type]

@@ -14,12 +14,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream op
 def _register() -> None:
     from gateway.admin_cli import app as admin_app
     from gateway.bench import register as register_bench_http
-    from ops.bench_cli import app as bench_app
-    from ops.bench_sink import register as register_bench_sink
-    from ops.chaos import register as register_chaos
     from ops.db import app as db_app
     from ops.kafka_access_cli import acls_app
     from ops.kafka_access_cli import app as producers_app
+    from ops.lab.bench_cli import app as bench_app
+    from ops.lab.bench_sink import register as register_bench_sink
+    from ops.lab.chaos_cli import register as register_chaos
     from ops.run_cli import register as register_run
     from ops.schemas_cli import app as schemas_app
     from ops.stack_cli import app as stack_app

@@ -1,0 +1,177 @@
+"""Payments between accounts: made through the ledger, read back from the payment
+record the gateway keeps and from the read model."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path
+from starlette.responses import Response
+
+from gateway import models as M
+from gateway import store
+from gateway.deps import Cursor, GatewayDep, IdemKey, Limit, Prefer, User, account_of, meta, wait_budget
+from gateway.idempotency import fingerprint
+from gateway.problems import Problem, responses
+from gateway.security import Principal, valid_account_number
+from gateway.service import (
+    TERMINAL_STATUSES,
+    Gateway,
+    iso,
+    json_response,
+    payment_record,
+    public,
+    public_reason,
+    render_payment,
+)
+from paystream import commands as C
+from paystream.money import format_minor
+
+router = APIRouter(prefix="/v1", tags=["payments"])
+
+_ACCEPTED = {"description": "accepted; the outcome is not known yet", "model": M.PaymentOut}
+
+
+@router.post(
+    "/payments", status_code=201, response_model=M.PaymentOut,
+    responses={**responses(400, 401, 402, 404, 409, 413, 422, 429, 503), 202: _ACCEPTED},
+)  # fmt: skip
+async def create_payment(
+    body: M.PaymentIn, p: User, gw: GatewayDep, idempotency_key: IdemKey, prefer: Prefer = None
+) -> Response:
+    """Move money from one of the caller's accounts to any account. 201 when the
+    ledger completed it, 402 when it refused or failed, 202 + Location when it did
+    not answer within the wait budget (`Prefer: wait=N`)."""
+    src = await account_of(gw, p, body.from_account, strict=True)
+    dst = await gw.account(body.to_account) if valid_account_number(body.to_account) else None
+    if dst is None:
+        raise Problem(422, "unknown_account", "to_account does not exist")
+    if body.currency != src.currency:
+        raise Problem(422, "currency_mismatch", f"from_account holds {src.currency}, not {body.currency}")
+    payment_id = C.payment_id_for(p.user_id, idempotency_key)
+    fp = fingerprint(
+        {
+            "from": body.from_account,
+            "to": body.to_account,
+            "amount": body.minor,
+            "currency": body.currency,
+            "description": body.description,
+        }
+    )
+    cmd = C.transfer(
+        src.account_id,
+        dst.account_id,
+        body.minor,
+        body.currency,
+        command_id=payment_id,
+        requested_by=p.user_id,
+        metadata=meta(body.description),
+    )
+    record = payment_record(
+        payment_id=payment_id,
+        kind="transfer",
+        from_number=src.account_number,
+        to_number=dst.account_number,
+        minor=body.minor,
+        currency=body.currency,
+        description=body.description,
+        owners=[src.owner_id, dst.owner_id],
+    )
+    return await gw.execute(
+        user_id=p.user_id,
+        endpoint="payments",
+        idem_key=idempotency_key,
+        fp=fp,
+        command=cmd,
+        record=record,
+        wait=wait_budget(gw, prefer),
+        render=render_payment,
+        location=f"/v1/payments/{payment_id}",
+        rate_limit=gw.settings.gateway_rate_payments_per_minute,
+    )
+
+
+@router.get(
+    "/payments/{payment_id}",
+    response_model=M.PaymentOut,
+    responses=responses(401, 404),
+)
+async def get_payment(payment_id: Annotated[str, Path(max_length=64)], p: User, gw: GatewayDep) -> Response:
+    view = await _payment_view(gw, p, payment_id)
+    if view is None:
+        raise Problem(404, "payment_not_found", "no such payment")
+    return json_response(200, view)
+
+
+async def _payment_view(gw: Gateway, p: Principal, payment_id: str) -> dict[str, Any] | None:
+    try:
+        payment_id = str(uuid.UUID(payment_id))
+    except ValueError:
+        return None
+    rec = await gw.cached_payment(payment_id)
+    # The read model is always asked: the cached record holds the outcome the POST
+    # answered, and a later one (a reversal) reaches only the read model; a cached
+    # "completed" must not hide it for the week the record lives.
+    row = await store.payment_row(gw.pool, payment_id)
+    if rec is not None:
+        if not p.is_admin and p.user_id not in rec.get("owners", ()):
+            return None
+        if row is not None:
+            status = str(row.get("status") or "").lower()
+            if status in TERMINAL_STATUSES:
+                reason = row.get("reason")
+                rec = {**rec, "status": status, "reason": str(reason).lower() if reason else None}
+        return public(rec)
+    if row is None:
+        return None
+    return await _row_view(gw, p, row)
+
+
+async def _row_view(gw: Gateway, p: Principal, row: dict[str, Any]) -> dict[str, Any] | None:
+    ids = [str(row[k]) for k in ("from_account", "to_account") if row.get(k)]
+    refs = await gw.accounts_by_id(ids)
+    if not p.is_admin and p.user_id not in {r.owner_id for r in refs.values()}:
+        return None
+    frm = refs.get(str(row.get("from_account")))
+    to = refs.get(str(row.get("to_account")))
+    kind = str(row.get("kind") or "transfer").lower()
+    kind = {"deposit": "deposit", "withdraw": "withdrawal", "withdrawal": "withdrawal"}.get(kind, "transfer")
+    status = str(row.get("status") or "pending").lower()
+    return {
+        "id": str(row["payment_id"]), "object": "payment", "kind": kind,
+        "status": status,
+        "from_account": frm.account_number if frm else None,
+        "to_account": to.account_number if to else None,
+        "amount": format_minor(int(row["amount"]), str(row["currency"])),
+        "currency": str(row["currency"]),
+        "description": row.get("description"), "reason": public_reason(row.get("reason"), status),
+        "created_at": iso(row.get("created_at")),
+    }  # fmt: skip
+
+
+@router.get("/payments", response_model=M.PaymentList, responses=responses(400, 401, 503))
+async def list_payments(p: User, gw: GatewayDep, limit: Limit = 20, starting_after: Cursor = None) -> Response:
+    """Payments from or to the caller's accounts, newest first, from the read model."""
+    await gw.reads.settle(p.user_id)
+    refs = await store.accounts_of(gw.pool, p.user_id)
+    ids = [r.account_id for r in refs]
+    for r in refs:
+        gw.accounts.put(r)
+    before = None
+    if starting_after is not None:
+        try:
+            sid = str(uuid.UUID(starting_after))
+        except ValueError:
+            raise Problem(400, "invalid_cursor", "starting_after is not a payment id") from None
+        row = await store.payment_row(gw.pool, sid)
+        # Only the caller's own payments are cursors: accepting anyone's would tell which
+        # payment ids exist and when they were made. Unknown and foreign ids look alike.
+        mine = row is not None and bool({str(row.get("from_account")), str(row.get("to_account"))} & set(ids))
+        if row is None or not (mine or p.is_admin):
+            raise Problem(400, "invalid_cursor", "starting_after is not one of your payments")
+        before = (row["created_at"], sid)
+    rows = await store.payments_of(gw.pool, ids, limit + 1, before) if ids else []
+    rows = rows or []
+    data = [v for v in [await _row_view(gw, p, r) for r in rows[:limit]] if v is not None]
+    return json_response(200, {"object": "list", "data": data, "has_more": len(rows) > limit})

@@ -1,0 +1,37 @@
+"""`paystream chaos`: the single-node fault suite (ops.lab.chaos) and, with `--cluster`,
+the three-broker one (ops.lab.cluster, which builds on ops.lab.chaos). The command lives
+apart from both so neither imports the other back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+
+from ops.lab.chaos import ALL_FAULTS, SHORT_FAULTS, chaos
+from ops.lab.cluster import cluster_chaos, render_cluster
+
+
+def register(app: Any) -> None:
+    import typer
+
+    @app.command("chaos")
+    def chaos_cmd(
+        short: bool = typer.Option(False, "--short", help=f"CI mode: {', '.join(SHORT_FAULTS)}"),
+        fault: list[str] = typer.Option(None, "--fault", help=f"only these (repeat): {', '.join(ALL_FAULTS)}"),
+        clients: int = typer.Option(12, help="concurrent HTTP clients"),
+        rate: float = typer.Option(1.5, help="payments/s per HTTP client"),
+        direct_rate: float = typer.Option(20.0, help="transfers/s straight to Kafka"),
+        fraud: bool = typer.Option(False, help="run the fraud component too"),
+        keep: bool = typer.Option(False, help="keep the isolated stack's home (logs) afterwards"),
+        cluster: bool = typer.Option(False, "--cluster", help="three-broker cluster: kill -9 a partition leader"),
+    ) -> None:
+        """Faults under load on an isolated stack, then Jepsen-style checks; exit 1 on any anomaly."""
+        console = Console()
+        if cluster:
+            creport = cluster_chaos(console=console, keep=keep)
+            render_cluster(creport, console)
+            raise typer.Exit(0 if creport.ok else 1)
+        report = chaos(short=short, faults=fault or None, clients=clients, rate=rate, direct_rate=direct_rate,
+                       fraud=fraud, keep=keep, console=console)
+        raise typer.Exit(0 if report.ok else 1)
