@@ -7,6 +7,7 @@ it, so routes stay declarative and tests can read the moving parts in one place.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -207,8 +208,10 @@ class Gateway:
         raw = await self.redis.execute("GET", self._pay_key(payment_id))
         return orjson.loads(raw) if raw else None
 
-    async def known_outcome(self, payment_id: str) -> Outcome | None:
-        """The outcome as recorded by an earlier request or the read model."""
+    async def known_outcome(self, payment_id: str, command: dict[str, Any] | None = None) -> Outcome | None:
+        """The outcome as recorded by an earlier request or the read model. With
+        `command`, a read-model row that describes another movement under this id (the
+        key was reused with another body while Redis had lost it) is `id_reused`."""
         rec = await self.cached_payment(payment_id)
         if rec and rec.get("status") in TERMINAL_STATUSES:
             return Outcome(rec["status"], rec.get("reason_code"))
@@ -217,7 +220,8 @@ class Gateway:
             status = str(row.get("status") or "").lower()
             if status in TERMINAL_STATUSES:
                 reason = row.get("reason")
-                return Outcome(status, str(reason) if reason else None)
+                reused = command is not None and not describes(row, command)
+                return Outcome(status, str(reason) if reason else None, id_reused=reused)
         return None
 
     async def wait_outcome(self, waiter: Waiter, budget: float) -> Outcome | None:
@@ -282,6 +286,12 @@ class Gateway:
                 "this Idempotency-Key was used with a different request body",
             )
         if claim.kind == "busy":
+            # Another request holds the key. If the payment's outcome is already
+            # final, that is the answer whoever holds it: a retry must get the first
+            # answer, not 409 until the lock deadline of a holder that may be gone.
+            known = await self.known_outcome(command["command_id"], command)
+            if known is not None:
+                return await self._answer(user_id, command, key, known, record, render)
             raise Problem(
                 409,
                 "request_in_progress",
@@ -298,7 +308,7 @@ class Gateway:
             prior = await self.cached_payment(command_id)
             if prior is not None:
                 record = {**record, "created_at": prior.get("created_at", record["created_at"])}
-            known = await self.known_outcome(command_id)
+            known = await self.known_outcome(command_id, command)
             if known is not None:
                 return await self._answer(user_id, command, key, known, record, render)
 
@@ -325,7 +335,15 @@ class Gateway:
                     await self.idem.release(key, token)
                 raise
             await self.idem.accepted(key, token, self._pay_key(record["id"]), orjson.dumps(record), self._pay_ttl)
-            outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
+            try:
+                outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
+            except BaseException:
+                # Postgres failed us, or the client went away: the command is on its
+                # way, so a retry should wait for its outcome at once, not 409 until
+                # the lock deadline.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.idem.unlock(key, token))
+                raise
             if outcome is None:
                 handed_off = True
                 await self.idem.unlock(key, token)  # a retry now waits for the outcome, not 409
@@ -412,6 +430,33 @@ def render_payment(outcome: Outcome, final: dict[str, Any]) -> tuple[int, bytes,
     code = (outcome.reason or "payment_failed").lower()
     detail = f"the payment was {outcome.status}: {code.replace('_', ' ')}"
     return 402, problem_body(402, code, detail, payment=final), PROBLEM_JSON
+
+
+def describes(row: dict[str, Any], command: dict[str, Any]) -> bool:
+    """Whether a read-model payment row is the movement `command` asks for."""
+    mv = command.get("movement")
+    if mv is None:
+        return True  # status changes carry no movement to compare
+    kind = str(row.get("kind") or "")
+    account = command["account_id"]
+    ends = {
+        "TRANSFER": (account, mv.get("counterparty_id")),
+        "DEPOSIT": (None, account),
+        "WITHDRAW": (account, None),
+    }.get(command["type"])
+    if ends is None or kind != command["type"]:
+        return False
+    src, dst = ends
+    same_ends = (src is None or str(row.get("from_account")) == src) and (
+        dst is None or str(row.get("to_account")) == dst
+    )
+    description = (mv.get("metadata") or {}).get("description")
+    return (
+        same_ends
+        and row.get("amount") == mv["amount"]
+        and row.get("currency") == mv["currency"]
+        and row.get("description") == description
+    )
 
 
 def payment_record(

@@ -75,6 +75,9 @@ ALL_FAULTS = ("kill-ledger", "kill-sink", "kill-gateway", "kill-fraud", "kafka-r
 # Faults that need the downstream pipelines (fraud, notifications, webhooks) running.
 DOWNSTREAM_FAULTS = ("kill-fraud", "webhook-outage")
 WEBHOOK_OUTAGE_SECONDS = 15.0
+# How long a re-sent payment is retried while it is answered 409 or 5xx: past the
+# gateway's in-flight lock (gateway_inflight_lock_seconds) with room to spare.
+REPLAY_SECONDS = 45.0
 SHORT_FAULTS = ("kill-ledger", "kill-gateway", "kill-fraud", "kafka-restart", "redis-restart", "webhook-outage")
 CURRENCY = "USD"
 
@@ -304,9 +307,13 @@ class HttpLoad:
         async def go() -> None:
             async with httpx.AsyncClient(base_url=self.base, timeout=httpx.Timeout(20.0, connect=2.0)) as client:
                 for pay in pays:
-                    for _ in range(20):
+                    # 409 and 5xx say "not yet", never "no": a client retries them, so the
+                    # replay does too, for longer than a held key's lock (30 s by default)
+                    # can last. What it ends with is the answer that is checked.
+                    give_up = time.monotonic() + REPLAY_SECONDS
+                    while True:
                         a = await self.attempt(client, pay)
-                        if a.status not in RETRY:
+                        if a.status not in RETRY or time.monotonic() > give_up:
                             break
                         await asyncio.sleep(0.5)
                     pay.replayed.append(a.status)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -32,6 +33,7 @@ import pytest
 import redis
 from confluent_kafka import TopicPartition
 
+from gateway.idempotency import fingerprint
 from gateway.store import open_command_id
 from ops.run_cli import COMPONENTS
 from paystream import kafka
@@ -405,6 +407,55 @@ def test_reused_key_with_other_body_is_422(gw: Env, reader: EventReader) -> None
         assert pay(c, a, b, "5.00", key=key).status_code == 201
         r = pay(c, a, b, "6.00", key=key)
     assert r.status_code == 422 and r.json()["code"] == "idempotency_key_reused"
+
+
+def test_a_retry_behind_a_holder_that_is_gone_gets_the_first_answer(gw: Env, reader: EventReader) -> None:
+    """The key is locked by a request that will never finish it (its gateway died after
+    sending, or Redis came back with the claim but not the answer): once the payment's
+    outcome is final, a retry gets that answer, not 409 until the lock deadline. This
+    is the race `paystream chaos` saw as "re-send after key loss answered differently"."""
+    a, b = register(gw), register(gw)
+    wait_opened(gw, reader, a, b)
+    assert deposit(gw, a, "100.00").status_code == 201
+    key = uuid.uuid4().hex
+    r = redis.Redis.from_url(gw.env["PAYSTREAM_REDIS_URL"])
+    idem_key = f"{gw.prefix}idem:{a.user_id}:payments:{hashlib.blake2b(key.encode(), digest_size=16).hexdigest()}"
+
+    def held_by_a_ghost() -> None:
+        lock_until = int(time.time() * 1000) + 30_000
+        r.hset(idem_key, mapping={"state": "accepted", "token": "gone", "lock_until": lock_until, "sent": "1"})
+        r.hdel(idem_key, "status", "body", "headers")
+
+    with gw.client() as c:
+        first = pay(c, a, b, "30.00", key=key)
+        assert first.status_code == 201, first.text
+        assert r.hget(idem_key, "state") == b"done"
+        held_by_a_ghost()
+        again = pay(c, a, b, "30.00", key=key)
+        assert again.status_code == 201, again.text
+        assert again.json()["id"] == first.json()["id"] and again.json()["status"] == "completed"
+        assert r.hget(idem_key, "state") == b"done"  # and the key remembers it again
+        if gw.has_sink:
+            # the payment record is gone too: the read model has the outcome
+            wait_balance(gw, a, "70.00")
+            held_by_a_ghost()
+            r.delete(f"{gw.prefix}pay:{first.json()['id']}")
+            third = pay(c, a, b, "30.00", key=key)
+            assert third.status_code == 201 and third.json()["status"] == "completed", third.text
+            # Redis lost the key, another body under it is being held: the read model's
+            # payment is not this request's, so the answer is 422, never the other's 201
+            held_by_a_ghost()
+            r.delete(f"{gw.prefix}pay:{first.json()['id']}")
+            other_fp = fingerprint(
+                {"from": a.number, "to": b.number, "amount": 3100, "currency": "USD", "description": None}
+            )
+            r.hset(idem_key, "fp", other_fp)
+            other = pay(c, a, b, "31.00", key=key)
+            assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused", other.text
+    pid = first.json()["id"]
+    reader.poll_until(lambda evs: any(e["payment_id"] == pid and e["type"] == "TRANSFER_COMPLETED" for e in evs))
+    drain(reader, 1.0)
+    assert len(debits(reader, pid)) == 1
 
 
 def test_forgotten_key_still_pays_once(gw: Env, reader: EventReader) -> None:

@@ -227,3 +227,19 @@ def test_a_reversal_in_the_read_model_wins_over_the_cached_completion(monkeypatc
     # someone else's payment stays hidden, whatever the read model says
     assert asyncio.run(payments._payment_view(FakeGateway(), Principal("u2", "user"), pid)) is None  # type: ignore[arg-type]
 
+
+def test_a_read_model_row_describes_only_its_own_movement() -> None:
+    from gateway.service import describes
+    from paystream import commands as C
+
+    src, dst = str(uuid.uuid4()), str(uuid.uuid4())
+    cmd = C.transfer(src, dst, 3000, "USD", command_id=str(uuid.uuid4()), metadata={"description": "rent"})
+    row = {"kind": "TRANSFER", "from_account": uuid.UUID(src), "to_account": uuid.UUID(dst),
+           "amount": 3000, "currency": "USD", "description": "rent"}
+    assert describes(row, cmd)
+    assert not describes({**row, "amount": 3100}, cmd)
+    assert not describes({**row, "to_account": uuid.uuid4()}, cmd)
+    assert not describes({**row, "description": None}, cmd)
+    assert not describes({**row, "kind": "DEPOSIT"}, cmd)
+    dep = C.deposit(dst, 3000, "USD", command_id=str(uuid.uuid4()))
+    assert describes({**row, "kind": "DEPOSIT", "from_account": None, "description": None}, dep)
