@@ -84,7 +84,7 @@ class Cluster:
 
         self.root = root
         self.heap = heap
-        self.kafka = stack._Kafka(settings)  # the jar cache and log4j config of the single-node stack
+        self.kafka = stack.Kafka(settings)  # the jar cache and log4j config of the single-node stack
         self.settings = settings
         ports = free_ports(2 * NODES)
         self.nodes = [Node(i + 1, ports[2 * i], ports[2 * i + 1], root / f"broker-{i + 1}") for i in range(NODES)]
@@ -133,15 +133,15 @@ class Cluster:
     def format(self, console: Console) -> None:
         if not self.kafka._downloaded():
             self.kafka._download(console)
-        from ops.stack import _run
+        from ops.stack import run_step
 
         initial = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}:{n.dir_id}" for n in self.nodes)
         for n in self.nodes:
             self._write(n)
-            _run([*self.kafka._java_base(), "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                  "-c", str(n.properties), "--initial-controllers", initial,
-                  "--feature", "transaction.version=1", *kafka_auth.format_args(self.settings)],
-                 what=f"format broker {n.node_id}", timeout=120)
+            run_step([*self.kafka._java_base(), "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                      "-c", str(n.properties), "--initial-controllers", initial,
+                      "--feature", "transaction.version=1", *kafka_auth.format_args(self.settings)],
+                     what=f"format broker {n.node_id}", timeout=120)
 
     def start(self, n: Node) -> None:
         from ops.stack import LOG4J2_CONFIG
