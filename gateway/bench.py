@@ -76,7 +76,7 @@ async def _setup(settings: Settings, base: str, n: int, console: Console) -> lis
     from psycopg_pool import AsyncConnectionPool
 
     from gateway import store
-    from gateway.outbox import Relay
+    from gateway.outbox import relay as outbox_relay
     from gateway.security import hash_password, issue_token
 
     pw_hash = hash_password(uuid.uuid4().hex + "A1")
@@ -99,7 +99,7 @@ async def _setup(settings: Settings, base: str, n: int, console: Console) -> lis
             assert ref is not None
             token = issue_token(settings, user.user_id, "user", now=time.time())
             users.append(BenchUser(user.user_id, ref.account_number, {"Authorization": f"Bearer {token}"}))
-    relay = Relay(settings)
+    relay = outbox_relay(settings)
     await asyncio.to_thread(relay.drain)
     admin_headers = {"Authorization": f"Bearer {issue_token(settings, admin.user_id, 'admin')}"}
     console.print(f"created {n} users; funding their accounts")

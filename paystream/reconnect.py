@@ -1,6 +1,6 @@
 """Waiting out a lost Postgres connection: which errors mean the connection is gone,
 and how long to wait before trying again. Shared by every loop that reconnects (the
-read-model sink, the reviews and webhooks intakes, the decision outbox relay)."""
+read-model sink, the reviews and webhooks intakes, both outbox relays)."""
 
 from __future__ import annotations
 

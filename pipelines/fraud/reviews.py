@@ -7,9 +7,10 @@ Two loops in one process:
   `paystream.stream.pgconsumer`).
 * **outbox -> fraud.decisions**: the decision API writes the review's new state
   and a `review_outbox` row in one transaction; this relay publishes each row as
-  a `ReviewDecision` and marks it published. It is at-least-once (a crash between
-  the broker's ack and the mark republishes), which is safe because the decision
-  id is derived from the alert id and compensation applies one decision per alert.
+  a `ReviewDecision` and marks it published (`decision_relay`, the shared relay of
+  `paystream.stream.outbox`). It is at-least-once (a crash between the broker's ack
+  and the mark republishes), which is safe because the decision id is derived from
+  the alert id and compensation applies one decision per alert.
 
 Why an outbox rather than producing inside the request: Postgres is where the
 decision is *made* (the open -> decided transition is the 409 check). Producing
@@ -21,11 +22,9 @@ Postgres committed.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
-import time
 import uuid
 from typing import Any
 
@@ -37,8 +36,8 @@ from paystream import ids, kafka, metrics, topics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
-from paystream.reconnect import Backoff, connection_lost
 from paystream.settings import Settings, get_settings
+from paystream.stream.outbox import OutboxRelay, OutboxSpec
 from paystream.stream.pgconsumer import PgConsumer
 
 ALERTS = topics.ALERTS
@@ -101,83 +100,31 @@ class AlertIntake:
         self.producer.produce(DLQ_TOPIC, key=m.key(), value=self.codec.encode(DLQ_TOPIC, record))
 
 
-class OutboxRelay:
-    """Publishes committed decisions; woken by NOTIFY, with a poll as a safety net."""
+# Unpublished decisions in the order they were decided; decision_id breaks ties of
+# created_at, so a retried batch goes out in the same order as the first attempt.
+CLAIM_DECISIONS = (
+    "SELECT decision_id, message_key, payload FROM review_outbox"
+    " WHERE published_at IS NULL ORDER BY created_at, decision_id LIMIT %s FOR UPDATE SKIP LOCKED"
+)
 
-    def __init__(self, settings: Settings, codec: Codec, *, batch: int = 100,
-                 poll_interval: float = 0.5, topic: str = DECISIONS) -> None:
-        """`topic`: where to publish (fraud.decisions; a test's scratch topic)."""
-        self.settings = settings
-        self.codec = codec
-        self.topic = topic
-        self.batch = batch
-        self.poll_interval = poll_interval
-        self.producer = kafka.BatchPublisher(
-            lambda: kafka.producer(settings, **{"message.timeout.ms": 10_000}))
 
-    def publish_pending(self, conn: psycopg.Connection[Any]) -> int:
-        with conn.transaction():
-            rows = conn.execute(
-                "SELECT decision_id, message_key, payload FROM review_outbox"
-                " WHERE published_at IS NULL ORDER BY created_at LIMIT %s FOR UPDATE SKIP LOCKED",
-                (self.batch,),
-            ).fetchall()
-            if not rows:
-                return 0
-            errors: list[str] = []
+def decision_relay(settings: Settings, codec: Codec, *, batch: int = 100, poll_interval: float = 0.5,
+                   topic: str = DECISIONS) -> OutboxRelay:
+    """The relay of committed decisions (`paystream.stream.outbox`: woken by NOTIFY,
+    with a poll as a safety net; a lost connection or a Kafka outage is waited out).
 
-            def delivered(err: Any, _msg: Any) -> None:
-                if err is not None:
-                    errors.append(str(err))
+    `topic`: where to publish (fraud.decisions; a test's scratch topic). The value is
+    always a `ReviewDecision` in fraud.decisions' schema, whatever the topic.
+    """
 
-            for _, key, payload in rows:
-                value = payload if isinstance(payload, dict) else json.loads(payload)
-                self.producer.produce(self.topic, key=key.encode(), on_delivery=delivered,
-                                      value=self.codec.encode(DECISIONS, value))
-            left = self.producer.flush(15)
-            ids = [r[0] for r in rows]
-            if errors or left:
-                conn.execute(
-                    "UPDATE review_outbox SET attempts = attempts + 1, last_error = %s"
-                    " WHERE decision_id = ANY(%s)", ((errors or ["flush timeout"])[0][:500], ids))
-                log.warning("outbox publish failed: %s", errors[:1] or "flush timeout")
-                return 0
-            conn.execute(
-                "UPDATE review_outbox SET published_at = now(), attempts = attempts + 1"
-                " WHERE decision_id = ANY(%s)", (ids,))
-        metrics.OUTBOX_PUBLISHED.labels("reviews").inc(len(rows))
-        return len(rows)
+    def encode(_topic: str, payload: dict[str, Any]) -> bytes:
+        return codec.encode(DECISIONS, payload)
 
-    def run(self, stop: threading.Event) -> None:
-        """Publish until `stop`; a lost Postgres connection is waited out (capped
-        backoff, then reconnect and LISTEN again), as in `PgConsumer.run`."""
-        backoff = Backoff()
-        while not stop.is_set():
-            try:
-                # Named, so pg_stat_activity tells an operator (and a test) which they are.
-                with psycopg.connect(self.settings.postgres_dsn, autocommit=True,
-                                     application_name=RELAY_APPLICATION_NAME) as listen, \
-                        psycopg.connect(self.settings.postgres_dsn,
-                                        application_name=RELAY_APPLICATION_NAME) as conn:
-                    listen.execute(f"LISTEN {OUTBOX_CHANNEL}")
-                    while not stop.is_set():
-                        try:
-                            while self.publish_pending(conn):
-                                pass
-                        except psycopg.Error as exc:
-                            if connection_lost(exc):
-                                raise
-                            log.warning("outbox relay: %s", exc)
-                            time.sleep(1)
-                        for _ in listen.notifies(timeout=self.poll_interval, stop_after=1):
-                            pass
-                        backoff.reset()
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                if not connection_lost(exc):
-                    raise
-                delay = backoff.next()
-                log.warning("outbox relay: postgres unavailable (%s); retrying in %.1fs", exc, delay)
-                stop.wait(delay)
+    return OutboxRelay(settings, OutboxSpec(
+        name="reviews", table="review_outbox", id_column="decision_id", claim_sql=CLAIM_DECISIONS,
+        channel=OUTBOX_CHANNEL, topic=lambda _row: topic, encode=encode,
+        application_name=RELAY_APPLICATION_NAME, batch_size=batch, poll_interval=poll_interval,
+    ))  # fmt: skip
 
 
 def run(settings: Settings | None = None) -> None:
@@ -188,7 +135,7 @@ def run(settings: Settings | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    relay = OutboxRelay(settings, codec)
+    relay = decision_relay(settings, codec)
     intake = PgConsumer(settings, name="reviews", topic=ALERTS, handle=AlertIntake(settings, codec))
     failed: list[BaseException] = []
 

@@ -126,13 +126,13 @@ def test_outbox_relay_waits_out_a_lost_connection_and_publishes_what_comes_after
     from psycopg.types.json import Jsonb
 
     from paystream.codec import Codec
-    from pipelines.fraud.reviews import OUTBOX_CHANNEL, RELAY_APPLICATION_NAME, OutboxRelay
+    from pipelines.fraud.reviews import OUTBOX_CHANNEL, RELAY_APPLICATION_NAME, decision_relay
 
     run = uuid.uuid4().hex[:8]
     topic = f"test.outbox.{run}"
     admin = kafka.admin(db)
     admin.create_topics([NewTopic(topic, 1, 1)])[topic].result()
-    relay = OutboxRelay(db, Codec(db.registry_url), poll_interval=0.2, topic=topic)
+    relay = decision_relay(db, Codec(db.registry_url), poll_interval=0.2, topic=topic)
     stop = threading.Event()
 
     def decision() -> tuple[str, str, dict[str, Any]]:
