@@ -10,12 +10,13 @@ from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.responses import Response
 
 from gateway import models as M
 from gateway import security, store
 from gateway.problems import Problem
 from gateway.security import Principal, bearer, rate_subject, valid_account_number
-from gateway.service import Gateway
+from gateway.service import Answer, Gateway
 
 _bearer = HTTPBearer(auto_error=False, bearerFormat="JWT")
 _WAIT = re.compile(r"(?:^|[,;\s])wait\s*=\s*([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE)
@@ -84,10 +85,6 @@ def wait_budget(gw: Gateway, prefer: str | None) -> float:
     return gw.settings.gateway_wait_default_seconds
 
 
-def meta(description: str | None) -> dict[str, str]:
-    return {"description": description} if description else {}
-
-
 _NOT_FOUND = "no such account"
 
 
@@ -100,3 +97,8 @@ async def account_of(gw: Gateway, p: Principal, number: str, *, strict: bool = F
     if ref is None or (ref.owner_id != p.user_id and (strict or not p.is_admin)):
         raise Problem(404, "account_not_found", _NOT_FOUND)
     return ref
+
+
+def respond(answer: Answer) -> Response:
+    """A service answer as the HTTP response."""
+    return Response(answer.body, status_code=answer.status, media_type=answer.media, headers=answer.headers)

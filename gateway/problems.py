@@ -124,7 +124,9 @@ def _paystream(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, PaystreamError)
     if isinstance(exc, Problem):
         return problem_response(exc.status, exc.code, exc.detail, headers=exc.headers, **exc.extensions)
-    return problem_response(exc.status, exc.code, exc.detail)
+    retry_after = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return problem_response(exc.status, exc.code, exc.detail, headers=headers)
 
 
 def _http(request: Request, exc: Exception) -> Response:

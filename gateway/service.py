@@ -11,11 +11,8 @@ import contextlib
 import itertools
 import json
 import logging
-import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -23,14 +20,21 @@ from psycopg_pool import AsyncConnectionPool
 from starlette.responses import Response
 
 from gateway import store
+from gateway.errors import (
+    KEY_REUSED_DETAIL,
+    IdempotencyKeyReused,
+    LedgerUnavailable,
+    RateLimited,
+    RequestInProgress,
+)
 from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
 from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
-from gateway.problems import PROBLEM_JSON, Problem, problem_body
+from gateway.movements import Movement
+from gateway.problems import PROBLEM_JSON, problem_body
 from gateway.reads import ReadYourWrites
 from gateway.resp import RespClient
 from gateway.security import Network, TokenVerifier, parse_networks
 from paystream.codec import SCHEMA_DIR, Codec
-from paystream.money import format_minor
 from paystream.settings import Settings
 
 log = logging.getLogger("paystream.gateway")
@@ -69,6 +73,16 @@ class Outcome:
     status: str  # completed | failed | rejected
     reason: str | None = None
     id_reused: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A request's answer as the idempotency key stores and replays it."""
+
+    status: int
+    body: bytes
+    media: str
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 _TOKEN_PREFIX = uuid.uuid4().hex[:12]
@@ -112,20 +126,23 @@ class AccountCache:
         self.by_id[ref.account_id] = ref
 
 
-def iso(ts: Any) -> str:
-    if isinstance(ts, datetime):
-        return ts.astimezone(UTC).isoformat().replace("+00:00", "Z")
-    if isinstance(ts, int | float):
-        return datetime.fromtimestamp(ts / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return str(ts)
-
-
 def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
 class Gateway:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: RespClient | None = None,
+        idem: IdempotencyStore | None = None,
+        sender: CommandSender | None = None,
+        listener: ResultListener | None = None,
+        reads: ReadYourWrites | None = None,
+    ) -> None:
+        """Adapters not given are built from `settings`; tests give fakes, so the
+        idempotency protocol runs in unit tests without Redis or Kafka."""
         self.settings = settings
         self.trusted: tuple[Network, ...] = parse_networks(settings.gateway_trusted_proxies)
         self.jwt_key = settings.jwt_key()
@@ -134,8 +151,8 @@ class Gateway:
         self.pool = AsyncConnectionPool(
             settings.postgres_dsn, min_size=2, max_size=settings.gateway_pg_pool_max, open=False
         )
-        self.redis = RespClient(settings.redis_url)
-        self.idem = IdempotencyStore(
+        self.redis = redis or RespClient(settings.redis_url)
+        self.idem = idem or IdempotencyStore(
             self.redis,
             self.prefix,
             settings.gateway_idempotency_ttl_seconds,
@@ -151,10 +168,10 @@ class Gateway:
             reset_seconds=settings.gateway_login_failures_reset_seconds,
         )
         self.codec = Codec(settings.registry_url)
-        self.sender = CommandSender(settings, self.codec)
-        self.listener = ResultListener(settings, self.codec, uuid.uuid4().hex[:12])
+        self.sender = sender or CommandSender(settings, self.codec)
+        self.listener = listener or ResultListener(settings, self.codec, uuid.uuid4().hex[:12])
         self.accounts = AccountCache()
-        self.reads = ReadYourWrites(self.redis, self.pool, self.prefix, settings.gateway_read_wait_seconds)
+        self.reads = reads or ReadYourWrites(self.redis, self.pool, self.prefix, settings.gateway_read_wait_seconds)
         self.background: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
@@ -251,57 +268,38 @@ class Gateway:
             if known is not None:
                 return known
 
-    async def execute(
-        self,
-        *,
-        user_id: str,
-        endpoint: str,
-        idem_key: str,
-        fp: str,
-        command: dict[str, Any],
-        record: dict[str, Any],
-        wait: float,
-        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
-        location: str | None,
-        rate_limit: int = 0,
-    ) -> Response:
-        """Run one idempotent command: claim the key, send, wait, answer, remember.
-        `rate_limit` > 0 counts the request against the user's per-minute budget for
-        this endpoint, in the same Redis call as the claim."""
-        key = self.idem.key(user_id, endpoint, idem_key)
+    async def submit(self, move: Movement, wait: float) -> Answer:
+        """Run one idempotent movement: claim the key, send, wait, answer, remember.
+
+        Payments count against the user's per-minute budget in the same Redis call
+        as the claim. The answer is what the key replays byte for byte (Stripe's
+        rule), so it is rendered here; refusals are domain errors (gateway.errors)."""
+        command, record = move.command(), move.record()
+        key = self.idem.key(move.user_id, move.endpoint, move.idem_key)
         token = _token()
-        rate = self.limiter.window(endpoint, user_id, rate_limit) if rate_limit else None
-        claim = await self.idem.claim(key, fp, token, rate)
+        limit = self.settings.gateway_rate_payments_per_minute if move.kind == "transfer" else 0
+        rate = self.limiter.window(move.endpoint, move.user_id, limit) if limit else None
+        claim = await self.idem.claim(key, move.fingerprint(), token, rate)
         if claim.kind == "rate":
-            raise Problem(
-                429,
-                "rate_limited",
-                f"too many {endpoint} requests; retry in {claim.retry_after} s",
-                headers={"Retry-After": str(claim.retry_after)},
+            raise RateLimited(
+                f"too many {move.endpoint} requests; retry in {claim.retry_after} s", retry_after=claim.retry_after
             )
         if claim.kind == "mismatch":
-            raise Problem(
-                422,
-                "idempotency_key_reused",
-                "this Idempotency-Key was used with a different request body",
-            )
+            raise IdempotencyKeyReused(KEY_REUSED_DETAIL)
         if claim.kind == "busy":
             # Another request holds the key. If the payment's outcome is already
             # final, that is the answer whoever holds it: a retry must get the first
             # answer, not 409 until the lock deadline of a holder that may be gone.
             known = await self.known_outcome(command["command_id"], command)
             if known is not None:
-                return await self._answer(user_id, command, key, known, record, render)
-            raise Problem(
-                409,
-                "request_in_progress",
-                "a request with this Idempotency-Key is still being processed",
-                headers={"Retry-After": str(claim.retry_after)},
+                return await self._answer(move.user_id, command, key, known, record)
+            raise RequestInProgress(
+                "a request with this Idempotency-Key is still being processed", retry_after=claim.retry_after
             )
         if claim.kind == "done":
             headers = {**(claim.headers or {}), "Idempotent-Replayed": "true"}
             media = PROBLEM_JSON if claim.status >= 400 else "application/json"
-            return Response(claim.body, status_code=claim.status, headers=headers, media_type=media)
+            return Answer(claim.status, claim.body, media, headers)
 
         command_id = command["command_id"]
         if claim.kind == "resume":
@@ -310,7 +308,7 @@ class Gateway:
                 record = {**record, "created_at": prior.get("created_at", record["created_at"])}
             known = await self.known_outcome(command_id, command)
             if known is not None:
-                return await self._answer(user_id, command, key, known, record, render)
+                return await self._answer(move.user_id, command, key, known, record)
 
         waiter = self.listener.register(command_id)
         handed_off = False
@@ -324,12 +322,7 @@ class Gateway:
                     await self.idem.accepted(key, token)
                     await self.idem.unlock(key, token)
                 log.warning("command %s not sent: %s", command_id, exc)
-                raise Problem(
-                    503,
-                    "ledger_unavailable",
-                    "the payment could not be submitted; retry later",
-                    headers={"Retry-After": "1"},
-                ) from None
+                raise LedgerUnavailable("the payment could not be submitted; retry later", retry_after=1) from None
             except BaseException:
                 if not claim.sent:
                     await self.idem.release(key, token)
@@ -347,70 +340,63 @@ class Gateway:
             if outcome is None:
                 handed_off = True
                 await self.idem.unlock(key, token)  # a retry now waits for the outcome, not 409
-                self._spawn(self._finalize_later(key, waiter, record, render))
-                headers = {"Location": location} if location else {}
-                if wait > 0 or location:
-                    headers["Retry-After"] = "1"
-                return json_response(202, public(record), headers)
-            return await self._answer(user_id, command, key, outcome, record, render)
+                self._spawn(self._finalize_later(key, waiter, record))
+                headers = {"Location": f"/v1/payments/{command_id}", "Retry-After": "1"}
+                return Answer(202, orjson.dumps(public(record)), "application/json", headers)
+            return await self._answer(move.user_id, command, key, outcome, record)
         finally:
             if not handed_off:
                 self.listener.unregister(waiter)
 
+    async def send_and_wait(self, command: dict[str, Any], wait: float) -> Outcome | None:
+        """Send a command that needs no idempotency key (its id is its own) and wait
+        up to `wait` seconds for its outcome; None if it did not come in time."""
+        waiter = self.listener.register(command["command_id"])
+        try:
+            try:
+                await self.sender.send(command)
+            except SendError as exc:
+                log.warning("command %s not sent: %s", command["command_id"], exc)
+                raise LedgerUnavailable("the command could not be submitted; retry later", retry_after=1) from None
+            return await self.wait_outcome(waiter, wait)
+        finally:
+            self.listener.unregister(waiter)
+
     async def _answer(
-        self,
-        user_id: str,
-        command: dict[str, Any],
-        key: str,
-        outcome: Outcome,
-        record: dict[str, Any],
-        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
-    ) -> Response:
-        """The outcome as the response, remembered for the caller's next reads."""
-        response = await self._finish(key, outcome, record, render)
+        self, user_id: str, command: dict[str, Any], key: str, outcome: Outcome, record: dict[str, Any]
+    ) -> Answer:
+        """The outcome as the answer, remembered for the caller's next reads."""
+        answer = await self._finish(key, outcome, record)
         if not outcome.id_reused:
             await self.reads.told(user_id, command["command_id"], command["account_id"], outcome.status)
-        return response
+        return answer
 
-    async def _finish(
-        self,
-        key: str,
-        outcome: Outcome,
-        record: dict[str, Any],
-        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
-    ) -> Response:
+    async def _finish(self, key: str, outcome: Outcome, record: dict[str, Any]) -> Answer:
         if outcome.id_reused:
             # The ledger knows this payment id with other fields (Redis had lost the
             # key): the record written at send time describes the refused request,
             # so it goes; the key remembers the refusal.
-            detail = "this Idempotency-Key was used with a different request body"
-            body = problem_body(422, "idempotency_key_reused", detail)
+            body = problem_body(422, IdempotencyKeyReused.code, KEY_REUSED_DETAIL)
             await self.redis.execute("DEL", self._pay_key(record["id"]))
             await self.idem.done(key, 422, body)
-            return Response(body, status_code=422, media_type=PROBLEM_JSON)
+            return Answer(422, body, PROBLEM_JSON)
         final = {
             **record,
             "status": outcome.status,
             "reason": public_reason(outcome.reason, outcome.status),
         }
-        status, body, media = render(outcome, public(final))
+        status, body, media = render_payment(outcome, public(final))
         saved = orjson.dumps({**final, "reason_code": outcome.reason})
         await self.idem.done(key, status, body, None, self._pay_key(record["id"]), saved, self._pay_ttl)
-        return Response(body, status_code=status, media_type=media)
+        return Answer(status, body, media)
 
-    async def _finalize_later(
-        self,
-        key: str,
-        waiter: Waiter,
-        record: dict[str, Any],
-        render: Callable[[Outcome, dict[str, Any]], tuple[int, bytes, str]],
-    ) -> None:
+    async def _finalize_later(self, key: str, waiter: Waiter, record: dict[str, Any]) -> None:
         """After a 202, keep listening so the key and the payment record learn the
         outcome without the client having to come back with the same request."""
         try:
             outcome = await self.wait_outcome(waiter, self.settings.gateway_finalize_seconds)
             if outcome is not None:
-                await self._finish(key, outcome, record, render)
+                await self._finish(key, outcome, record)
         except Exception:
             log.exception("finalizing %s failed", waiter.command_id)
         finally:
@@ -457,26 +443,6 @@ def describes(row: dict[str, Any], command: dict[str, Any]) -> bool:
         and row.get("currency") == mv["currency"]
         and row.get("description") == description
     )
-
-
-def payment_record(
-    *,
-    payment_id: str,
-    kind: str,
-    from_number: str | None,
-    to_number: str | None,
-    minor: int,
-    currency: str,
-    description: str | None,
-    owners: list[str],
-) -> dict[str, Any]:
-    return {
-        "id": payment_id, "object": "payment", "kind": kind, "status": "pending",
-        "from_account": from_number, "to_account": to_number,
-        "amount": format_minor(minor, currency), "currency": currency,
-        "description": description, "reason": None,
-        "created_at": iso(int(time.time() * 1000)), "owners": owners,
-    }  # fmt: skip
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:

@@ -152,27 +152,26 @@ def create_user_sync(dsn: str, *, email: str, password_hash: str, name: str, rol
     return User(user_id, email, name, role, password_hash, row[0])
 
 
-async def user_by_email(pool: AsyncConnectionPool, email: str) -> User | None:
+async def _one(pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]) -> dict[str, Any] | None:
+    """One row of the gateway's own tables (which always exist), or None."""
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT * FROM users WHERE email = %s", (email,))
-        row = await cur.fetchone()
+        await cur.execute(sql, params)
+        return await cur.fetchone()
+
+
+async def user_by_email(pool: AsyncConnectionPool, email: str) -> User | None:
+    row = await _one(pool, "SELECT * FROM users WHERE email = %s", (email,))
     return _user(row) if row else None
 
 
 async def user_by_id(pool: AsyncConnectionPool, user_id: str) -> User | None:
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT * FROM users WHERE user_id = %s", (user_id,))
-        row = await cur.fetchone()
+    row = await _one(pool, "SELECT * FROM users WHERE user_id = %s", (user_id,))
     return _user(row) if row else None
 
 
 async def account_by_number(pool: AsyncConnectionPool, number: str) -> AccountRef | None:
-    async with pool.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT * FROM gateway_accounts WHERE account_number = %s", (number,))
-        row = await cur.fetchone()
+    row = await _one(pool, "SELECT * FROM gateway_accounts WHERE account_number = %s", (number,))
     return _ref(row) if row else None
 
 

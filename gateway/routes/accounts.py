@@ -11,8 +11,9 @@ from starlette.responses import Response
 from gateway import models as M
 from gateway import store
 from gateway.deps import Cursor, GatewayDep, Limit, Number, User, account_of
+from gateway.movements import iso
 from gateway.problems import Problem, responses
-from gateway.service import Gateway, iso, json_response
+from gateway.service import Gateway, json_response
 from paystream.money import format_minor
 
 router = APIRouter(prefix="/v1", tags=["accounts"])

@@ -9,11 +9,11 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from gateway import models as M
-from gateway.deps import Admin, GatewayDep, IdemKey, Number, Prefer, account_of, meta, wait_budget
-from gateway.idempotency import fingerprint
+from gateway.deps import Admin, GatewayDep, IdemKey, Number, Prefer, account_of, respond, wait_budget
+from gateway.movements import Kind, Movement
 from gateway.problems import Problem, responses
 from gateway.security import Principal
-from gateway.service import Gateway, Outcome, json_response, payment_record, render_payment
+from gateway.service import Gateway, json_response
 from paystream import commands as C
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -21,7 +21,7 @@ router = APIRouter(prefix="/v1", tags=["admin"])
 
 async def _movement(
     gw: Gateway,
-    kind: str,
+    kind: Kind,
     account_number: str,
     body: M.MovementIn,
     p: Principal,
@@ -31,42 +31,10 @@ async def _movement(
     ref = await account_of(gw, p, account_number)
     if body.currency != ref.currency:
         raise Problem(422, "currency_mismatch", f"the account holds {ref.currency}, not {body.currency}")
-    endpoint = "deposits" if kind == "deposit" else "withdrawals"
-    payment_id = C.payment_id_for(f"{p.user_id}/{endpoint}", idempotency_key)
-    build = C.deposit if kind == "deposit" else C.withdraw
-    cmd = build(
-        ref.account_id,
-        body.minor,
-        body.currency,
-        command_id=payment_id,
-        requested_by=p.user_id,
-        metadata=meta(body.description),
-    )
-    record = payment_record(
-        payment_id=payment_id, kind=kind, description=body.description, owners=[ref.owner_id],
-        from_number=ref.account_number if kind == "withdrawal" else None,
-        to_number=ref.account_number if kind == "deposit" else None,
-        minor=body.minor, currency=body.currency,
-    )  # fmt: skip
-    fp = fingerprint(
-        {
-            "account": account_number,
-            "amount": body.minor,
-            "currency": body.currency,
-            "description": body.description,
-        }
-    )
-    return await gw.execute(
-        user_id=p.user_id,
-        endpoint=endpoint,
-        idem_key=idempotency_key,
-        fp=fp,
-        command=cmd,
-        record=record,
-        wait=wait_budget(gw, prefer),
-        render=render_payment,
-        location=f"/v1/payments/{payment_id}",
-    )
+    source, target = (ref, None) if kind == "withdrawal" else (None, ref)
+    move = Movement(kind, p.user_id, idempotency_key, body.minor, body.currency, body.description,
+                    source=source, target=target)  # fmt: skip
+    return respond(await gw.submit(move, wait_budget(gw, prefer)))
 
 
 _MOVEMENT_RESPONSES: dict[int | str, dict[str, Any]] = {
@@ -126,20 +94,7 @@ async def _status_change(
         reason=(body.reason if body else "") or "admin action",
         actor=p.user_id,
     )
-    waiter = gw.listener.register(cmd["command_id"])
-    try:
-        try:
-            await gw.sender.send(cmd)
-        except Exception:
-            raise Problem(
-                503,
-                "ledger_unavailable",
-                "the command could not be submitted; retry later",
-                headers={"Retry-After": "1"},
-            ) from None
-        outcome: Outcome | None = await gw.wait_outcome(waiter, wait_budget(gw, prefer))
-    finally:
-        gw.listener.unregister(waiter)
+    outcome = await gw.send_and_wait(cmd, wait_budget(gw, prefer))
     if outcome is None:
         return json_response(202, {"account_number": ref.account_number, "status": "pending"})
     if outcome.status != "completed":

@@ -11,9 +11,10 @@ from starlette.responses import Response
 from gateway import models as M
 from gateway import store
 from gateway.deps import GatewayDep, User, gw_of, ip_bucket, rate_limit, too_many
+from gateway.movements import iso
 from gateway.problems import Problem, responses
 from gateway.security import dummy_hash, hash_password, issue_token, verify_password
-from gateway.service import iso, json_response
+from gateway.service import json_response
 from paystream.money import format_minor
 
 router = APIRouter(prefix="/v1", tags=["auth"])

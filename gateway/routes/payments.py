@@ -11,21 +11,17 @@ from starlette.responses import Response
 
 from gateway import models as M
 from gateway import store
-from gateway.deps import Cursor, GatewayDep, IdemKey, Limit, Prefer, User, account_of, meta, wait_budget
-from gateway.idempotency import fingerprint
+from gateway.deps import Cursor, GatewayDep, IdemKey, Limit, Prefer, User, account_of, respond, wait_budget
+from gateway.movements import Movement, iso
 from gateway.problems import Problem, responses
 from gateway.security import Principal, valid_account_number
 from gateway.service import (
     TERMINAL_STATUSES,
     Gateway,
-    iso,
     json_response,
-    payment_record,
     public,
     public_reason,
-    render_payment,
 )
-from paystream import commands as C
 from paystream.money import format_minor
 
 router = APIRouter(prefix="/v1", tags=["payments"])
@@ -49,47 +45,9 @@ async def create_payment(
         raise Problem(422, "unknown_account", "to_account does not exist")
     if body.currency != src.currency:
         raise Problem(422, "currency_mismatch", f"from_account holds {src.currency}, not {body.currency}")
-    payment_id = C.payment_id_for(p.user_id, idempotency_key)
-    fp = fingerprint(
-        {
-            "from": body.from_account,
-            "to": body.to_account,
-            "amount": body.minor,
-            "currency": body.currency,
-            "description": body.description,
-        }
-    )
-    cmd = C.transfer(
-        src.account_id,
-        dst.account_id,
-        body.minor,
-        body.currency,
-        command_id=payment_id,
-        requested_by=p.user_id,
-        metadata=meta(body.description),
-    )
-    record = payment_record(
-        payment_id=payment_id,
-        kind="transfer",
-        from_number=src.account_number,
-        to_number=dst.account_number,
-        minor=body.minor,
-        currency=body.currency,
-        description=body.description,
-        owners=[src.owner_id, dst.owner_id],
-    )
-    return await gw.execute(
-        user_id=p.user_id,
-        endpoint="payments",
-        idem_key=idempotency_key,
-        fp=fp,
-        command=cmd,
-        record=record,
-        wait=wait_budget(gw, prefer),
-        render=render_payment,
-        location=f"/v1/payments/{payment_id}",
-        rate_limit=gw.settings.gateway_rate_payments_per_minute,
-    )
+    move = Movement("transfer", p.user_id, idempotency_key, body.minor, body.currency, body.description,
+                    source=src, target=dst)  # fmt: skip
+    return respond(await gw.submit(move, wait_budget(gw, prefer)))
 
 
 @router.get(

@@ -1012,11 +1012,11 @@ def test_a_request_waiting_for_the_ledger_still_holds_its_key(stack: Settings) -
 def test_failed_send_releases_the_key(stack: Settings) -> None:
     """Kafka refuses the command: 503, and the key is free for the retry (nothing was
     sent, so nothing can be replayed)."""
+    from gateway.errors import LedgerUnavailable
     from gateway.ledger_io import SendError
-    from gateway.problems import Problem
-    from gateway.resp import RespClient
-    from gateway.service import Gateway, payment_record, render_payment
-    from paystream import commands as C
+    from gateway.movements import Movement
+    from gateway.service import Gateway
+    from gateway.store import AccountRef
 
     settings = Settings(
         redis_url_override=f"{stack.redis_url.rsplit('/', 1)[0]}/{REDIS_DB}",
@@ -1031,38 +1031,16 @@ def test_failed_send_releases_the_key(stack: Settings) -> None:
             raise SendError("broker down")
 
     async def go() -> None:
-        gw = Gateway(settings)
-        gw.redis = RespClient(settings.redis_url)
-        gw.idem.redis = gw.redis
         refusing = Refusing()
-        gw.sender = refusing  # type: ignore[assignment]
+        gw = Gateway(settings, sender=refusing)  # type: ignore[arg-type]
         user, key = str(uuid.uuid4()), uuid.uuid4().hex
-        pid = C.payment_id_for(user, key)
-        cmd = C.transfer(str(uuid.uuid4()), str(uuid.uuid4()), 100, "USD", command_id=pid)
-        record = payment_record(
-            payment_id=pid,
-            kind="transfer",
-            from_number="PS1",
-            to_number="PS2",
-            minor=100,
-            currency="USD",
-            description=None,
-            owners=[user],
-        )
+        src = AccountRef("PS1", str(uuid.uuid4()), user, "USD")
+        dst = AccountRef("PS2", str(uuid.uuid4()), str(uuid.uuid4()), "USD")
+        move = Movement("transfer", user, key, 100, "USD", None, source=src, target=dst)
         for _ in range(2):  # the second try is not "in progress": the key was released
-            with pytest.raises(Problem) as exc:
-                await gw.execute(
-                    user_id=user,
-                    endpoint="payments",
-                    idem_key=key,
-                    fp="f",
-                    command=cmd,
-                    record=record,
-                    wait=0,
-                    render=render_payment,
-                    location=None,
-                )
-            assert (exc.value.status, exc.value.code) == (503, "ledger_unavailable")
+            with pytest.raises(LedgerUnavailable) as exc:
+                await gw.submit(move, wait=0)
+            assert (exc.value.status, exc.value.code, exc.value.retry_after) == (503, "ledger_unavailable", 1)
         assert refusing.sent == 2
         assert await gw.redis.execute("EXISTS", gw.idem.key(user, "payments", key)) == 0
         await gw.redis.close()
