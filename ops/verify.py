@@ -43,6 +43,25 @@ from rich.table import Table
 from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
+from paystream.records import (
+    ACCOUNT_FROZEN,
+    ACCOUNT_OPENED,
+    ACCOUNT_UNFROZEN,
+    COMMAND_REJECTED,
+    DEPOSIT,
+    DEPOSITED,
+    REVERSAL_DEBITED,
+    TRANSFER,
+    TRANSFER_COMPLETED,
+    TRANSFER_DEBITED,
+    TRANSFER_FAILED,
+    TRANSFER_REVERSED,
+    WITHDRAW,
+    WITHDRAWN,
+    Decoded,
+    EventType,
+    LedgerEvent,
+)
 from paystream.settings import Settings, get_settings
 from sinks.read_model import canonical_uuid, normalize_event
 
@@ -51,12 +70,12 @@ SHOW = 20  # offending ids printed per check
 
 # Payment facts, as bits.
 DEBITED, CREDITED, FAILED, REJECTED, SETTLED, REV_DEBITED, REVERSED = (1 << i for i in range(7))
-_FACT = {
-    "TRANSFER_DEBITED": DEBITED, "TRANSFER_COMPLETED": CREDITED, "TRANSFER_FAILED": FAILED,
-    "DEPOSITED": SETTLED, "WITHDRAWN": SETTLED, "REVERSAL_DEBITED": REV_DEBITED,
-    "TRANSFER_REVERSED": REVERSED,
+_FACT: dict[EventType, int] = {
+    TRANSFER_DEBITED: DEBITED, TRANSFER_COMPLETED: CREDITED, TRANSFER_FAILED: FAILED,
+    DEPOSITED: SETTLED, WITHDRAWN: SETTLED, REVERSAL_DEBITED: REV_DEBITED,
+    TRANSFER_REVERSED: REVERSED,
 }  # fmt: skip
-_ONCE = {"TRANSFER_DEBITED", "TRANSFER_COMPLETED", "REVERSAL_DEBITED", "TRANSFER_REVERSED"}
+_ONCE: frozenset[EventType] = frozenset({TRANSFER_DEBITED, TRANSFER_COMPLETED, REVERSAL_DEBITED, TRANSFER_REVERSED})
 
 
 @dataclass
@@ -112,7 +131,7 @@ class Replay:
         self.needs: dict[str, int] = defaultdict(int)  # payment -> facts its checked events require
         self.newest = 0
 
-    def feed(self, ev: dict[str, Any], checked: bool = True) -> None:
+    def feed(self, ev: LedgerEvent | Decoded, checked: bool = True) -> None:
         eid = ev["event_id"]
         if eid in self.event_ids:
             self.duplicates.append(eid)
@@ -137,19 +156,15 @@ class Replay:
             per_event[p["currency"]] += p["amount"]
             self.kind.setdefault(pa, p["account_kind"])
         if not ev["replay"]:
-            if etype == "ACCOUNT_OPENED" and ev.get("account"):
-                self.kind[acct] = ev["account"]["kind"]
+            if etype == ACCOUNT_OPENED and (info := ev.get("account")):
+                self.kind[acct] = info["kind"]
                 self.status[acct] = "ACTIVE"
-            elif etype == "ACCOUNT_FROZEN":
+            elif etype == ACCOUNT_FROZEN:
                 self.status[acct] = "FROZEN"
-            elif etype == "ACCOUNT_UNFROZEN":
+            elif etype == ACCOUNT_UNFROZEN:
                 self.status[acct] = "ACTIVE"
             fact = _FACT.get(etype)
-            if etype == "COMMAND_REJECTED" and ev["command_type"] in (
-                "TRANSFER",
-                "DEPOSIT",
-                "WITHDRAW",
-            ):
+            if etype == COMMAND_REJECTED and ev["command_type"] in (TRANSFER, DEPOSIT, WITHDRAW):
                 fact = REJECTED
             if fact is not None:
                 if self.invariants and etype in _ONCE and self.facts[pay] & fact:
@@ -165,17 +180,17 @@ class Replay:
             self.terminals[cid] += 1
             if self.terminals[cid] == 2:
                 self.twice.append(f"{cid} (two terminal outcomes)")
-        if etype == "REVERSAL_DEBITED" and not ev["replay"]:
+        if etype == REVERSAL_DEBITED and not ev["replay"]:
             self.reversed_accounts.add(acct)
-        if etype == "TRANSFER_DEBITED" and not ev["replay"]:
+        if etype == TRANSFER_DEBITED and not ev["replay"]:
             self.debit_at[pay] = ev["occurred_at"]
         if checked and not ev["replay"]:
             # Facts on other partitions that must already be committed.
-            if etype == "TRANSFER_COMPLETED":
+            if etype == TRANSFER_COMPLETED:
                 self.needs[pay] |= DEBITED
-            elif etype == "REVERSAL_DEBITED":
+            elif etype == REVERSAL_DEBITED:
                 self.needs[pay] |= CREDITED
-            elif etype == "TRANSFER_REVERSED":
+            elif etype == TRANSFER_REVERSED:
                 self.needs[pay] |= REV_DEBITED
         touched = {canonical_uuid(p["account_id"]) for p in ev["postings"]}
         for a in touched:

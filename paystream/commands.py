@@ -5,24 +5,48 @@ Commands that create or destroy money, or change who may move it, are privileged
 the ledger accepts them only from `payments.privileged`, which the broker's ACLs let
 only paystream's privileged principals write (gateway for its admin role, fraud,
 compensation, operators). Kafka does not tell a consumer who produced a record, so
-the topic is what carries the authority (docs/SECURITY.md)."""
+the topic is what carries the authority (docs/SECURITY.md).
+
+The builders return ``dict[str, Any]``, not `paystream.records.Command`: the
+gateway and the operator tools hand them to `Codec.encode` and other functions
+that take ``dict[str, Any]``, which a TypedDict is not assignable to. Each body is
+built as its TypedDict, so mypy checks its fields against the schema."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from paystream import ids, topics
+from paystream.records import (
+    DEPOSIT,
+    FREEZE,
+    OPEN_ACCOUNT,
+    REVERSE_TRANSFER,
+    TRANSFER,
+    UNFREEZE,
+    USER,
+    WITHDRAW,
+    AccountKind,
+    CommandType,
+    Movement,
+    OpenAccount,
+    Reversal,
+    StatusChange,
+)
 
 COMMANDS_TOPIC = topics.COMMANDS
 PRIVILEGED_TOPIC = topics.PRIVILEGED
 COMMAND_TOPICS = (COMMANDS_TOPIC, PRIVILEGED_TOPIC)
-PRIVILEGED_TYPES = frozenset({"OPEN_ACCOUNT", "DEPOSIT", "WITHDRAW", "FREEZE", "UNFREEZE", "REVERSE_TRANSFER"})
+PRIVILEGED_TYPES: frozenset[CommandType] = frozenset(
+    {OPEN_ACCOUNT, DEPOSIT, WITHDRAW, FREEZE, UNFREEZE, REVERSE_TRANSFER}
+)
 PAYMENT_NAMESPACE = uuid.UUID("0b8f7c1e-52a4-4b1f-9a0f-6a3a4c7de201")
 
 
-def is_privileged(command: dict[str, Any]) -> bool:
+def is_privileged(command: Mapping[str, Any]) -> bool:
     """Everything but a transfer: deposits and withdrawals move money in and out of
     the books, freezes and reversals override an owner, and opening an account says
     who owns it (and a settlement account may overdraw). So `payments.commands`,
@@ -35,7 +59,7 @@ def is_privileged(command: dict[str, Any]) -> bool:
     return command.get("type") in PRIVILEGED_TYPES
 
 
-def topic_for(command: dict[str, Any]) -> str:
+def topic_for(command: Mapping[str, Any]) -> str:
     """The command topic `command` must be produced to for the ledger to accept it."""
     return PRIVILEGED_TOPIC if is_privileged(command) else COMMANDS_TOPIC
 
@@ -61,11 +85,12 @@ def _base(ctype: str, account_id: str, command_id: str | None, requested_by: str
 
 
 def open_account(account_id: str, *, external_number: str, owner_id: str, currency: str,
-                 kind: str = "USER", command_id: str | None = None,
+                 kind: AccountKind = USER, command_id: str | None = None,
                  requested_by: str = "system") -> dict[str, Any]:
-    c = _base("OPEN_ACCOUNT", account_id, command_id, requested_by)
-    c["open_account"] = {"external_number": external_number, "owner_id": owner_id,
-                         "currency": currency, "kind": kind}
+    c = _base(OPEN_ACCOUNT, account_id, command_id, requested_by)
+    body: OpenAccount = {"external_number": external_number, "owner_id": owner_id, "currency": currency,
+                         "kind": kind}
+    c["open_account"] = body
     return c
 
 
@@ -73,27 +98,29 @@ def movement(ctype: str, account_id: str, amount: int, currency: str, *,
              counterparty_id: str | None = None, command_id: str | None = None,
              requested_by: str = "system", metadata: dict[str, str] | None = None) -> dict[str, Any]:
     c = _base(ctype, account_id, command_id, requested_by)
-    c["movement"] = {"amount": amount, "currency": currency,
-                     "counterparty_id": counterparty_id, "metadata": metadata or {}}
+    body: Movement = {"amount": amount, "currency": currency, "counterparty_id": counterparty_id,
+                      "metadata": metadata or {}}
+    c["movement"] = body
     return c
 
 
 def transfer(src: str, dst: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
-    return movement("TRANSFER", src, amount, currency, counterparty_id=dst, **kw)
+    return movement(TRANSFER, src, amount, currency, counterparty_id=dst, **kw)
 
 
 def deposit(account_id: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
-    return movement("DEPOSIT", account_id, amount, currency, **kw)
+    return movement(DEPOSIT, account_id, amount, currency, **kw)
 
 
 def withdraw(account_id: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
-    return movement("WITHDRAW", account_id, amount, currency, **kw)
+    return movement(WITHDRAW, account_id, amount, currency, **kw)
 
 
 def status_change(ctype: str, account_id: str, *, reason: str, actor: str,
                   command_id: str | None = None) -> dict[str, Any]:
     c = _base(ctype, account_id, command_id, actor)
-    c["status_change"] = {"reason": reason, "actor": actor}
+    body: StatusChange = {"reason": reason, "actor": actor}
+    c["status_change"] = body
     return c
 
 
@@ -106,7 +133,8 @@ def reverse_transfer(receiver_id: str, payment_id: str, *, reason: str, actor: s
                      freeze_receiver: bool = False, command_id: str | None = None,
                      sender_id: str | None = None) -> dict[str, Any]:
     """`sender_id` lets a reversal that overtakes its credit wait for it (docs/LEDGER.md)."""
-    c = _base("REVERSE_TRANSFER", receiver_id, command_id or reversal_command_id(payment_id), actor)
-    c["reversal"] = {"payment_id": payment_id, "reason": reason, "actor": actor,
-                     "freeze_receiver": freeze_receiver, "sender_id": sender_id}
+    c = _base(REVERSE_TRANSFER, receiver_id, command_id or reversal_command_id(payment_id), actor)
+    body: Reversal = {"payment_id": payment_id, "reason": reason, "actor": actor,
+                      "freeze_receiver": freeze_receiver, "sender_id": sender_id}
+    c["reversal"] = body
     return c

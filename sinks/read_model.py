@@ -11,6 +11,10 @@ partitions are not ordered with respect to each other, so a transfer's credit
 state only ever comes from that account's own partition (which is ordered), and
 payments merge by rank (`merge_payment`), which gives the same result in any
 order.
+
+Events are typed ``LedgerEvent | Decoded``: mypy checks every key read here against
+`paystream.records.LedgerEvent`, and the sink and `ops reprocess`, which hold the
+codec's untyped dicts, still type-check passing them.
 """
 
 from __future__ import annotations
@@ -18,21 +22,46 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
+# Enum symbols by bare name: one global lookup each, on the sink's per-event path.
+from paystream.records import (
+    ACCOUNT_FROZEN,
+    ACCOUNT_OPENED,
+    ACCOUNT_UNFROZEN,
+    COMMAND_REJECTED,
+    DEPOSIT,
+    DEPOSITED,
+    FREEZE,
+    REVERSE_TRANSFER,
+    TRANSFER,
+    TRANSFER_COMPLETED,
+    TRANSFER_DEBITED,
+    TRANSFER_FAILED,
+    TRANSFER_REVERSED,
+    UNFREEZE,
+    WITHDRAW,
+    WITHDRAWN,
+    CommandType,
+    Decoded,
+    EventType,
+    LedgerEvent,
+)
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 PAYMENT_RANK = {"PENDING": 0, "COMPLETED": 1, "FAILED": 1, "REJECTED": 1, "REVERSED": 2}
-MOVEMENT_COMMANDS = frozenset({"TRANSFER", "DEPOSIT", "WITHDRAW"})
-ADMIN_COMMANDS = frozenset({"FREEZE", "UNFREEZE", "REVERSE_TRANSFER"})
-_STATUS_BY_EVENT = {
-    "ACCOUNT_OPENED": "ACTIVE",
-    "ACCOUNT_FROZEN": "FROZEN",
-    "ACCOUNT_UNFROZEN": "ACTIVE",
+MOVEMENT_COMMANDS: frozenset[CommandType] = frozenset({TRANSFER, DEPOSIT, WITHDRAW})
+ADMIN_COMMANDS: frozenset[CommandType] = frozenset({FREEZE, UNFREEZE, REVERSE_TRANSFER})
+_STATUS_BY_EVENT: dict[EventType, str] = {
+    ACCOUNT_OPENED: "ACTIVE",
+    ACCOUNT_FROZEN: "FROZEN",
+    ACCOUNT_UNFROZEN: "ACTIVE",
 }
 
 
@@ -67,14 +96,15 @@ _ID_FIELDS = ("event_id", "account_id", "command_id", "payment_id")
 _TEXT_FIELDS = ("requested_by", "note", "currency")
 
 
-def normalize_event(ev: dict[str, Any]) -> str | None:
+def normalize_event(ev: Decoded) -> str | None:
     """Make a decoded event storable in place, or say why it cannot be.
 
     The topic is written only by the ledger, so this guards against values that
     would make Postgres refuse the whole batch (and stall the sink), not against
     business errors: ids get their canonical spelling and NUL characters in free
     text are replaced. Only an event whose ids are not UUIDs at all is refused
-    (and dead-lettered by the caller).
+    (and dead-lettered by the caller). Its input is the codec's untyped dict: this is
+    the gate that makes it an event the rest of this module may rely on.
     """
     try:
         for name in _ID_FIELDS:
@@ -128,7 +158,7 @@ class PaymentChange:
         )  # fmt: skip
 
 
-def payment_change(ev: dict[str, Any]) -> PaymentChange | None:
+def payment_change(ev: LedgerEvent | Decoded) -> PaymentChange | None:
     """The payment fact one event states, or None if it says nothing about a payment.
 
     Replays (duplicates, reused ids) restate or refuse and never change a payment.
@@ -139,21 +169,21 @@ def payment_change(ev: dict[str, Any]) -> PaymentChange | None:
         return None
     etype, ctype = ev["type"], ev["command_type"]
     acct, other = ev["account_id"], ev.get("counterparty_id")
-    if etype == "DEPOSITED":
-        kind, status, src, dst = "DEPOSIT", "COMPLETED", other, acct
-    elif etype == "WITHDRAWN":
-        kind, status, src, dst = "WITHDRAW", "COMPLETED", acct, other
-    elif etype == "TRANSFER_DEBITED":
-        kind, status, src, dst = "TRANSFER", "PENDING", acct, other
-    elif etype == "TRANSFER_COMPLETED":
-        kind, status, src, dst = "TRANSFER", "COMPLETED", other, acct
-    elif etype == "TRANSFER_FAILED":
-        kind, status, src, dst = "TRANSFER", "FAILED", acct, other
-    elif etype == "TRANSFER_REVERSED":
-        kind, status, src, dst = "TRANSFER", "REVERSED", acct, other
-    elif etype == "COMMAND_REJECTED" and ctype in MOVEMENT_COMMANDS:
+    if etype == DEPOSITED:
+        kind, status, src, dst = DEPOSIT, "COMPLETED", other, acct
+    elif etype == WITHDRAWN:
+        kind, status, src, dst = WITHDRAW, "COMPLETED", acct, other
+    elif etype == TRANSFER_DEBITED:
+        kind, status, src, dst = TRANSFER, "PENDING", acct, other
+    elif etype == TRANSFER_COMPLETED:
+        kind, status, src, dst = TRANSFER, "COMPLETED", other, acct
+    elif etype == TRANSFER_FAILED:
+        kind, status, src, dst = TRANSFER, "FAILED", acct, other
+    elif etype == TRANSFER_REVERSED:
+        kind, status, src, dst = TRANSFER, "REVERSED", acct, other
+    elif etype == COMMAND_REJECTED and ctype in MOVEMENT_COMMANDS:
         kind, status = ctype, "REJECTED"
-        src, dst = (None, acct) if ctype == "DEPOSIT" else (acct, other)
+        src, dst = (None, acct) if ctype == DEPOSIT else (acct, other)
     else:
         return None
     reason = ev.get("note") if status == "REVERSED" else ev.get("reason")
@@ -242,7 +272,7 @@ class Effects:
         return len(self.postings)
 
 
-def account_deltas(events: list[dict[str, Any]]) -> dict[str, int]:
+def account_deltas(events: Iterable[LedgerEvent | Decoded]) -> dict[str, int]:
     """Net balance change per account over some events (the sum of their postings)."""
     out: dict[str, int] = {}
     for ev in events:
@@ -251,7 +281,7 @@ def account_deltas(events: list[dict[str, Any]]) -> dict[str, int]:
     return out
 
 
-def fold(events: list[dict[str, Any]]) -> Effects:
+def fold(events: Iterable[LedgerEvent | Decoded]) -> Effects:
     """Fold newly inserted events (in per-partition order) into row changes."""
     fx = Effects()
     accounts = fx.accounts
@@ -273,7 +303,7 @@ def fold(events: list[dict[str, Any]]) -> Effects:
             ):
                 acct.status, acct.status_sequence = new_status, seq
             info = ev.get("account")
-            if etype == "ACCOUNT_OPENED" and info:
+            if etype == ACCOUNT_OPENED and info:
                 acct.kind, acct.currency = info["kind"], info["currency"]
                 acct.owner_id, acct.opened_ms = info["owner_id"], occurred
                 number = info["external_number"]
@@ -305,7 +335,7 @@ def fold(events: list[dict[str, Any]]) -> Effects:
             fx.audit.append((
                 ev["event_id"], ts(occurred), ev["requested_by"], etype, ev["command_type"],
                 ev["command_id"], acct_id,
-                ev["payment_id"] if ev["command_type"] == "REVERSE_TRANSFER" else None,
+                ev["payment_id"] if ev["command_type"] == REVERSE_TRANSFER else None,
                 ev["status"], ev.get("note") or ev.get("reason"),
             ))  # fmt: skip
     return fx
@@ -319,7 +349,7 @@ EVENT_COLUMNS = (
 )  # fmt: skip
 
 
-def event_row(ev: dict[str, Any], partition: int, offset: int) -> tuple[Any, ...]:
+def event_row(ev: LedgerEvent | Decoded, partition: int, offset: int) -> tuple[Any, ...]:
     return (
         ev["event_id"], ev["account_id"], ev["sequence"], ev["type"], ev["command_type"],
         ev["command_id"], ev["payment_id"], ev["status"], ev["terminal"], ev["replay"],

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from quixstreams import Application, message_context
 from quixstreams.state import State
@@ -32,6 +32,7 @@ from paystream import ids, liveness, metrics, topics, tracing
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
+from paystream.records import ACCOUNT_OPENED, FREEZE, HIGH, Decoded, FraudAlert, FundsFlow
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     DownstreamSettings,
@@ -73,7 +74,7 @@ def freeze_command_id(alert: str) -> str:
     return ids.uuid5(NAMESPACE, f"freeze:{alert}")
 
 
-def alert_record(t: rules.Transfer, v: rules.Verdict, owner: str | None = None) -> dict[str, Any]:
+def alert_record(t: rules.Transfer, v: rules.Verdict, owner: str | None = None) -> FraudAlert:
     return {
         "alert_id": alert_id(t.payment_id),
         "payment_id": t.payment_id,
@@ -90,15 +91,15 @@ def alert_record(t: rules.Transfer, v: rules.Verdict, owner: str | None = None) 
     }
 
 
-def freeze_command(alert: dict[str, Any]) -> dict[str, Any]:
+def freeze_command(alert: FraudAlert) -> dict[str, Any]:
     rules_fired = ",".join(r["rule"] for r in alert["reasons"])
     return C.status_change(
-        "FREEZE", alert["account_id"], actor=ACTOR, command_id=freeze_command_id(alert["alert_id"]),
+        FREEZE, alert["account_id"], actor=ACTOR, command_id=freeze_command_id(alert["alert_id"]),
         reason=f"fraud alert {alert['alert_id']} ({alert['risk']}: {rules_fired})",
     )  # fmt: skip
 
 
-def flow_record(f: rules.Flow) -> dict[str, Any]:
+def flow_record(f: rules.Flow) -> FundsFlow:
     return {
         "payment_id": f.payment_id, "sender_id": f.sender, "receiver_id": f.receiver,
         "amount": f.amount, "currency": f.currency, "occurred_at": f.ts,
@@ -107,7 +108,7 @@ def flow_record(f: rules.Flow) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def flow_from_record(r: dict[str, Any]) -> rules.Flow:
+def flow_from_record(r: FundsFlow | Decoded) -> rules.Flow:
     return rules.Flow(
         r["payment_id"], r["sender_id"], r["receiver_id"], int(r["amount"]), r["currency"],
         int(r["occurred_at"]),
@@ -117,7 +118,7 @@ def flow_from_record(r: dict[str, Any]) -> rules.Flow:
 
 
 def on_transfer(cfg: FraudConfig, state: rules.State | None, t: rules.Transfer, *,
-                fresh: bool) -> tuple[rules.State, rules.Flow, dict[str, Any] | None]:
+                fresh: bool) -> tuple[rules.State, rules.Flow, FraudAlert | None]:
     """Score a debit: (new state, flow for the receiver, alert or None). Pure, so the
     tests can compute exactly which alerts a sequence of events must produce."""
     flow = rules.flow_for(cfg, state, t)
@@ -125,7 +126,7 @@ def on_transfer(cfg: FraudConfig, state: rules.State | None, t: rules.Transfer, 
     alert = None
     if fresh and rules.should_alert(cfg, new, verdict, t.ts):
         new = rules.alerted(new, verdict, t.ts)
-        alert = alert_record(t, verdict, (state or {}).get("owner"))
+        alert = alert_record(t, verdict, state.get("owner") if state else None)
     return new, flow, alert
 
 
@@ -151,7 +152,7 @@ class FraudProcessor(Processor):
             state.set(STATE_KEY, rules.on_inflow(self.cfg, state.get(STATE_KEY), flow))
             return []
         etype = rec["type"]
-        if etype == "ACCOUNT_OPENED" and not rec["replay"]:
+        if etype == ACCOUNT_OPENED and not rec["replay"]:
             opened = int(rec["occurred_at"])
             owner = (rec.get("account") or {}).get("owner_id")
             state.set(STATE_KEY, rules.on_account_opened(state.get(STATE_KEY), opened, owner))
@@ -168,7 +169,8 @@ class FraudProcessor(Processor):
         state.set(STATE_KEY, new)
         SCORED.inc()
         tracing.annotate(payment_id=t.payment_id, account=t.sender)
-        out = [self.encode(FLOWS, t.receiver, flow_record(flow))]
+        # Codec.encode takes dict[str, Any], which a TypedDict is not assignable to.
+        out = [self.encode(FLOWS, t.receiver, cast("dict[str, Any]", flow_record(flow)))]
         if alert is not None:
             log.info("alert %s %s score=%s payment=%s sender=%s", alert["alert_id"], alert["risk"],
                      alert["score"], t.payment_id, t.sender,
@@ -177,8 +179,8 @@ class FraudProcessor(Processor):
             ALERTS_RAISED.labels(alert["risk"]).inc()
             for r in alert["reasons"]:
                 RULE_HITS.labels(r["rule"], alert["risk"]).inc()
-            out.append(self.encode(ALERTS, t.sender, alert))
-            if alert["risk"] == "HIGH":
+            out.append(self.encode(ALERTS, t.sender, cast("dict[str, Any]", alert)))
+            if alert["risk"] == HIGH:
                 FREEZES.inc()
                 out.append(self.encode(C.PRIVILEGED_TOPIC, t.sender, freeze_command(alert)))
         return out

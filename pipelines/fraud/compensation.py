@@ -32,6 +32,7 @@ from paystream import ids, liveness
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
+from paystream.records import HIGH, REJECTED, UNFREEZE, Decoded, FraudAlert, ReviewDecision
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     DownstreamSettings,
@@ -51,7 +52,7 @@ log = logging.getLogger("paystream.compensation")
 
 COMMANDS_SENT = Counter("paystream_compensation_commands_total", "commands sent to the ledger", ["type"])
 
-Command = tuple[str, dict[str, Any]]  # (key, command)
+KeyedCommand = tuple[str, dict[str, Any]]  # (key, command)
 
 
 def unfreeze_command_id(alert_id: str) -> str:
@@ -62,14 +63,15 @@ def _holding(store: Store) -> list[str]:
     return list(store.get("h", []))
 
 
-def _unfreeze(sender: str, alert_id: str, actor: str, why: str) -> Command:
-    return sender, C.status_change("UNFREEZE", sender, actor=actor, reason=why,
+def _unfreeze(sender: str, alert_id: str, actor: str, why: str) -> KeyedCommand:
+    return sender, C.status_change(UNFREEZE, sender, actor=actor, reason=why,
                                    command_id=unfreeze_command_id(alert_id))
 
 
-def apply_alert(store: Store, alert: dict[str, Any]) -> list[Command]:
-    """Track a HIGH alert as holding its sender frozen until it is decided."""
-    if alert["risk"] != "HIGH":
+def apply_alert(store: Store, alert: FraudAlert | Decoded) -> list[KeyedCommand]:
+    """Track a HIGH alert as holding its sender frozen until it is decided. The
+    processor passes the codec's untyped dict (`paystream.records.Decoded`)."""
+    if alert["risk"] != HIGH:
         return []
     aid, sender = alert["alert_id"], alert["account_id"]
     held = _holding(store)
@@ -83,7 +85,7 @@ def apply_alert(store: Store, alert: dict[str, Any]) -> list[Command]:
     return []
 
 
-def apply_decision(store: Store, d: dict[str, Any]) -> list[Command]:
+def apply_decision(store: Store, d: ReviewDecision | Decoded) -> list[KeyedCommand]:
     aid, sender = d["alert_id"], d["sender_id"]
     if store.get(f"d:{aid}") is not None:
         return []  # a redelivered decision: already acted on
@@ -93,11 +95,11 @@ def apply_decision(store: Store, d: dict[str, Any]) -> list[Command]:
     if was_holding:
         held.remove(aid)
         store.set("h", held)
-    out: list[Command] = []
+    out: list[KeyedCommand] = []
     why = f"fraud review {aid} {d['decision'].lower()}"
     if d.get("note"):
         why += f": {d['note']}"
-    if d["decision"] == "REJECTED":
+    if d["decision"] == REJECTED:
         cmd = C.reverse_transfer(d["receiver_id"], d["payment_id"], reason=why,
                                  actor=d["decided_by"], freeze_receiver=True, sender_id=sender)
         out.append((d["receiver_id"], cmd))

@@ -30,12 +30,26 @@ Every rule that fires adds its score; there is no first-match-wins.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
+from paystream.records import HIGH, LOW, MEDIUM, TRANSFER_DEBITED, Decoded, LedgerEvent, RiskLevel
 from pipelines.fraud.config import CurrencyLimits, FraudConfig
 
-State = dict[str, Any]
+# The state layout above, for mypy (a plain dict at run time, as Quix stores it). The
+# functional form because one key is `in`, a Python keyword.
+State = TypedDict(
+    "State",
+    {
+        "opened": int | None,
+        "owner": str | None,
+        "out": list[list[Any]],  # [ts, amount, receiver]
+        "near": list[int],
+        "in": list[list[Any]],  # [ts, origin, hops]
+        "last": list[Any] | None,  # [ts, [rules]]
+    },
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +72,12 @@ class Hit:
 @dataclass(frozen=True, slots=True)
 class Verdict:
     score: int
-    risk: str  # LOW | MEDIUM | HIGH
+    risk: RiskLevel
     hits: tuple[Hit, ...]
 
     @property
     def alert(self) -> bool:
-        return self.risk != "LOW"
+        return self.risk != LOW
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +106,9 @@ def empty_state() -> State:
 
 
 def _copy(state: State | None) -> State:
-    s = state or {}
+    """A full copy the rules may mutate. Read as a Mapping: a state stored before a key
+    existed lacks it, and gets the key's empty value here."""
+    s: Mapping[str, Any] = state or {}
     return {
         "opened": s.get("opened"),
         "owner": s.get("owner"),
@@ -103,12 +119,12 @@ def _copy(state: State | None) -> State:
     }
 
 
-def risk_level(cfg: FraudConfig, score: int) -> str:
+def risk_level(cfg: FraudConfig, score: int) -> RiskLevel:
     if score >= cfg.risk.high:
-        return "HIGH"
+        return HIGH
     if score >= cfg.risk.medium:
-        return "MEDIUM"
-    return "LOW"
+        return MEDIUM
+    return LOW
 
 
 def on_account_opened(state: State | None, ts: int, owner: str | None = None) -> State:
@@ -251,11 +267,11 @@ def evaluate(cfg: FraudConfig, state: State | None, t: Transfer) -> tuple[Verdic
 def should_alert(cfg: FraudConfig, state: State | None, verdict: Verdict, ts: int) -> bool:
     """MEDIUM alerts are rate-limited per sender (see `alert_cooldown_seconds`); HIGH
     never is, because every HIGH payment must reach review to be reversible."""
-    if verdict.risk == "HIGH":
+    if verdict.risk == HIGH:
         return True
-    if verdict.risk != "MEDIUM":
+    if verdict.risk != MEDIUM:
         return False
-    last = (state or {}).get("last")
+    last = state.get("last") if state else None
     if not last or ts - last[0] >= cfg.windows.alert_cooldown_seconds * 1000:
         return True
     return not {h.rule for h in verdict.hits} <= set(last[1])
@@ -271,7 +287,7 @@ def flow_for(cfg: FraudConfig, state: State | None, t: Transfer) -> Flow:
     """What the receiver must learn about this transfer to spot money coming back:
     the sender (1 hop) and the sender's own direct payers (2 hops). Origins that
     are the receiver itself are left out: that loop is caught on the sender's side."""
-    s = state or {}
+    s: Mapping[str, Any] = state or {}  # may be a stored state, older than the "in" key
     since = t.ts - cfg.windows.round_trip_seconds * 1000
     second = [
         Origin(e[1], int(e[0]), 2)
@@ -300,12 +316,13 @@ def on_inflow(cfg: FraudConfig, state: State | None, flow: Flow) -> State:
     return s
 
 
-def transfer_from_event(ev: dict[str, Any]) -> Transfer | None:
+def transfer_from_event(ev: LedgerEvent | Decoded) -> Transfer | None:
     """The transfer a TRANSFER_DEBITED ledger event describes, or None for any other
-    event (replays included: a duplicate never debits again)."""
-    if ev.get("type") != "TRANSFER_DEBITED" or ev.get("replay"):
+    event (replays included: a duplicate never debits again). Takes the codec's
+    untyped dict too, as the pipeline decodes it (`paystream.records.Decoded`)."""
+    if ev.get("type") != TRANSFER_DEBITED or ev.get("replay"):
         return None
-    if ev.get("amount") is None or not ev.get("counterparty_id") or not ev.get("currency"):
+    amount, receiver, currency = ev.get("amount"), ev.get("counterparty_id"), ev.get("currency")
+    if amount is None or not receiver or not currency:
         return None
-    return Transfer(ev["payment_id"], ev["account_id"], ev["counterparty_id"], int(ev["amount"]),
-                    ev["currency"], int(ev["occurred_at"]))
+    return Transfer(ev["payment_id"], ev["account_id"], receiver, int(amount), currency, int(ev["occurred_at"]))

@@ -35,10 +35,51 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar
 
 from paystream import ids, topics
 from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
+
+# Enum symbols by bare name, not `records.X`: a global is one lookup, an attribute two,
+# and these are read on every command and leg. The types only annotate.
+from paystream.records import (
+    ACCOUNT_FROZEN,
+    ACCOUNT_OPENED,
+    ACCOUNT_UNFROZEN,
+    COMMAND_DUPLICATE,
+    COMMAND_REJECTED,
+    CREDIT,
+    DEPOSIT,
+    DEPOSITED,
+    FREEZE,
+    OPEN_ACCOUNT,
+    REFUND,
+    REVERSAL_CHECK,
+    REVERSAL_CREDIT,
+    REVERSAL_DEBITED,
+    REVERSE,
+    REVERSE_TRANSFER,
+    TRANSFER,
+    TRANSFER_COMPLETED,
+    TRANSFER_DEBITED,
+    TRANSFER_FAILED,
+    TRANSFER_REVERSED,
+    UNFREEZE,
+    WITHDRAW,
+    WITHDRAWN,
+    AccountInfo,
+    AccountKind,
+    CommandType,
+    DeadLetterReason,
+    EventType,
+    LedgerEvent,
+    Leg,
+    LegKind,
+    Movement,
+    OutcomeStatus,
+    Posting,
+    ReasonCode,
+)
 from paystream.stream.store import Store
 
 NAMESPACE = ids.LEDGER_NAMESPACE
@@ -153,22 +194,41 @@ class BatchStores:
         self._open.clear()
 
 
-def apply_batch(stores: BatchStores, items: list[dict[str, Any]], now_ms: int, *, legs: bool) -> list[Output]:
+def apply_batch(stores: BatchStores, items: list[dict[str, Any]], now_ms: int, *, legs: bool) -> list[LedgerOutput]:
     """Apply checked items of one batch in order, each as if it came alone, then write
     each touched account once. Commands must have passed `command_problem`."""
     apply = apply_leg if legs else apply_command
-    out: list[Output] = []
+    out: list[LedgerOutput] = []
     for item in items:
         out.extend(apply(stores(item["account_id"]), item, now_ms))
     stores.flush()
     return out
 
 
+V = TypeVar("V", covariant=True)
+
+
 @dataclass(frozen=True, slots=True)
-class Output:
+class Output(Generic[V]):
+    """One record to write: `value` is a `LedgerEvent` on EVENTS, a `Leg` on LEGS and a
+    `DeadItem` on DEAD (see `LedgerOutput`). Generic rather than a union-typed field
+    so the adapter, which hands `value` to `Codec.encode(dict[str, Any])`, reads a
+    bare `Output` as `Output[Any]`. A generic class costs nothing per instance."""
+
     topic: str
     key: str
-    value: dict[str, Any]
+    value: V
+
+
+class DeadItem(TypedDict):
+    """What `DEAD` carries: the dead-letter reason code and text, and the item itself."""
+
+    code: DeadLetterReason
+    reason: str
+    item: dict[str, Any]
+
+
+LedgerOutput: TypeAlias = Output[LedgerEvent | Leg | DeadItem]
 
 
 @lru_cache(maxsize=256)
@@ -181,7 +241,7 @@ def settlement_account(currency: str) -> str:
     return ids.uuid5(NAMESPACE, f"settlement:{currency}")
 
 
-def leg_id(payment_id: str, kind: str) -> str:
+def leg_id(payment_id: str, kind: LegKind) -> str:
     return ids.uuid5(NAMESPACE, f"leg:{payment_id}:{kind}")
 
 
@@ -202,7 +262,7 @@ def fingerprint(cmd: dict[str, Any]) -> str:
     return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
-def _posting(account_id: str, kind: str, amount: int, currency: str) -> dict[str, Any]:
+def _posting(account_id: str, kind: AccountKind, amount: int, currency: str) -> Posting:
     return {"account_id": account_id, "account_kind": kind, "amount": amount, "currency": currency}
 
 
@@ -214,13 +274,13 @@ class _Ctx:
         self.key = key
         self.now_ms = now_ms
         self.account: dict[str, Any] | None = store.get("a")
-        self.out: list[Output] = []
+        self.out: list[LedgerOutput] = []
         self.dirty = False
 
     def save_account(self) -> None:
         self.dirty = True
 
-    def finish(self) -> list[Output]:
+    def finish(self) -> list[LedgerOutput]:
         """Write the account once per input, however many events it produced: each
         write is a changelog record, the ledger's main cost per message."""
         if self.dirty:
@@ -244,21 +304,21 @@ class _Ctx:
 
     def event(
         self,
-        etype: str,
+        etype: EventType,
         *,
         command_id: str,
         payment_id: str,
-        command_type: str,
-        status: str,
+        command_type: CommandType,
+        status: OutcomeStatus,
         terminal: bool,
         requested_by: str,
-        reason: str | None = None,
+        reason: ReasonCode | None = None,
         replay: bool = False,
-        postings: list[dict[str, Any]] | None = None,
+        postings: list[Posting] | None = None,
         counterparty_id: str | None = None,
         amount: int | None = None,
         currency: str | None = None,
-        account_info: dict[str, Any] | None = None,
+        account_info: AccountInfo | None = None,
         note: str | None = None,
         metadata: dict[str, str] | None = None,
     ) -> None:
@@ -293,7 +353,7 @@ class _Ctx:
             )
         )
 
-    def leg(self, kind: str, *, target: str, payment_id: str, command_id: str,
+    def leg(self, kind: LegKind, *, target: str, payment_id: str, command_id: str,
             amount: int, currency: str, requested_by: str, reason: str | None = None) -> None:
         self.out.append(
             Output(
@@ -319,7 +379,7 @@ class _Ctx:
 # --------------------------------------------------------------------------- commands
 
 
-def apply_command(store: Store, cmd: dict[str, Any], now_ms: int) -> list[Output]:
+def apply_command(store: Store, cmd: dict[str, Any], now_ms: int) -> list[LedgerOutput]:
     """Apply one decoded, key-checked command to its account. Never raises on bad input:
     every refusal is an outcome event."""
     ctx = _Ctx(store, cmd["account_id"], now_ms)
@@ -342,15 +402,15 @@ def _payment_id(cmd: dict[str, Any]) -> str:
     return rv["payment_id"] if rv else cmd["command_id"]
 
 
-def _remember(ctx: _Ctx, cmd: dict[str, Any], fp: str, status: str, reason: str | None) -> None:
+def _remember(ctx: _Ctx, cmd: dict[str, Any], fp: str, status: OutcomeStatus, reason: ReasonCode | None) -> None:
     ctx.store.set(f"c:{cmd['command_id']}", {"fp": fp, "st": status, "rs": reason})
 
 
-def _reject(ctx: _Ctx, cmd: dict[str, Any], reason: str, fp: str) -> None:
+def _reject(ctx: _Ctx, cmd: dict[str, Any], reason: ReasonCode, fp: str) -> None:
     _remember(ctx, cmd, fp, "REJECTED", reason)
     mv = cmd.get("movement") or {}
     ctx.event(
-        "COMMAND_REJECTED", command_id=cmd["command_id"], payment_id=_payment_id(cmd),
+        COMMAND_REJECTED, command_id=cmd["command_id"], payment_id=_payment_id(cmd),
         command_type=cmd["type"], status="REJECTED", terminal=True, reason=reason,
         requested_by=cmd["requested_by"], amount=mv.get("amount"), currency=mv.get("currency"),
         counterparty_id=mv.get("counterparty_id"),
@@ -362,7 +422,7 @@ def _replay(ctx: _Ctx, cmd: dict[str, Any], seen: dict[str, Any], fp: str) -> No
     its fields changed. Either way nothing moves."""
     same = seen["fp"] == fp
     ctx.event(
-        "COMMAND_DUPLICATE" if same else "COMMAND_REJECTED",
+        COMMAND_DUPLICATE if same else COMMAND_REJECTED,
         command_id=cmd["command_id"], payment_id=_payment_id(cmd), command_type=cmd["type"],
         status=seen["st"] if same else "REJECTED", terminal=True, replay=True,
         reason=seen["rs"] if same else "ID_REUSED_WITH_DIFFERENT_FIELDS",
@@ -375,7 +435,7 @@ def _replay(ctx: _Ctx, cmd: dict[str, Any], seen: dict[str, Any], fp: str) -> No
 # design paystream is measured against, decides with the very same functions.
 
 
-def amount_problem(mv: dict[str, Any] | None, max_amount: int = MAX_AMOUNT_MINOR) -> str | None:
+def amount_problem(mv: Movement | None, max_amount: int = MAX_AMOUNT_MINOR) -> ReasonCode | None:
     if not mv:
         return "NOT_ALLOWED"
     if not is_currency(mv["currency"]):
@@ -387,7 +447,7 @@ def amount_problem(mv: dict[str, Any] | None, max_amount: int = MAX_AMOUNT_MINOR
     return None
 
 
-def sender_problem(acct: dict[str, Any] | None, currency: str) -> str | None:
+def sender_problem(acct: dict[str, Any] | None, currency: str) -> ReasonCode | None:
     if acct is None:
         return "UNKNOWN_ACCOUNT"
     if acct["status"] == "CLOSED":
@@ -420,14 +480,15 @@ def _open_account(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     ctx.save_account()
     _remember(ctx, cmd, fp, "COMPLETED", None)
     ctx.event(
-        "ACCOUNT_OPENED", command_id=cmd["command_id"], payment_id=cmd["command_id"],
+        ACCOUNT_OPENED, command_id=cmd["command_id"], payment_id=cmd["command_id"],
         command_type=cmd["type"], status="COMPLETED", terminal=True,
-        requested_by=cmd["requested_by"], currency=oa["currency"], account_info=dict(oa),
+        requested_by=cmd["requested_by"], currency=oa["currency"],
+        account_info=dict(oa),  # type: ignore[arg-type]  # a copy of an OpenAccount: AccountInfo's fields
     )  # fmt: skip
 
 
 def _status_change(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
-    freeze = cmd["type"] == "FREEZE"
+    freeze = cmd["type"] == FREEZE
     sc = cmd.get("status_change") or {"reason": "", "actor": cmd["requested_by"]}
     if ctx.account is None:
         return _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
@@ -441,7 +502,7 @@ def _status_change(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     ctx.save_account()
     _remember(ctx, cmd, fp, "COMPLETED", None)
     ctx.event(
-        "ACCOUNT_FROZEN" if freeze else "ACCOUNT_UNFROZEN", command_id=cmd["command_id"],
+        ACCOUNT_FROZEN if freeze else ACCOUNT_UNFROZEN, command_id=cmd["command_id"],
         payment_id=cmd["command_id"], command_type=cmd["type"], status="COMPLETED",
         terminal=True, requested_by=sc["actor"], note=sc["reason"],
     )  # fmt: skip
@@ -453,11 +514,11 @@ def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     if reason is None:
         assert mv is not None
         reason = sender_problem(ctx.account, mv["currency"])
-    if reason is None and cmd["type"] == "WITHDRAW":
+    if reason is None and cmd["type"] == WITHDRAW:
         assert ctx.account is not None and mv is not None
         if not has_funds(ctx.account, mv["amount"]):
             reason = "INSUFFICIENT_FUNDS"
-    if reason is None and cmd["type"] == "DEPOSIT":
+    if reason is None and cmd["type"] == DEPOSIT:
         assert ctx.account is not None and mv is not None
         if ctx.account["balance"] + mv["amount"] > MAX_BALANCE_MINOR:
             reason = "BALANCE_LIMIT"
@@ -465,12 +526,12 @@ def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         return _reject(ctx, cmd, reason, fp)
     assert ctx.account is not None and mv is not None
     amount, cur = mv["amount"], mv["currency"]
-    sign = 1 if cmd["type"] == "DEPOSIT" else -1
+    sign = 1 if cmd["type"] == DEPOSIT else -1
     ctx.account["balance"] += sign * amount
     ctx.save_account()
     _remember(ctx, cmd, fp, "COMPLETED", None)
     ctx.event(
-        "DEPOSITED" if sign > 0 else "WITHDRAWN", command_id=cmd["command_id"],
+        DEPOSITED if sign > 0 else WITHDRAWN, command_id=cmd["command_id"],
         payment_id=cmd["command_id"], command_type=cmd["type"], status="COMPLETED",
         terminal=True, requested_by=cmd["requested_by"], amount=amount, currency=cur,
         counterparty_id=settlement_account(cur), metadata=mv.get("metadata"),
@@ -504,7 +565,7 @@ def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     ctx.save_account()
     _remember(ctx, cmd, fp, "PENDING", None)
     ctx.event(
-        "TRANSFER_DEBITED", command_id=cmd["command_id"], payment_id=cmd["command_id"],
+        TRANSFER_DEBITED, command_id=cmd["command_id"], payment_id=cmd["command_id"],
         command_type=cmd["type"], status="PENDING", terminal=False,
         requested_by=cmd["requested_by"], amount=amount, currency=cur, counterparty_id=to,
         metadata=mv.get("metadata"),
@@ -514,7 +575,7 @@ def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         ],
     )  # fmt: skip
     ctx.leg(
-        "CREDIT", target=to, payment_id=cmd["command_id"], command_id=cmd["command_id"],
+        CREDIT, target=to, payment_id=cmd["command_id"], command_id=cmd["command_id"],
         amount=amount, currency=cur, requested_by=cmd["requested_by"],
     )  # fmt: skip
 
@@ -544,7 +605,7 @@ def _reverse(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     ctx.store.set(f"p:{pid}", {"st": "REVERSED", "from": sender, "amount": amount, "currency": cur})
     _remember(ctx, cmd, fp, "PENDING", None)
     ctx.event(
-        "REVERSAL_DEBITED", command_id=cmd["command_id"], payment_id=rv["payment_id"],
+        REVERSAL_DEBITED, command_id=cmd["command_id"], payment_id=rv["payment_id"],
         command_type=cmd["type"], status="PENDING", terminal=False, requested_by=rv["actor"],
         amount=amount, currency=cur, counterparty_id=sender, note=rv["reason"],
         postings=[
@@ -555,13 +616,13 @@ def _reverse(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     if rv.get("freeze_receiver") and ctx.account["status"] == "ACTIVE":
         ctx.account["status"] = "FROZEN"
         ctx.event(
-            "ACCOUNT_FROZEN", command_id=cmd["command_id"], payment_id=rv["payment_id"],
+            ACCOUNT_FROZEN, command_id=cmd["command_id"], payment_id=rv["payment_id"],
             command_type=cmd["type"], status="COMPLETED", terminal=False,
             requested_by=rv["actor"], note=f"reversal: {rv['reason']}",
         )  # fmt: skip
     ctx.save_account()
     ctx.leg(
-        "REVERSAL_CREDIT", target=sender, payment_id=rv["payment_id"],
+        REVERSAL_CREDIT, target=sender, payment_id=rv["payment_id"],
         command_id=cmd["command_id"], amount=amount, currency=cur, requested_by=rv["actor"],
         reason=rv["reason"],
     )  # fmt: skip
@@ -579,31 +640,34 @@ def _await_credit(ctx: _Ctx, cmd: dict[str, Any], fp: str, sender: str) -> None:
     ctx.store.set(f"p:{pid}", {"st": "AWAITING_CREDIT", "rev": cmd, "fp": fp})
     _remember(ctx, cmd, fp, "PENDING", None)
     ctx.leg(
-        "REVERSAL_CHECK", target=sender, payment_id=pid, command_id=cmd["command_id"], amount=0,
+        REVERSAL_CHECK, target=sender, payment_id=pid, command_id=cmd["command_id"], amount=0,
         currency=ctx.account["currency"] if ctx.account else "", requested_by=cmd["reversal"]["actor"],
     )  # fmt: skip
 
 
 _HANDLERS = {
-    "OPEN_ACCOUNT": _open_account,
-    "DEPOSIT": _deposit_or_withdraw,
-    "WITHDRAW": _deposit_or_withdraw,
-    "TRANSFER": _transfer,
-    "FREEZE": _status_change,
-    "UNFREEZE": _status_change,
-    "REVERSE_TRANSFER": _reverse,
+    OPEN_ACCOUNT: _open_account,
+    DEPOSIT: _deposit_or_withdraw,
+    WITHDRAW: _deposit_or_withdraw,
+    TRANSFER: _transfer,
+    FREEZE: _status_change,
+    UNFREEZE: _status_change,
+    REVERSE_TRANSFER: _reverse,
 }
 
 
 # ------------------------------------------------------------------------------- legs
 
+# The kinds besides CREDIT; a module constant, so the check below builds no tuple.
+_RETURN_LEGS: Final = (REFUND, REVERSAL_CREDIT, REVERSAL_CHECK, REVERSE)
 
-def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
+
+def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[LedgerOutput]:
     """Apply the second half of a movement. A leg already applied is ignored: legs
     come only from the ledger itself, so a repeat is a replay, never a new request."""
     ctx = _Ctx(store, leg["account_id"], now_ms)
     kind = leg["kind"]
-    if kind == "CREDIT":
+    if kind == CREDIT:
         # The payment record a credit writes doubles as its dedupe marker, saving a
         # state write on the hottest path. It is written even for a key that is not
         # an account: legs come only from the ledger, each after a real debit, so
@@ -616,9 +680,9 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
         elif seen["from"] != leg["counterparty_id"]:
             _refund_reused_id(ctx, leg)
         return ctx.finish()
-    if kind not in ("REFUND", "REVERSAL_CREDIT", "REVERSAL_CHECK", "REVERSE"):
+    if kind not in _RETURN_LEGS:
         return [_dead(leg, f"leg kind {kind!r} is not one the ledger writes")]
-    if kind == "REVERSAL_CHECK":
+    if kind == REVERSAL_CHECK:
         if store.get(f"l:{leg['leg_id']}") is None:
             store.set(f"l:{leg['leg_id']}", 1)
             _answer_reversal_check(ctx, leg)
@@ -632,9 +696,9 @@ def apply_leg(store: Store, leg: dict[str, Any], now_ms: int) -> list[Output]:
     if store.get(f"l:{leg['leg_id']}") is not None:
         return []
     store.set(f"l:{leg['leg_id']}", 1)
-    if kind == "REFUND":
+    if kind == REFUND:
         _refund(ctx, leg)
-    elif kind == "REVERSE":
+    elif kind == REVERSE:
         _reverse_answered(ctx, leg)
     else:
         _reversal_credit(ctx, leg)
@@ -648,7 +712,7 @@ def _answer_reversal_check(ctx: _Ctx, leg: dict[str, Any]) -> None:
     seen = ctx.store.get(f"c:{leg['payment_id']}")
     debited = seen is not None and seen["st"] in ("PENDING", "FAILED")
     ctx.leg(
-        "REVERSE", target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
+        REVERSE, target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
         amount=0, currency=leg["currency"], requested_by=leg["requested_by"],
         reason=None if debited else "UNKNOWN_PAYMENT",
     )  # fmt: skip
@@ -674,11 +738,11 @@ def _reverse_answered(ctx: _Ctx, leg: dict[str, Any]) -> None:
         _reverse(ctx, rev, fp)
 
 
-def _dead(item: dict[str, Any], reason: str) -> Output:
+def _dead(item: dict[str, Any], reason: str) -> Output[DeadItem]:
     return Output(DEAD, item["account_id"], {"code": "INVALID", "reason": reason, "item": item})
 
 
-def receiver_problem(acct: dict[str, Any] | None, currency: str, amount: int = 0) -> str | None:
+def receiver_problem(acct: dict[str, Any] | None, currency: str, amount: int = 0) -> ReasonCode | None:
     if acct is None:
         return "RECEIVER_UNKNOWN"
     if acct["status"] == "FROZEN":
@@ -697,7 +761,7 @@ def _refund_reused_id(ctx: _Ctx, leg: dict[str, Any]) -> None:
     second payment reusing the id (possible from direct producers). Its dedupe marker
     is taken, so it would never be credited; it is refunded instead, with a reason."""
     ctx.leg(
-        "REFUND", target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
+        REFUND, target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
         amount=leg["amount"], currency=leg["currency"], requested_by=leg["requested_by"],
         reason="ID_REUSED_WITH_DIFFERENT_FIELDS",
     )  # fmt: skip
@@ -712,7 +776,7 @@ def _credit(ctx: _Ctx, leg: dict[str, Any], waiting: dict[str, Any] | None = Non
     if refusal is not None:
         ctx.store.set(f"p:{pid}", {"st": "REFUSED", "from": sender, "amount": amount, "currency": cur, **keep})
         ctx.leg(
-            "REFUND", target=sender, payment_id=pid, command_id=leg["command_id"],
+            REFUND, target=sender, payment_id=pid, command_id=leg["command_id"],
             amount=amount, currency=cur, requested_by=leg["requested_by"], reason=refusal,
         )  # fmt: skip
         return
@@ -721,8 +785,8 @@ def _credit(ctx: _Ctx, leg: dict[str, Any], waiting: dict[str, Any] | None = Non
     ctx.save_account()
     ctx.store.set(f"p:{pid}", {"st": "CREDITED", "from": sender, "amount": amount, "currency": cur, **keep})
     ctx.event(
-        "TRANSFER_COMPLETED", command_id=leg["command_id"], payment_id=pid,
-        command_type="TRANSFER", status="COMPLETED", terminal=True,
+        TRANSFER_COMPLETED, command_id=leg["command_id"], payment_id=pid,
+        command_type=TRANSFER, status="COMPLETED", terminal=True,
         requested_by=leg["requested_by"], amount=amount, currency=cur, counterparty_id=sender,
         postings=[
             _posting(transit_account(cur), "TRANSIT", -amount, cur),
@@ -743,8 +807,8 @@ def _refund(ctx: _Ctx, leg: dict[str, Any]) -> None:
         seen.update(st="FAILED", rs=leg["reason"])
         ctx.store.set(f"c:{leg['command_id']}", seen)
     ctx.event(
-        "TRANSFER_FAILED", command_id=leg["command_id"], payment_id=pid,
-        command_type="TRANSFER", status="FAILED", terminal=True, reason=leg["reason"],
+        TRANSFER_FAILED, command_id=leg["command_id"], payment_id=pid,
+        command_type=TRANSFER, status="FAILED", terminal=True, reason=leg["reason"],
         requested_by=leg["requested_by"], amount=amount, currency=cur,
         counterparty_id=leg["counterparty_id"],
         postings=[
@@ -760,8 +824,8 @@ def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
     ctx.account["balance"] += amount
     ctx.save_account()
     ctx.event(
-        "TRANSFER_REVERSED", command_id=leg["command_id"], payment_id=pid,
-        command_type="REVERSE_TRANSFER", status="COMPLETED", terminal=True,
+        TRANSFER_REVERSED, command_id=leg["command_id"], payment_id=pid,
+        command_type=REVERSE_TRANSFER, status="COMPLETED", terminal=True,
         requested_by=leg["requested_by"], amount=amount, currency=cur,
         counterparty_id=leg["counterparty_id"], note=leg["reason"],
         postings=[
@@ -774,13 +838,13 @@ def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------- validation
 
 _BODY_FOR = {
-    "OPEN_ACCOUNT": "open_account",
-    "DEPOSIT": "movement",
-    "WITHDRAW": "movement",
-    "TRANSFER": "movement",
-    "FREEZE": "status_change",
-    "UNFREEZE": "status_change",
-    "REVERSE_TRANSFER": "reversal",
+    OPEN_ACCOUNT: "open_account",
+    DEPOSIT: "movement",
+    WITHDRAW: "movement",
+    TRANSFER: "movement",
+    FREEZE: "status_change",
+    UNFREEZE: "status_change",
+    REVERSE_TRANSFER: "reversal",
 }
 
 
@@ -813,8 +877,8 @@ def command_problem(cmd: dict[str, Any], key: str) -> str | None:
             return f"{name} {cmd.get(name)!r} is not a canonical UUID"
     if cmd["account_id"] != key:
         return f"key {key!r} differs from account_id {cmd['account_id']!r}"
-    if ctype == "TRANSFER" and not is_uuid(cmd["movement"].get("counterparty_id")):
+    if ctype == TRANSFER and not is_uuid(cmd["movement"].get("counterparty_id")):
         return "TRANSFER needs a UUID counterparty_id"
-    if ctype == "REVERSE_TRANSFER" and not is_uuid(cmd["reversal"]["payment_id"]):
+    if ctype == REVERSE_TRANSFER and not is_uuid(cmd["reversal"]["payment_id"]):
         return "REVERSE_TRANSFER needs a UUID payment_id"
     return None

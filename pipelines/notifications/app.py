@@ -18,7 +18,7 @@ the owner state kept per account could not be shared without a re-keyed topic.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from quixstreams import Application
 from quixstreams.state import State
@@ -26,6 +26,7 @@ from quixstreams.state import State
 from paystream import liveness, metrics, topics, tracing
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
+from paystream.records import ACCOUNT_OPENED
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     DownstreamSettings,
@@ -61,7 +62,7 @@ class NotificationProcessor(Processor):
         if isinstance(decoded, list):
             return decoded
         _, ev = decoded
-        if ev["type"] == "ACCOUNT_OPENED" and not ev["replay"] and ev.get("account"):
+        if ev["type"] == ACCOUNT_OPENED and not ev["replay"] and ev.get("account"):
             state.set(OWNER_KEY, ev["account"]["owner_id"])
             return []
         owner = state.get(OWNER_KEY)
@@ -75,7 +76,8 @@ class NotificationProcessor(Processor):
             return []
         tracing.annotate(payment_id=ev.get("payment_id"), account=ev["account_id"])
         NOTIFIED.labels(n["kind"]).inc()
-        return [self.encode(NOTIFICATIONS, n["user_id"], n)]
+        # Codec.encode takes dict[str, Any], which a TypedDict is not assignable to.
+        return [self.encode(NOTIFICATIONS, n["user_id"], cast("dict[str, Any]", n))]
 
 
 class DecisionProcessor(Processor):
@@ -98,7 +100,8 @@ class DecisionProcessor(Processor):
             return []
         tracing.annotate(payment_id=decision["payment_id"], account=decision["sender_id"])
         NOTIFIED.labels(n["kind"]).inc()
-        return [self.encode(NOTIFICATIONS, n["user_id"], n)]
+        # Codec.encode takes dict[str, Any], which a TypedDict is not assignable to.
+        return [self.encode(NOTIFICATIONS, n["user_id"], cast("dict[str, Any]", n))]
 
 
 def build_app(settings: Settings | None = None) -> Application:
