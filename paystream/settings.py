@@ -207,6 +207,32 @@ class Settings(BaseSettings):
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.
     ledger_account_memo: int = Field(default=20_000, ge=0)
 
+    # Downstream Quix apps. Instance ids name the transactional id and the local state
+    # directory: one per running process, stable across its restarts so a restart
+    # fences its zombie at once instead of leaving consumers to wait out the transaction.
+    fraud_instance: str = "0"
+    compensation_instance: str = "0"
+    notifications_instance: str = "0"
+    downstream_commit_interval: float = Field(
+        default=0.2, description="seconds per Quix checkpoint: bounds the latency of each hop"
+    )
+
+    # Webhook delivery policy (pipelines/notifications/webhooks.py, docs/NOTIFICATIONS.md).
+    webhook_backoff_base_seconds: float = 5.0
+    webhook_backoff_cap_seconds: float = 3600.0
+    webhook_max_age_seconds: float = 3 * 86400.0
+    webhook_concurrency: int = 16  # endpoints served at once per worker process
+    webhook_timeout_seconds: float = 10.0  # per attempt; a slow endpoint costs its own slot only
+    webhook_lease_seconds: float = 60.0
+    webhook_poll_interval: float = 0.2
+    webhook_batch_per_endpoint: int = 50  # deliveries per lease before the endpoint goes back in line
+    webhook_allow_private_urls: bool = False  # http:// and loopback/private hosts: development and tests
+    webhook_max_endpoints_per_user: int = 10
+    # Names this worker's leases; stable across its restarts (one per running process
+    # on a host), so a restarted worker takes back what its dead predecessor leased
+    # instead of waiting `webhook_lease_seconds` for the leases to expire.
+    webhook_instance: str = "0"
+
     def metrics_port(self, component: str) -> int:
         """The Prometheus port of a component (0: none); the sink keeps `sink_metrics_port`."""
         return int(getattr(self, f"{component.replace('-', '_')}_metrics_port", 0) or 0)

@@ -109,10 +109,8 @@ def api(db: Settings) -> Iterator[Any]:
 
     from gateway.app import create_app
 
-    os.environ["PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS"] = "true"  # the API reads it per request
-    with TestClient(create_app(db)) as client:
+    with TestClient(create_app(db.model_copy(update={"webhook_allow_private_urls": True}))) as client:
         yield client
-    os.environ.pop("PAYSTREAM_WEBHOOK_ALLOW_PRIVATE_URLS", None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -28,7 +28,6 @@ from gateway.deps import GatewayDep, User
 from gateway.problems import Problem, responses
 from pipelines.notifications.egress import host_problem
 from pipelines.notifications.signing import new_secret
-from pipelines.notifications.webhooks import WebhookSettings
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -76,8 +75,7 @@ def url_problem(url: str, allow_private: bool) -> str | None:
 @router.post("", status_code=201, response_model=EndpointCreated,
              responses=responses(401, 409, 422))
 async def register(body: EndpointIn, p: User, gw: GatewayDep) -> dict[str, Any]:
-    ws = WebhookSettings()
-    problem = url_problem(body.url, ws.allow_private_urls)
+    problem = url_problem(body.url, gw.settings.webhook_allow_private_urls)
     if problem:
         raise Problem(422, "invalid_webhook_url", problem)
     endpoint_id, secret = str(uuid.uuid4()), new_secret()
@@ -87,9 +85,9 @@ async def register(body: EndpointIn, p: User, gw: GatewayDep) -> dict[str, Any]:
         cur = await conn.execute(
             "SELECT count(*) FROM webhook_endpoints WHERE user_id = %s AND active", (p.user_id,))
         row = await cur.fetchone()
-        if row is not None and row[0] >= ws.max_endpoints_per_user:
+        if row is not None and row[0] >= gw.settings.webhook_max_endpoints_per_user:
             raise Problem(409, "too_many_webhooks",
-                          f"at most {ws.max_endpoints_per_user} active endpoints per user")
+                          f"at most {gw.settings.webhook_max_endpoints_per_user} active endpoints per user")
         cur = await conn.execute(
             "INSERT INTO webhook_endpoints (endpoint_id, user_id, url, secret) VALUES (%s, %s, %s, %s)"
             " RETURNING created_at", (endpoint_id, p.user_id, body.url, secret))

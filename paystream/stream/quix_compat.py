@@ -27,7 +27,8 @@ _STARTED = PartitionTransactionStatus.STARTED
 def disable_time_alignment(app: Application) -> None:
     """`concat()` turns on cross-topic timestamp alignment, which holds a partition's
     commands back while its legs partition has an open transaction (always, under
-    load: the ledger writes the legs). Quix has no public switch (docs/LEDGER.md)."""
+    load: the ledger writes the legs; fraud feeds fraud.flows itself). Quix has no
+    public switch (docs/LEDGER.md)."""
     registry = app._dataframe_registry
     if not hasattr(registry, "_requires_time_alignment"):
         raise RuntimeError(f"quixstreams changed: no _requires_time_alignment (checked {CHECKED_VERSION})")

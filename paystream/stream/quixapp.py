@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from quixstreams import Application, message_context
 from quixstreams.models.serializers import SerializationContext, Serializer
 
@@ -25,24 +23,6 @@ from paystream.settings import Settings
 
 # An output travels through the dataframe as (topic, key, encoded value).
 Routed = tuple[str, str, bytes]
-
-
-class DownstreamSettings(BaseSettings):
-    """Knobs of the downstream apps (env prefix PAYSTREAM_).
-
-    Instance ids name the transactional id and the local state directory: one
-    per running process, stable across its restarts so a restart fences its
-    zombie at once instead of leaving consumers to wait out the transaction.
-    """
-
-    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_", env_file=".env", extra="ignore")
-
-    fraud_instance: str = "0"
-    compensation_instance: str = "0"
-    notifications_instance: str = "0"
-    downstream_commit_interval: float = Field(
-        default=0.2, description="seconds per Quix checkpoint: bounds the latency of each hop"
-    )
 
 
 class RoutedSerializer(Serializer):
@@ -104,14 +84,6 @@ def apply_processor(sdf: Any, processor: Any, component: str, *, stateful: bool 
     context goes onto every output (`paystream.tracing`)."""
     fn, after = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, component), component)
     return after(sdf.apply(fn, stateful=stateful, expand=True, metadata=True))
-
-
-def disable_time_alignment(app: Application) -> None:
-    """concat() turns on Quix's cross-topic timestamp alignment, which holds one
-    input back while the other has an open transaction. Our apps feed one of their
-    own inputs (fraud.flows) or read topics whose relative order carries no
-    meaning, so, as in the ledger, we turn it off (no public switch in 3.28)."""
-    app._dataframe_registry._requires_time_alignment = False
 
 
 def decode_key(key: bytes | None) -> str | None:

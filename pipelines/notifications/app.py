@@ -29,7 +29,6 @@ from paystream.deadletter import DLQ_TOPIC
 from paystream.records import ACCOUNT_OPENED
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
-    DownstreamSettings,
     Processor,
     Routed,
     apply_processor,
@@ -106,9 +105,8 @@ class DecisionProcessor(Processor):
 
 def build_app(settings: Settings | None = None) -> Application:
     settings = settings or get_settings()
-    ds = DownstreamSettings()
-    app = build_application(settings, component=COMPONENT, instance=ds.notifications_instance,
-                            commit_interval=ds.downstream_commit_interval)
+    app = build_application(settings, component=COMPONENT, instance=settings.notifications_instance,
+                            commit_interval=settings.downstream_commit_interval)
     codec = Codec(settings.registry_url)
     events = app.topic(EVENTS, key_deserializer="bytes", value_deserializer="bytes")
     sdf = app.dataframe(events)

@@ -39,7 +39,6 @@ from confluent_kafka import Message
 from prometheus_client import Counter, Histogram
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from paystream import ids, metrics, topics
 from paystream.codec import Codec
@@ -61,26 +60,38 @@ ATTEMPT_SECONDS = Histogram("paystream_webhook_attempt_seconds", "time of one de
 QUEUED = Counter("paystream_webhook_deliveries_queued_total", "deliveries created from notifications")
 
 
-class WebhookSettings(BaseSettings):
-    """Delivery policy (env prefix PAYSTREAM_WEBHOOK_)."""
+@dataclass(frozen=True, slots=True)
+class WebhookPolicy:
+    """The delivery policy as plain data for the rules below; its values are the
+    `webhook_*` settings (env PAYSTREAM_WEBHOOK_*), read once per worker."""
 
-    model_config = SettingsConfigDict(env_prefix="PAYSTREAM_WEBHOOK_", env_file=".env",
-                                      extra="ignore")
+    backoff_base_seconds: float
+    backoff_cap_seconds: float
+    max_age_seconds: float
+    concurrency: int
+    timeout_seconds: float
+    lease_seconds: float
+    poll_interval: float
+    batch_per_endpoint: int
+    allow_private_urls: bool
+    max_endpoints_per_user: int
+    instance: str
 
-    backoff_base_seconds: float = 5.0
-    backoff_cap_seconds: float = 3600.0
-    max_age_seconds: float = 3 * 86400.0
-    concurrency: int = 16            # endpoints served at once per worker process
-    timeout_seconds: float = 10.0    # per attempt; a slow endpoint costs its own slot only
-    lease_seconds: float = 60.0
-    poll_interval: float = 0.2
-    batch_per_endpoint: int = 50     # deliveries per lease before the endpoint goes back in line
-    allow_private_urls: bool = False  # http:// and loopback/private hosts: development and tests
-    max_endpoints_per_user: int = 10
-    # Names this worker's leases; stable across its restarts (one per running process
-    # on a host), so a restarted worker takes back what its dead predecessor leased
-    # instead of waiting `lease_seconds` for the leases to expire.
-    instance: str = "0"
+    @classmethod
+    def of(cls, settings: Settings) -> WebhookPolicy:
+        return cls(
+            backoff_base_seconds=settings.webhook_backoff_base_seconds,
+            backoff_cap_seconds=settings.webhook_backoff_cap_seconds,
+            max_age_seconds=settings.webhook_max_age_seconds,
+            concurrency=settings.webhook_concurrency,
+            timeout_seconds=settings.webhook_timeout_seconds,
+            lease_seconds=settings.webhook_lease_seconds,
+            poll_interval=settings.webhook_poll_interval,
+            batch_per_endpoint=settings.webhook_batch_per_endpoint,
+            allow_private_urls=settings.webhook_allow_private_urls,
+            max_endpoints_per_user=settings.webhook_max_endpoints_per_user,
+            instance=settings.webhook_instance,
+        )
 
 
 def delivery_id(notification_id: str, endpoint_id: str) -> str:
@@ -94,7 +105,7 @@ def body_of(n: dict[str, Any]) -> str:
                        "data": n}, sort_keys=True, separators=(",", ":"))
 
 
-def backoff_delay(attempt: int, ws: WebhookSettings, rnd: random.Random | None = None) -> float:
+def backoff_delay(attempt: int, ws: WebhookPolicy, rnd: random.Random | None = None) -> float:
     """Delay after the `attempt`-th failure: exponential, capped, with "equal jitter"
     (half fixed, half random), so retries of many deliveries spread out while the
     delay never drops below half the exponential step."""
@@ -102,7 +113,7 @@ def backoff_delay(attempt: int, ws: WebhookSettings, rnd: random.Random | None =
     return step / 2 + (rnd or random).uniform(0, step / 2)
 
 
-def after_failure(attempt: int, age_seconds: float, ws: WebhookSettings,
+def after_failure(attempt: int, age_seconds: float, ws: WebhookPolicy,
                   rnd: random.Random | None = None) -> float | None:
     """Seconds until the next attempt, or None when the delivery is to be given up:
     the next try would fall outside the retry period."""
@@ -183,7 +194,7 @@ class Endpoint:
     secret: str
 
 
-def http_client(ws: WebhookSettings) -> httpx.AsyncClient:
+def http_client(ws: WebhookPolicy) -> httpx.AsyncClient:
     """The client deliveries go through. It connects only to public addresses,
     checked on what the host name resolves to at connect time (DNS rebinding);
     it follows no redirects and uses no proxy from the environment, which would
@@ -196,7 +207,7 @@ def http_client(ws: WebhookSettings) -> httpx.AsyncClient:
 
 
 class Deliverer:
-    def __init__(self, settings: Settings, ws: WebhookSettings) -> None:
+    def __init__(self, settings: Settings, ws: WebhookPolicy) -> None:
         self.settings = settings
         self.ws = ws
         self.me = f"{socket.gethostname()}-{ws.instance}"
@@ -339,7 +350,7 @@ class Deliverer:
 def run(settings: Settings | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = settings or get_settings()
-    ws = WebhookSettings()
+    ws = WebhookPolicy.of(settings)
     codec = Codec(settings.registry_url)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

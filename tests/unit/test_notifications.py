@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from gateway.routes.webhooks import url_problem
+from paystream.settings import Settings
 from pipelines.notifications import signing
 from pipelines.notifications.domain import (
     decision_notification,
@@ -15,7 +16,7 @@ from pipelines.notifications.domain import (
     notification_id,
 )
 from pipelines.notifications.webhooks import (
-    WebhookSettings,
+    WebhookPolicy,
     after_failure,
     backoff_delay,
     body_of,
@@ -119,7 +120,9 @@ def test_signature_round_trip_and_tampering():
 
 
 def test_backoff_grows_with_jitter_and_gives_up_after_the_period():
-    ws = WebhookSettings(backoff_base_seconds=1, backoff_cap_seconds=60, max_age_seconds=300)
+    ws = WebhookPolicy.of(
+        Settings(webhook_backoff_base_seconds=1, webhook_backoff_cap_seconds=60, webhook_max_age_seconds=300)
+    )
     rnd = random.Random(1)
     for attempt in range(1, 12):
         step = min(60, 2 ** (attempt - 1))
@@ -128,7 +131,7 @@ def test_backoff_grows_with_jitter_and_gives_up_after_the_period():
         assert len(set(delays)) > 1  # jittered
     assert after_failure(1, 0, ws, rnd) is not None
     assert after_failure(20, 299, ws, rnd) is None
-    assert WebhookSettings().max_age_seconds == 3 * 86400
+    assert WebhookPolicy.of(Settings()).max_age_seconds == 3 * 86400
 
 
 def test_webhook_urls():

@@ -13,7 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from pipelines.notifications.webhooks import WebhookSettings
+from paystream.settings import Settings
+from pipelines.notifications.webhooks import WebhookPolicy
 
 
 @pytest.mark.parametrize(("address", "public"), [
@@ -115,11 +116,11 @@ def test_local_receivers_still_work_when_private_urls_are_allowed(receiver: HTTP
 def test_the_worker_client_refuses_private_addresses(receiver: HTTPServer) -> None:
     from pipelines.notifications.webhooks import http_client
 
-    async def go(ws: WebhookSettings) -> httpx.Response:
+    async def go(ws: WebhookPolicy) -> httpx.Response:
         async with http_client(ws) as client:
             return await client.post(f"http://localhost:{receiver.server_port}/hook", content=b"{}")
 
     with pytest.raises(httpx.ConnectError, match="not a public address"):
-        asyncio.run(go(WebhookSettings(allow_private_urls=False)))
+        asyncio.run(go(WebhookPolicy.of(Settings(webhook_allow_private_urls=False))))
     assert receiver.hosts == []  # type: ignore[attr-defined]
-    assert asyncio.run(go(WebhookSettings(allow_private_urls=True))).status_code == 204
+    assert asyncio.run(go(WebhookPolicy.of(Settings(webhook_allow_private_urls=True)))).status_code == 204

@@ -51,6 +51,7 @@ from paystream import commands as C
 from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings, get_settings
+from paystream.stream import quix_compat
 
 STAGES = ("alo-pass", "eos-pass", "eos-state", "eos-avro", "eos-shape")
 EVENTS, LEGS = topics.EVENTS, topics.LEGS
@@ -195,7 +196,7 @@ def _child(stage: str, source: str, sink: str, n: int, result: str, group: str) 
     if stage == "eos-shape":
         legs = app.topic(f"{source}.legs", key_deserializer="bytes", value_deserializer="bytes")
         sdf = sdf.concat(app.dataframe(legs))
-        app._dataframe_registry._requires_time_alignment = False  # as the ledger does
+        quix_compat.disable_time_alignment(app)  # as the ledger does
         sdf = sdf.apply(shape, stateful=True, expand=True, metadata=True)
     elif stage in ("alo-pass", "eos-pass"):
         sdf = sdf.apply(passthrough)
