@@ -153,6 +153,11 @@ CONSUMER_LAG = Gauge(
     ["component", "topic", "partition"],
 )
 DEAD_LETTERS = Counter("paystream_dead_letters_total", "messages sent to paystream.dlq", ["component", "reason"])
+# A run-time money assertion failed (postings that do not sum to zero, a balance that
+# moved by other than its postings): a bug, never bad input. Alert on any increase.
+INVARIANT_VIOLATIONS = Counter(
+    "paystream_money_invariant_violations_total", "run-time money assertions that failed", ["component"]
+)
 OUTBOX_BACKLOG = Gauge("paystream_outbox_backlog", "outbox rows not yet published", ["outbox"])
 OUTBOX_PUBLISHED = Counter("paystream_outbox_published_total", "outbox rows published", ["outbox"])
 UP = Gauge("paystream_up", "1 while the process runs", ["component"])

@@ -96,6 +96,11 @@ _ID_FIELDS = ("event_id", "account_id", "command_id", "payment_id")
 _TEXT_FIELDS = ("requested_by", "note", "currency")
 
 
+# The start of a refusal that is a broken money invariant, not malformed data: the
+# sink counts these apart (paystream_money_invariant_violations_total) and alarms.
+UNBALANCED = "postings do not sum to zero"
+
+
 def normalize_event(ev: Decoded) -> str | None:
     """Make a decoded event storable in place, or say why it cannot be.
 
@@ -119,6 +124,10 @@ def normalize_event(ev: Decoded) -> str | None:
         return f"an id is not a UUID: {exc}"
     if len(postings) > 32767:
         return "too many postings for one event"
+    if sum(p["amount"] for p in postings) != 0:
+        # The ledger asserts this when it emits; the sink asserts it again before it
+        # folds, so a journal written by anything else cannot unbalance the books.
+        return f"{UNBALANCED}: {[(p['account_id'], p['amount']) for p in postings]}"
     for name in _TEXT_FIELDS:
         if ev.get(name) is not None:
             ev[name] = _clean(ev[name])

@@ -20,6 +20,7 @@ from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.settings import Settings
+from paystream.stream import quix_compat
 
 # An output travels through the dataframe as (topic, key, encoded value).
 Routed = tuple[str, str, bytes]
@@ -76,6 +77,22 @@ def build_application(
     )
     metrics.time_commits(app, component)
     return app
+
+
+def inputs(app: Application, *topics: str) -> Any:
+    """The app's input topics as one dataframe of raw bytes (the processor decodes,
+    so an undecodable record is dead-lettered, not a crash). Several topics are
+    concatenated without Quix's cross-topic time alignment: no paystream app needs
+    its inputs ordered against each other (the ledger, docs/LEDGER.md; fraud feeds
+    fraud.flows itself; compensation's alerts and decisions are independent), and
+    alignment holds an input back while another has an open transaction."""
+    frames = [app.dataframe(app.topic(t, key_deserializer="bytes", value_deserializer="bytes")) for t in topics]
+    sdf = frames[0]
+    for more in frames[1:]:
+        sdf = sdf.concat(more)
+    if len(frames) > 1:
+        quix_compat.disable_time_alignment(app)
+    return sdf
 
 
 def apply_processor(sdf: Any, processor: Any, component: str, *, stateful: bool = True) -> Any:

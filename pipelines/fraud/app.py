@@ -34,12 +34,12 @@ from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.records import ACCOUNT_OPENED, FREEZE, HIGH, Decoded, FraudAlert, FundsFlow
 from paystream.settings import Settings, get_settings
-from paystream.stream import quix_compat
 from paystream.stream.quixapp import (
     Processor,
     Routed,
     apply_processor,
     build_application,
+    inputs,
     route,
 )
 from pipelines.fraud import rules
@@ -190,13 +190,7 @@ def build_app(settings: Settings | None = None, cfg: FraudConfig | None = None) 
     app = build_application(settings, component=COMPONENT, instance=settings.fraud_instance,
                             commit_interval=settings.downstream_commit_interval)
     codec = Codec(settings.registry_url)
-    events = app.topic(EVENTS, key_deserializer="bytes", value_deserializer="bytes")
-    flows = app.topic(FLOWS, key_deserializer="bytes", value_deserializer="bytes")
-    sdf = app.dataframe(events).concat(app.dataframe(flows))
-    # fraud.flows is fed by the app itself, and the other inputs' relative order
-    # carries no meaning: no cross-topic alignment, as in the ledger.
-    quix_compat.disable_time_alignment(app)
-    sdf = apply_processor(sdf, FraudProcessor(codec, cfg or get_config()), COMPONENT)
+    sdf = apply_processor(inputs(app, EVENTS, FLOWS), FraudProcessor(codec, cfg or get_config()), COMPONENT)
     route(app, sdf, [FLOWS, ALERTS, C.PRIVILEGED_TOPIC, DLQ_TOPIC])
     return app
 

@@ -34,12 +34,12 @@ from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.records import HIGH, REJECTED, UNFREEZE, Decoded, FraudAlert, ReviewDecision
 from paystream.settings import Settings, get_settings
-from paystream.stream import quix_compat
 from paystream.stream.quixapp import (
     Processor,
     Routed,
     apply_processor,
     build_application,
+    inputs,
     route,
 )
 from paystream.stream.store import Store
@@ -137,13 +137,7 @@ def build_app(settings: Settings | None = None) -> Application:
     app = build_application(settings, component=COMPONENT, instance=settings.compensation_instance,
                             commit_interval=settings.downstream_commit_interval)
     codec = Codec(settings.registry_url)
-    alerts = app.topic(ALERTS, key_deserializer="bytes", value_deserializer="bytes")
-    decisions = app.topic(DECISIONS, key_deserializer="bytes", value_deserializer="bytes")
-    sdf = app.dataframe(alerts).concat(app.dataframe(decisions))
-    # fraud.flows is fed by the app itself, and the other inputs' relative order
-    # carries no meaning: no cross-topic alignment, as in the ledger.
-    quix_compat.disable_time_alignment(app)
-    sdf = apply_processor(sdf, CompensationProcessor(codec), COMPONENT)
+    sdf = apply_processor(inputs(app, ALERTS, DECISIONS), CompensationProcessor(codec), COMPONENT)
     route(app, sdf, [C.PRIVILEGED_TOPIC, DLQ_TOPIC])
     return app
 

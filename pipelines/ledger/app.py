@@ -220,7 +220,7 @@ class LedgerProcessor:
                                  timestamp, headers)
             if (problem := self._misrouted(skey)) is not None:
                 return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
-            self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=True), timestamp,
+            self._emit(emit, self._apply_rules(state, [record], timestamp, legs=True), timestamp,
                        headers)
         elif name == LEG_BATCH:
             self._batch(emit, state, record, domain.LEGS, timestamp, headers)
@@ -239,7 +239,7 @@ class LedgerProcessor:
             return self._dlq(emit, "UNPRIVILEGED", problem, key, value, timestamp, headers)
         if (problem := self._misrouted(skey)) is not None:
             return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
-        self._emit(emit, domain.apply_batch(self._stores(state), [record], timestamp, legs=False), timestamp,
+        self._emit(emit, self._apply_rules(state, [record], timestamp, legs=False), timestamp,
                    headers)
         return None
 
@@ -276,8 +276,23 @@ class LedgerProcessor:
                                item, index, timestamp, headers)  # fmt: skip
             else:
                 accepted.append(item)
-        outputs = domain.apply_batch(self._stores(state), accepted, timestamp, legs=not is_command)
+        outputs = self._apply_rules(state, accepted, timestamp, legs=not is_command)
         self._emit(emit, outputs, timestamp, headers)
+
+    def _apply_rules(
+        self, state: State, items: list[dict[str, Any]], timestamp: int, *, legs: bool
+    ) -> list[domain.Output]:
+        try:
+            return domain.apply_batch(self._stores(state), items, timestamp, legs=legs)
+        except domain.InvariantBroken as exc:
+            # A rule bug would create or lose money. Stop here: the exception aborts
+            # the Kafka transaction (no state, output or offset of this checkpoint is
+            # ever visible), the process exits and, restarted, stops again on the
+            # same record. Money stays where it was until the rules are fixed.
+            metrics.INVARIANT_VIOLATIONS.labels(COMPONENT).inc()
+            log.critical("money invariant broken, stopping: %s (items %s)", exc,
+                         [i.get("command_id") or i.get("leg_id") for i in items])
+            raise
 
     def _emit(self, emit: _Emit, outputs: list[domain.Output], timestamp: int, headers: Any) -> None:
         codec = self.codec

@@ -35,7 +35,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar
+from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar, cast
 
 from paystream import ids, topics
 from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
@@ -266,6 +266,48 @@ def _posting(account_id: str, kind: AccountKind, amount: int, currency: str) -> 
     return {"account_id": account_id, "account_kind": kind, "amount": amount, "currency": currency}
 
 
+class InvariantBroken(Exception):
+    """Money would be created or lost: a bug in the rules, never bad input (bad input
+    is refused by the checks before any money moves). Raised before the account is
+    written; the adapter lets it abort the Kafka transaction, so nothing of it is
+    ever visible, and alarms (docs/LEDGER.md, "Run-time money assertions")."""
+
+
+# Debits that must never take a user account below zero (a reversal may: chargeback).
+_FUNDED_DEBITS = frozenset({TRANSFER_DEBITED, WITHDRAWN})
+
+
+def _assert_money_kept(ctx: _Ctx) -> None:
+    """Paired assertions, checked at run time for every input that emitted something:
+    each event's postings sum to zero, the account's own postings add up to exactly
+    the change of its balance, and a user account is not negative after a funded
+    debit. Independent of the rules that should make them true, so a rule bug stops
+    the ledger instead of moving money."""
+    own = 0
+    funded_debit = False
+    for o in ctx.out:
+        if o.topic != EVENTS:
+            continue
+        ev = cast(LedgerEvent, o.value)
+        postings = ev["postings"]
+        if postings:
+            if sum(p["amount"] for p in postings) != 0:
+                raise InvariantBroken(f"{ev['type']} {ev['event_id']}: postings do not sum to zero: {postings}")
+            for p in postings:
+                if p["account_id"] == ctx.key:
+                    own += p["amount"]
+        funded_debit = funded_debit or ev["type"] in _FUNDED_DEBITS
+    account = ctx.account
+    if account is None:
+        return
+    if account["balance"] - ctx.before != own:
+        raise InvariantBroken(
+            f"account {ctx.key}: balance moved by {account['balance'] - ctx.before}, its postings by {own}"
+        )
+    if funded_debit and account["kind"] == "USER" and account["balance"] < 0:
+        raise InvariantBroken(f"user account {ctx.key} is at {account['balance']} after a funded debit")
+
+
 class _Ctx:
     """One application of one input to one account key."""
 
@@ -274,6 +316,7 @@ class _Ctx:
         self.key = key
         self.now_ms = now_ms
         self.account: dict[str, Any] | None = store.get("a")
+        self.before: int = self.account["balance"] if self.account is not None else 0
         self.out: list[LedgerOutput] = []
         self.dirty = False
 
@@ -283,6 +326,8 @@ class _Ctx:
     def finish(self) -> list[LedgerOutput]:
         """Write the account once per input, however many events it produced: each
         write is a changelog record, the ledger's main cost per message."""
+        if self.out:
+            _assert_money_kept(self)
         if self.dirty:
             self.store.set("a", self.account)
         return self.out
@@ -471,6 +516,10 @@ def _open_account(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         return _reject(ctx, cmd, "NOT_ALLOWED", fp)
     if not is_currency(oa["currency"]):
         return _reject(ctx, cmd, "UNKNOWN_CURRENCY", fp)
+    if ctx.key in (transit_account(oa["currency"]), settlement_account(oa["currency"])):
+        # The books' own accounts: their balances are the sums of their postings,
+        # never a record here (an account record would take both sides of a posting).
+        return _reject(ctx, cmd, "NOT_ALLOWED", fp)
     if ctx.account is not None:
         return _reject(ctx, cmd, "ALREADY_EXISTS", fp)
     ctx.account = {

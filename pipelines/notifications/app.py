@@ -33,6 +33,7 @@ from paystream.stream.quixapp import (
     Routed,
     apply_processor,
     build_application,
+    inputs,
     route,
 )
 from pipelines.notifications.domain import decision_notification, kind_of, notification_for
@@ -108,12 +109,8 @@ def build_app(settings: Settings | None = None) -> Application:
     app = build_application(settings, component=COMPONENT, instance=settings.notifications_instance,
                             commit_interval=settings.downstream_commit_interval)
     codec = Codec(settings.registry_url)
-    events = app.topic(EVENTS, key_deserializer="bytes", value_deserializer="bytes")
-    sdf = app.dataframe(events)
-    sdf = apply_processor(sdf, NotificationProcessor(codec), COMPONENT)
-    decisions = app.topic(DECISIONS, key_deserializer="bytes", value_deserializer="bytes")
-    dsdf = apply_processor(app.dataframe(decisions), DecisionProcessor(codec), COMPONENT,
-                           stateful=False)
+    sdf = apply_processor(inputs(app, EVENTS), NotificationProcessor(codec), COMPONENT)
+    dsdf = apply_processor(inputs(app, DECISIONS), DecisionProcessor(codec), COMPONENT, stateful=False)
     route(app, sdf, [NOTIFICATIONS, DLQ_TOPIC], dsdf)
     return app
 

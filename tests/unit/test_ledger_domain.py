@@ -483,3 +483,45 @@ def test_any_split_into_batches_gives_the_same_events_and_state(actions, data):
         k: s.data for k, s in single.stores.items() if s.data
     }
 
+
+
+def test_a_rule_that_would_create_money_stops_before_anything_is_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run-time money assertions are independent of the rules: a rule bug that
+    posts unbalanced amounts, or moves a balance by other than its postings, raises
+    before the account is written, so the adapter's transaction never shows it."""
+    class Recording(DictStore):
+        writes: list[str] = []
+
+        def set(self, key: str, value: Any) -> None:
+            self.writes.append(key)
+            super().set(key, value)
+
+    store = Recording()
+    domain.apply_command(store, open_account(A), 0)
+    domain.apply_command(store, deposit(A, 1000), 0)
+    store.writes.clear()
+    real = domain._posting
+
+    def generous(account_id: str, kind: str, amount: int, currency: str) -> dict[str, Any]:
+        return real(account_id, kind, amount + (1 if kind == "TRANSIT" else 0), currency)
+
+    monkeypatch.setattr(domain, "_posting", generous)
+    with pytest.raises(domain.InvariantBroken, match="do not sum to zero"):
+        domain.apply_command(store, transfer(A, B, 100), 0)
+    assert "a" not in store.writes  # the account record was not written
+    monkeypatch.setattr(domain, "_posting", real)
+
+    def overdraw(account: dict[str, Any], amount: int) -> bool:
+        return True  # a broken funds check
+
+    monkeypatch.setattr(domain, "has_funds", overdraw)
+    with pytest.raises(domain.InvariantBroken, match="after a funded debit"):
+        domain.apply_command(store, transfer(A, B, 5000), 0)
+
+
+def test_the_books_own_accounts_cannot_be_opened_as_records() -> None:
+    """Transit and settlement balances are sums of postings; an account record under
+    their id would take both sides of a posting and trip the money assertions."""
+    store = DictStore()
+    out = domain.apply_command(store, open_account(domain.settlement_account("USD")), 0)
+    assert out[0].value["type"] == "COMMAND_REJECTED" and out[0].value["reason"] == "NOT_ALLOWED"

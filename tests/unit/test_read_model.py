@@ -255,3 +255,15 @@ def test_sink_dead_letters_undecodable_values_and_still_advances():
         (0, 6, "UNDECODABLE"), (1, 9, "UNKNOWN_SCHEMA"), (1, 10, "INVALID"),
     ]  # fmt: skip
     assert all(d["component"] == "sink" and d["key"] == b"k" for d in letters)
+
+
+def test_an_event_whose_postings_do_not_balance_is_refused_before_it_is_folded() -> None:
+    a, t = str(uuid.uuid4()), str(uuid.uuid4())
+    ev = {"event_id": str(uuid.uuid4()), "command_id": str(uuid.uuid4()), "payment_id": str(uuid.uuid4()),
+          "account_id": a, "counterparty_id": None, "metadata": {}, "account": None,
+          "postings": [{"account_id": a, "kind": "USER", "amount": -100, "currency": "USD"},
+                       {"account_id": t, "kind": "TRANSIT", "amount": 101, "currency": "USD"}]}
+    problem = rm.normalize_event(ev)
+    assert problem is not None and problem.startswith(rm.UNBALANCED)
+    ev["postings"][1]["amount"] = 100
+    assert rm.normalize_event(ev) is None
