@@ -560,23 +560,19 @@ def _status_change(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
 def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     mv = cmd.get("movement")
     reason = amount_problem(mv)
-    if reason is None:
-        assert mv is not None
-        reason = sender_problem(ctx.account, mv["currency"])
-    if reason is None and cmd["type"] == WITHDRAW:
-        assert ctx.account is not None and mv is not None
-        if not has_funds(ctx.account, mv["amount"]):
-            reason = "INSUFFICIENT_FUNDS"
-    if reason is None and cmd["type"] == DEPOSIT:
-        assert ctx.account is not None and mv is not None
-        if ctx.account["balance"] + mv["amount"] > MAX_BALANCE_MINOR:
-            reason = "BALANCE_LIMIT"
-    if reason is not None:
-        return _reject(ctx, cmd, reason, fp)
-    assert ctx.account is not None and mv is not None
+    if reason is not None or mv is None:
+        return _reject(ctx, cmd, reason or "NOT_ALLOWED", fp)
+    account = ctx.account
+    reason = sender_problem(account, mv["currency"])
+    if reason is not None or account is None:
+        return _reject(ctx, cmd, reason or "UNKNOWN_ACCOUNT", fp)
+    if cmd["type"] == WITHDRAW and not has_funds(account, mv["amount"]):
+        return _reject(ctx, cmd, "INSUFFICIENT_FUNDS", fp)
+    if cmd["type"] == DEPOSIT and account["balance"] + mv["amount"] > MAX_BALANCE_MINOR:
+        return _reject(ctx, cmd, "BALANCE_LIMIT", fp)
     amount, cur = mv["amount"], mv["currency"]
     sign = 1 if cmd["type"] == DEPOSIT else -1
-    ctx.account["balance"] += sign * amount
+    account["balance"] += sign * amount
     ctx.save_account()
     _remember(ctx, cmd, fp, "COMPLETED", None)
     ctx.event(
@@ -586,7 +582,7 @@ def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         counterparty_id=settlement_account(cur), metadata=mv.get("metadata"),
         postings=[
             _posting(settlement_account(cur), "SETTLEMENT", -sign * amount, cur),
-            _posting(ctx.key, ctx.account["kind"], sign * amount, cur),
+            _posting(ctx.key, account["kind"], sign * amount, cur),
         ],
     )  # fmt: skip
 
@@ -594,23 +590,20 @@ def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
 def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     mv = cmd.get("movement")
     reason = amount_problem(mv)
-    if reason is None:
-        assert mv is not None
-        if not mv.get("counterparty_id"):
-            reason = "UNKNOWN_ACCOUNT"
-        elif mv["counterparty_id"] == ctx.key:
-            reason = "SAME_ACCOUNT"
-        else:
-            reason = sender_problem(ctx.account, mv["currency"])
-    if reason is None:
-        assert ctx.account is not None and mv is not None
-        if not has_funds(ctx.account, mv["amount"]):
-            reason = "INSUFFICIENT_FUNDS"
-    if reason is not None:
-        return _reject(ctx, cmd, reason, fp)
-    assert ctx.account is not None and mv is not None
+    if reason is not None or mv is None:
+        return _reject(ctx, cmd, reason or "NOT_ALLOWED", fp)
+    if not mv.get("counterparty_id"):
+        return _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
+    if mv["counterparty_id"] == ctx.key:
+        return _reject(ctx, cmd, "SAME_ACCOUNT", fp)
+    account = ctx.account
+    reason = sender_problem(account, mv["currency"])
+    if reason is not None or account is None:
+        return _reject(ctx, cmd, reason or "UNKNOWN_ACCOUNT", fp)
+    if not has_funds(account, mv["amount"]):
+        return _reject(ctx, cmd, "INSUFFICIENT_FUNDS", fp)
     amount, cur, to = mv["amount"], mv["currency"], mv["counterparty_id"]
-    ctx.account["balance"] -= amount
+    account["balance"] -= amount
     ctx.save_account()
     _remember(ctx, cmd, fp, "PENDING", None)
     ctx.event(
@@ -619,7 +612,7 @@ def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
         requested_by=cmd["requested_by"], amount=amount, currency=cur, counterparty_id=to,
         metadata=mv.get("metadata"),
         postings=[
-            _posting(ctx.key, ctx.account["kind"], -amount, cur),
+            _posting(ctx.key, account["kind"], -amount, cur),
             _posting(transit_account(cur), "TRANSIT", amount, cur),
         ],
     )  # fmt: skip
@@ -787,6 +780,14 @@ def _reverse_answered(ctx: _Ctx, leg: dict[str, Any]) -> None:
         _reverse(ctx, rev, fp)
 
 
+def _the_account(ctx: _Ctx) -> dict[str, Any]:
+    """The account a leg moves money on; the callers' checks make it exist, and if a
+    change ever broke that, money would be lost: stop, as the money assertions do."""
+    if ctx.account is None:
+        raise InvariantBroken(f"a leg would move money on {ctx.key}, which is not an account")
+    return ctx.account
+
+
 def _dead(item: dict[str, Any], reason: str) -> Output[DeadItem]:
     return Output(DEAD, item["account_id"], {"code": "INVALID", "reason": reason, "item": item})
 
@@ -829,8 +830,8 @@ def _credit(ctx: _Ctx, leg: dict[str, Any], waiting: dict[str, Any] | None = Non
             amount=amount, currency=cur, requested_by=leg["requested_by"], reason=refusal,
         )  # fmt: skip
         return
-    assert ctx.account is not None
-    ctx.account["balance"] += amount
+    account = _the_account(ctx)  # receiver_problem refused a credit to no account
+    account["balance"] += amount
     ctx.save_account()
     ctx.store.set(f"p:{pid}", {"st": "CREDITED", "from": sender, "amount": amount, "currency": cur, **keep})
     ctx.event(
@@ -839,7 +840,7 @@ def _credit(ctx: _Ctx, leg: dict[str, Any], waiting: dict[str, Any] | None = Non
         requested_by=leg["requested_by"], amount=amount, currency=cur, counterparty_id=sender,
         postings=[
             _posting(transit_account(cur), "TRANSIT", -amount, cur),
-            _posting(ctx.key, ctx.account["kind"], amount, cur),
+            _posting(ctx.key, account["kind"], amount, cur),
         ],
     )  # fmt: skip
 
@@ -848,8 +849,8 @@ def _refund(ctx: _Ctx, leg: dict[str, Any]) -> None:
     """Money returns to a sender whose receiver refused it, whatever the sender's
     status now: a refund only restores what the sender had."""
     amount, cur, pid = leg["amount"], leg["currency"], leg["payment_id"]
-    assert ctx.account is not None  # apply_leg dead-letters a refund to a non-account
-    ctx.account["balance"] += amount
+    account = _the_account(ctx)  # apply_leg dead-letters a refund to a non-account
+    account["balance"] += amount
     ctx.save_account()
     seen = ctx.store.get(f"c:{leg['command_id']}")
     if seen is not None:
@@ -862,15 +863,15 @@ def _refund(ctx: _Ctx, leg: dict[str, Any]) -> None:
         counterparty_id=leg["counterparty_id"],
         postings=[
             _posting(transit_account(cur), "TRANSIT", -amount, cur),
-            _posting(ctx.key, ctx.account["kind"], amount, cur),
+            _posting(ctx.key, account["kind"], amount, cur),
         ],
     )  # fmt: skip
 
 
 def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
     amount, cur, pid = leg["amount"], leg["currency"], leg["payment_id"]
-    assert ctx.account is not None  # apply_leg dead-letters a reversal credit to a non-account
-    ctx.account["balance"] += amount
+    account = _the_account(ctx)  # apply_leg dead-letters a reversal credit to a non-account
+    account["balance"] += amount
     ctx.save_account()
     ctx.event(
         TRANSFER_REVERSED, command_id=leg["command_id"], payment_id=pid,
@@ -879,7 +880,7 @@ def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
         counterparty_id=leg["counterparty_id"], note=leg["reason"],
         postings=[
             _posting(transit_account(cur), "TRANSIT", -amount, cur),
-            _posting(ctx.key, ctx.account["kind"], amount, cur),
+            _posting(ctx.key, account["kind"], amount, cur),
         ],
     )  # fmt: skip
 
