@@ -9,6 +9,7 @@ Kafka transaction.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from quixstreams import Application, message_context
@@ -110,14 +111,41 @@ def decode_key(key: bytes | None) -> str | None:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class Raw:
+    """The message as it came, for a dead letter that carries it unchanged."""
+
+    key: bytes | None
+    value: bytes | None
+    timestamp: int
+    headers: Any
+
+
 class Processor:
-    """Base for the apps' per-message functions: decoding and dead letters."""
+    """Base for the apps' per-message functions: decoding and dead letters. Quix
+    calls the processor; it decodes (an undecodable message becomes its dead letter)
+    and hands the record to `handle`, the component's own rules."""
 
     component = "downstream"
 
     def __init__(self, codec: Codec, log: logging.Logger) -> None:
         self.codec = codec
         self.log = log
+
+    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any, state: Any = None) -> list[Routed]:
+        topic = message_context().topic
+        decoded = self.decode(topic, key, value, timestamp, headers)
+        if isinstance(decoded, list):
+            return decoded
+        skey, rec = decoded
+        return self.handle(topic, skey, rec, state, Raw(key, value, timestamp, headers))
+
+    def handle(self, topic: str, key: str, rec: dict[str, Any], state: Any, raw: Raw) -> list[Routed]:
+        raise NotImplementedError
+
+    def refuse(self, code: str, reason: str, raw: Raw) -> list[Routed]:
+        """Dead-letter the message being handled."""
+        return self.dlq(code, reason, raw.key, raw.value, raw.timestamp, raw.headers)
 
     def dlq(self, code: str, reason: str, key: bytes | None, value: bytes | None,
             timestamp: int, headers: Any) -> list[Routed]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from typing import Any, cast
 
-from quixstreams import Application, message_context
+from quixstreams import Application
 from quixstreams.state import State
 
 from paystream import commands as C
@@ -36,6 +36,7 @@ from paystream.records import ACCOUNT_OPENED, FREEZE, HIGH, Decoded, FraudAlert,
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     Processor,
+    Raw,
     Routed,
     apply_processor,
     build_application,
@@ -136,17 +137,10 @@ class FraudProcessor(Processor):
         super().__init__(codec, log)
         self.cfg = cfg
 
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any,
-                 state: State) -> list[Routed]:
-        topic = message_context().topic
-        decoded = self.decode(topic, key, value, timestamp, headers)
-        if isinstance(decoded, list):
-            return decoded
-        skey, rec = decoded
+    def handle(self, topic: str, skey: str, rec: dict[str, Any], state: State, raw: Raw) -> list[Routed]:
         if topic == FLOWS:
             if rec["receiver_id"] != skey:
-                return self.dlq("KEY_MISMATCH", "flow key differs from receiver_id", key, value,
-                                timestamp, headers)
+                return self.refuse("KEY_MISMATCH", "flow key differs from receiver_id", raw)
             flow = flow_from_record(rec)
             state.set(STATE_KEY, rules.on_inflow(self.cfg, state.get(STATE_KEY), flow))
             return []
@@ -160,8 +154,7 @@ class FraudProcessor(Processor):
         if t is None:
             return []
         if t.sender != skey:
-            return self.dlq("KEY_MISMATCH", "debit key differs from account_id", key, value,
-                            timestamp, headers)
+            return self.refuse("KEY_MISMATCH", "debit key differs from account_id", raw)
         age_ms = time.time() * 1000 - t.ts
         fresh = age_ms <= self.cfg.processing.max_event_age_seconds * 1000
         new, flow, alert = on_transfer(self.cfg, state.get(STATE_KEY), t, fresh=fresh)

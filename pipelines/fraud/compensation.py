@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from prometheus_client import Counter
-from quixstreams import Application, message_context
+from quixstreams import Application
 from quixstreams.state import State
 
 from paystream import commands as C
@@ -36,6 +36,7 @@ from paystream.records import HIGH, REJECTED, UNFREEZE, Decoded, FraudAlert, Rev
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     Processor,
+    Raw,
     Routed,
     apply_processor,
     build_application,
@@ -113,17 +114,10 @@ class CompensationProcessor(Processor):
     def __init__(self, codec: Codec) -> None:
         super().__init__(codec, log)
 
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any,
-                 state: State) -> list[Routed]:
-        topic = message_context().topic
-        decoded = self.decode(topic, key, value, timestamp, headers)
-        if isinstance(decoded, list):
-            return decoded
-        skey, rec = decoded
+    def handle(self, topic: str, skey: str, rec: dict[str, Any], state: State, raw: Raw) -> list[Routed]:
         sender = rec["account_id"] if topic == ALERTS else rec["sender_id"]
         if sender != skey:
-            return self.dlq("KEY_MISMATCH", f"key differs from the sender on {topic}", key, value,
-                            timestamp, headers)
+            return self.refuse("KEY_MISMATCH", f"key differs from the sender on {topic}", raw)
         cmds = apply_alert(state, rec) if topic == ALERTS else apply_decision(state, rec)
         for k, c in cmds:
             log.info("%s %s on %s (command %s)", topic, c["type"], k, c["command_id"],

@@ -30,6 +30,7 @@ from paystream.records import ACCOUNT_OPENED
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     Processor,
+    Raw,
     Routed,
     apply_processor,
     build_application,
@@ -56,12 +57,7 @@ class NotificationProcessor(Processor):
         super().__init__(codec, log)
         self.unknown_owner = 0
 
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any,
-                 state: State) -> list[Routed]:
-        decoded = self.decode(EVENTS, key, value, timestamp, headers)
-        if isinstance(decoded, list):
-            return decoded
-        _, ev = decoded
+    def handle(self, topic: str, skey: str, ev: dict[str, Any], state: State, raw: Raw) -> list[Routed]:
         if ev["type"] == ACCOUNT_OPENED and not ev["replay"] and ev.get("account"):
             state.set(OWNER_KEY, ev["account"]["owner_id"])
             return []
@@ -88,11 +84,7 @@ class DecisionProcessor(Processor):
     def __init__(self, codec: Codec) -> None:
         super().__init__(codec, log)
 
-    def __call__(self, value: bytes, key: bytes, timestamp: int, headers: Any) -> list[Routed]:
-        decoded = self.decode(DECISIONS, key, value, timestamp, headers)
-        if isinstance(decoded, list):
-            return decoded
-        _, decision = decoded
+    def handle(self, topic: str, skey: str, decision: dict[str, Any], state: None, raw: Raw) -> list[Routed]:
         n = decision_notification(decision)
         if n is None:
             log.warning("decision %s names no owner for account %s: nobody to tell",
