@@ -203,7 +203,16 @@ def changelog_durable_state() -> RocksDBOptions:
 
         setattr(cls, "_write", _write)  # noqa: B010 (a method replaced on purpose)
         setattr(cls, "_paystream_no_wal", True)  # noqa: B010
-    return _ChangelogDurableOptions()
+    # Kafka Streams' RocksDB sizes (16 MiB write buffers, three of them) instead of
+    # Quix's (64 MiB, and a 1 GiB block cache each): memory is bounded per store
+    # partition, and since memtables reach disk only when full (no log), smaller
+    # ones also bound how much changelog a restart after kill -9 replays.
+    return _ChangelogDurableOptions(
+        write_buffer_size=16 * MIB, max_write_buffer_number=3, block_cache_size=8 * MIB
+    )
+
+
+MIB = 1024 * 1024
 
 
 def before_commit(app: Application, hook: Callable[[], None], on_failure: Callable[[], None]) -> None:
