@@ -33,6 +33,23 @@ class Child:
     started_at: float = field(default_factory=time.monotonic)
 
 
+# A child that ran at least this long was healthy: it is restarted at once. One that
+# dies sooner is crash-looping (a bad setting, a stopped service): back off.
+HEALTHY_SECONDS = 10.0
+
+
+def restart_delay(uptime: float, restarts: int) -> tuple[float, int]:
+    """Seconds to wait before restarting a child that ran `uptime` seconds, and the
+    new count of quick deaths in a row. Backing off every death kept the ledger down
+    for 16.5 s after three kill -9 within a minute (issue 18): a process that ran
+    healthily and died (a kill, an OOM) should be back at once; only a crash loop
+    needs the backoff, 0.5 s doubling to 30 s."""
+    if uptime >= HEALTHY_SECONDS:
+        return 0.0, 0
+    restarts += 1
+    return min(30.0, 0.5 * 2 ** (restarts - 1)), restarts
+
+
 class Supervisor:
     def __init__(self, components: dict[str, list[str]], console: Console | None = None) -> None:
         self.console = console or Console()
@@ -79,9 +96,7 @@ class Supervisor:
             child.proc = None
             if self.stopping:
                 continue
-            uptime = time.monotonic() - child.started_at
-            child.restarts = 0 if uptime > 60 else child.restarts + 1
-            delay = min(30.0, 0.5 * 2 ** child.restarts)
+            delay, child.restarts = restart_delay(time.monotonic() - child.started_at, child.restarts)
             child.next_start = time.monotonic() + delay
             self.console.print(f"[red]{child.name} exited with {code}; restarting in {delay:.1f}s[/red]")
 

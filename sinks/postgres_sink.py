@@ -1,22 +1,30 @@
 """The Postgres read model, written exactly once: `paystream run sink`.
 
-Consumes `ledger.events` (read_committed) and writes each polled batch in ONE
-Postgres transaction together with the next offset of every partition it read
-(`sink_offsets`). Postgres, not Kafka, is the source of truth for the position:
-on every (re)assignment the consumer seeks to the stored offsets, so after a
-`kill -9` or a lost database connection the sink resumes exactly after the
-last committed batch. Two more guards make a replay harmless anyway:
+Consumes `ledger.events` (read_committed) through the shared Kafka-to-Postgres intake
+(`paystream.stream.pg_intake`): each polled batch is written in ONE Postgres
+transaction together with the next offset of every partition it read
+(`sink_offsets`); on every (re)assignment and after every failure the consumer seeks
+to the stored offsets, so after a `kill -9` or a lost database connection the sink
+resumes exactly after the last committed batch; each transaction locks its
+partitions' offset rows and drops messages below the stored offsets, so a zombie
+instance still holding a partition after a rebalance cannot apply anything twice or
+move the offset backwards. Undecodable messages go to the dead-letter topic, flushed
+before the offset that passes them is committed.
 
-* events are inserted with ON CONFLICT DO NOTHING ... RETURNING, and balance
-  deltas, payment and account changes are folded from the returned (new)
-  events only (`sinks.read_model.fold`);
-* each transaction locks its partitions' offset rows and drops messages below
-  the stored offset, so a zombie instance still holding a partition after a
-  rebalance cannot apply anything twice or move the offset backwards.
+What is the sink's own lives here:
 
-Undecodable messages go to the dead-letter topic, flushed before the offset that
-passes them is committed. Metrics (lag per partition, rows written) are served
-for Prometheus on `settings.sink_metrics_port`.
+* `ReadModel`, its handler: the input gate (`decode_event`: undecodable values,
+  unknown schemas and events whose ids are not UUIDs are dead-lettered) and the fold
+  of a batch into `ledger_events`, `postings`, `accounts`, `payments` and `audit_log`
+  through session temp tables (`apply_events`). Events are inserted with ON CONFLICT
+  DO NOTHING ... RETURNING, and balance deltas, payment and account changes are
+  folded from the returned (new) events only (`sinks.read_model.fold`), so a replay
+  is harmless anyway;
+* its tuning: big batches, static membership, poison isolation (a batch Postgres
+  refuses for its data is written event by event and the refused events are
+  dead-lettered), a group per database (`group_for`);
+* its metrics (lag per partition, rows written), served for Prometheus on
+  `settings.sink_metrics_port`, and its rate log.
 """
 
 from __future__ import annotations
@@ -25,22 +33,21 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 import psycopg
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg.conninfo import conninfo_to_dict
 
-from paystream import kafka, topics
+from paystream import topics
 from paystream.codec import Codec
-from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
-from paystream.reconnect import Backoff
 from paystream.settings import Settings, get_settings
+from paystream.stream.pg_intake import IntakeHandler, IntakeSpec, Item, PgBatchWriter, PgIntake, Reject, Step
 from sinks import read_model as rm
 
 TOPIC = topics.EVENTS
@@ -68,13 +75,16 @@ DATA_ERRORS: tuple[type[BaseException], ...] = (
     UnicodeEncodeError,
 )
 
+# The sink's consumer: short sessions (with static membership a restart rejoins at
+# once anyway), short fetch waits (a batch is written as soon as it is there).
+CONSUMER_CONFIG: dict[str, Any] = {
+    "session.timeout.ms": 10_000,
+    "heartbeat.interval.ms": 2_000,
+    "fetch.wait.max.ms": 100,
+    "enable.auto.offset.store": False,
+}
 
-@dataclass
-class Batch:
-    """Decoded events of one poll, in per-partition order, and where to resume."""
-
-    events: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
-    next_offsets: dict[int, int] = field(default_factory=dict)
+Event = dict[str, Any]
 
 
 @dataclass
@@ -85,6 +95,10 @@ class WriteResult:
     accounts: int = 0
     payments: int = 0
     audit: int = 0
+
+    def add(self, other: WriteResult) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 _STAGE_DDL = """
@@ -158,155 +172,149 @@ INSERT INTO audit_log (event_id, occurred_at, actor, action, command_type, comma
                        account_id, payment_id, outcome, reason)
 VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id) DO NOTHING
 """
-_UPSERT_OFFSET = """
-INSERT INTO sink_offsets (consumer, topic, partition, next_offset, updated_at)
-VALUES (%s, %s, %s, %s, now())
-ON CONFLICT (consumer, topic, partition) DO UPDATE
-SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset), updated_at = now()
-"""
+
+
+# ----------------------------------------------------------------- the read model
+
+
+def application_name(instance: str = "") -> str:
+    """The sink's Postgres connections, for pg_stat_activity (and the tests' kills)."""
+    return "paystream-sink" + (f"-{instance}" if instance else "")
+
+
+def decode_event(codec: Codec, m: Message) -> Event | Reject:
+    """The input gate, shared with `paystream reprocess`: a ledger event, or why not."""
+    try:
+        ev = codec.decode(TOPIC, m.value())
+        problem = rm.normalize_event(ev)
+    except UnknownSchemaError as exc:
+        return Reject("UNKNOWN_SCHEMA", str(exc))
+    except DecodeError as exc:
+        return Reject("UNDECODABLE", str(exc))
+    return ev if problem is None else Reject("INVALID", problem)
+
+
+def prepare_read_model(conn: psycopg.Connection[Any]) -> None:
+    """Per connection: the staging temp tables the batch write COPYs into."""
+    missing = conn.execute("SELECT to_regclass('ledger_events') IS NULL").fetchone()
+    if missing and missing[0]:
+        raise RuntimeError("read-model tables are missing: run `paystream db migrate`")
+    conn.execute(_STAGE_DDL)
+
+
+def apply_events(conn: psycopg.Connection[Any], items: list[Item[Event]]) -> WriteResult:
+    """Fold a batch of events into the read model, inside the intake's transaction."""
+    res = WriteResult()
+    fresh: list[Event] = []
+    rows: list[tuple[Any, ...]] = []
+    seen: set[str] = set()
+    for it in items:
+        ev = it.value
+        if ev["event_id"] in seen:
+            res.skipped += 1  # the same event twice in one batch
+            continue
+        seen.add(ev["event_id"])
+        fresh.append(ev)
+        rows.append(rm.event_row(ev, it.partition, it.offset))
+    if not fresh:
+        return res
+    with conn.cursor() as cur:
+        with cur.copy(f"COPY stage_events ({_COLS}) FROM STDIN") as cp:
+            for r in rows:
+                cp.write_row(r)
+        new_ids = {r[0] for r in cur.execute(_INSERT_EVENTS).fetchall()}
+        new_events = [ev for ev in fresh if ev["event_id"] in new_ids]
+        res.skipped += len(fresh) - len(new_events)
+        res.inserted = len(new_events)
+        _apply(cur, rm.fold(new_events), res)
+    return res
+
+
+def _apply(cur: psycopg.Cursor[Any], fx: rm.Effects, res: WriteResult) -> None:
+    if fx.postings:
+        with cur.copy(
+            "COPY postings (event_id, idx, payment_id, account_id, account_kind, amount,"
+            " currency, sequence, occurred_at) FROM STDIN"
+        ) as cp:
+            for r in fx.postings:
+                cp.write_row(r)
+    res.postings = len(fx.postings)
+    for acct_id, number in fx.duplicate_numbers:
+        log.warning(
+            "account %s claims external number %r already used in this batch; "
+            "stored without a number",
+            acct_id,
+            number,
+        )
+    if fx.accounts:
+        with cur.copy("COPY stage_accounts FROM STDIN") as cp:
+            for ch in fx.accounts.values():
+                cp.write_row(ch.row())
+        if any(ch.external_number for ch in fx.accounts.values()):
+            for acct_id, number in cur.execute(_TAKEN_NUMBERS).fetchall():
+                log.warning(
+                    "account %s claims external number %r of another account; "
+                    "stored without a number",
+                    acct_id,
+                    number,
+                )
+        cur.execute(_UPSERT_ACCOUNTS)
+        res.accounts = cur.rowcount
+        cur.execute(_UPDATE_ACCOUNTS)
+        res.accounts += cur.rowcount
+    if fx.payments:
+        with cur.copy("COPY stage_payments FROM STDIN") as cp:
+            for pay in fx.payments.values():
+                cp.write_row(pay.row())
+        cur.execute(_UPSERT_PAYMENTS)
+        res.payments = cur.rowcount
+    if fx.audit:
+        cur.executemany(_INSERT_AUDIT, fx.audit)
+        res.audit = len(fx.audit)
+
+
+class ReadModel(IntakeHandler[Event, WriteResult]):
+    """The sink's handler for the intake: ledger events in, read-model rows out."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+
+    def decode(self, message: Message) -> Event | Reject:
+        return decode_event(self.codec, message)
+
+    def prepare(self, conn: psycopg.Connection[Any]) -> None:
+        prepare_read_model(conn)
+
+    def apply(self, conn: psycopg.Connection[Any], items: list[Item[Event]]) -> WriteResult:
+        return apply_events(conn, items)
+
+    def dead_lettered(self, letter: Mapping[str, Any]) -> None:
+        DEAD_LETTERS.labels(letter["reason_code"]).inc()
 
 
 class PgWriter:
-    """One Postgres connection and the one-transaction-per-batch write."""
+    """The read model's batch writer on its own, outside the sink's loop (`paystream
+    reprocess`): the intake's rows-and-offsets transaction around `apply_events`."""
 
     def __init__(self, dsn: str, consumer: str, topic: str = TOPIC, instance: str = "") -> None:
-        self.dsn = dsn
-        self.consumer = consumer
-        self.topic = topic
-        self.application_name = "paystream-sink" + (f"-{instance}" if instance else "")
-        self.conn: psycopg.Connection[Any] | None = None
+        self.batches = PgBatchWriter(dsn, consumer, topic, application_name=application_name(instance),
+                                     prepare=prepare_read_model)  # fmt: skip
 
     def connect(self) -> None:
-        self.close()
-        conn = psycopg.connect(
-            self.dsn, autocommit=True, connect_timeout=5, application_name=self.application_name
-        )
-        missing = conn.execute("SELECT to_regclass('sink_offsets') IS NULL").fetchone()
-        if missing and missing[0]:
-            conn.close()
-            raise RuntimeError("read-model tables are missing: run `paystream db migrate`")
-        conn.execute(_STAGE_DDL)
-        self.conn = conn
-
-    def connect_with_retry(self, stopping: Callable[[], bool] = lambda: False) -> None:
-        """Reconnect with capped exponential backoff: a Postgres restart is an outage
-        to wait out, not a reason to exit."""
-        backoff = Backoff()
-        while True:
-            try:
-                self.connect()
-                return
-            except psycopg.OperationalError as exc:
-                if stopping():
-                    raise
-                delay = backoff.next()
-                log.warning("postgres unavailable (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+        self.batches.connect()
 
     def close(self) -> None:
-        if self.conn is not None:
-            with suppress(Exception):
-                self.conn.close()
-            self.conn = None
+        self.batches.close()
 
-    def _c(self) -> psycopg.Connection[Any]:
-        if self.conn is None or self.conn.closed:
-            raise psycopg.OperationalError("not connected")
-        return self.conn
-
-    def stored_offsets(self) -> dict[int, int]:
-        rows = (
-            self._c()
-            .execute(
-                "SELECT partition, next_offset FROM sink_offsets"
-                " WHERE consumer = %s AND topic = %s",
-                (self.consumer, self.topic),
-            )
-            .fetchall()
-        )
-        return {int(p): int(o) for p, o in rows}
-
-    def write(
-        self, events: list[tuple[int, int, dict[str, Any]]], next_offsets: dict[int, int]
-    ) -> WriteResult:
-        """Apply one batch and advance the offsets, all or nothing."""
-        conn = self._c()
-        res = WriteResult()
-        with conn.transaction(), conn.cursor() as cur:
-            # Lock only this batch's partitions: instances sharing the group work
-            # on disjoint partitions and must not serialize on each other.
-            parts = sorted({p for p, _, _ in events} | set(next_offsets))
-            cur.execute(
-                "SELECT partition, next_offset FROM sink_offsets WHERE consumer = %s AND topic = %s"
-                " AND partition = ANY(%s) ORDER BY partition FOR UPDATE",
-                (self.consumer, self.topic, parts),
-            )
-            stored = {int(p): int(o) for p, o in cur.fetchall()}
-            fresh: list[dict[str, Any]] = []
-            rows: list[tuple[Any, ...]] = []
-            seen: set[str] = set()
-            for p, o, ev in events:
-                if o < stored.get(p, -1) or ev["event_id"] in seen:
-                    res.skipped += 1  # another instance (or an earlier run) wrote it
-                    continue
-                seen.add(ev["event_id"])
-                fresh.append(ev)
-                rows.append(rm.event_row(ev, p, o))
-            if fresh:
-                with cur.copy(f"COPY stage_events ({_COLS}) FROM STDIN") as cp:
-                    for r in rows:
-                        cp.write_row(r)
-                new_ids = {r[0] for r in cur.execute(_INSERT_EVENTS).fetchall()}
-                new_events = [ev for ev in fresh if ev["event_id"] in new_ids]
-                res.skipped += len(fresh) - len(new_events)
-                res.inserted = len(new_events)
-                self._apply(cur, rm.fold(new_events), res)
-            for p, o in sorted(next_offsets.items()):
-                if o > stored.get(p, -1):
-                    cur.execute(_UPSERT_OFFSET, (self.consumer, self.topic, p, o))
+    def write(self, events: Sequence[tuple[int, int, Event]], next_offsets: Mapping[int, int]) -> WriteResult:
+        """Apply (partition, offset, event)s and advance the offsets, all or nothing."""
+        w = self.batches.write([Item(p, o, ev) for p, o, ev in events], next_offsets, apply_events)
+        res = w.result or WriteResult()
+        res.skipped += w.dropped
         return res
 
-    def _apply(self, cur: psycopg.Cursor[Any], fx: rm.Effects, res: WriteResult) -> None:
-        if fx.postings:
-            with cur.copy(
-                "COPY postings (event_id, idx, payment_id, account_id, account_kind, amount,"
-                " currency, sequence, occurred_at) FROM STDIN"
-            ) as cp:
-                for r in fx.postings:
-                    cp.write_row(r)
-        res.postings = len(fx.postings)
-        for acct_id, number in fx.duplicate_numbers:
-            log.warning(
-                "account %s claims external number %r already used in this batch; "
-                "stored without a number",
-                acct_id,
-                number,
-            )
-        if fx.accounts:
-            with cur.copy("COPY stage_accounts FROM STDIN") as cp:
-                for ch in fx.accounts.values():
-                    cp.write_row(ch.row())
-            if any(ch.external_number for ch in fx.accounts.values()):
-                for acct_id, number in cur.execute(_TAKEN_NUMBERS).fetchall():
-                    log.warning(
-                        "account %s claims external number %r of another account; "
-                        "stored without a number",
-                        acct_id,
-                        number,
-                    )
-            cur.execute(_UPSERT_ACCOUNTS)
-            res.accounts = cur.rowcount
-            cur.execute(_UPDATE_ACCOUNTS)
-            res.accounts += cur.rowcount
-        if fx.payments:
-            with cur.copy("COPY stage_payments FROM STDIN") as cp:
-                for pay in fx.payments.values():
-                    cp.write_row(pay.row())
-            cur.execute(_UPSERT_PAYMENTS)
-            res.payments = cur.rowcount
-        if fx.audit:
-            cur.executemany(_INSERT_AUDIT, fx.audit)
-            res.audit = len(fx.audit)
+
+# ----------------------------------------------------------------------- the sink
 
 
 def group_for(settings: Settings, dsn: str) -> str:
@@ -324,7 +332,8 @@ def group_for(settings: Settings, dsn: str) -> str:
 
 
 class Sink:
-    """The consumer loop around `PgWriter`: poll, decode, write, repeat."""
+    """The intake over ledger.events with the read model as its handler, plus the
+    sink's metrics, lag gauge and rate log around each step."""
 
     def __init__(
         self,
@@ -338,204 +347,66 @@ class Sink:
         commit_to_kafka: bool = True,
     ) -> None:
         self.settings = settings
+        dsn = dsn or settings.postgres_dsn
         self.consumer_name = consumer_name or settings.sink_group
-        self.group = group or group_for(settings, dsn or settings.postgres_dsn)
+        self.group = group or group_for(settings, dsn)
         self.instance = instance if instance is not None else settings.sink_instance
         self.serve_metrics = serve_metrics
-        self.commit_to_kafka = commit_to_kafka
         self.codec = Codec(settings.registry_url)
-        self.writer = PgWriter(
-            dsn or settings.postgres_dsn, self.consumer_name, instance=self.instance or ""
-        )
-        self.dlq = kafka.producer(settings)
-        self.consumer: Consumer | None = None
-        self.assigned: set[int] = set()
-        self.stored: dict[int, int] = {}  # what Postgres holds, as far as this process knows
-        self.stopping = False
+        spec = IntakeSpec(
+            name=self.consumer_name, topic=TOPIC, group=self.group, dsn=dsn, component=COMPONENT,
+            application_name=application_name(self.instance or ""), batch_size=settings.sink_batch_max,
+            poll_timeout=settings.sink_batch_timeout, consumer_config=CONSUMER_CONFIG,
+            instance=self.instance or None, commit_to_kafka=commit_to_kafka, isolate=DATA_ERRORS,
+            max_poison_per_batch=MAX_POISON_PER_BATCH,
+        )  # fmt: skip
+        self.intake: PgIntake[Event, WriteResult] = PgIntake(settings, spec, ReadModel(self.codec), self.codec)
         self.totals = WriteResult()
         self.dead_lettered = 0
+        self._lag_labels: set[int] = set()
 
-    # -- kafka ---------------------------------------------------------------------
-    def _new_consumer(self) -> Consumer:
-        extra: dict[str, Any] = {
-            "session.timeout.ms": 10_000,
-            "heartbeat.interval.ms": 2_000,
-            "fetch.wait.max.ms": 100,
-            "enable.auto.offset.store": False,
-        }
-        if self.instance:
-            # Static membership: a restarted instance takes its partitions back at
-            # once instead of waiting for the dead member's session to expire.
-            extra["group.instance.id"] = f"{self.group}-{self.instance}"
-        c = kafka.consumer(self.settings, self.group, **extra)
-        c.subscribe([TOPIC], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        return c
+    @property
+    def stopping(self) -> bool:
+        return self.intake.stop.is_set()
 
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        stored = self._stored_offsets_with_retry()
-        for tp in partitions:
-            tp.offset = stored.get(tp.partition, OFFSET_BEGINNING)
-            self.assigned.add(tp.partition)
-        self.stored.update(stored)
-        consumer.assign(partitions)
-        log.info(
-            "assigned %s at %s",
-            sorted(tp.partition for tp in partitions),
-            {tp.partition: tp.offset for tp in partitions},
-        )
+    def stop(self) -> None:
+        """Finish the current batch, then leave `run`/`batches`."""
+        self.intake.stop.set()
 
-    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self.assigned.discard(tp.partition)
-            with suppress(KeyError):
-                LAG.remove(str(tp.partition))
-        log.info("revoked %s", sorted(tp.partition for tp in partitions))
+    @property
+    def assigned(self) -> set[int]:
+        return self.intake.assigned
 
-    def _stored_offsets_with_retry(self) -> dict[int, int]:
-        while True:
+    @property
+    def stored(self) -> dict[int, int]:
+        """Next offset per partition, as stored in Postgres as far as this process knows."""
+        return self.intake.stored
+
+    def start(self) -> None:
+        if self.serve_metrics and self.settings.sink_metrics_port:
             try:
-                return self.writer.stored_offsets()
-            except psycopg.OperationalError as exc:
-                log.warning("cannot read stored offsets (%s); reconnecting", exc)
-                self.writer.connect_with_retry(lambda: self.stopping)
+                start_http_server(self.settings.sink_metrics_port, addr="127.0.0.1")
+                log.info("metrics on http://127.0.0.1:%d/metrics", self.settings.sink_metrics_port)
+            except OSError as exc:
+                log.warning("metrics port %d unavailable: %s", self.settings.sink_metrics_port, exc)
+        self.intake.start()
 
-    def _recover(self, new_consumer: bool = False) -> None:
-        """After a failed batch: reconnect to Postgres, then rewind every assigned
-        partition to the offsets Postgres holds (the failed batch was not written).
+    def step(self) -> WriteResult | None:
+        """One poll-decode-write round; returns what was written, or None after a
+        failure that was recovered from."""
+        step = self.intake.step()
+        if step is None:
+            if not self.stopping:
+                RECOVERIES.inc()
+            return None
+        return self._record(step)
 
-        `new_consumer`: the consumer hit a fatal error and will never fetch again.
-        Seen under `paystream chaos` (Kafka restart): the session timed out, the
-        consumer rejoined, and a commit still carrying the old member id got
-        FENCED_INSTANCE_ID, fatal for a static member; the sink then idled forever
-        with nothing assigned. A fresh consumer rejoins under the same instance id."""
-        RECOVERIES.inc()
-        self.writer.connect_with_retry(lambda: self.stopping)
-        stored = self._stored_offsets_with_retry()
-        self.stored = dict(stored)
-        assert self.consumer is not None
-        if new_consumer:
-            log.warning("the Kafka consumer failed fatally; recreating it")
-            with suppress(Exception):
-                self.consumer.close()
-            self.assigned.clear()
-            self.consumer = self._new_consumer()
-            return
-        try:
-            for p in sorted(self.assigned):
-                self.consumer.seek(TopicPartition(TOPIC, p, stored.get(p, OFFSET_BEGINNING)))
-            log.info("re-seeked %s to stored offsets", sorted(self.assigned))
-        except KafkaException as exc:
-            # A partition not fetching yet cannot be seeked; a fresh consumer seeks
-            # everything from Postgres in its assignment callback instead.
-            log.warning("seek failed (%s); recreating the consumer", exc)
-            with suppress(Exception):
-                self.consumer.close()
-            self.assigned.clear()
-            self.consumer = self._new_consumer()
-
-    # -- decode ----------------------------------------------------------------------
-    def _decode(self, msgs: list[Message]) -> tuple[Batch, list[dict[str, Any]]]:
-        batch = Batch()
-        letters: list[dict[str, Any]] = []
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if _fatal(err):
-                    raise KafkaException(err)
-                log.warning("consumer error: %s", err)
-                continue
-            p, o = m.partition(), m.offset()
-            assert p is not None and o is not None
-            batch.next_offsets[p] = o + 1
-            code, reason = None, ""
-            try:
-                ev = self.codec.decode(TOPIC, m.value())
-                problem = rm.normalize_event(ev)
-                if problem is not None:
-                    code, reason = "INVALID", problem
-            except UnknownSchemaError as exc:
-                code, reason = "UNKNOWN_SCHEMA", str(exc)
-            except DecodeError as exc:
-                code, reason = "UNDECODABLE", str(exc)
-            if code is None:
-                batch.events.append((p, o, ev))
-            else:
-                letters.append(self._letter(m, code, reason))
-        return batch, letters
-
-    def _letter(self, m: Message, code: str, reason: str) -> dict[str, Any]:
-        ts_type, ts_ms = m.timestamp()
-        return dead_letter(
-            component=COMPONENT, reason_code=code, reason=reason, topic=TOPIC,
-            partition=m.partition() or 0, offset=m.offset() or 0, key=m.key(), value=m.value(),
-            timestamp_ms=ts_ms if ts_type else None, headers=list(m.headers() or []),
-        )  # fmt: skip
-
-    def _send_letters(self, letters: list[dict[str, Any]]) -> None:
-        """Dead letters must be durable before the offset that skips them is stored."""
-        for d in letters:
-            log.warning(
-                "dead-lettering %s[%s]@%s: %s",
-                TOPIC,
-                d["source_partition"],
-                d["source_offset"],
-                d["reason"],
-            )
-            key = d["key"] if d["key"] is not None else None
-            self.dlq.produce(DLQ_TOPIC, key=key, value=self.codec.encode(DLQ_TOPIC, d))
-            DEAD_LETTERS.labels(d["reason_code"]).inc()
-        if letters and self.dlq.flush(30) != 0:
-            raise KafkaException("dead letters not acknowledged within 30s")
-        self.dead_lettered += len(letters)
-
-    # -- write -----------------------------------------------------------------------
-    def _positions(self, batch: Batch) -> None:
-        """Also store positions that moved past transaction markers or aborted
-        records, so an idle sink reports zero lag and `verify --wait` sees it done."""
-        assert self.consumer is not None
-        if not self.assigned:
-            return
-        for tp in self.consumer.position([TopicPartition(TOPIC, p) for p in sorted(self.assigned)]):
-            if tp.offset >= 0 and tp.offset > batch.next_offsets.get(tp.partition, -1):
-                batch.next_offsets[tp.partition] = tp.offset
-        for p, o in list(batch.next_offsets.items()):
-            if o <= self.stored.get(p, -1):
-                del batch.next_offsets[p]
-
-    def _write(self, batch: Batch) -> WriteResult:
-        try:
-            return self.writer.write(batch.events, batch.next_offsets)
-        except DATA_ERRORS as exc:
-            log.error("batch refused by postgres (%s); isolating the event that causes it", exc)
-            return self._write_isolating(batch)
-
-    def _write_isolating(self, batch: Batch) -> WriteResult:
-        """Write event by event; dead-letter the few Postgres refuses. Many refusals
-        mean a bug or a schema mismatch, not bad data: stop rather than drain the
-        ledger into the dead-letter topic."""
-        total = WriteResult()
-        poisoned = 0
-        for p, o, ev in batch.events:
-            try:
-                r = self.writer.write([(p, o, ev)], {p: o + 1})
-            except DATA_ERRORS as exc:
-                poisoned += 1
-                if poisoned > MAX_POISON_PER_BATCH:
-                    raise RuntimeError("too many events refused by postgres; stopping") from exc
-                letter = dead_letter(
-                    component=COMPONENT, reason_code="INVALID", reason=f"postgres refused: {exc}",
-                    topic=TOPIC, partition=p, offset=o, key=ev["account_id"].encode(),
-                    value=self.codec.encode(TOPIC, ev),
-                )  # fmt: skip
-                self._send_letters([letter])
-                r = self.writer.write([], {p: o + 1})
-            for name in ("inserted", "skipped", "postings", "accounts", "payments", "audit"):
-                setattr(total, name, getattr(total, name) + getattr(r, name))
-        self.writer.write([], batch.next_offsets)
-        return total
-
-    def _record(self, res: WriteResult, batch: Batch) -> None:
-        self.stored.update(batch.next_offsets)
+    def _record(self, step: Step[WriteResult]) -> WriteResult:
+        res = WriteResult(skipped=step.dropped)
+        for r in step.results:
+            res.add(r)
+        if step.seconds is not None:
+            BATCH_SECONDS.observe(step.seconds)
         EVENTS_WRITTEN.inc(res.inserted)
         POSTINGS_WRITTEN.inc(res.postings)
         SKIPPED.inc(res.skipped)
@@ -547,56 +418,23 @@ class Sink:
             ("audit_log", res.audit),
         ):
             ROWS_WRITTEN.labels(table).inc(n)
-        for name in ("inserted", "skipped", "postings", "accounts", "payments", "audit"):
-            setattr(self.totals, name, getattr(self.totals, name) + getattr(res, name))
-        if self.commit_to_kafka and batch.next_offsets and self.consumer is not None:
-            # Informational only (lag in standard Kafka tooling); never read back.
-            with suppress(KafkaException):
-                self.consumer.commit(
-                    offsets=[TopicPartition(TOPIC, p, o) for p, o in batch.next_offsets.items()],
-                    asynchronous=True,
-                )
-
-    def _update_lag(self) -> None:
-        assert self.consumer is not None
-        for p in self.assigned:
-            _, high = self.consumer.get_watermark_offsets(TopicPartition(TOPIC, p), cached=True)
-            if high is not None and high >= 0 and p in self.stored:
-                LAG.labels(str(p)).set(max(0, high - self.stored[p]))
-
-    def step(self) -> WriteResult | None:
-        """One poll-decode-write round; returns what was written, or None after a
-        failure that was recovered from."""
-        assert self.consumer is not None
-        msgs = self.consumer.consume(self.settings.sink_batch_max, self.settings.sink_batch_timeout)
-        try:
-            batch, letters = self._decode(msgs)
-            self._positions(batch)
-            if not batch.events and not batch.next_offsets:
-                return WriteResult()
-            self._send_letters(letters)
-            t0 = time.perf_counter()
-            res = self._write(batch)
-            BATCH_SECONDS.observe(time.perf_counter() - t0)
-        except (psycopg.OperationalError, psycopg.InterfaceError, KafkaException, OSError) as exc:
-            log.warning("batch failed (%s: %s); recovering", type(exc).__name__, exc)
-            time.sleep(0.2)
-            fatal = isinstance(exc, KafkaException) and bool(exc.args) and isinstance(exc.args[0], KafkaError) \
-                and _fatal(exc.args[0])
-            self._recover(new_consumer=fatal)
-            return None
-        self._record(res, batch)
+        self.totals.add(res)
+        self.dead_lettered += step.dead_letters
         return res
 
-    def start(self) -> None:
-        if self.serve_metrics and self.settings.sink_metrics_port:
-            try:
-                start_http_server(self.settings.sink_metrics_port, addr="127.0.0.1")
-                log.info("metrics on http://127.0.0.1:%d/metrics", self.settings.sink_metrics_port)
-            except OSError as exc:
-                log.warning("metrics port %d unavailable: %s", self.settings.sink_metrics_port, exc)
-        self.writer.connect_with_retry(lambda: self.stopping)
-        self.consumer = self._new_consumer()
+    def _update_lag(self) -> None:
+        consumer = self.intake.consumer
+        if consumer is None:
+            return
+        for p in self._lag_labels - self.assigned:  # revoked since the last round
+            with suppress(KeyError):
+                LAG.remove(str(p))
+        self._lag_labels &= self.assigned
+        for p in self.assigned:
+            _, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), cached=True)
+            if high is not None and high >= 0 and p in self.stored:
+                LAG.labels(str(p)).set(max(0, high - self.stored[p]))
+                self._lag_labels.add(p)
 
     def batches(self) -> Iterator[WriteResult | None]:
         while not self.stopping:
@@ -604,12 +442,7 @@ class Sink:
             self._update_lag()
 
     def close(self) -> None:
-        if self.consumer is not None:
-            with suppress(Exception):
-                self.consumer.close()
-            self.consumer = None
-        self.dlq.flush(10)
-        self.writer.close()
+        self.intake.close()
 
     def run(self) -> None:
         self.start()
@@ -635,17 +468,13 @@ class Sink:
             self.close()
 
     def _lag_of(self, p: int) -> int | None:
-        assert self.consumer is not None
-        _, high = self.consumer.get_watermark_offsets(TopicPartition(TOPIC, p), cached=True)
+        consumer = self.intake.consumer
+        if consumer is None:
+            return None
+        _, high = consumer.get_watermark_offsets(TopicPartition(TOPIC, p), cached=True)
         return (
             high - self.stored[p] if high is not None and high >= 0 and p in self.stored else None
         )
-
-
-def _fatal(err: KafkaError) -> bool:
-    # librdkafka reports a fatal error as an event with code _FATAL whose own
-    # fatal flag is not always set.
-    return bool(err.fatal() or err.code() == KafkaError._FATAL)
 
 
 def run(settings: Settings | None = None) -> None:
@@ -654,7 +483,7 @@ def run(settings: Settings | None = None) -> None:
 
     def _stop(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the current batch", signum)
-        sink.stopping = True
+        sink.stop()
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _stop)

@@ -186,10 +186,10 @@ class IntakeHandler(ABC, Generic[T, R]):
         offsets follow in it). Never called with no items; every item is at or above
         its partition's stored offset. The result is handed back by `PgIntake.step`."""
 
-    def prepare(self, conn: psycopg.Connection[Any]) -> None:  # noqa: B027 (optional hook)
+    def prepare(self, conn: psycopg.Connection[Any]) -> None:
         """Session setup on every new connection (temp tables), before any batch."""
 
-    def dead_lettered(self, letter: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
+    def dead_lettered(self, letter: Mapping[str, Any]) -> None:
         """A dead letter of this intake was produced: count it."""
 
 
@@ -515,10 +515,8 @@ class PgIntake(Generic[T, R]):
             return None
         except RECOVERABLE as exc:
             log.warning("%s: batch failed (%s: %s); recovering", self.spec.name, type(exc).__name__, exc)
-            try:
+            with suppress(Stopped):
                 self._recover(exc)
-            except Stopped:
-                pass
             return None
         step.dead_letters += len(batch.letters)
         step.next_offsets = batch.next_offsets

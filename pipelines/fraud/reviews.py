@@ -3,8 +3,9 @@
 Two loops in one process:
 
 * **alerts -> reviews**: every `FraudAlert` on `fraud.alerts` becomes an open row
-  in `reviews`, exactly once (rows and offsets in one Postgres transaction,
-  `paystream.stream.pgconsumer`).
+  in `reviews`, exactly once (`AlertIntake`, the handler of the shared
+  Kafka-to-Postgres intake `paystream.stream.pg_intake`: rows and offsets in one
+  Postgres transaction).
 * **outbox -> fraud.decisions**: the decision API writes the review's new state
   and a `review_outbox` row in one transaction; this relay publishes each row as
   a `ReviewDecision` and marks it published (`decision_relay`, the shared relay of
@@ -26,22 +27,23 @@ import logging
 import signal
 import threading
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaException, Message
+from confluent_kafka import Message
 from psycopg.types.json import Jsonb
 
-from paystream import ids, kafka, metrics, topics
+from paystream import ids, metrics, topics
 from paystream.codec import Codec
-from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
 from paystream.stream.outbox import OutboxRelay, OutboxSpec
-from paystream.stream.pgconsumer import PgConsumer
+from paystream.stream.pg_intake import IntakeHandler, Item, PgIntake, Reject, worker_spec
 
 ALERTS = topics.ALERTS
 DECISIONS = topics.DECISIONS
+INTAKE = "reviews"  # the alert intake's offsets owner in sink_offsets; group paystream-reviews
 OUTBOX_CHANNEL = "review_outbox"
 RELAY_APPLICATION_NAME = "paystream-outbox-relay"
 NAMESPACE = uuid.UUID("0e4e1c0a-5f7b-4c1e-8b7d-2a9c6f4e3b21")
@@ -68,36 +70,24 @@ def review_row(alert: dict[str, Any]) -> tuple[Any, ...]:
             Jsonb(alert["reasons"]), alert["detected_at"], alert.get("sender_owner_id"))
 
 
-class AlertIntake:
-    """Batch handler: decode alerts, insert reviews; undecodable ones are dead-lettered."""
+class AlertIntake(IntakeHandler[tuple[Any, ...], None]):
+    """The review queue's handler for the intake: each alert becomes an open review
+    (alert_id is the key: ON CONFLICT DO NOTHING); an undecodable alert is dead-lettered."""
 
-    def __init__(self, settings: Settings, codec: Codec) -> None:
+    def __init__(self, codec: Codec) -> None:
         self.codec = codec
-        self.producer = kafka.producer(settings)
 
-    def __call__(self, conn: psycopg.Connection[Any], msgs: list[Message]) -> None:
-        rows = []
-        for m in msgs:
-            try:
-                rows.append(review_row(self.codec.decode(ALERTS, m.value())))
-            except DecodeError as exc:
-                self._dead_letter(m, str(exc))
-        if rows:
-            conn.cursor().executemany(INSERT_REVIEW, rows)
-        # dead letters must be durable before the offsets that skip them commit
-        if self.producer.flush(30) != 0:
-            raise KafkaException("dead letters not acknowledged")
+    def decode(self, message: Message) -> tuple[Any, ...] | Reject:
+        try:
+            return review_row(self.codec.decode(ALERTS, message.value()))
+        except DecodeError as exc:
+            return Reject("UNDECODABLE", str(exc))
 
-    def _dead_letter(self, m: Message, reason: str) -> None:
-        topic, partition, offset = m.topic() or ALERTS, m.partition() or 0, m.offset() or 0
-        log.warning("dead-lettering %s[%s]@%s: %s", topic, partition, offset, reason)
-        metrics.DEAD_LETTERS.labels("reviews", "UNDECODABLE").inc()
-        record = dead_letter(
-            component="reviews", reason_code="UNDECODABLE", reason=reason, topic=topic,
-            partition=partition, offset=offset, key=m.key(), value=m.value(),
-            timestamp_ms=m.timestamp()[1], headers=list(m.headers() or []),
-        )  # fmt: skip
-        self.producer.produce(DLQ_TOPIC, key=m.key(), value=self.codec.encode(DLQ_TOPIC, record))
+    def apply(self, conn: psycopg.Connection[Any], items: list[Item[tuple[Any, ...]]]) -> None:
+        conn.cursor().executemany(INSERT_REVIEW, [it.value for it in items])
+
+    def dead_lettered(self, letter: Mapping[str, Any]) -> None:
+        metrics.DEAD_LETTERS.labels(INTAKE, letter["reason_code"]).inc()
 
 
 # Unpublished decisions in the order they were decided; decision_id breaks ties of
@@ -136,7 +126,7 @@ def run(settings: Settings | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     relay = decision_relay(settings, codec)
-    intake = PgConsumer(settings, name="reviews", topic=ALERTS, handle=AlertIntake(settings, codec))
+    intake = PgIntake(settings, worker_spec(settings, INTAKE, ALERTS), AlertIntake(codec), codec)
     failed: list[BaseException] = []
 
     def guarded(target: Any) -> None:

@@ -44,11 +44,12 @@ from paystream import ids, metrics, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
-from paystream.stream.pgconsumer import PgConsumer
+from paystream.stream.pg_intake import IntakeHandler, Item, PgIntake, worker_spec
 from pipelines.notifications import signing
 from pipelines.notifications.egress import PublicOnlyTransport
 
 NOTIFICATIONS = topics.NOTIFICATIONS
+INTAKE = "webhooks"  # the notification intake's offsets owner in sink_offsets; group paystream-webhooks
 NAMESPACE = uuid.UUID("b3f0c2d4-8e1a-4a6f-9c7d-5e2b1f0a3c68")
 log = logging.getLogger("paystream.webhooks")
 
@@ -126,24 +127,25 @@ def after_failure(attempt: int, age_seconds: float, ws: WebhookPolicy,
 # --------------------------------------------------------------------------- intake
 
 
-class NotificationIntake:
-    """Batch handler for PgConsumer: one pending delivery per (notification, endpoint)."""
+class NotificationIntake(IntakeHandler[dict[str, Any], None]):
+    """The webhooks' handler for the intake (`paystream.stream.pg_intake`): one pending
+    delivery per (notification, active endpoint of its user)."""
 
     def __init__(self, codec: Codec) -> None:
         self.codec = codec
 
-    def __call__(self, conn: psycopg.Connection[Any], msgs: list[Message]) -> None:
-        notes = []
-        for m in msgs:
-            try:
-                notes.append(self.codec.decode(NOTIFICATIONS, m.value()))
-            except DecodeError as exc:
-                # notifications are written only by our own EOS app; a bad one is logged
-                # and skipped rather than stalling every user's deliveries
-                log.error("skipping undecodable notification %s[%s]@%s: %s", m.topic(),
-                          m.partition(), m.offset(), exc)
-        if not notes:
-            return
+    def decode(self, message: Message) -> dict[str, Any] | None:
+        try:
+            return self.codec.decode(NOTIFICATIONS, message.value())
+        except DecodeError as exc:
+            # notifications are written only by our own EOS app; a bad one is logged
+            # and skipped rather than stalling every user's deliveries
+            log.error("skipping undecodable notification %s[%s]@%s: %s", message.topic(),
+                      message.partition(), message.offset(), exc)
+            return None
+
+    def apply(self, conn: psycopg.Connection[Any], items: list[Item[dict[str, Any]]]) -> None:
+        notes = [it.value for it in items]
         users = sorted({n["user_id"] for n in notes})
         endpoints: dict[str, list[str]] = {}
         for eid, uid in conn.execute(
@@ -355,8 +357,7 @@ def run(settings: Settings | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    intake = PgConsumer(settings, name="webhooks", topic=NOTIFICATIONS,
-                        handle=NotificationIntake(codec))
+    intake = PgIntake(settings, worker_spec(settings, INTAKE, NOTIFICATIONS), NotificationIntake(codec), codec)
     failed: list[BaseException] = []
 
     def guarded() -> None:
