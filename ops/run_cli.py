@@ -42,7 +42,7 @@ COMPONENTS["fraud"] = _fraud
 
 
 def _compensation() -> None:
-    from pipelines.fraud.compensation import run
+    from pipelines.compensation.app import run
 
     run()
 

@@ -18,8 +18,8 @@ from paystream import kafka
 from paystream.codec import Codec
 from paystream.commands import reversal_command_id
 from paystream.settings import Settings
-from pipelines.fraud.app import alert_id, freeze_command_id
-from pipelines.fraud.compensation import unfreeze_command_id
+from pipelines.compensation.domain import unfreeze_command_id
+from pipelines.fraud.domain import alert_id, freeze_command_id
 from pipelines.fraud.reviews import decision_id
 from pipelines.notifications.domain import notification_id
 from tests.conftest import Component

@@ -22,8 +22,7 @@ from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import Settings
 from pipelines.fraud import config as fconfig
-from pipelines.fraud.app import freeze_command_id, on_transfer
-from pipelines.fraud.rules import on_account_opened, transfer_from_event
+from pipelines.fraud.domain import freeze_command_id, on_account_opened, on_transfer, transfer_from_event
 from pipelines.notifications import signing
 from pipelines.notifications.domain import notification_for
 from tests.conftest import Component

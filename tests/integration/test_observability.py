@@ -37,7 +37,7 @@ import pytest
 
 from paystream import kafka
 from paystream.settings import PROJECT_ROOT, Settings
-from pipelines.fraud.app import alert_id
+from pipelines.fraud.domain import alert_id
 from tests.conftest import Component
 
 pytestmark = pytest.mark.integration

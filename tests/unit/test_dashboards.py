@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 
 from paystream.settings import PROJECT_ROOT, Settings
 
-MODULES = ["paystream.metrics", "pipelines.ledger.app", "pipelines.fraud.app", "pipelines.fraud.compensation",
+MODULES = ["paystream.metrics", "pipelines.ledger.app", "pipelines.fraud.app", "pipelines.compensation.app",
            "pipelines.notifications.app", "pipelines.notifications.webhooks", "gateway.observability",
            "sinks.postgres_sink"]
 SUFFIXES = ("", "_total", "_bucket", "_count", "_sum", "_created")

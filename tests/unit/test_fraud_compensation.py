@@ -6,7 +6,7 @@ import uuid
 
 from paystream.commands import reversal_command_id
 from paystream.stream.store import DictStore
-from pipelines.fraud.compensation import apply_alert, apply_decision, unfreeze_command_id
+from pipelines.compensation.domain import apply_alert, apply_decision, unfreeze_command_id
 
 SENDER, RECEIVER = str(uuid.uuid4()), str(uuid.uuid4())
 

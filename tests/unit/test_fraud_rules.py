@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipelines.fraud import config as fconfig
-from pipelines.fraud import rules as R
+from pipelines.fraud import domain as R
 
 CFG = fconfig.load(fconfig.DEFAULT_PATH)  # the shipped configuration
 USD = CFG.limits("USD")

@@ -3,7 +3,8 @@ commands. A Quix Streams app, exactly-once.
 
 Input is one stream over `fraud.alerts` and `fraud.decisions`, both keyed by the
 sending account, so one state per sender knows which HIGH alerts still hold it
-frozen. The decision logic is the pure `apply_alert` / `apply_decision` below.
+frozen. The decision logic is the pure `apply_alert` / `apply_decision` in
+`domain.py`.
 
 * REJECTED -> `REVERSE_TRANSFER` keyed by the receiver (freeze_receiver=True),
   command id `reversal_command_id(payment_id)`: a second request for the same
@@ -20,7 +21,6 @@ then releases the freeze it caused at once.
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from prometheus_client import Counter
@@ -28,11 +28,10 @@ from quixstreams import Application
 from quixstreams.state import State
 
 from paystream import commands as C
-from paystream import ids, liveness
+from paystream import liveness, topics
 from paystream import logging as plog
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
-from paystream.records import HIGH, REJECTED, UNFREEZE, Decoded, FraudAlert, ReviewDecision
 from paystream.settings import Settings, get_settings
 from paystream.stream.quixapp import (
     Processor,
@@ -43,70 +42,14 @@ from paystream.stream.quixapp import (
     inputs,
     route,
 )
-from paystream.stream.store import Store
-from pipelines.fraud.reviews import ALERTS, DECISIONS
+from pipelines.compensation.domain import apply_alert, apply_decision
 
+ALERTS = topics.ALERTS
+DECISIONS = topics.DECISIONS
 COMPONENT = "compensation"
-NAMESPACE = uuid.UUID("9a2d6f1c-3e8b-4b7a-a1c5-7d0e2f4b6c83")
 log = logging.getLogger("paystream.compensation")
 
 COMMANDS_SENT = Counter("paystream_compensation_commands_total", "commands sent to the ledger", ["type"])
-
-KeyedCommand = tuple[str, dict[str, Any]]  # (key, command)
-
-
-def unfreeze_command_id(alert_id: str) -> str:
-    return ids.uuid5(NAMESPACE, f"unfreeze:{alert_id}")
-
-
-def _holding(store: Store) -> list[str]:
-    return list(store.get("h", []))
-
-
-def _unfreeze(sender: str, alert_id: str, actor: str, why: str) -> KeyedCommand:
-    return sender, C.status_change(UNFREEZE, sender, actor=actor, reason=why,
-                                   command_id=unfreeze_command_id(alert_id))
-
-
-def apply_alert(store: Store, alert: FraudAlert | Decoded) -> list[KeyedCommand]:
-    """Track a HIGH alert as holding its sender frozen until it is decided. The
-    processor passes the codec's untyped dict (`paystream.records.Decoded`)."""
-    if alert["risk"] != HIGH:
-        return []
-    aid, sender = alert["alert_id"], alert["account_id"]
-    held = _holding(store)
-    if aid in held:
-        return []
-    if store.get(f"d:{aid}") is not None:
-        # decided before we saw it: its freeze is already unwanted
-        why = f"review of alert {aid} decided before the alert arrived"
-        return [] if held else [_unfreeze(sender, aid, "fraud-compensation", why)]
-    store.set("h", [*held, aid])
-    return []
-
-
-def apply_decision(store: Store, d: ReviewDecision | Decoded) -> list[KeyedCommand]:
-    aid, sender = d["alert_id"], d["sender_id"]
-    if store.get(f"d:{aid}") is not None:
-        return []  # a redelivered decision: already acted on
-    store.set(f"d:{aid}", d["decision"])
-    held = _holding(store)
-    was_holding = aid in held
-    if was_holding:
-        held.remove(aid)
-        store.set("h", held)
-    out: list[KeyedCommand] = []
-    why = f"fraud review {aid} {d['decision'].lower()}"
-    if d.get("note"):
-        why += f": {d['note']}"
-    if d["decision"] == REJECTED:
-        cmd = C.reverse_transfer(d["receiver_id"], d["payment_id"], reason=why,
-                                 actor=d["decided_by"], freeze_receiver=True, sender_id=sender)
-        out.append((d["receiver_id"], cmd))
-    if was_holding and not held:
-        out.append(_unfreeze(sender, aid, d["decided_by"], why))
-    return out
-
 
 class CompensationProcessor(Processor):
     component = COMPONENT

@@ -1,4 +1,5 @@
-"""Fraud rules as pure functions over plain data.
+"""Fraud rules as pure functions over plain data, and the records they produce
+(alerts, freezes, flows), built deterministically from the payment id.
 
 Nothing here touches Kafka or a clock: the app passes an account's state (a
 JSON-able dict, as Quix keeps it) and one event in, and gets the new state and a
@@ -30,11 +31,25 @@ Every rule that fires adds its score; there is no first-match-wins.
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from paystream.records import HIGH, LOW, MEDIUM, TRANSFER_DEBITED, Decoded, LedgerEvent, RiskLevel
+from paystream import commands as C
+from paystream import ids
+from paystream.records import (
+    FREEZE,
+    HIGH,
+    LOW,
+    MEDIUM,
+    TRANSFER_DEBITED,
+    Decoded,
+    FraudAlert,
+    FundsFlow,
+    LedgerEvent,
+    RiskLevel,
+)
 from pipelines.fraud.config import CurrencyLimits, FraudConfig
 
 # The state layout above, for mypy (a plain dict at run time, as Quix stores it). The
@@ -326,3 +341,75 @@ def transfer_from_event(ev: LedgerEvent | Decoded) -> Transfer | None:
     if amount is None or not receiver or not currency:
         return None
     return Transfer(ev["payment_id"], ev["account_id"], receiver, int(amount), currency, int(ev["occurred_at"]))
+
+
+# ----------------------------------------------------------------- records
+
+ACTOR = "fraud"
+NAMESPACE = uuid.UUID("c6a7d3e2-4b1f-4d0a-9e57-2f8b1c3a9d40")
+
+
+def alert_id(payment_id: str) -> str:
+    """One alert per payment, whoever computes it and however often."""
+    return ids.uuid5(NAMESPACE, f"alert:{payment_id}")
+
+
+def freeze_command_id(alert: str) -> str:
+    """Deterministic, so a re-emitted freeze is a ledger duplicate, not a second freeze."""
+    return ids.uuid5(NAMESPACE, f"freeze:{alert}")
+
+
+def alert_record(t: Transfer, v: Verdict, owner: str | None = None) -> FraudAlert:
+    return {
+        "alert_id": alert_id(t.payment_id),
+        "payment_id": t.payment_id,
+        "account_id": t.sender,
+        "counterparty_id": t.receiver,
+        "amount": t.amount,
+        "currency": t.currency,
+        "score": v.score,
+        "risk": v.risk,
+        "reasons": [{"rule": h.rule, "score": h.score, "detail": h.detail} for h in v.hits],
+        # Event time, not wall-clock: a reprocessed alert is byte-for-byte the same.
+        "detected_at": t.ts,
+        "sender_owner_id": owner,
+    }
+
+
+def freeze_command(alert: FraudAlert) -> dict[str, Any]:
+    rules_fired = ",".join(r["rule"] for r in alert["reasons"])
+    return C.status_change(
+        FREEZE, alert["account_id"], actor=ACTOR, command_id=freeze_command_id(alert["alert_id"]),
+        reason=f"fraud alert {alert['alert_id']} ({alert['risk']}: {rules_fired})",
+    )  # fmt: skip
+
+
+def flow_record(f: Flow) -> FundsFlow:
+    return {
+        "payment_id": f.payment_id, "sender_id": f.sender, "receiver_id": f.receiver,
+        "amount": f.amount, "currency": f.currency, "occurred_at": f.ts,
+        "origins": [{"account_id": o.account, "hops": o.hops, "occurred_at": o.ts}
+                    for o in f.origins],
+    }  # fmt: skip
+
+
+def flow_from_record(r: FundsFlow | Decoded) -> Flow:
+    return Flow(
+        r["payment_id"], r["sender_id"], r["receiver_id"], int(r["amount"]), r["currency"],
+        int(r["occurred_at"]),
+        tuple(Origin(o["account_id"], int(o["occurred_at"]), int(o["hops"]))
+              for o in r["origins"]),
+    )  # fmt: skip
+
+
+def on_transfer(cfg: FraudConfig, state: State | None, t: Transfer, *,
+                fresh: bool) -> tuple[State, Flow, FraudAlert | None]:
+    """Score a debit: (new state, flow for the receiver, alert or None). Pure, so the
+    tests can compute exactly which alerts a sequence of events must produce."""
+    flow = flow_for(cfg, state, t)
+    verdict, new = evaluate(cfg, state, t)
+    alert = None
+    if fresh and should_alert(cfg, new, verdict, t.ts):
+        new = alerted(new, verdict, t.ts)
+        alert = alert_record(t, verdict, state.get("owner") if state else None)
+    return new, flow, alert
