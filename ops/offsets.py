@@ -1,9 +1,10 @@
 """`paystream offsets show|reset` and `paystream lag`: where consumer groups stand.
 
 Lag is measured against the last stable offset (what a read_committed reader can
-reach), so transaction markers do not show up as phantom lag. The Postgres sink
-keeps its real position in `sink_offsets` (its Kafka commits are informational),
-so `lag` also reports that position, which is the one that matters for it.
+reach), so transaction markers do not show up as phantom lag. The Kafka-to-Postgres
+intakes (the sink, reviews, webhooks: `paystream.stream.pg_intake`) keep their real
+positions in Postgres, in `sink_offsets` (their Kafka commits are informational), so
+`lag` also reports those positions, which are the ones that matter for them.
 
 `reset` moves a group's committed offsets. It refuses an active group: a live
 member would overwrite the reset with its next commit (and the Quix apps would
@@ -46,16 +47,29 @@ def group_lag(settings: Settings, group: str, topic: str | None = None) -> list[
     return [PartitionLag(group, t, p, done.get((t, p)), ends[(t, p)][1]) for t, p in tps]
 
 
-def sink_positions(settings: Settings) -> dict[tuple[str, int], tuple[str, int]]:
-    """(topic, partition) -> (consumer, next offset) from the read model's `sink_offsets`."""
+def intake_groups(settings: Settings) -> dict[str, str]:
+    """Offsets owner in `sink_offsets` -> Kafka group, for each Kafka-to-Postgres intake."""
+    from paystream.stream.pg_intake import worker_group
+    from pipelines.fraud.reviews import INTAKE as REVIEWS
+    from pipelines.notifications.webhooks import INTAKE as WEBHOOKS
+
+    return {settings.sink_group: settings.sink_group, REVIEWS: worker_group(REVIEWS),
+            WEBHOOKS: worker_group(WEBHOOKS)}  # fmt: skip
+
+
+def intake_positions(settings: Settings) -> dict[str, dict[tuple[str, int], int]]:
+    """Kafka group -> (topic, partition) -> next offset, from `sink_offsets`: where each
+    intake really is (a test's or a benchmark's rows there are left out)."""
     import psycopg
+
+    from paystream.stream.pg_intake import all_positions
 
     try:
         with psycopg.connect(settings.postgres_dsn, connect_timeout=5) as conn:
-            rows = conn.execute("SELECT consumer, topic, partition, next_offset FROM sink_offsets").fetchall()
+            stored = all_positions(conn)
     except psycopg.Error:
         return {}
-    return {(t, int(p)): (c, int(o)) for c, t, p, o in rows if c == settings.sink_group}
+    return {group: stored[owner] for owner, group in intake_groups(settings).items() if owner in stored}
 
 
 @dataclass(frozen=True)
@@ -161,6 +175,9 @@ def reset_cmd(
     if group == settings.sink_group:
         console.print("[yellow]note: the sink resumes from Postgres sink_offsets, not from these "
                       "Kafka offsets; use `paystream reprocess` instead[/yellow]")  # fmt: skip
+    elif group in intake_groups(settings).values():
+        console.print(f"[yellow]note: {group} resumes from its position in Postgres sink_offsets, "
+                      "not from these Kafka offsets[/yellow]")  # fmt: skip
     if dry_run:
         console.print("dry run: nothing changed")
         return
@@ -195,7 +212,7 @@ def register(root: typer.Typer) -> None:
         prefix: str = typer.Option(G.PREFIX, "--prefix", help="group name prefix"),
         partitions: bool = typer.Option(False, "--partitions", help="one row per partition"),
     ) -> None:
-        """Consumer lag of every paystream group (and the sink's Postgres position)."""
+        """Consumer lag of every paystream group (and the intakes' Postgres positions)."""
         console = Console()
         settings = get_settings()
         try:
@@ -212,11 +229,10 @@ def register(root: typer.Typer) -> None:
             table.add_column(col)
         for info, t, n, lag in rows:
             table.add_row(info.group, info.state, str(info.members), t, str(n), str(lag))
-        pos = sink_positions(settings)
-        if pos:
+        for group, pos in intake_positions(settings).items():
             tps = sorted(pos)
             ends = G.watermarks(settings, tps)
-            lag = sum(max(0, ends[tp][1] - pos[tp][1]) for tp in tps)
+            lag = sum(max(0, ends[tp][1] - pos[tp]) for tp in tps)
             topics = ",".join(sorted({t for t, _ in tps}))
-            table.add_row(f"{settings.sink_group} (postgres)", "-", "-", topics, str(len(tps)), str(lag))
+            table.add_row(f"{group} (postgres)", "-", "-", topics, str(len(tps)), str(lag))
         console.print(table)

@@ -33,10 +33,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ops import groups as G
 from paystream import kafka, topics
 from paystream.codec import Codec
-from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.settings import Settings, get_settings
-from sinks import read_model as rm
-from sinks.postgres_sink import PgWriter, group_for
+from paystream.stream.pg_intake import Reject, forget_offsets
+from sinks.postgres_sink import PgWriter, decode_event, group_for
 
 EVENTS = topics.EVENTS
 REPROCESS_CONSUMER = "paystream-reprocess"
@@ -168,13 +167,9 @@ def into_sink(
             p, o = m.partition(), m.offset()
             assert p is not None and o is not None
             nxt[p] = o + 1
-            try:
-                ev = codec.decode(EVENTS, m.value())
-                problem = rm.normalize_event(ev)
-            except (DecodeError, UnknownSchemaError) as exc:
-                problem = str(exc)
-            if problem is not None:
-                res.undecodable.append(f"{EVENTS}[{p}]@{o}: {problem}")
+            ev = decode_event(codec, m)  # the sink's own input gate
+            if isinstance(ev, Reject):
+                res.undecodable.append(f"{EVENTS}[{p}]@{o}: {ev.reason}")
                 continue
             events.append((p, o, ev))
         for i in range(0, max(len(events), 1), BATCH):
@@ -238,7 +233,7 @@ def rebuild(settings: Settings, *, dsn: str | None = None, dry_run: bool, consol
         return None
     with psycopg.connect(dsn, connect_timeout=5) as conn, conn.transaction():
         conn.execute(f"TRUNCATE {', '.join(READ_MODEL_TABLES)}")
-        conn.execute("DELETE FROM sink_offsets WHERE consumer = %s AND topic = %s", (settings.sink_group, EVENTS))
+        forget_offsets(conn, settings.sink_group, EVENTS)
     console.print("read model emptied; replaying")
     return into_sink(settings, ranges, dsn=dsn, consumer=settings.sink_group, store_offsets=True, console=console)
 

@@ -63,6 +63,7 @@ from paystream.records import (
     LedgerEvent,
 )
 from paystream.settings import Settings, get_settings
+from paystream.stream.pg_intake import stored_offsets
 from sinks.read_model import canonical_uuid, normalize_event
 
 TOPIC = topics.EVENTS
@@ -290,11 +291,9 @@ def read_topic(
 
 
 def sink_offsets(conn: psycopg.Connection[Any], consumer: str) -> dict[int, int]:
-    rows = conn.execute(
-        "SELECT partition, next_offset FROM sink_offsets WHERE consumer = %s AND topic = %s",
-        (consumer, TOPIC),
-    ).fetchall()
-    return {int(p): int(o) for p, o in rows}
+    """The sink's stored position on ledger.events (its rows in `sink_offsets`, the
+    offsets table every intake shares)."""
+    return stored_offsets(conn, consumer, TOPIC)
 
 
 def wait_for_sink(

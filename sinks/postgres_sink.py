@@ -43,7 +43,7 @@ from confluent_kafka import Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg.conninfo import conninfo_to_dict
 
-from paystream import topics
+from paystream import metrics, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.settings import Settings, get_settings
@@ -191,7 +191,13 @@ def decode_event(codec: Codec, m: Message) -> Event | Reject:
         return Reject("UNKNOWN_SCHEMA", str(exc))
     except DecodeError as exc:
         return Reject("UNDECODABLE", str(exc))
-    return ev if problem is None else Reject("INVALID", problem)
+    if problem is None:
+        return ev
+    if problem.startswith(rm.UNBALANCED):
+        # A broken money invariant, not malformed data: alarm (docs/LEDGER.md).
+        metrics.INVARIANT_VIOLATIONS.labels("sink").inc()
+        log.critical("ledger event %s refused: %s", ev.get("event_id"), problem)
+    return Reject("INVALID", problem)
 
 
 def prepare_read_model(conn: psycopg.Connection[Any]) -> None:

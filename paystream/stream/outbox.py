@@ -280,9 +280,9 @@ class OutboxRelay:
 
     def run(self, stop: threading.Event) -> None:
         """Publish until `stop`. A lost Postgres connection is waited out (capped
-        backoff, reconnect, LISTEN again), as in `PgConsumer.run`; only a connection
-        that cannot be opened for another reason (a refused login, a wrong database)
-        ends the loop, since retrying could not fix it."""
+        backoff, reconnect, LISTEN again), as in `paystream.stream.pg_intake`; only a
+        connection that cannot be opened for another reason (a refused login, a wrong
+        database) ends the loop, since retrying could not fix it."""
         name = self.spec.name
         lost = False
         log.info("%s outbox relay started", name)

@@ -415,6 +415,9 @@ class PgIntake(Generic[T, R]):
         self._dlq: Producer | None = None
         self._failures = Backoff()
         self._assign_failed = False
+        # A batch failed and the consumer is not back at the stored offsets yet: no
+        # round may consume before it is (it would read on after what was not written).
+        self._rewind_pending = False
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> bool:
@@ -502,6 +505,8 @@ class PgIntake(Generic[T, R]):
         was recovered from (or when stopping interrupted it)."""
         assert self.consumer is not None
         try:
+            if self._rewind_pending:  # a recovery that stopping or a new failure cut short
+                self._rewind()
             msgs = self.consumer.consume(self.spec.batch_size, self.spec.poll_timeout)
             batch = decode_batch(msgs, self.handler.decode, topic=self.spec.topic, component=self.spec.component)
             self._positions(batch)
@@ -597,33 +602,40 @@ class PgIntake(Generic[T, R]):
 
     # -- recovery ----------------------------------------------------------------------
     def _recover(self, exc: BaseException) -> None:
-        """After a failed batch: wait, reconnect to Postgres, then rewind every assigned
-        partition to the offsets Postgres holds (the failed batch was not written). The
-        consumer is replaced instead when it failed fatally, when its assignment went
-        wrong, or when a seek fails (a partition not fetching yet cannot be seeked; a
-        fresh consumer seeks everything from Postgres in its assignment callback)."""
+        """After a failed batch: wait (backoff over consecutive failures), then rewind."""
+        self._rewind_pending = True
         lost = connection_lost(exc)
         if lost:
             RECONNECTS.labels(self.spec.name).inc()
         err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
-        fatal = isinstance(err, KafkaError) and is_fatal(err)
-        if self.stop.wait(self._failures.next()) or not self.writer.connect_with_retry(self.stop):
-            return  # stopping: the next start rewinds anyway
+        if isinstance(err, KafkaError) and is_fatal(err):
+            self._assign_failed = True  # the consumer will never fetch again: replace it
+        if self.stop.wait(self._failures.next()):
+            return  # stopping: the next start seeks from Postgres anyway
+        self._rewind(lost)
+
+    def _rewind(self, lost: bool = False) -> None:
+        """Reconnect to Postgres, then put every assigned partition back at the offset
+        Postgres holds (the failed batch was not written). The consumer is replaced
+        instead when it failed fatally or its assignment went wrong, and when a seek
+        fails (a partition not fetching yet cannot be seeked); a fresh consumer seeks
+        everything from Postgres in its assignment callback."""
+        if not self.writer.connect_with_retry(self.stop):
+            return  # stopping
         if lost:
             log.info("%s: postgres is back", self.spec.name)
         self.stored = self._stored_offsets_with_retry()
         assert self.consumer is not None
-        if fatal or self._assign_failed:
-            log.warning("%s: the Kafka consumer failed %s; recreating it", self.spec.name,
-                        "fatally" if fatal else "to take its assignment")  # fmt: skip
+        if self._assign_failed:
+            log.warning("%s: the Kafka consumer failed; recreating it", self.spec.name)
             self._replace_consumer()
-            return
-        try:
-            for p in sorted(self.assigned):
-                self.consumer.seek(TopicPartition(self.spec.topic, p, self.stored.get(p, OFFSET_BEGINNING)))
-        except KafkaException as seek_exc:
-            log.warning("%s: seek failed (%s); recreating the consumer", self.spec.name, seek_exc)
-            self._replace_consumer()
-            return
-        log.info("%s rewound to %s", self.spec.name,
-                 {p: self.stored.get(p, "beginning") for p in sorted(self.assigned)})  # fmt: skip
+        else:
+            try:
+                for p in sorted(self.assigned):
+                    self.consumer.seek(TopicPartition(self.spec.topic, p, self.stored.get(p, OFFSET_BEGINNING)))
+                log.info("%s rewound to %s", self.spec.name,
+                         {p: self.stored.get(p, "beginning") for p in sorted(self.assigned)})  # fmt: skip
+            except KafkaException as exc:
+                log.warning("%s: seek failed (%s); recreating the consumer", self.spec.name, exc)
+                self._replace_consumer()
+        self._rewind_pending = False

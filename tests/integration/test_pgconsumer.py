@@ -1,6 +1,7 @@
-"""The Kafka-to-Postgres consumer of the reviews and webhooks workers waits out a
-lost Postgres connection: it reconnects, rewinds to the offsets Postgres holds, and
-every message ends up written once, without the worker exiting."""
+"""The Kafka-to-Postgres intake (`paystream.stream.pg_intake`, the loop of the sink and
+of the reviews and webhooks workers) waits out a lost Postgres connection: it
+reconnects, rewinds to the offsets Postgres holds, and every message ends up written
+once, without the worker exiting."""
 
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from confluent_kafka import Message
 from confluent_kafka.admin import NewTopic
 
 from paystream import kafka
+from paystream.codec import Codec
 from paystream.settings import Settings
-from paystream.stream.pgconsumer import RECONNECTS, PgConsumer
+from paystream.stream.pg_intake import RECONNECTS, IntakeHandler, Item, PgIntake, worker_spec
 
 pytestmark = pytest.mark.integration
 
@@ -41,7 +43,7 @@ def start_loop(run: Callable[[threading.Event], None],
     return thread, died
 
 
-class Rows:
+class Rows(IntakeHandler[str, None]):
     """Inserts one row per message; counts every insert attempt, so a message
     written twice (rather than skipped by ON CONFLICT) would show."""
 
@@ -52,7 +54,10 @@ class Rows:
         self.first_batch = threading.Event()  # set once the consumer is inside its first batch
         self.killed = threading.Event()  # the test has terminated that batch's connection
 
-    def __call__(self, conn: psycopg.Connection[Any], msgs: list[Message]) -> None:
+    def decode(self, message: Message) -> str:
+        return bytes(message.value() or b"").decode()
+
+    def apply(self, conn: psycopg.Connection[Any], items: list[Item[str]]) -> None:
         self.backends.add(conn.info.backend_pid)
         self.batches += 1
         if not self.first_batch.is_set():
@@ -63,7 +68,7 @@ class Rows:
         conn.cursor().executemany(
             f"INSERT INTO {self.table} (k, n) VALUES (%s, 1)"
             f" ON CONFLICT (k) DO UPDATE SET n = {self.table}.n + 1",
-            [(m.value().decode(),) for m in msgs],
+            [(it.value,) for it in items],
         )
         time.sleep(0.02)  # small batches, so the stream is still running when the connection dies
 
@@ -81,7 +86,8 @@ def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(d
                 p.produce(topic, key=str(i % 97).encode(), value=f"m{i}".encode())
             p.flush(30)
             rows = Rows(table)
-            consumer = PgConsumer(db, name=f"test-{run}", topic=topic, handle=rows, batch_size=100)
+            consumer = PgIntake(db, worker_spec(db, f"test-{run}", topic, batch_size=100), rows,
+                                Codec(db.registry_url))
             stop = threading.Event()
 
             before = RECONNECTS.labels(f"test-{run}")._value.get()
@@ -110,13 +116,13 @@ def test_lost_postgres_connection_is_waited_out_and_nothing_is_lost_or_doubled(d
             assert len(rows.backends) >= 2, "expected a second connection after the kill"
             assert RECONNECTS.labels(f"test-{run}")._value.get() == before + 1
             stored = admin_conn.execute(
-                "SELECT sum(next_offset) FROM downstream_offsets WHERE consumer = %s AND topic = %s",
+                "SELECT sum(next_offset) FROM sink_offsets WHERE consumer = %s AND topic = %s",
                 (f"test-{run}", topic),
             ).fetchone()
             assert stored == (N,)
         finally:
             admin_conn.execute(f"DROP TABLE IF EXISTS {table}")
-            admin_conn.execute("DELETE FROM downstream_offsets WHERE consumer = %s", (f"test-{run}",))
+            admin_conn.execute("DELETE FROM sink_offsets WHERE consumer = %s", (f"test-{run}",))
             admin.delete_topics([topic])
 
 

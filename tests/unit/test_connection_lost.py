@@ -1,5 +1,6 @@
-"""Which Postgres errors the reviews and webhooks workers wait out (a reconnect fixes
-them) and which they must not retry forever (the same statement would fail again)."""
+"""Which Postgres errors mean the connection is gone, which a reconnect fixes (the outbox
+relay reconnects for them; the Kafka-to-Postgres intakes count them in
+`paystream_pgconsumer_reconnects_total`), and which are a statement that failed."""
 
 from __future__ import annotations
 

@@ -238,23 +238,25 @@ class _Codec:
 
 
 def test_sink_dead_letters_undecodable_values_and_still_advances():
-    from sinks.postgres_sink import Sink
+    from paystream.stream.pg_intake import decode_batch
+    from sinks.postgres_sink import COMPONENT, TOPIC, ReadModel
 
     led = MiniLedger()
     opened(led, 1)
     good = led.events[0]
     bad_ids = dict(good, event_id="nope")
-    sink = Sink.__new__(Sink)  # no Kafka, registry or Postgres: only the decoder
-    sink.codec = _Codec({b"good": good, b"bad-ids": bad_ids})  # type: ignore[assignment]
+    # no Kafka, registry or Postgres: only the sink's decoder in the intake's batch
+    handler = ReadModel(_Codec({b"good": good, b"bad-ids": bad_ids}))  # type: ignore[arg-type]
     msgs = [_Msg(0, 5, b"good"), _Msg(0, 6, b"\x07junk"), _Msg(1, 9, b"unknown-schema"),
             _Msg(1, 10, b"bad-ids")]  # fmt: skip
-    batch, letters = sink._decode(msgs)  # type: ignore[arg-type]
-    assert [(p, o) for p, o, _ in batch.events] == [(0, 5)]
+    batch = decode_batch(msgs, handler.decode, topic=TOPIC, component=COMPONENT)
+    assert [(it.partition, it.offset) for it in batch.items] == [(0, 5)]
     assert batch.next_offsets == {0: 7, 1: 11}
-    assert [(d["source_partition"], d["source_offset"], d["reason_code"]) for d in letters] == [
+    assert [(d["source_partition"], d["source_offset"], d["reason_code"]) for d in batch.letters] == [
         (0, 6, "UNDECODABLE"), (1, 9, "UNKNOWN_SCHEMA"), (1, 10, "INVALID"),
     ]  # fmt: skip
-    assert all(d["component"] == "sink" and d["key"] == b"k" for d in letters)
+    assert all(d["component"] == "sink" and d["key"] == b"k" for d in batch.letters)
+    assert batch.letters[0]["value"] == b"\x07junk"  # the message as it was, for `dlq show`
 
 
 def test_an_event_whose_postings_do_not_balance_is_refused_before_it_is_folded() -> None:
