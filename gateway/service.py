@@ -28,7 +28,7 @@ from gateway.errors import (
     RequestInProgress,
 )
 from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
-from gateway.ledger_io import CommandSender, ResultListener, SendError, Waiter
+from gateway.ledger_io import CommandSender, ResultListener, Waiter
 from gateway.movements import Movement
 from gateway.problems import PROBLEM_JSON, problem_body
 from gateway.reads import ReadYourWrites
@@ -225,13 +225,17 @@ class Gateway:
         raw = await self.redis.execute("GET", self._pay_key(payment_id))
         return orjson.loads(raw) if raw else None
 
-    async def known_outcome(self, payment_id: str, command: dict[str, Any] | None = None) -> Outcome | None:
-        """The outcome as recorded by an earlier request or the read model. With
-        `command`, a read-model row that describes another movement under this id (the
-        key was reused with another body while Redis had lost it) is `id_reused`."""
+    async def known_outcome(
+        self, payment_id: str, command: dict[str, Any] | None = None, record: dict[str, Any] | None = None
+    ) -> Outcome | None:
+        """The outcome as recorded by an earlier request or the read model. Given the
+        request's `command` and `record`, a stored payment that describes another
+        movement under this id (the key was reused with another body after Redis lost
+        it, or after it expired while the payment record lives on) is `id_reused`."""
         rec = await self.cached_payment(payment_id)
         if rec and rec.get("status") in TERMINAL_STATUSES:
-            return Outcome(rec["status"], rec.get("reason_code"))
+            reused = record is not None and not same_payment(rec, record)
+            return Outcome(rec["status"], rec.get("reason_code"), id_reused=reused)
         row = await store.payment_row(self.pool, payment_id)
         if row:
             status = str(row.get("status") or "").lower()
@@ -240,6 +244,14 @@ class Gateway:
                 reused = command is not None and not describes(row, command)
                 return Outcome(status, str(reason) if reason else None, id_reused=reused)
         return None
+
+    async def _settled(self, command: dict[str, Any], record: dict[str, Any]) -> tuple[dict[str, Any], Outcome | None]:
+        """For a retry: the payment record as first written (its `created_at`), and
+        the outcome if it is already final."""
+        prior = await self.cached_payment(command["command_id"])
+        if prior is not None:
+            record = {**record, "created_at": prior.get("created_at", record["created_at"])}
+        return record, await self.known_outcome(command["command_id"], command, record)
 
     async def wait_outcome(self, waiter: Waiter, budget: float) -> Outcome | None:
         """Wait for the command's own terminal event. A replay that does not settle
@@ -290,7 +302,7 @@ class Gateway:
             # Another request holds the key. If the payment's outcome is already
             # final, that is the answer whoever holds it: a retry must get the first
             # answer, not 409 until the lock deadline of a holder that may be gone.
-            known = await self.known_outcome(command["command_id"], command)
+            record, known = await self._settled(command, record)
             if known is not None:
                 return await self._answer(move.user_id, command, key, known, record)
             raise RequestInProgress(
@@ -303,10 +315,7 @@ class Gateway:
 
         command_id = command["command_id"]
         if claim.kind == "resume":
-            prior = await self.cached_payment(command_id)
-            if prior is not None:
-                record = {**record, "created_at": prior.get("created_at", record["created_at"])}
-            known = await self.known_outcome(command_id, command)
+            record, known = await self._settled(command, record)
             if known is not None:
                 return await self._answer(move.user_id, command, key, known, record)
 
@@ -315,7 +324,7 @@ class Gateway:
         try:
             try:
                 await self.sender.send(command)
-            except SendError as exc:
+            except Exception as exc:  # SendError, or the registry unreachable while encoding
                 if not claim.sent:
                     await self.idem.release(key, token)
                 else:
@@ -355,7 +364,7 @@ class Gateway:
         try:
             try:
                 await self.sender.send(command)
-            except SendError as exc:
+            except Exception as exc:  # SendError, or the registry unreachable while encoding
                 log.warning("command %s not sent: %s", command["command_id"], exc)
                 raise LedgerUnavailable("the command could not be submitted; retry later", retry_after=1) from None
             return await self.wait_outcome(waiter, wait)
@@ -433,16 +442,25 @@ def describes(row: dict[str, Any], command: dict[str, Any]) -> bool:
     if ends is None or kind != command["type"]:
         return False
     src, dst = ends
-    same_ends = (src is None or str(row.get("from_account")) == src) and (
-        dst is None or str(row.get("to_account")) == dst
-    )
     description = (mv.get("metadata") or {}).get("description")
-    return (
-        same_ends
-        and row.get("amount") == mv["amount"]
-        and row.get("currency") == mv["currency"]
-        and row.get("description") == description
-    )
+    wanted = {"from_account": src, "to_account": dst, "amount": mv["amount"], "currency": mv["currency"],
+              "description": description}  # fmt: skip
+    # A column the read model has not filled (yet) says nothing: a rejected payment's
+    # event carries no description, and a completed transfer's row gets its sender
+    # and description from the debit, which another partition's sink batch may hold.
+    for column, value in wanted.items():
+        have = row.get(column)
+        if have is not None and value is not None and str(have) != str(value):
+            return False
+        if have is not None and value is None and column == "description":
+            return False
+    return True
+
+
+def same_payment(stored: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether a stored payment record is the one this request would write."""
+    fields = ("kind", "from_account", "to_account", "amount", "currency", "description")
+    return all(stored.get(f) == record.get(f) for f in fields)
 
 
 def public(record: dict[str, Any]) -> dict[str, Any]:

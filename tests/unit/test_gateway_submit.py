@@ -260,3 +260,39 @@ def test_the_three_views_of_a_movement_agree() -> None:
     assert deposit.payment_id != Movement("withdrawal", "admin", "k", 500, "USD", "cash",
                                           source=move.source).payment_id
     assert deposit.command()["account_id"] == move.source.account_id  # type: ignore[union-attr]
+
+
+def test_the_answer_behind_a_held_key_keeps_the_payment_as_first_written(world: World) -> None:
+    move = a_transfer()
+    first = orjson.loads(run(world.gw.submit(move, wait=1)).body)
+    key = world.gw.idem.key(move.user_id, "payments", move.idem_key)
+    world.keys.keys[key].update(state="accepted", lock_until=time.time() * 1000 + LOCK_MS)  # a holder is back
+    time.sleep(0.01)
+    again = orjson.loads(run(world.gw.submit(move, wait=1)).body)
+    assert again["created_at"] == first["created_at"] and again["status"] == "completed"
+
+
+def test_an_expired_key_reused_for_another_movement_never_gets_the_old_answer(world: World) -> None:
+    """The payment record outlives the key (7 days against 1): a new request with the
+    old key and another body, behind a held claim, is 422, not the old 201."""
+    move = a_transfer(1000)
+    run(world.gw.submit(move, wait=1))
+    world.keys.keys.clear()  # the key expired; the payment record did not
+    other = Movement("transfer", move.user_id, move.idem_key, 2000, "USD", None, source=move.source,
+                     target=move.target)
+    run(world.keys.claim(world.gw.idem.key(move.user_id, "payments", move.idem_key), other.fingerprint(), "x"))
+    answer = run(world.gw.submit(other, wait=1))
+    assert answer.status == 422
+
+
+def test_a_command_that_cannot_be_encoded_is_ledger_unavailable_not_a_client_error(world: World) -> None:
+    from paystream.errors import UnknownSchemaError
+
+    async def registry_down(cmd: dict[str, Any]) -> None:
+        raise UnknownSchemaError("registry unreachable")
+
+    world.ledger.send = registry_down  # type: ignore[method-assign]
+    with pytest.raises(LedgerUnavailable):
+        run(world.gw.submit(a_transfer(), wait=1))
+    with pytest.raises(LedgerUnavailable):
+        run(world.gw.send_and_wait(a_transfer().command(), 0.1))
