@@ -130,21 +130,28 @@ def _lag_table(rows: list[PartitionLag], title: str) -> Table:
 
 @app.command("show")
 def show_cmd(
-    group: str = typer.Option(..., "--group", help="consumer group"),
+    group: str = typer.Option(None, "--group", help="consumer group (default: every paystream group)"),
     topic: str = typer.Option(None, "--topic", help="only this topic"),
 ) -> None:
-    """Committed offsets and lag per partition of one group."""
+    """Committed offsets and lag per partition of one group, or of every paystream group."""
     console = Console()
     settings = get_settings()
     try:
-        info = G.describe(settings, group)
-        rows = group_lag(settings, group, topic)
+        groups = [group] if group else G.list_groups(settings)
     except Exception as exc:
-        console.print(f"[red]cannot read group {group}:[/red] {exc}")
+        console.print(f"[red]cannot list consumer groups:[/red] {exc}")
         raise typer.Exit(1) from exc
-    console.print(_lag_table(rows, f"{group} ({info.state}, {info.members} member(s))"))
-    total = sum(r.lag or 0 for r in rows)
-    console.print(f"total lag {total}")
+    if not groups:
+        console.print("no paystream consumer groups yet")
+    for g in groups:
+        try:
+            info = G.describe(settings, g)
+            rows = group_lag(settings, g, topic)
+        except Exception as exc:
+            console.print(f"[red]cannot read group {g}:[/red] {exc}")
+            raise typer.Exit(1) from exc
+        console.print(_lag_table(rows, f"{g} ({info.state}, {info.members} member(s))"))
+        console.print(f"total lag {sum(r.lag or 0 for r in rows)}")
 
 
 @app.command("reset")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -147,5 +149,29 @@ def register(app: typer.Typer) -> None:
         names = only or list(COMPONENTS)
         settings = get_settings()
         if "gateway" in names:
-            console.print(f"[bold]gateway listening on http://{settings.gateway_host}:{settings.gateway_port}[/bold]")
+            threading.Thread(target=_say_ready, args=(console, settings), daemon=True).start()
         raise typer.Exit(Supervisor({n: component_argv(n) for n in names}, console).run())
+
+
+def _say_ready(console: Console, settings: Any, timeout: float = 180.0) -> None:
+    """One line once the gateway answers its health check: where to go, how to make
+    an admin, how to stop (a newcomer otherwise sees only component logs scroll by)."""
+    import httpx
+
+    host = "127.0.0.1" if settings.gateway_host in ("0.0.0.0", "::") else settings.gateway_host
+    base = f"http://{host}:{settings.gateway_port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                console.print(
+                    f"[bold green]ready:[/bold green] gateway {base}/v1, admin console {base}/admin/\n"
+                    "  create an admin: .venv/bin/paystream admin create-user --email you@example.com "
+                    "--password-stdin\n"
+                    "  stop: Ctrl-C here (the stack keeps running: .venv/bin/paystream stack down)"
+                )
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+

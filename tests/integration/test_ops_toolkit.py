@@ -223,6 +223,8 @@ def test_offsets_reset_refuses_active_group_and_plans_for_idle(stack, cli):
 def test_lag_lists_ledger_and_state_rebuild_refuses_running_ledger(stack, ledger, cli):
     res = runner.invoke(cli, ["lag"])
     assert res.exit_code == 0 and "paystream-ledger" in res.output, res.output
+    res = runner.invoke(cli, ["offsets", "show"])  # no --group: every paystream group
+    assert res.exit_code == 0 and "paystream-ledger (" in res.output, res.output
     deadline = time.monotonic() + 60
     while not G.describe(stack, "paystream-ledger").members and time.monotonic() < deadline:
         time.sleep(0.5)
