@@ -61,6 +61,10 @@ class Supervisor:
 
     def _start(self, child: Child) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if sys.stdout.isatty():
+            # The children write to a pipe (ours), so they cannot see the terminal:
+            # tell them, and they log for a person instead of one JSON object a line.
+            env.setdefault("PAYSTREAM_LOG_FORMAT", "console")
         child.proc = subprocess.Popen(
             child.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,

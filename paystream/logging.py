@@ -75,6 +75,8 @@ def configure(component: str, level: str | None = None, fmt: str | None = None) 
         _add_component(component),
         _trace_id,
     ]
+    if fmt == "auto":
+        fmt = "console" if sys.stdout.isatty() else "json"
     renderer: Processor = (
         structlog.dev.ConsoleRenderer(colors=False) if fmt == "console" else structlog.processors.JSONRenderer()
     )

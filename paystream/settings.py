@@ -188,7 +188,10 @@ class Settings(BaseSettings):
         default=None, description="serve /docs and /openapi.json; default: only in development"
     )
     log_level: str = "INFO"
-    log_format: str = Field(default="json", description="json (one object per line) or console")
+    log_format: str = Field(
+        default="auto",
+        description="json (one object per line), console, or auto: console on a terminal, json otherwise",
+    )
     otel_enabled: bool = False
     otel_endpoint: str = Field(
         default="http://127.0.0.1:4318", description="OTLP/HTTP collector; traces go to <endpoint>/v1/traces"
