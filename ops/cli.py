@@ -43,9 +43,51 @@ def _register() -> None:
     register_toolkit(app)
 
 
+def explain(exc: BaseException) -> str | None:
+    """One line saying what to run, for the failures an operator causes by order of
+    operations (stack not started, database not migrated, a wrong setting), found
+    anywhere in the exception's chain; None for anything else (a bug: the traceback
+    is the right answer then)."""
+    import psycopg
+    from confluent_kafka import KafkaException
+    from pydantic import ValidationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from ops.stack import StackError
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, psycopg.errors.UndefinedTable):
+            return f"the database is not migrated ({first}): run `paystream db migrate` (or `paystream up`)"
+        if isinstance(e, psycopg.OperationalError):
+            return f"cannot reach Postgres ({first}): start the stack with `paystream stack up`"
+        if isinstance(e, KafkaException):
+            return f"Kafka refused or is unreachable ({first}): is the stack up (`paystream stack status`)?"
+        if isinstance(e, RedisConnectionError):
+            return f"cannot reach Redis ({first}): start the stack with `paystream stack up`"
+        if isinstance(e, StackError):
+            return str(e)
+        if isinstance(e, ValidationError):
+            return f"a setting is invalid: {first} (PAYSTREAM_* environment or .env)"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def main() -> None:
     _register()
-    app()
+    try:
+        app()
+    except Exception as exc:
+        hint = explain(exc)
+        if hint is None:
+            raise
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]{hint}[/red]", highlight=False)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

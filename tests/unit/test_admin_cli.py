@@ -54,3 +54,22 @@ def test_password_from_stdin_file_or_env(created: list[dict[str, Any]], tmp_path
     r = runner.invoke(cli, ["admin", "create-user", "--email", "c@example.com"])
     assert r.exit_code == 0, r.output
     assert [c["password_hash"] for c in created] == [f"hash:{GOOD}"] * 3
+
+
+def test_operator_errors_get_one_line_saying_what_to_run() -> None:
+    import psycopg
+    from confluent_kafka import KafkaError, KafkaException
+
+    from ops.cli import explain
+
+    try:
+        try:
+            raise psycopg.errors.UndefinedTable('relation "sink_offsets" does not exist')
+        except psycopg.Error as inner:
+            raise RuntimeError("verify failed") from inner
+    except RuntimeError as outer:
+        hint = explain(outer)
+    assert hint is not None and "paystream db migrate" in hint
+    assert "paystream stack up" in (explain(psycopg.OperationalError("connection refused")) or "")
+    assert "stack status" in (explain(KafkaException(KafkaError(KafkaError._TRANSPORT))) or "")
+    assert explain(ValueError("a bug")) is None  # a bug keeps its traceback
