@@ -232,7 +232,16 @@ class Gateway:
         request's `command` and `record`, a stored payment that describes another
         movement under this id (the key was reused with another body after Redis lost
         it, or after it expired while the payment record lives on) is `id_reused`."""
-        rec = await self.cached_payment(payment_id)
+        return await self._final(payment_id, await self.cached_payment(payment_id), command, record)
+
+    async def _final(
+        self,
+        payment_id: str,
+        rec: dict[str, Any] | None,
+        command: dict[str, Any] | None,
+        record: dict[str, Any] | None,
+    ) -> Outcome | None:
+        """`known_outcome` with the payment record already read."""
         if rec and rec.get("status") in TERMINAL_STATUSES:
             reused = record is not None and not same_payment(rec, record)
             return Outcome(rec["status"], rec.get("reason_code"), id_reused=reused)
@@ -251,7 +260,7 @@ class Gateway:
         prior = await self.cached_payment(command["command_id"])
         if prior is not None:
             record = {**record, "created_at": prior.get("created_at", record["created_at"])}
-        return record, await self.known_outcome(command["command_id"], command, record)
+        return record, await self._final(command["command_id"], prior, command, record)
 
     async def wait_outcome(self, waiter: Waiter, budget: float) -> Outcome | None:
         """Wait for the command's own terminal event. A replay that does not settle

@@ -22,6 +22,7 @@ from psycopg_pool import AsyncConnectionPool
 from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import Admin, GatewayDep
+from gateway.movements import iso
 from gateway.problems import Problem, responses
 from gateway.security import valid_account_number
 from pipelines.fraud.reviews import DECISIONS, OUTBOX_CHANNEL, decision_id
@@ -66,7 +67,7 @@ class ReviewPage(BaseModel):
 
 
 def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat().replace("+00:00", "Z") if ts is not None else None
+    return iso(ts) if ts is not None else None
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def build_application(
     return app
 
 
-def inputs(app: Application, *topics: str) -> Any:
+def inputs(app: Application, *topics: str, time_alignment: bool = False) -> Any:
     """The app's input topics as one dataframe of raw bytes (the processor decodes,
     so an undecodable record is dead-lettered, not a crash). Several topics are
     concatenated without Quix's cross-topic time alignment: no paystream app needs
@@ -91,7 +91,7 @@ def inputs(app: Application, *topics: str) -> Any:
     sdf = frames[0]
     for more in frames[1:]:
         sdf = sdf.concat(more)
-    if len(frames) > 1:
+    if len(frames) > 1 and not time_alignment:
         quix_compat.disable_time_alignment(app)
     return sdf
 

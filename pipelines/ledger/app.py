@@ -32,7 +32,7 @@ from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.partitioning import key_for_partition, partition_for
 from paystream.settings import Settings, get_settings
 from paystream.stream import quix_compat
-from paystream.stream.quixapp import build_application
+from paystream.stream.quixapp import build_application, inputs
 from pipelines.ledger import domain
 
 COMMANDS = COMMANDS_TOPIC
@@ -403,17 +403,12 @@ def build_app(settings: Settings | None = None) -> Application:
         rocksdb_options=quix_compat.changelog_durable_state(),
     )
     codec = Codec(settings.registry_url)
-    commands = app.topic(COMMANDS, key_deserializer="bytes", value_deserializer="bytes")
-    privileged = app.topic(PRIVILEGED_TOPIC, key_deserializer="bytes", value_deserializer="bytes")
-    legs_in = app.topic(domain.LEGS, key_deserializer="bytes", value_deserializer="bytes")
     partitions = _partition_count(settings)
     codec.header(domain.LEGS, LEG_BATCH)  # a missing registration stops the start, not the first leg
-    sdf = app.dataframe(commands).concat(app.dataframe(privileged)).concat(app.dataframe(legs_in))
-    if not settings.ledger_time_alignment:
-        # Ledger correctness never depends on timestamp order *across* the two inputs
-        # (each topic's partition stays in order, and any interleaving of a command
-        # with a leg is a valid history); measured in docs/LEDGER.md.
-        quix_compat.disable_time_alignment(app)
+    # Ledger correctness never depends on timestamp order *across* the inputs (each
+    # topic's partition stays in order, and any interleaving of a command with a leg
+    # is a valid history), so alignment is off unless asked for; docs/LEDGER.md.
+    sdf = inputs(app, COMMANDS, PRIVILEGED_TOPIC, domain.LEGS, time_alignment=settings.ledger_time_alignment)
     processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
                                 settings.ledger_account_memo)
     quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
