@@ -17,7 +17,9 @@ b. per command at most one terminal non-replay outcome; per payment at most one
 c. no USER account ever went below zero, except after a REVERSAL_DEBITED on it;
 d. the read model equals the replay up to the sink's stored offsets (balances,
    postings count and sum per account, event count, payment and account status);
-e. each event's `balance_after` equals the replayed balance of its account.
+e. each event's `balance_after` equals the replayed balance of its account;
+f. holds: each ends at most once (captured, voided or expired), each hold event's
+   `held_after` equals the account's replayed held total, and so does Postgres'.
 
 Consistency of the cut: the Postgres side is read in one REPEATABLE READ
 snapshot holding both the rows and `sink_offsets` (written in one transaction
@@ -47,9 +49,14 @@ from paystream.records import (
     ACCOUNT_FROZEN,
     ACCOUNT_OPENED,
     ACCOUNT_UNFROZEN,
+    AUTHORIZE,
     COMMAND_REJECTED,
     DEPOSIT,
     DEPOSITED,
+    HOLD_CAPTURED,
+    HOLD_EXPIRED,
+    HOLD_PLACED,
+    HOLD_VOIDED,
     REVERSAL_DEBITED,
     TRANSFER,
     TRANSFER_COMPLETED,
@@ -69,14 +76,21 @@ from sinks.read_model import canonical_uuid, normalize_event
 TOPIC = topics.EVENTS
 SHOW = 20  # offending ids printed per check
 
-# Payment facts, as bits.
-DEBITED, CREDITED, FAILED, REJECTED, SETTLED, REV_DEBITED, REVERSED = (1 << i for i in range(7))
+# Payment facts, as bits. A hold's capture is its debit.
+DEBITED, CREDITED, FAILED, REJECTED, SETTLED, REV_DEBITED, REVERSED, PLACED, CANCELED, EXPIRED = (
+    1 << i for i in range(10)
+)
 _FACT: dict[EventType, int] = {
     TRANSFER_DEBITED: DEBITED, TRANSFER_COMPLETED: CREDITED, TRANSFER_FAILED: FAILED,
     DEPOSITED: SETTLED, WITHDRAWN: SETTLED, REVERSAL_DEBITED: REV_DEBITED,
-    TRANSFER_REVERSED: REVERSED,
+    TRANSFER_REVERSED: REVERSED, HOLD_PLACED: PLACED, HOLD_CAPTURED: DEBITED, HOLD_VOIDED: CANCELED,
+    HOLD_EXPIRED: EXPIRED,
 }  # fmt: skip
-_ONCE: frozenset[EventType] = frozenset({TRANSFER_DEBITED, TRANSFER_COMPLETED, REVERSAL_DEBITED, TRANSFER_REVERSED})
+_ONCE: frozenset[EventType] = frozenset({
+    TRANSFER_DEBITED, TRANSFER_COMPLETED, REVERSAL_DEBITED, TRANSFER_REVERSED, HOLD_PLACED, HOLD_CAPTURED,
+    HOLD_VOIDED, HOLD_EXPIRED,
+})  # fmt: skip
+_HOLD_ENDS = (HOLD_CAPTURED, HOLD_VOIDED, HOLD_EXPIRED)
 
 
 @dataclass
@@ -129,6 +143,9 @@ class Replay:
         self.reversed_accounts: set[str] = set()
         self.balance_after_wrong: dict[str, str] = {}
         self.debit_at: dict[str, int] = {}
+        self.held: dict[str, int] = defaultdict(int)  # account -> replayed held total
+        self.hold_amount: dict[str, int] = {}  # payment -> amount held by its HOLD_PLACED
+        self.held_after_wrong: dict[str, str] = {}
         self.needs: dict[str, int] = defaultdict(int)  # payment -> facts its checked events require
         self.newest = 0
 
@@ -165,12 +182,19 @@ class Replay:
             elif etype == ACCOUNT_UNFROZEN:
                 self.status[acct] = "ACTIVE"
             fact = _FACT.get(etype)
-            if etype == COMMAND_REJECTED and ev["command_type"] in (TRANSFER, DEPOSIT, WITHDRAW):
+            if etype == COMMAND_REJECTED and ev["command_type"] in (TRANSFER, DEPOSIT, WITHDRAW, AUTHORIZE):
                 fact = REJECTED
             if fact is not None:
                 if self.invariants and etype in _ONCE and self.facts[pay] & fact:
                     self.twice.append(f"{pay} ({etype} twice)")
+                if self.invariants and etype in _HOLD_ENDS and self.facts[pay] & (DEBITED | CANCELED | EXPIRED):
+                    self.twice.append(f"{pay} (a hold ended twice: {etype} after another end)")
                 self.facts[pay] |= fact
+            if etype == HOLD_PLACED:
+                self.hold_amount[pay] = ev["amount"] or 0
+                self.held[acct] += self.hold_amount[pay]
+            elif etype in _HOLD_ENDS:
+                self.held[acct] -= self.hold_amount.get(pay, 0)
         if not self.invariants:
             return
         self.newest = max(self.newest, ev["occurred_at"])
@@ -183,7 +207,12 @@ class Replay:
                 self.twice.append(f"{cid} (two terminal outcomes)")
         if etype == REVERSAL_DEBITED and not ev["replay"]:
             self.reversed_accounts.add(acct)
-        if etype == TRANSFER_DEBITED and not ev["replay"]:
+        held_after = ev.get("held_after")
+        if held_after is not None and self.held[acct] != held_after:
+            self.held_after_wrong.setdefault(
+                acct, f"{acct}: held_after {held_after} != journal {self.held[acct]} (event {eid})"
+            )
+        if etype in (TRANSFER_DEBITED, HOLD_CAPTURED) and not ev["replay"]:
             self.debit_at[pay] = ev["occurred_at"]
         if checked and not ev["replay"]:
             # Facts on other partitions that must already be committed.
@@ -224,6 +253,12 @@ class Replay:
             return "REJECTED"
         if f & DEBITED:
             return "PENDING"
+        if f & CANCELED:
+            return "CANCELED"
+        if f & EXPIRED:
+            return "EXPIRED"
+        if f & PLACED:
+            return "REQUIRES_CAPTURE"
         return None
 
 
@@ -322,6 +357,7 @@ class Snapshot:
     currency_balance: dict[str, int]
     currency_postings: dict[str, int]
     unbalanced_events: list[str]
+    held: dict[str, int] = field(default_factory=dict)
 
 
 def snapshot(settings: Settings, consumer: str) -> Snapshot:
@@ -331,7 +367,7 @@ def snapshot(settings: Settings, consumer: str) -> Snapshot:
         with conn.transaction():
             offsets = sink_offsets(conn, consumer)
             accts = conn.execute(
-                "SELECT account_id::text, balance, kind, status FROM accounts"
+                "SELECT account_id::text, balance, kind, status, held FROM accounts"
             ).fetchall()
             journal = conn.execute(
                 "SELECT account_id::text, count(*), sum(amount) FROM postings GROUP BY 1"
@@ -350,9 +386,10 @@ def snapshot(settings: Settings, consumer: str) -> Snapshot:
             ).fetchall()
     return Snapshot(
         offsets=offsets,
-        balances={a: int(b) for a, b, _, _ in accts},
-        kinds={a: k for a, _, k, _ in accts},
-        statuses={a: s for a, _, _, s in accts},
+        balances={a: int(b) for a, b, _, _, _ in accts},
+        kinds={a: k for a, _, k, _, _ in accts},
+        statuses={a: s for a, _, _, s, _ in accts},
+        held={a: int(h) for a, _, _, _, h in accts if h},
         journal={a: (int(c), int(s)) for a, c, s in journal},
         events=int(n_events[0]) if n_events else 0,
         payments=dict(payments),
@@ -474,6 +511,12 @@ def _invariants(report: Report, full: Replay, snap: Snapshot, grace: float) -> N
         list(full.balance_after_wrong.values()),
         "every event's stated balance equals its account's replayed balance",
     )
+    report.add(
+        "f. held totals agree with the journal",
+        list(full.held_after_wrong.values()) + [f"{a}: replayed held total {h} < 0" for a, h in full.held.items()
+                                                if h < 0],
+        f"{len(full.hold_amount)} holds, {sum(full.held.values())} held now",
+    )
 
 
 def _compare(report: Report, cut: Replay, snap: Snapshot) -> None:
@@ -482,6 +525,10 @@ def _compare(report: Report, cut: Replay, snap: Snapshot) -> None:
         want, got = cut.balance.get(acct, 0), snap.balances.get(acct)
         if got != want:
             bad.append(f"{acct}: postgres {got} != replay {want}")
+    for acct in sorted({a for a, h in cut.held.items() if h} | set(snap.held)):
+        want, got = cut.held.get(acct, 0), snap.held.get(acct, 0)
+        if got != want:
+            bad.append(f"{acct}: postgres held {got} != replay {want}")
     report.add(
         "d. balances equal the replay",
         bad,

@@ -21,6 +21,8 @@ from typing import Any
 
 from paystream import ids, topics
 from paystream.records import (
+    AUTHORIZE,
+    CAPTURE,
     DEPOSIT,
     FREEZE,
     OPEN_ACCOUNT,
@@ -28,9 +30,11 @@ from paystream.records import (
     TRANSFER,
     UNFREEZE,
     USER,
+    VOID,
     WITHDRAW,
     AccountKind,
     CommandType,
+    HoldAction,
     Movement,
     OpenAccount,
     Reversal,
@@ -81,6 +85,7 @@ def _base(ctype: str, account_id: str, command_id: str | None, requested_by: str
         "movement": None,
         "status_change": None,
         "reversal": None,
+        "hold": None,
     }
 
 
@@ -96,16 +101,35 @@ def open_account(account_id: str, *, external_number: str, owner_id: str, curren
 
 def movement(ctype: str, account_id: str, amount: int, currency: str, *,
              counterparty_id: str | None = None, command_id: str | None = None,
-             requested_by: str = "system", metadata: dict[str, str] | None = None) -> dict[str, Any]:
+             requested_by: str = "system", metadata: dict[str, str] | None = None,
+             hold_timeout_ms: int | None = None) -> dict[str, Any]:
     c = _base(ctype, account_id, command_id, requested_by)
     body: Movement = {"amount": amount, "currency": currency, "counterparty_id": counterparty_id,
-                      "metadata": metadata or {}}
+                      "metadata": metadata or {}, "hold_timeout_ms": hold_timeout_ms}
     c["movement"] = body
     return c
 
 
 def transfer(src: str, dst: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
     return movement(TRANSFER, src, amount, currency, counterparty_id=dst, **kw)
+
+
+def authorize(src: str, dst: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:
+    """A hold on `src` for `dst`: the funds stop being available but do not move until
+    a `capture`; a `void` or the hold's expiry releases them (docs/LEDGER.md, "Holds")."""
+    return movement(AUTHORIZE, src, amount, currency, counterparty_id=dst, **kw)
+
+
+def hold_action(ctype: str, account_id: str, payment_id: str, *, amount: int | None = None,
+                command_id: str | None = None, requested_by: str = "system") -> dict[str, Any]:
+    """CAPTURE or VOID of the hold `payment_id` (the AUTHORIZE's id), keyed by the
+    account holding it; `amount` (CAPTURE only) at most the held amount, None for all."""
+    if ctype not in (CAPTURE, VOID):
+        raise ValueError(f"{ctype} is not a hold action")
+    c = _base(ctype, account_id, command_id, requested_by)
+    body: HoldAction = {"payment_id": payment_id, "amount": amount}
+    c["hold"] = body
+    return c
 
 
 def deposit(account_id: str, amount: int, currency: str, **kw: Any) -> dict[str, Any]:

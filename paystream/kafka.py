@@ -135,12 +135,13 @@ class BatchPublisher:
         self.replaced = 0
 
     def produce(self, topic: str, *, key: bytes, value: bytes,
-                on_delivery: Callable[[KafkaError | None, Any], None]) -> None:
+                on_delivery: Callable[[KafkaError | None, Any], None], **kw: Any) -> None:
+        """`kw`: further arguments of `Producer.produce` (partition, timestamp, headers)."""
         def report(err: KafkaError | None, msg: Any) -> None:
             self.watch.delivered(err)
             on_delivery(err, msg)
 
-        self.producer.produce(topic, key=key, value=value, on_delivery=report)
+        self.producer.produce(topic, key=key, value=value, on_delivery=report, **kw)
 
     def flush(self, timeout: float) -> int:
         """Messages still undelivered; a stuck producer is replaced afterwards (what it

@@ -36,8 +36,9 @@ from typing import Any, Final, Literal, TypeAlias, TypedDict
 # ------------------------------------------------------------------------------ enums
 
 CommandType: TypeAlias = Literal[
-    "OPEN_ACCOUNT", "DEPOSIT", "WITHDRAW", "TRANSFER", "FREEZE", "UNFREEZE", "REVERSE_TRANSFER", "UNKNOWN"
-]
+    "OPEN_ACCOUNT", "DEPOSIT", "WITHDRAW", "TRANSFER", "FREEZE", "UNFREEZE", "REVERSE_TRANSFER", "UNKNOWN",
+    "AUTHORIZE", "CAPTURE", "VOID",
+]  # fmt: skip
 OPEN_ACCOUNT: Final = "OPEN_ACCOUNT"
 DEPOSIT: Final = "DEPOSIT"
 WITHDRAW: Final = "WITHDRAW"
@@ -45,12 +46,16 @@ TRANSFER: Final = "TRANSFER"
 FREEZE: Final = "FREEZE"
 UNFREEZE: Final = "UNFREEZE"
 REVERSE_TRANSFER: Final = "REVERSE_TRANSFER"
+AUTHORIZE: Final = "AUTHORIZE"
+CAPTURE: Final = "CAPTURE"
+VOID: Final = "VOID"
 UNKNOWN: Final = "UNKNOWN"  # also an EventType, OutcomeStatus and LegKind: every reader's default
 
 EventType: TypeAlias = Literal[
     "ACCOUNT_OPENED", "ACCOUNT_FROZEN", "ACCOUNT_UNFROZEN", "DEPOSITED", "WITHDRAWN",
     "TRANSFER_DEBITED", "TRANSFER_COMPLETED", "TRANSFER_FAILED", "REVERSAL_DEBITED", "TRANSFER_REVERSED",
     "COMMAND_REJECTED", "COMMAND_DUPLICATE", "UNKNOWN",
+    "HOLD_PLACED", "HOLD_CAPTURED", "HOLD_VOIDED", "HOLD_EXPIRED",
 ]  # fmt: skip
 ACCOUNT_OPENED: Final = "ACCOUNT_OPENED"
 ACCOUNT_FROZEN: Final = "ACCOUNT_FROZEN"  # also a ReasonCode and a NotificationKind
@@ -64,6 +69,10 @@ REVERSAL_DEBITED: Final = "REVERSAL_DEBITED"
 TRANSFER_REVERSED: Final = "TRANSFER_REVERSED"
 COMMAND_REJECTED: Final = "COMMAND_REJECTED"
 COMMAND_DUPLICATE: Final = "COMMAND_DUPLICATE"
+HOLD_PLACED: Final = "HOLD_PLACED"
+HOLD_CAPTURED: Final = "HOLD_CAPTURED"  # also a ReasonCode
+HOLD_VOIDED: Final = "HOLD_VOIDED"  # also a ReasonCode
+HOLD_EXPIRED: Final = "HOLD_EXPIRED"  # also a ReasonCode
 
 OutcomeStatus: TypeAlias = Literal["PENDING", "COMPLETED", "FAILED", "REJECTED", "UNKNOWN"]
 PENDING: Final = "PENDING"
@@ -82,6 +91,7 @@ ReasonCode: TypeAlias = Literal[
     "ID_REUSED_WITH_DIFFERENT_FIELDS", "UNKNOWN_PAYMENT", "ALREADY_REVERSED", "TRANSFER_NOT_COMPLETED",
     "ALREADY_FROZEN", "NOT_FROZEN", "RECEIVER_FROZEN", "RECEIVER_CLOSED", "RECEIVER_UNKNOWN",
     "RECEIVER_CURRENCY_MISMATCH", "NOT_ALLOWED", "OTHER", "BALANCE_LIMIT", "RECEIVER_BALANCE_LIMIT",
+    "UNKNOWN_HOLD", "HOLD_CAPTURED", "HOLD_VOIDED", "HOLD_EXPIRED", "CAPTURE_EXCEEDS_HOLD", "INVALID_EXPIRY",
 ]  # fmt: skip
 INSUFFICIENT_FUNDS: Final = "INSUFFICIENT_FUNDS"
 ACCOUNT_CLOSED: Final = "ACCOUNT_CLOSED"
@@ -106,13 +116,17 @@ NOT_ALLOWED: Final = "NOT_ALLOWED"
 OTHER: Final = "OTHER"  # also a NotificationKind and a DeadLetterReason: their readers' default
 BALANCE_LIMIT: Final = "BALANCE_LIMIT"
 RECEIVER_BALANCE_LIMIT: Final = "RECEIVER_BALANCE_LIMIT"
+UNKNOWN_HOLD: Final = "UNKNOWN_HOLD"
+CAPTURE_EXCEEDS_HOLD: Final = "CAPTURE_EXCEEDS_HOLD"
+INVALID_EXPIRY: Final = "INVALID_EXPIRY"
 
-LegKind: TypeAlias = Literal["CREDIT", "REFUND", "REVERSAL_CREDIT", "UNKNOWN", "REVERSAL_CHECK", "REVERSE"]
+LegKind: TypeAlias = Literal["CREDIT", "REFUND", "REVERSAL_CREDIT", "UNKNOWN", "REVERSAL_CHECK", "REVERSE", "TICK"]
 CREDIT: Final = "CREDIT"
 REFUND: Final = "REFUND"
 REVERSAL_CREDIT: Final = "REVERSAL_CREDIT"
 REVERSAL_CHECK: Final = "REVERSAL_CHECK"
 REVERSE: Final = "REVERSE"
+TICK: Final = "TICK"
 
 RiskLevel: TypeAlias = Literal["LOW", "MEDIUM", "HIGH"]
 LOW: Final = "LOW"
@@ -165,12 +179,13 @@ class OpenAccount(TypedDict):
 
 
 class Movement(TypedDict):
-    """DEPOSIT, WITHDRAW and TRANSFER."""
+    """DEPOSIT, WITHDRAW, TRANSFER and AUTHORIZE."""
 
     amount: int  # minor units of `currency`
     currency: str
-    counterparty_id: str | None  # TRANSFER: the receiving account
+    counterparty_id: str | None  # TRANSFER and AUTHORIZE: the receiving account
     metadata: dict[str, str]
+    hold_timeout_ms: int | None  # AUTHORIZE: null takes the ledger's default
 
 
 class StatusChange(TypedDict):
@@ -190,6 +205,13 @@ class Reversal(TypedDict):
     sender_id: str | None
 
 
+class HoldAction(TypedDict):
+    """CAPTURE and VOID, keyed by the account holding the funds."""
+
+    payment_id: str  # the AUTHORIZE command's id
+    amount: int | None  # CAPTURE: at most the held amount; null takes all of it
+
+
 class Command(TypedDict):
     """A request to the ledger; exactly one body field is set, the one `type` needs."""
 
@@ -202,6 +224,7 @@ class Command(TypedDict):
     movement: Movement | None
     status_change: StatusChange | None
     reversal: Reversal | None
+    hold: HoldAction | None
 
 
 class CommandBatch(TypedDict):
@@ -254,6 +277,8 @@ class LedgerEvent(TypedDict):
     note: str | None
     metadata: dict[str, str]
     occurred_at: int
+    held_after: int | None  # hold events: the account's held total after it
+    expires_at: int | None  # HOLD_PLACED
 
 
 # ------------------------------------------------------- schemas/leg.avsc, leg_batch.avsc

@@ -209,6 +209,12 @@ class Settings(BaseSettings):
     # Account entries each partition's writer keeps in memory between batches (about
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.
     ledger_account_memo: int = Field(default=20_000, ge=0)
+    # Holds (AUTHORIZE): how long one lasts unless its command names a timeout, the most
+    # it may name, and how often each ledger process writes the ticks that expire them
+    # (docs/LEDGER.md, "Holds"; 0 writes none, for tests that drive time themselves).
+    ledger_hold_default_seconds: int = Field(default=7 * 86_400, gt=0)
+    ledger_hold_max_seconds: int = Field(default=30 * 86_400, gt=0)
+    ledger_tick_interval: float = Field(default=1.0, ge=0)
 
     # Downstream Quix apps. Instance ids name the transactional id and the local state
     # directory: one per running process, stable across its restarts so a restart

@@ -107,7 +107,7 @@ CREATE TEMP TABLE IF NOT EXISTS stage_payments (LIKE payments) ON COMMIT DELETE 
 CREATE TEMP TABLE IF NOT EXISTS stage_accounts (
     account_id uuid, kind text, currency text, external_number text, owner_id text,
     opened_at timestamptz, status text, status_sequence bigint, delta bigint, creates boolean,
-    last_sequence bigint, updated_at timestamptz) ON COMMIT DELETE ROWS;
+    last_sequence bigint, updated_at timestamptz, held bigint, held_sequence bigint) ON COMMIT DELETE ROWS;
 """
 _COLS = ", ".join(rm.EVENT_COLUMNS)
 _INSERT_EVENTS = (
@@ -120,12 +120,13 @@ JOIN accounts x ON x.external_number = s.external_number AND x.account_id <> s.a
 """
 _UPSERT_ACCOUNTS = """
 INSERT INTO accounts AS a (account_id, external_number, owner_id, currency, kind, status,
-                           status_sequence, balance, last_sequence, opened_at, updated_at)
+                           status_sequence, balance, last_sequence, opened_at, updated_at, held,
+                           held_sequence)
 SELECT s.account_id,
        CASE WHEN NOT EXISTS (SELECT 1 FROM accounts x WHERE x.external_number = s.external_number
                              AND x.account_id <> s.account_id) THEN s.external_number END,
        s.owner_id, s.currency, s.kind, s.status, s.status_sequence, s.delta, s.last_sequence,
-       s.opened_at, s.updated_at
+       s.opened_at, s.updated_at, COALESCE(s.held, 0), s.held_sequence
 FROM stage_accounts s WHERE s.creates ORDER BY s.account_id
 ON CONFLICT (account_id) DO UPDATE SET
     balance = a.balance + EXCLUDED.balance,
@@ -139,7 +140,10 @@ ON CONFLICT (account_id) DO UPDATE SET
     status_sequence = GREATEST(a.status_sequence, EXCLUDED.status_sequence),
     last_sequence = GREATEST(a.last_sequence, EXCLUDED.last_sequence),
     opened_at = COALESCE(a.opened_at, EXCLUDED.opened_at),
-    updated_at = GREATEST(a.updated_at, EXCLUDED.updated_at)
+    updated_at = GREATEST(a.updated_at, EXCLUDED.updated_at),
+    held = CASE WHEN EXCLUDED.held_sequence > COALESCE(a.held_sequence, -1)
+                THEN EXCLUDED.held ELSE a.held END,
+    held_sequence = GREATEST(a.held_sequence, EXCLUDED.held_sequence)
 """
 _UPDATE_ACCOUNTS = """
 UPDATE accounts a SET
@@ -147,7 +151,9 @@ UPDATE accounts a SET
                   THEN s.status ELSE a.status END,
     status_sequence = GREATEST(a.status_sequence, s.status_sequence),
     last_sequence = GREATEST(a.last_sequence, s.last_sequence),
-    updated_at = GREATEST(a.updated_at, s.updated_at)
+    updated_at = GREATEST(a.updated_at, s.updated_at),
+    held = CASE WHEN s.held_sequence > COALESCE(a.held_sequence, -1) THEN s.held ELSE a.held END,
+    held_sequence = GREATEST(a.held_sequence, s.held_sequence)
 FROM stage_accounts s WHERE NOT s.creates AND a.account_id = s.account_id
 """
 # Same rule as `read_model.merge_payment`: higher rank wins, ties keep what is known.
@@ -165,7 +171,9 @@ ON CONFLICT (payment_id) DO UPDATE SET
     requested_by = COALESCE(p.requested_by, EXCLUDED.requested_by),
     description = COALESCE(p.description, EXCLUDED.description),
     created_at = LEAST(p.created_at, EXCLUDED.created_at),
-    updated_at = GREATEST(p.updated_at, EXCLUDED.updated_at)
+    updated_at = GREATEST(p.updated_at, EXCLUDED.updated_at),
+    authorized_amount = COALESCE(p.authorized_amount, EXCLUDED.authorized_amount),
+    hold_expires_at = COALESCE(p.hold_expires_at, EXCLUDED.hold_expires_at)
 """
 _INSERT_AUDIT = """
 INSERT INTO audit_log (event_id, occurred_at, actor, action, command_type, command_id,

@@ -33,10 +33,15 @@ from paystream.records import (
     ACCOUNT_FROZEN,
     ACCOUNT_OPENED,
     ACCOUNT_UNFROZEN,
+    AUTHORIZE,
     COMMAND_REJECTED,
     DEPOSIT,
     DEPOSITED,
     FREEZE,
+    HOLD_CAPTURED,
+    HOLD_EXPIRED,
+    HOLD_PLACED,
+    HOLD_VOIDED,
     REVERSE_TRANSFER,
     TRANSFER,
     TRANSFER_COMPLETED,
@@ -55,8 +60,11 @@ from paystream.records import (
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
-PAYMENT_RANK = {"PENDING": 0, "COMPLETED": 1, "FAILED": 1, "REJECTED": 1, "REVERSED": 2}
-MOVEMENT_COMMANDS: frozenset[CommandType] = frozenset({TRANSFER, DEPOSIT, WITHDRAW})
+PAYMENT_RANK = {
+    "REQUIRES_CAPTURE": -1, "PENDING": 0, "COMPLETED": 1, "FAILED": 1, "REJECTED": 1, "CANCELED": 1,
+    "EXPIRED": 1, "REVERSED": 2,
+}  # fmt: skip
+MOVEMENT_COMMANDS: frozenset[CommandType] = frozenset({TRANSFER, DEPOSIT, WITHDRAW, AUTHORIZE})
 ADMIN_COMMANDS: frozenset[CommandType] = frozenset({FREEZE, UNFREEZE, REVERSE_TRANSFER})
 _STATUS_BY_EVENT: dict[EventType, str] = {
     ACCOUNT_OPENED: "ACTIVE",
@@ -158,12 +166,15 @@ class PaymentChange:
     description: str | None = None
     created_ms: int = 0
     updated_ms: int = 0
+    authorized: int | None = None  # a hold's amount (HOLD_PLACED)
+    expires_ms: int | None = None  # a hold's expiry
 
     def row(self) -> tuple[Any, ...]:
         return (
             self.payment_id, self.kind, self.from_account, self.to_account, self.amount,
             self.currency, self.status, self.reason, self.requested_by, self.description,
-            ts(self.created_ms), ts(self.updated_ms),
+            ts(self.created_ms), ts(self.updated_ms), self.authorized,
+            None if self.expires_ms is None else ts(self.expires_ms),
         )  # fmt: skip
 
 
@@ -172,7 +183,10 @@ def payment_change(ev: LedgerEvent | Decoded) -> PaymentChange | None:
 
     Replays (duplicates, reused ids) restate or refuse and never change a payment.
     REVERSAL_DEBITED is the reversal half-way: the payment stays COMPLETED until
-    TRANSFER_REVERSED. A refused reversal leaves the payment as it was.
+    TRANSFER_REVERSED. A refused reversal leaves the payment as it was, and so do a
+    refused capture or void (the hold stays as it was). A hold's events state no
+    `amount` until money moves (HOLD_CAPTURED): a partial capture moves less than
+    the authorized amount, which HOLD_PLACED states as `authorized`.
     """
     if ev["replay"]:
         return None
@@ -190,6 +204,8 @@ def payment_change(ev: LedgerEvent | Decoded) -> PaymentChange | None:
         kind, status, src, dst = TRANSFER, "FAILED", acct, other
     elif etype == TRANSFER_REVERSED:
         kind, status, src, dst = TRANSFER, "REVERSED", acct, other
+    elif etype in _HOLD_STATUS:
+        kind, status, src, dst = TRANSFER, _HOLD_STATUS[etype], acct, other
     elif etype == COMMAND_REJECTED and ctype in MOVEMENT_COMMANDS:
         kind, status = ctype, "REJECTED"
         src, dst = (None, acct) if ctype == DEPOSIT else (acct, other)
@@ -197,12 +213,23 @@ def payment_change(ev: LedgerEvent | Decoded) -> PaymentChange | None:
         return None
     reason = ev.get("note") if status == "REVERSED" else ev.get("reason")
     meta = ev.get("metadata") or {}
+    amount = ev.get("amount")
+    held = etype in _HOLD_STATUS and etype != HOLD_CAPTURED
     return PaymentChange(
         payment_id=ev["payment_id"], kind=kind, status=status, from_account=src,
-        to_account=dst, amount=ev.get("amount"), currency=ev.get("currency"), reason=reason,
+        to_account=dst, amount=None if held else amount, currency=ev.get("currency"), reason=reason,
         requested_by=ev.get("requested_by"), description=meta.get("description"),
         created_ms=ev["occurred_at"], updated_ms=ev["occurred_at"],
+        authorized=amount if etype == HOLD_PLACED else None, expires_ms=ev.get("expires_at"),
     )  # fmt: skip
+
+
+_HOLD_STATUS: dict[EventType, str] = {
+    HOLD_PLACED: "REQUIRES_CAPTURE",
+    HOLD_CAPTURED: "PENDING",
+    HOLD_VOIDED: "CANCELED",
+    HOLD_EXPIRED: "EXPIRED",
+}
 
 
 def merge_payment(old: PaymentChange, new: PaymentChange) -> PaymentChange:
@@ -227,6 +254,8 @@ def merge_payment(old: PaymentChange, new: PaymentChange) -> PaymentChange:
         description=old.description or new.description,
         created_ms=min(old.created_ms, new.created_ms),
         updated_ms=max(old.updated_ms, new.updated_ms),
+        authorized=old.authorized if old.authorized is not None else new.authorized,
+        expires_ms=old.expires_ms if old.expires_ms is not None else new.expires_ms,
     )
 
 
@@ -247,6 +276,8 @@ class AccountChange:
     has_postings: bool = False
     last_sequence: int | None = None
     updated_ms: int = 0
+    held: int | None = None  # held total after the hold event of highest sequence
+    held_sequence: int | None = None
 
     @property
     def creates(self) -> bool:
@@ -259,7 +290,7 @@ class AccountChange:
             self.account_id, self.kind, self.currency, self.external_number, self.owner_id,
             ts(self.opened_ms) if self.opened_ms is not None else None, self.status,
             self.status_sequence, self.delta, self.creates, self.last_sequence,
-            ts(self.updated_ms),
+            ts(self.updated_ms), self.held, self.held_sequence,
         )  # fmt: skip
 
 
@@ -311,6 +342,9 @@ def fold(events: Iterable[LedgerEvent | Decoded]) -> Effects:
                 acct.status_sequence is None or seq > acct.status_sequence
             ):
                 acct.status, acct.status_sequence = new_status, seq
+            held = ev.get("held_after")
+            if held is not None and (acct.held_sequence is None or seq > acct.held_sequence):
+                acct.held, acct.held_sequence = held, seq
             info = ev.get("account")
             if etype == ACCOUNT_OPENED and info:
                 acct.kind, acct.currency = info["kind"], info["currency"]

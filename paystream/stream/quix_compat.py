@@ -306,6 +306,9 @@ class _LeanState:
     def set(self, key: str, value: Any) -> None:
         self._cache.set(self._key_prefix + self._dumps(key), self._dumps(value), self._prefix, "default")
 
+    def delete(self, key: str) -> None:
+        self._cache.delete(self._key_prefix + self._dumps(key), self._prefix, "default")
+
 
 def state_for(state: State, prefix: bytes) -> Any:
     """The state of another key in the same partition's store transaction.

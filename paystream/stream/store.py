@@ -12,6 +12,7 @@ from typing import Any, Protocol
 class Store(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
     def set(self, key: str, value: Any) -> None: ...
+    def delete(self, key: str) -> None: ...
 
 
 class DictStore:
@@ -25,3 +26,6 @@ class DictStore:
 
     def set(self, key: str, value: Any) -> None:
         self.data[key] = value
+
+    def delete(self, key: str) -> None:
+        self.data.pop(key, None)

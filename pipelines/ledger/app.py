@@ -33,7 +33,7 @@ from paystream.partitioning import key_for_partition, partition_for
 from paystream.settings import Settings, get_settings
 from paystream.stream import quix_compat
 from paystream.stream.quixapp import build_application, inputs
-from pipelines.ledger import domain
+from pipelines.ledger import clock, domain
 
 COMMANDS = COMMANDS_TOPIC
 # Quix names a store's changelog after its group and its stream's sorted input topics.
@@ -137,9 +137,10 @@ class LedgerProcessor:
     """
 
     def __init__(self, codec: Codec, producer: quix_compat.TransactionalProducer, partitions: int,
-                 account_memo: int = 0) -> None:
+                 account_memo: int = 0, limits: domain.HoldLimits | None = None) -> None:
         self.codec = codec
         self.account_memo = account_memo
+        self.limits = limits or domain.HoldLimits()
         self.producer = producer
         self.partitions = partitions
         self.outcomes = Outcomes()
@@ -192,7 +193,9 @@ class LedgerProcessor:
         partition's account memo sees every write."""
         limit = self.account_memo
         memo = quix_compat.partition_local(state, lambda: domain.AccountMemo(limit)) if limit else None
-        return domain.BatchStores(lambda account: quix_compat.state_for(state, account.encode()), memo)
+        clock_key = domain.clock_key(message_context().partition, self.partitions)
+        return domain.BatchStores(lambda account: quix_compat.state_for(state, account.encode()), memo,
+                                  clock=clock_key, limits=self.limits)
 
     def _apply(self, emit: _Emit, value: bytes, key: bytes, timestamp: int, headers: Any, state: State) -> None:
         topic = message_context().topic
@@ -409,8 +412,9 @@ def build_app(settings: Settings | None = None) -> Application:
     # topic's partition stays in order, and any interleaving of a command with a leg
     # is a valid history), so alignment is off unless asked for; docs/LEDGER.md.
     sdf = inputs(app, COMMANDS, PRIVILEGED_TOPIC, domain.LEGS, time_alignment=settings.ledger_time_alignment)
+    limits = domain.HoldLimits(settings.ledger_hold_default_seconds * 1000, settings.ledger_hold_max_seconds * 1000)
     processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
-                                settings.ledger_account_memo)
+                                settings.ledger_account_memo, limits)
     quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
     quix_compat.fast_changelog()
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
@@ -419,7 +423,13 @@ def build_app(settings: Settings | None = None) -> Application:
 
 
 def run(settings: Settings | None = None) -> None:
-    liveness.run_app(build_app(settings), COMPONENT)
+    settings = settings or get_settings()
+    app = build_app(settings)
+    ticker = clock.Ticker(settings, Codec(settings.registry_url), _partition_count(settings)).start()
+    try:
+        liveness.run_app(app, COMPONENT)
+    finally:
+        ticker.stop()
 
 
 if __name__ == "__main__":

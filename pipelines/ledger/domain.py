@@ -16,6 +16,14 @@ changelog compacts per entry and no value grows without bound):
 * ``p:<id>``   payments credited to (or refused by) this account: for reversals, and
                the dedupe marker of credit legs
 * ``l:<id>``   refund and reversal-credit legs applied here (legs are at-most-once)
+* ``h:<id>``   holds placed by this account (AUTHORIZE), with their state: HELD, then
+               CAPTURED, VOIDED or EXPIRED; the account record keeps their total, ``held``
+
+One key per partition that is no account, `clock_key`, keeps the partition's hold
+timers (`HoldTimers`): the ledger's ticks, records it writes to every partition of
+its legs topic, carry the log's time to it, and each tick expires the holds due by
+then. Time is never read from a clock here: an expiry is decided by the timestamps of
+the records, so a replay decides it the same way (docs/LEDGER.md, "Holds").
 
 Ids are remembered for the life of the account: each is a distinct key in a
 compacted changelog, so compaction keeps it (it only drops *older values of the
@@ -39,6 +47,7 @@ from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar, cast
 
 from paystream import ids, topics
 from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
+from paystream.partitioning import partition_for
 
 # Enum symbols by bare name, not `records.X`: a global is one lookup, an attribute two,
 # and these are read on every command and leg. The types only annotate.
@@ -46,12 +55,18 @@ from paystream.records import (
     ACCOUNT_FROZEN,
     ACCOUNT_OPENED,
     ACCOUNT_UNFROZEN,
+    AUTHORIZE,
+    CAPTURE,
     COMMAND_DUPLICATE,
     COMMAND_REJECTED,
     CREDIT,
     DEPOSIT,
     DEPOSITED,
     FREEZE,
+    HOLD_CAPTURED,
+    HOLD_EXPIRED,
+    HOLD_PLACED,
+    HOLD_VOIDED,
     OPEN_ACCOUNT,
     REFUND,
     REVERSAL_CHECK,
@@ -59,12 +74,14 @@ from paystream.records import (
     REVERSAL_DEBITED,
     REVERSE,
     REVERSE_TRANSFER,
+    TICK,
     TRANSFER,
     TRANSFER_COMPLETED,
     TRANSFER_DEBITED,
     TRANSFER_FAILED,
     TRANSFER_REVERSED,
     UNFREEZE,
+    VOID,
     WITHDRAW,
     WITHDRAWN,
     AccountInfo,
@@ -133,6 +150,9 @@ class _CachedAccount:
         else:
             self._store.set(key, value)
 
+    def delete(self, key: str) -> None:
+        self._store.delete(key)
+
     def flush(self) -> None:
         if self._dirty:
             self._store.set("a", self._account)
@@ -177,10 +197,22 @@ class BatchStores:
     same as writing it after every item (property-tested: any split of a stream of
     commands into batches gives the same events and balances)."""
 
-    def __init__(self, store_of: Callable[[str], Store], known: AccountMemo | None = None) -> None:
+    def __init__(self, store_of: Callable[[str], Store], known: AccountMemo | None = None, *,
+                 clock: str | None = None, limits: HoldLimits | None = None) -> None:
         self._store_of = store_of
         self._known = known
         self._open: dict[str, _CachedAccount] = {}
+        # The partition's clock key (`clock_key`); the adapter names it from the
+        # partition it consumes. Tests and replays of one partition may keep the default.
+        self.clock = clock or DEFAULT_CLOCK
+        self.limits = limits or HoldLimits()
+        self._holds: Holds | None = None
+
+    def holds(self) -> Holds:
+        """The partition's hold timers and limits, opened on first use in a batch."""
+        if self._holds is None:
+            self._holds = Holds(HoldTimers(self(self.clock)), self.limits)
+        return self._holds
 
     def __call__(self, account: str) -> Store:
         cached = self._open.get(account)
@@ -192,16 +224,142 @@ class BatchStores:
         for cached in self._open.values():
             cached.flush()
         self._open.clear()
+        self._holds = None
 
 
 def apply_batch(stores: BatchStores, items: list[dict[str, Any]], now_ms: int, *, legs: bool) -> list[LedgerOutput]:
     """Apply checked items of one batch in order, each as if it came alone, then write
     each touched account once. Commands must have passed `command_problem`."""
-    apply = apply_leg if legs else apply_command
     out: list[LedgerOutput] = []
-    for item in items:
-        out.extend(apply(stores(item["account_id"]), item, now_ms))
+    if legs:
+        for item in items:
+            if item["kind"] == TICK:
+                out.extend(expire_due(stores, now_ms))
+            else:
+                out.extend(apply_leg(stores(item["account_id"]), item, now_ms))
+    else:
+        for item in items:
+            # Only an authorization needs the partition's timers; the others never open them.
+            holds = stores.holds() if item["type"] == AUTHORIZE else None
+            out.extend(apply_command(stores(item["account_id"]), item, now_ms, holds))
     stores.flush()
+    return out
+
+
+# ------------------------------------------------------------------- holds and time
+
+
+@dataclass(frozen=True, slots=True)
+class HoldLimits:
+    """How long a hold lasts when its authorization names no timeout, and the longest
+    one may ask for (settings `ledger_hold_default_seconds`, `ledger_hold_max_seconds`)."""
+
+    default_ms: int = 7 * 86_400_000
+    max_ms: int = 30 * 86_400_000
+
+
+# Timers are bucketed per second of expiry time; a tick expires every bucket that ended
+# before its own time. So an expiry lags its hold's `expires_at` by at most one bucket
+# plus the tick interval (and any lag of the ledger itself); a capture or void decides
+# by the hold's own `expires_at`, so no client can capture a lapsed hold meanwhile.
+TIMER_BUCKET_MS: Final = 1000
+# Buckets one tick walks at most (after a long stop, the rest wait for the next ticks),
+# so a tick's work, and the Kafka transaction it is part of, stays bounded.
+MAX_BUCKETS_PER_TICK: Final = 3600
+
+
+@lru_cache(maxsize=1024)
+def clock_key(partition: int, partitions: int) -> str:
+    """The state key of a partition's hold timers, and the key its ticks carry: a UUID
+    (so every check on legs accepts it) that lands on that partition."""
+    i = 0
+    while True:
+        key = ids.uuid5(NAMESPACE, f"clock:{partition}:{i}")
+        if partition_for(key, partitions) == partition:
+            return key
+        i += 1
+
+
+DEFAULT_CLOCK = ids.uuid5(NAMESPACE, "clock")
+
+
+class HoldTimers:
+    """The expiry times of a partition's open holds, in its clock key's state.
+
+    Quix state has no range scan, so timers sit in per-second buckets read in order:
+    ``tn`` the next bucket to scan, ``tc`` how many timers are pending, ``t:<b>`` the
+    count of bucket b and ``t:<b>:<i>`` its entries (account, payment id). Adding one
+    costs a read and three writes whatever the bucket holds; a bucket is deleted once
+    scanned. A timer of a hold captured or voided meanwhile is simply skipped then."""
+
+    __slots__ = ("_store",)
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+
+    def add(self, expires_at: int, account: str, payment_id: str) -> None:
+        s = self._store
+        pending = s.get("tc", 0)
+        bucket = expires_at // TIMER_BUCKET_MS
+        nxt = s.get("tn")
+        if not pending or nxt is None:
+            s.set("tn", bucket)
+        elif bucket < nxt:
+            bucket = nxt  # due already (a timeout shorter than the ticks' progress): next tick
+        n = s.get(f"t:{bucket}", 0)
+        s.set(f"t:{bucket}:{n}", [account, payment_id])
+        s.set(f"t:{bucket}", n + 1)
+        s.set("tc", pending + 1)
+
+    def due(self, now_ms: int) -> list[tuple[str, str]]:
+        """Timers of every bucket that ended by `now_ms`, removed from the store."""
+        s = self._store
+        pending = s.get("tc", 0)
+        if not pending:
+            return []
+        bucket, end = s.get("tn"), now_ms // TIMER_BUCKET_MS
+        out: list[tuple[str, str]] = []
+        scanned = 0
+        while bucket < end and pending and scanned < MAX_BUCKETS_PER_TICK:
+            n = s.get(f"t:{bucket}", 0)
+            for i in range(n):
+                account, payment_id = s.get(f"t:{bucket}:{i}")
+                out.append((account, payment_id))
+                s.delete(f"t:{bucket}:{i}")
+            if n:
+                s.delete(f"t:{bucket}")
+                pending -= n
+            bucket += 1
+            scanned += 1
+        s.set("tn", bucket)
+        s.set("tc", pending)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Holds:
+    """What an authorization needs besides its account: the partition's timers and the limits."""
+
+    timers: HoldTimers
+    limits: HoldLimits
+
+
+def expire_due(stores: BatchStores, now_ms: int) -> list[LedgerOutput]:
+    """A tick: release every hold of this partition whose time is up by `now_ms` (the
+    tick's log time), exactly once: the hold's state says whether a capture, a void or
+    an earlier expiry won, and it commits with the timers in one transaction."""
+    out: list[LedgerOutput] = []
+    holds = stores.holds()
+    for account, payment_id in holds.timers.due(now_ms):
+        ctx = _Ctx(stores(account), account, now_ms)
+        hold = ctx.store.get(f"h:{payment_id}")
+        if hold is None or hold["st"] != "HELD":
+            continue
+        if hold["exp"] > now_ms:  # not reachable by the bucketing; kept for the next tick if it were
+            holds.timers.add(hold["exp"], account, payment_id)
+            continue
+        _expire(ctx, payment_id, hold)
+        out.extend(ctx.finish())
     return out
 
 
@@ -254,11 +412,17 @@ def fingerprint(cmd: dict[str, Any]) -> str:
     mv = cmd.get("movement") or {}
     rv = cmd.get("reversal") or {}
     oa = cmd.get("open_account") or {}
-    parts = (
+    parts: tuple[Any, ...] = (
         cmd["type"], cmd["account_id"], mv.get("amount"), mv.get("currency"),
         mv.get("counterparty_id"), rv.get("payment_id"), oa.get("currency"),
         oa.get("kind"), oa.get("external_number"),
     )  # fmt: skip
+    # Appended only when set, so every command without them keeps the fingerprint it
+    # had before holds existed (its memo may be years old).
+    hv = cmd.get("hold")
+    timeout = mv.get("hold_timeout_ms")
+    if hv or timeout is not None:
+        parts += (hv and hv["payment_id"], hv and hv.get("amount"), timeout)
     return hashlib.blake2b(repr(parts).encode(), digest_size=8).hexdigest()
 
 
@@ -274,7 +438,7 @@ class InvariantBroken(Exception):
 
 
 # Debits that must never take a user account below zero (a reversal may: chargeback).
-_FUNDED_DEBITS = frozenset({TRANSFER_DEBITED, WITHDRAWN})
+_FUNDED_DEBITS = frozenset({TRANSFER_DEBITED, WITHDRAWN, HOLD_CAPTURED})
 
 
 def _assert_money_kept(ctx: _Ctx) -> None:
@@ -306,6 +470,8 @@ def _assert_money_kept(ctx: _Ctx) -> None:
         )
     if funded_debit and account["kind"] == "USER" and account["balance"] < 0:
         raise InvariantBroken(f"user account {ctx.key} is at {account['balance']} after a funded debit")
+    if account.get("held", 0) < 0:
+        raise InvariantBroken(f"account {ctx.key} holds {account['held']}, less than nothing")
 
 
 class _Ctx:
@@ -366,7 +532,10 @@ class _Ctx:
         account_info: AccountInfo | None = None,
         note: str | None = None,
         metadata: dict[str, str] | None = None,
+        expires_at: int | None = None,
+        hold: bool = False,
     ) -> None:
+        """`hold`: the event changes the account's held total, and says what it is after."""
         seq = self.next_sequence()
         self.out.append(
             Output(
@@ -394,6 +563,8 @@ class _Ctx:
                     "note": note,
                     "metadata": metadata or {},
                     "occurred_at": self.now_ms,
+                    "held_after": self.account.get("held", 0) if hold and self.account else None,
+                    "expires_at": expires_at,
                 },
             )
         )
@@ -424,9 +595,9 @@ class _Ctx:
 # --------------------------------------------------------------------------- commands
 
 
-def apply_command(store: Store, cmd: dict[str, Any], now_ms: int) -> list[LedgerOutput]:
+def apply_command(store: Store, cmd: dict[str, Any], now_ms: int, holds: Holds | None = None) -> list[LedgerOutput]:
     """Apply one decoded, key-checked command to its account. Never raises on bad input:
-    every refusal is an outcome event."""
+    every refusal is an outcome event. An AUTHORIZE needs `holds` (`apply_batch` gives it)."""
     ctx = _Ctx(store, cmd["account_id"], now_ms)
     command_id = cmd["command_id"]
     fp = fingerprint(cmd)
@@ -434,7 +605,13 @@ def apply_command(store: Store, cmd: dict[str, Any], now_ms: int) -> list[Ledger
     if seen is not None:
         _replay(ctx, cmd, seen, fp)
         return ctx.finish()
-    handler = _HANDLERS.get(cmd["type"])
+    ctype = cmd["type"]
+    if ctype == AUTHORIZE:
+        if holds is None:
+            raise ValueError("an AUTHORIZE is applied with the partition's hold timers (apply_batch)")
+        _authorize(ctx, cmd, fp, holds)
+        return ctx.finish()
+    handler = _HANDLERS.get(ctype)
     if handler is None:
         _reject(ctx, cmd, "NOT_ALLOWED", fp)
     else:
@@ -443,8 +620,8 @@ def apply_command(store: Store, cmd: dict[str, Any], now_ms: int) -> list[Ledger
 
 
 def _payment_id(cmd: dict[str, Any]) -> str:
-    rv = cmd.get("reversal")
-    return rv["payment_id"] if rv else cmd["command_id"]
+    body = cmd.get("reversal") or cmd.get("hold")
+    return body["payment_id"] if body else cmd["command_id"]
 
 
 def _remember(ctx: _Ctx, cmd: dict[str, Any], fp: str, status: OutcomeStatus, reason: ReasonCode | None) -> None:
@@ -506,8 +683,8 @@ def sender_problem(acct: dict[str, Any] | None, currency: str) -> ReasonCode | N
 
 def has_funds(acct: dict[str, Any], amount: int) -> bool:
     # Only user accounts are checked: settlement accounts stand for the outside
-    # world and may go negative.
-    return acct["kind"] != "USER" or acct["balance"] >= amount
+    # world and may go negative. Held funds are not available (`_authorize`).
+    return acct["kind"] != "USER" or acct["balance"] - acct.get("held", 0) >= amount
 
 
 def _open_account(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
@@ -687,6 +864,146 @@ def _await_credit(ctx: _Ctx, cmd: dict[str, Any], fp: str, sender: str) -> None:
     )  # fmt: skip
 
 
+def _authorize(ctx: _Ctx, cmd: dict[str, Any], fp: str, holds: Holds) -> None:
+    """A hold: the sender's available balance drops by the amount, its posted balance
+    does not, and nothing moves until a CAPTURE. Checked as a transfer is, so a hold
+    is exactly a promise the sender's single writer can keep."""
+    mv = cmd.get("movement")
+    reason = amount_problem(mv)
+    if reason is not None or mv is None:
+        return _reject(ctx, cmd, reason or "NOT_ALLOWED", fp)
+    if mv["counterparty_id"] == ctx.key:
+        return _reject(ctx, cmd, "SAME_ACCOUNT", fp)
+    account = ctx.account
+    reason = sender_problem(account, mv["currency"])
+    if reason is not None or account is None:
+        return _reject(ctx, cmd, reason or "UNKNOWN_ACCOUNT", fp)
+    timeout = mv.get("hold_timeout_ms")
+    timeout = holds.limits.default_ms if timeout is None else timeout
+    if not 0 < timeout <= holds.limits.max_ms:
+        return _reject(ctx, cmd, "INVALID_EXPIRY", fp)
+    if not has_funds(account, mv["amount"]):
+        return _reject(ctx, cmd, "INSUFFICIENT_FUNDS", fp)
+    pid, amount, cur, to = cmd["command_id"], mv["amount"], mv["currency"], mv["counterparty_id"]
+    expires_at = ctx.now_ms + timeout
+    account["held"] = account.get("held", 0) + amount
+    ctx.save_account()
+    ctx.store.set(f"h:{pid}", {"st": "HELD", "amount": amount, "currency": cur, "to": to, "exp": expires_at})
+    holds.timers.add(expires_at, ctx.key, pid)
+    _remember(ctx, cmd, fp, "COMPLETED", None)
+    ctx.event(
+        HOLD_PLACED, command_id=pid, payment_id=pid, command_type=AUTHORIZE, status="COMPLETED",
+        terminal=True, requested_by=cmd["requested_by"], amount=amount, currency=cur, counterparty_id=to,
+        metadata=mv.get("metadata"), expires_at=expires_at, hold=True,
+    )  # fmt: skip
+
+
+# What a hold that is no longer HELD answers a CAPTURE or VOID with.
+_HOLD_ENDED: Final[dict[str, ReasonCode]] = {
+    "CAPTURED": "HOLD_CAPTURED", "VOIDED": "HOLD_VOIDED", "EXPIRED": "HOLD_EXPIRED",
+}
+
+
+def _open_hold(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> dict[str, Any] | None:
+    """The hold a CAPTURE or VOID names, if it is still HELD; else the command is
+    refused (and a hold whose time is up expires first: the single writer decides by
+    the hold's own `expires_at` against this command's log time, so a capture that
+    comes after it loses to the expiry however late the tick is)."""
+    pid = cmd["hold"]["payment_id"]
+    if ctx.account is None:
+        _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
+        return None
+    hold: dict[str, Any] | None = ctx.store.get(f"h:{pid}")
+    if hold is None:
+        _reject(ctx, cmd, "UNKNOWN_HOLD", fp)
+        return None
+    if hold["st"] == "HELD" and ctx.now_ms >= hold["exp"]:
+        _expire(ctx, pid, hold)
+    if hold["st"] != "HELD":
+        _reject(ctx, cmd, _HOLD_ENDED.get(hold["st"], "UNKNOWN_HOLD"), fp)
+        return None
+    return hold
+
+
+def _capture(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    """Take all or part of a hold; the rest is released. The money then travels as a
+    transfer's does: debited here into transit, credited (or refunded) by a leg."""
+    hold = _open_hold(ctx, cmd, fp)
+    account = ctx.account
+    if hold is None or account is None:
+        return None
+    pid, cur, to = cmd["hold"]["payment_id"], hold["currency"], hold["to"]
+    amount = cmd["hold"].get("amount")
+    amount = hold["amount"] if amount is None else amount
+    if amount <= 0:
+        return _reject(ctx, cmd, "NON_POSITIVE_AMOUNT", fp)
+    if amount > hold["amount"]:
+        return _reject(ctx, cmd, "CAPTURE_EXCEEDS_HOLD", fp)
+    if (reason := sender_problem(account, cur)) is not None:
+        return _reject(ctx, cmd, reason, fp)  # a frozen account's holds wait (or are voided)
+    if account["kind"] == "USER" and account["balance"] < amount:
+        # Only after a chargeback took the account below what it holds.
+        return _reject(ctx, cmd, "INSUFFICIENT_FUNDS", fp)
+    account["held"] -= hold["amount"]
+    account["balance"] -= amount
+    ctx.save_account()
+    hold.update(st="CAPTURED", cap=amount)
+    ctx.store.set(f"h:{pid}", hold)
+    _remember(ctx, cmd, fp, "PENDING", None)
+    ctx.event(
+        HOLD_CAPTURED, command_id=cmd["command_id"], payment_id=pid, command_type=CAPTURE,
+        status="PENDING", terminal=False, requested_by=cmd["requested_by"], amount=amount, currency=cur,
+        counterparty_id=to, hold=True,
+        note=f"released {hold['amount'] - amount} of {hold['amount']}" if amount < hold["amount"] else None,
+        postings=[
+            _posting(ctx.key, account["kind"], -amount, cur),
+            _posting(transit_account(cur), "TRANSIT", amount, cur),
+        ],
+    )  # fmt: skip
+    ctx.leg(
+        CREDIT, target=to, payment_id=pid, command_id=cmd["command_id"], amount=amount, currency=cur,
+        requested_by=cmd["requested_by"],
+    )  # fmt: skip
+    return None
+
+
+def _void(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    """Release a hold, whatever the account's status: it only gives back what was the owner's."""
+    hold = _open_hold(ctx, cmd, fp)
+    account = ctx.account
+    if hold is None or account is None:
+        return None
+    pid = cmd["hold"]["payment_id"]
+    account["held"] -= hold["amount"]
+    ctx.save_account()
+    hold["st"] = "VOIDED"
+    ctx.store.set(f"h:{pid}", hold)
+    _remember(ctx, cmd, fp, "COMPLETED", None)
+    ctx.event(
+        HOLD_VOIDED, command_id=cmd["command_id"], payment_id=pid, command_type=VOID, status="COMPLETED",
+        terminal=True, requested_by=cmd["requested_by"], amount=hold["amount"], currency=hold["currency"],
+        counterparty_id=hold["to"], hold=True,
+    )  # fmt: skip
+    return None
+
+
+def _expire(ctx: _Ctx, payment_id: str, hold: dict[str, Any]) -> None:
+    """Release a hold whose time is up: by a tick, or by the CAPTURE or VOID that came
+    too late. Not a command's outcome (the AUTHORIZE ended with HOLD_PLACED), so not
+    terminal; its event id is fixed by the payment, like every event's."""
+    account = _the_account(ctx)  # holds exist only on accounts
+    account["held"] -= hold["amount"]
+    ctx.save_account()
+    hold["st"] = "EXPIRED"
+    ctx.store.set(f"h:{payment_id}", hold)
+    ctx.event(
+        HOLD_EXPIRED, command_id=payment_id, payment_id=payment_id, command_type=AUTHORIZE,
+        status="COMPLETED", terminal=False, requested_by="ledger", amount=hold["amount"],
+        currency=hold["currency"], counterparty_id=hold["to"], hold=True,
+        note=f"expired at {hold['exp']}",
+    )  # fmt: skip
+
+
 _HANDLERS = {
     OPEN_ACCOUNT: _open_account,
     DEPOSIT: _deposit_or_withdraw,
@@ -695,6 +1012,8 @@ _HANDLERS = {
     FREEZE: _status_change,
     UNFREEZE: _status_change,
     REVERSE_TRANSFER: _reverse,
+    CAPTURE: _capture,
+    VOID: _void,
 }
 
 
@@ -753,6 +1072,9 @@ def _answer_reversal_check(ctx: _Ctx, leg: dict[str, Any]) -> None:
     way a credit leg left for the receiver before this answer does."""
     seen = ctx.store.get(f"c:{leg['payment_id']}")
     debited = seen is not None and seen["st"] in ("PENDING", "FAILED")
+    if not debited:  # a captured hold: the AUTHORIZE's memo says COMPLETED, the hold CAPTURED
+        hold = ctx.store.get(f"h:{leg['payment_id']}")
+        debited = hold is not None and hold["st"] == "CAPTURED"
     ctx.leg(
         REVERSE, target=leg["counterparty_id"], payment_id=leg["payment_id"], command_id=leg["command_id"],
         amount=0, currency=leg["currency"], requested_by=leg["requested_by"],
@@ -895,6 +1217,9 @@ _BODY_FOR = {
     FREEZE: "status_change",
     UNFREEZE: "status_change",
     REVERSE_TRANSFER: "reversal",
+    AUTHORIZE: "movement",
+    CAPTURE: "hold",
+    VOID: "hold",
 }
 
 
@@ -927,8 +1252,10 @@ def command_problem(cmd: dict[str, Any], key: str) -> str | None:
             return f"{name} {cmd.get(name)!r} is not a canonical UUID"
     if cmd["account_id"] != key:
         return f"key {key!r} differs from account_id {cmd['account_id']!r}"
-    if ctype == TRANSFER and not is_uuid(cmd["movement"].get("counterparty_id")):
-        return "TRANSFER needs a UUID counterparty_id"
+    if ctype in (TRANSFER, AUTHORIZE) and not is_uuid(cmd["movement"].get("counterparty_id")):
+        return f"{ctype} needs a UUID counterparty_id"
+    if ctype in (CAPTURE, VOID) and not is_uuid(cmd["hold"]["payment_id"]):
+        return f"{ctype} needs a UUID payment_id"
     if ctype == REVERSE_TRANSFER and not is_uuid(cmd["reversal"]["payment_id"]):
         return "REVERSE_TRANSFER needs a UUID payment_id"
     return None

@@ -18,7 +18,7 @@ def cmd(ctype: str, account: str, command_id: str | None = None, **body: Any) ->
     c: dict[str, Any] = {
         "command_id": command_id or str(uuid.uuid4()), "type": ctype, "account_id": account,
         "issued_at": 0, "requested_by": "test", "open_account": None, "movement": None,
-        "status_change": None, "reversal": None,
+        "status_change": None, "reversal": None, "hold": None,
     }
     c.update(body)
     return c
@@ -27,6 +27,27 @@ def cmd(ctype: str, account: str, command_id: str | None = None, **body: Any) ->
 def transfer(src: str, dst: str, amount: int, currency: str = "USD", pid: str | None = None) -> dict[str, Any]:
     return cmd("TRANSFER", src, pid, movement={"amount": amount, "currency": currency,
                                               "counterparty_id": dst, "metadata": {}})
+
+
+def authorize(src: str, dst: str, amount: int, currency: str = "USD", pid: str | None = None,
+              timeout_ms: int | None = None) -> dict[str, Any]:
+    return cmd("AUTHORIZE", src, pid, movement={"amount": amount, "currency": currency, "counterparty_id": dst,
+                                               "metadata": {}, "hold_timeout_ms": timeout_ms})
+
+
+def capture(src: str, pid: str, amount: int | None = None, command_id: str | None = None) -> dict[str, Any]:
+    return cmd("CAPTURE", src, command_id, hold={"payment_id": pid, "amount": amount})
+
+
+def void(src: str, pid: str, command_id: str | None = None) -> dict[str, Any]:
+    return cmd("VOID", src, command_id, hold={"payment_id": pid, "amount": None})
+
+
+def tick_leg(now: int) -> dict[str, Any]:
+    key = domain.DEFAULT_CLOCK
+    return {"leg_id": str(uuid.uuid4()), "kind": "TICK", "command_id": key, "payment_id": key, "account_id": key,
+            "counterparty_id": key, "amount": 0, "currency": "", "reason": None, "requested_by": "ledger",
+            "issued_at": now}
 
 
 def deposit(acct: str, amount: int, currency: str = "USD", pid: str | None = None) -> dict[str, Any]:
@@ -45,7 +66,11 @@ class Sim:
         self.pending: dict[str, deque[dict[str, Any]]] = defaultdict(deque)
         self.events: list[dict[str, Any]] = []
         self.log: list[tuple[str, dict[str, Any]]] = []  # every input applied, in order
+        self.times: list[int] = []  # the log time each was applied at
+        # The partition's log time: it moves only when a test says so (`tick`), as
+        # record timestamps do, so batches of inputs share one time.
         self.clock = 0
+        self.limits = domain.HoldLimits(default_ms=60_000, max_ms=3_600_000)
 
     def _emit(self, outs: list[domain.Output]) -> list[dict[str, Any]]:
         evs = []
@@ -58,16 +83,27 @@ class Sim:
                 self.pending[o.key].append(o.value)
         return evs
 
+    def _stores(self) -> domain.BatchStores:
+        return domain.BatchStores(self.stores.__getitem__, limits=self.limits)
+
     def send(self, command: dict[str, Any]) -> list[dict[str, Any]]:
-        self.clock += 1
         self.log.append(("cmd", command))
-        return self._emit(domain.apply_command(self.stores[command["account_id"]], command, self.clock))
+        self.times.append(self.clock)
+        return self._emit(domain.apply_batch(self._stores(), [command], self.clock, legs=False))
+
+    def tick(self, advance_ms: int = 0) -> list[dict[str, Any]]:
+        """The partition's clock moves on by `advance_ms`, and a tick says so."""
+        self.clock += advance_ms
+        leg = tick_leg(self.clock)
+        self.log.append(("leg", leg))
+        self.times.append(self.clock)
+        return self._emit(domain.apply_batch(self._stores(), [leg], self.clock, legs=True))
 
     def deliver_one(self, key: str) -> list[dict[str, Any]]:
         leg = self.pending[key].popleft()
-        self.clock += 1
         self.log.append(("leg", leg))
-        return self._emit(domain.apply_leg(self.stores[key], leg, self.clock))
+        self.times.append(self.clock)
+        return self._emit(domain.apply_batch(self._stores(), [leg], self.clock, legs=True))
 
     def drain(self) -> None:
         while any(self.pending.values()):
@@ -77,6 +113,10 @@ class Sim:
     def balance(self, acct: str) -> int:
         a = self.stores[acct].get("a")
         return a["balance"] if a else 0
+
+    def held(self, acct: str) -> int:
+        a = self.stores[acct].get("a")
+        return a.get("held", 0) if a else 0
 
     def posting_sums(self) -> dict[tuple[str, str], int]:
         sums: dict[tuple[str, str], int] = defaultdict(int)

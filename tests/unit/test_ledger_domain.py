@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from paystream.commands import reversal_command_id
 from paystream.stream.store import DictStore
 from pipelines.ledger import domain
-from tests.unit.ledger_sim import Sim, cmd, deposit, open_account, transfer
+from tests.unit.ledger_sim import Sim, authorize, capture, cmd, deposit, open_account, transfer, void
 
 A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
 
@@ -296,6 +296,11 @@ action = st.one_of(
     st.tuples(st.just("reverse"), st.integers(0, 50)),
     st.tuples(st.just("retry"), st.integers(0, 50)),
     st.tuples(st.just("deliver"), st.sampled_from(ACCOUNTS)),
+    st.tuples(st.just("authorize"), st.sampled_from(ACCOUNTS), st.sampled_from(ACCOUNTS),
+              st.integers(-5, 60_000), st.sampled_from([None, 1, 30_000, 10_000_000])),
+    st.tuples(st.just("capture"), st.integers(0, 50), st.sampled_from([None, 1, 2, 3])),
+    st.tuples(st.just("void"), st.integers(0, 50)),
+    st.tuples(st.just("tick"), st.sampled_from([0, 999, 20_000, 70_000])),
 )
 
 
@@ -304,12 +309,30 @@ def run_actions(actions: list[tuple]) -> tuple[Sim, list[dict]]:
     for i, acct in enumerate(ACCOUNTS[:-1]):  # the last account is never opened
         sim.send(open_account(acct, currency="EUR" if i == 3 else "USD"))
     sent: list[dict] = []
-    transfers: list[dict] = []
+    transfers: list[dict] = []  # transfers and authorizations: what reversals and captures pick from
+    holds: list[dict] = []
     for a in actions:
         kind = a[0]
         if kind == "transfer":
             c = transfer(a[1], a[2], a[3], a[4])
             transfers.append(c)
+        elif kind == "authorize":
+            c = authorize(a[1], a[2], a[3], timeout_ms=a[4])
+            holds.append(c)
+            transfers.append(c)
+        elif kind in ("capture", "void"):
+            if not holds:
+                continue
+            h = holds[a[1] % len(holds)]
+            if kind == "void":
+                c = void(h["account_id"], h["command_id"])
+            else:  # all of it, or a part: a share of the held amount (maybe more than held)
+                share = a[2]
+                c = capture(h["account_id"], h["command_id"],
+                            None if share is None else max(1, h["movement"]["amount"]) * share // 2)
+        elif kind == "tick":
+            sim.tick(a[1])
+            continue
         elif kind in ("deposit", "withdraw"):
             c = cmd(kind.upper(), a[1], movement=money(a[2]))
         elif kind in ("freeze", "unfreeze"):
@@ -395,10 +418,11 @@ def test_replaying_a_prefix_twice_changes_nothing(actions, data):
     n_postings = sum(len(e["postings"]) for e in sim.events)
     cut = data.draw(st.integers(0, len(sim.log)))
     for _ in range(2):
-        for kind, msg in sim.log[:cut]:
-            outs = (domain.apply_command(sim.stores[msg["account_id"]], copy.deepcopy(msg), 0) if kind == "cmd"
-                    else domain.apply_leg(sim.stores[msg["account_id"]], copy.deepcopy(msg), 0))
-            assert all(o.topic == domain.EVENTS and not o.value["postings"] for o in outs)
+        for (kind, msg), now in zip(sim.log[:cut], sim.times, strict=False):
+            outs = domain.apply_batch(domain.BatchStores(sim.stores.__getitem__, limits=sim.limits),
+                                      [copy.deepcopy(msg)], now, legs=kind == "leg")
+            assert all(o.topic == domain.EVENTS and not o.value["postings"] and o.value["held_after"] is None
+                       for o in outs)
     assert money_state() == before
     assert sum(len(e["postings"]) for e in sim.events) == n_postings
 
@@ -437,6 +461,9 @@ class CopyingStore:
     def set(self, key: str, value: Any) -> None:
         self.inner.set(key, copy.deepcopy(value))
 
+    def delete(self, key: str) -> None:
+        self.inner.delete(key)
+
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(action, max_size=60), st.data())
@@ -457,28 +484,27 @@ def test_any_split_into_batches_gives_the_same_events_and_state(actions, data):
     limit = data.draw(st.sampled_from([0, 1, 2, 5, 1000]))
     memo = domain.AccountMemo(limit) if limit else None
     produced: set[str] = set()
-    log = single.log
+    log, times = single.log, single.times
     i = 0
     while i < len(log):
-        kind = log[i][0]
+        kind, now = log[i][0], times[i]
         size = data.draw(st.integers(1, 8))
         batch = []
-        while i < len(log) and len(batch) < size and log[i][0] == kind:
+        while i < len(log) and len(batch) < size and log[i][0] == kind and times[i] == now:
             if kind == "leg" and log[i][1]["leg_id"] not in produced:
                 break
             batch.append(log[i][1])
             i += 1
         if not batch:  # the next leg's producer is still in this run: apply it first
             continue
-        stores = domain.BatchStores(lambda a: CopyingStore(batched.stores[a]), memo)
-        outs = domain.apply_batch(stores, batch, 0, legs=kind == "leg")
+        stores = domain.BatchStores(lambda a: CopyingStore(batched.stores[a]), memo, limits=single.limits)
+        outs = domain.apply_batch(stores, batch, now, legs=kind == "leg")
         for o in outs:
             if o.topic == domain.LEGS:
                 produced.add(o.value["leg_id"])
             else:
                 batched.events.append(o.value)
-    # (times differ: every item of a batch carries the batch's time)
-    assert batched.events == [{**e, "occurred_at": 0} for e in single.events]
+    assert batched.events == single.events
     assert {k: s.data for k, s in batched.stores.items() if s.data} == {
         k: s.data for k, s in single.stores.items() if s.data
     }
@@ -525,3 +551,30 @@ def test_the_books_own_accounts_cannot_be_opened_as_records() -> None:
     store = DictStore()
     out = domain.apply_command(store, open_account(domain.settlement_account("USD")), 0)
     assert out[0].value["type"] == "COMMAND_REJECTED" and out[0].value["reason"] == "NOT_ALLOWED"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(action, max_size=60))
+def test_holds_are_conserved_and_end_exactly_once(actions):
+    """Held totals equal the holds still HELD; each hold ends at most once (captured,
+    voided or expired), a captured one moves at most what it held, and once the log's
+    time passes every expiry no hold is left."""
+    sim, _ = run_actions(actions)
+
+    def open_holds(acct: str) -> int:
+        return sum(v["amount"] for k, v in sim.stores[acct].data.items() if k.startswith("h:") and v["st"] == "HELD")
+
+    for acct in ACCOUNTS:
+        assert sim.held(acct) == open_holds(acct)
+    sim.tick(domain.HoldLimits().max_ms + 2 * domain.TIMER_BUCKET_MS)
+    ends: Counter[str] = Counter()
+    placed = {e["payment_id"]: e["amount"] for e in sim.events if e["type"] == "HOLD_PLACED"}
+    for e in sim.events:
+        if e["type"] in ("HOLD_CAPTURED", "HOLD_VOIDED", "HOLD_EXPIRED"):
+            ends[e["payment_id"]] += 1
+            assert e["amount"] <= placed[e["payment_id"]]
+            assert e["held_after"] is not None and e["held_after"] >= 0
+    assert all(n == 1 for n in ends.values()), ends
+    assert set(ends) == set(placed)
+    for acct in ACCOUNTS:
+        assert sim.held(acct) == 0

@@ -16,18 +16,20 @@ keys = st.sampled_from(["a", "q", "c:1", "p:2", "l:3"])
 ints = st.integers(-(2**63), 2**63 - 1)
 values = st.one_of(st.none(), ints, st.text(max_size=8),
                    st.dictionaries(st.sampled_from(["balance", "st", "fp"]), ints, max_size=3))
-ops = st.lists(st.tuples(st.booleans(), st.sampled_from([b"acct-1", b"acct-2"]), keys, values), max_size=40)
+prefixes = st.sampled_from([b"acct-1", b"acct-2"])
+ops = st.lists(st.tuples(st.sampled_from(["set", "delete", "read"]), prefixes, keys, values), max_size=40)
 
 
-def _updates(tx: Any) -> dict[bytes, dict[bytes, bytes]]:
-    return {p: dict(u) for p, u in tx._update_cache.get_updates("default").items() if u}
+def _updates(tx: Any) -> tuple[dict[bytes, dict[bytes, bytes]], set[bytes]]:
+    cache = tx._update_cache
+    return {p: dict(u) for p, u in cache.get_updates("default").items() if u}, set(cache.get_deletes("default"))
 
 
 @settings(max_examples=60, deadline=None)
 @given(ops, ops)
 def test_lean_state_reads_and_writes_what_quix_state_does(before: list[Any], during: list[Any]) -> None:
     """Two stores get the same committed history, then the same operations in an open
-    transaction: one through Quix's `State`, one through `quix_compat.state_for`.
+    transaction (reads, writes and deletes): one through Quix's `State`, one through `quix_compat.state_for`.
     Every read answers the same, and the bytes queued for RocksDB and the changelog
     are identical."""
     with tempfile.TemporaryDirectory() as d:
@@ -35,18 +37,22 @@ def test_lean_state_reads_and_writes_what_quix_state_does(before: list[Any], dur
         try:
             for part in parts:
                 tx = part.begin()
-                for _, prefix, key, value in before:
-                    tx.as_state(prefix=prefix).set(key, value)
+                for op, prefix, key, value in before:
+                    if op != "read":
+                        tx.as_state(prefix=prefix).set(key, value)
                 tx.prepare()
                 tx.flush()
             quix_tx, lean_tx = parts[0].begin(), parts[1].begin()
-            for write, prefix, key, value in during:
+            for op, prefix, key, value in during:
                 quix_state = quix_tx.as_state(prefix=prefix)
                 lean_state = quix_compat.state_for(lean_tx.as_state(prefix=prefix), prefix)
                 assert type(lean_state).__name__ == "_LeanState"
-                if write:
+                if op == "set":
                     quix_state.set(key, value)
                     lean_state.set(key, value)
+                elif op == "delete":
+                    quix_state.delete(key)
+                    lean_state.delete(key)
                 assert lean_state.get(key, "default") == quix_state.get(key, "default")
                 assert lean_state.get("absent") is None
             assert _updates(lean_tx) == _updates(quix_tx)

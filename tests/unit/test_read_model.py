@@ -30,9 +30,17 @@ class MiniLedger:
     def _store(self, key: str) -> DictStore:
         return self.stores.setdefault(key, DictStore())
 
+    def _apply(self, item: dict[str, Any], *, legs: bool) -> list[domain.Output]:
+        return domain.apply_batch(domain.BatchStores(self._store), [item], self.now, legs=legs)
+
     def send(self, cmd: dict[str, Any]) -> None:
         self.now += 1
-        self._route(domain.apply_command(self._store(cmd["account_id"]), cmd, self.now))
+        self._route(self._apply(cmd, legs=False))
+
+    def tick(self, advance_ms: int) -> None:
+        self.now += advance_ms
+        key = domain.DEFAULT_CLOCK
+        self._route(self._apply({"kind": "TICK", "account_id": key}, legs=True))
 
     def _route(self, outs: list[domain.Output]) -> None:
         for o in outs:
@@ -40,7 +48,7 @@ class MiniLedger:
                 self.events.append(o.value)
             else:
                 self.now += 1
-                self._route(domain.apply_leg(self._store(o.key), o.value, self.now))
+                self._route(self._apply(o.value, legs=True))
 
 
 def opened(led: MiniLedger, n: int, deposit: int = 0) -> list[str]:
@@ -269,3 +277,34 @@ def test_an_event_whose_postings_do_not_balance_is_refused_before_it_is_folded()
     assert problem is not None and problem.startswith(rm.UNBALANCED)
     ev["postings"][1]["amount"] = 100
     assert rm.normalize_event(ev) is None
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.permutations(range(9)))
+def test_holds_fold_to_one_outcome_in_any_order(order: list[int]) -> None:
+    """A captured, a voided and an expired hold: whichever order their events reach
+    the fold (partitions are read independently), each payment ends in its status,
+    a capture's amount is what moved, and the sender's held total is that of its
+    last hold event."""
+    led = MiniLedger()
+    a, b = opened(led, 2, deposit=1_000)
+    start = len(led.events)
+    captured, voided, lapsed = (C.authorize(a, b, n, "USD", hold_timeout_ms=60_000) for n in (300, 200, 100))
+    for h in (captured, voided, lapsed):
+        led.send(h)
+    led.send(C.hold_action("CAPTURE", a, captured["command_id"], amount=120))
+    led.send(C.hold_action("VOID", a, voided["command_id"]))
+    led.tick(61_000)
+    events = led.events[start:]
+    assert len(events) == 7  # 3 placed, captured + completed, voided, expired
+    shuffled = [events[i] for i in order[: len(events)] if i < len(events)]
+    shuffled += [e for e in events if e not in shuffled]
+    fx = rm.fold(shuffled)
+    got = {pid: (p.status, p.amount, p.authorized) for pid, p in fx.payments.items()}
+    assert got == {
+        captured["command_id"]: ("COMPLETED", 120, 300),
+        voided["command_id"]: ("CANCELED", None, 200),
+        lapsed["command_id"]: ("EXPIRED", None, 100),
+    }
+    assert fx.accounts[a].held == 0 and fx.accounts[a].delta == -120
+    assert all(p.expires_ms for p in fx.payments.values())
