@@ -86,6 +86,22 @@ class MoneyIn(_Strict):
 class PaymentIn(MoneyIn):
     from_account: str = Field(json_schema_extra=NUMBER_SCHEMA)
     to_account: str = Field(json_schema_extra=NUMBER_SCHEMA)
+    capture: bool = Field(
+        default=True,
+        description="false: only authorize (a hold on from_account); the payment answers requires_capture "
+        "and moves money once captured (POST /v1/payments/{id}/capture), or never if canceled or expired",
+    )
+    hold_seconds: int | None = Field(
+        default=None, gt=0,
+        description="with capture=false: how long the hold lasts (the ledger's default when omitted; "
+        "above its maximum the payment is rejected invalid_expiry)",
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _hold_needs_authorize(self) -> PaymentIn:
+        if self.hold_seconds is not None and self.capture:
+            raise PydanticCustomError("validation_error", "hold_seconds applies only with capture=false")
+        return self
 
     @field_validator("from_account", "to_account", mode="before")
     @classmethod
@@ -101,6 +117,21 @@ class PaymentIn(MoneyIn):
 
 class MovementIn(MoneyIn):
     pass
+
+
+class CaptureIn(_Strict):
+    """The amount to capture, at most the authorized amount; all of it when omitted."""
+
+    amount: str | None = Field(default=None, json_schema_extra=AMOUNT_SCHEMA)
+
+    @field_validator("amount", mode="before")
+    @classmethod
+    def _amount_is_text(cls, v: Any) -> Any:
+        if v is not None and not isinstance(v, str):
+            raise PydanticCustomError(
+                "amount_not_a_string", 'amount must be a decimal string such as "100.50", not a number'
+            )
+        return v
 
 
 class StatusChangeIn(_Strict):
@@ -155,7 +186,9 @@ class AccountOut(BaseModel):
     account_number: str
     currency: str
     status: Literal["opening", "active", "frozen", "closed"]
-    balance: str
+    balance: str = Field(description="the posted balance (kept for clients written before holds)")
+    posted: str = Field(description="the sum of the account's postings: money that has moved")
+    available: str = Field(description="posted minus what holds reserve: what a payment may spend now")
     created_at: str | None = None
 
 
@@ -182,14 +215,18 @@ class PaymentOut(BaseModel):
     id: str
     object: Literal["payment"]
     kind: Literal["transfer", "deposit", "withdrawal"]
-    status: Literal["pending", "completed", "failed", "rejected", "reversed"]
+    status: Literal[
+        "requires_capture", "pending", "completed", "failed", "rejected", "reversed", "canceled", "expired"
+    ]
     from_account: str | None
     to_account: str | None
-    amount: str
+    amount: str = Field(description="what moved or moves; for an uncaptured hold, what it holds")
     currency: str
     description: str | None
     reason: str | None
     created_at: str
+    amount_authorized: str | None = Field(default=None, description="a hold's authorized amount")
+    expires_at: str | None = Field(default=None, description="when an uncaptured hold lapses")
 
 
 class TransactionOut(BaseModel):

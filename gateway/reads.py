@@ -43,6 +43,9 @@ SHOWN_AS = {
     "reversed": ["REVERSED"],
     "failed": ["FAILED"],
     "rejected": ["REJECTED"],
+    # a placed hold shows as it is, or as anything that may follow it
+    "requires_capture": ["REQUIRES_CAPTURE", "PENDING", "COMPLETED", "FAILED", "REVERSED", "CANCELED", "EXPIRED"],
+    "canceled": ["CANCELED"],
 }
 
 _REMEMBER = Script("""

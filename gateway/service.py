@@ -40,7 +40,30 @@ from paystream.settings import Settings
 log = logging.getLogger("paystream.gateway")
 
 # "reversed": completed, then taken back by a chargeback; still the end of the request.
-TERMINAL_STATUSES = {"completed", "failed", "rejected", "reversed"}
+# "requires_capture" ends an authorization's request (the hold is placed) and
+# "canceled" a cancel's; a hold nobody captured ends "expired".
+TERMINAL_STATUSES = {"completed", "failed", "rejected", "reversed", "requires_capture", "canceled", "expired"}
+
+# What an event's COMPLETED means for the command types whose success is not a
+# completed movement: a placed hold, a released one.
+_COMPLETED_AS = {"AUTHORIZE": "requires_capture", "VOID": "canceled"}
+
+
+# A payment's statuses in the order they can follow each other; equal ranks never
+# replace each other (the read model's `payment_status_rank`).
+_RANK = {"requires_capture": -1, "pending": 0, "reversed": 2}
+
+
+def later_status(new: str, old: str) -> bool:
+    """Whether a payment showing `old` now shows `new`: a later stage of its life."""
+    return _RANK.get(new, 1) > _RANK.get(old, 1)
+
+
+def _status_of(ev: dict[str, Any]) -> str:
+    status = str(ev.get("status", "")).lower()
+    if status == "completed":
+        return _COMPLETED_AS.get(str(ev.get("command_type")), status)
+    return status
 
 
 def _reason_codes() -> frozenset[str]:
@@ -102,11 +125,11 @@ def outcome_from_event(ev: dict[str, Any]) -> Outcome | None:
     if ev.get("replay"):
         if ev["type"] == "COMMAND_REJECTED" and reason == "ID_REUSED_WITH_DIFFERENT_FIELDS":
             return Outcome("rejected", reason, id_reused=True)
-        status = str(ev.get("status", "")).lower()
+        status = _status_of(ev)
         if status in TERMINAL_STATUSES:
             return Outcome(status, reason)
         return None
-    return Outcome(str(ev["status"]).lower(), reason)
+    return Outcome(_status_of(ev), reason)
 
 
 class AccountCache:
@@ -226,13 +249,16 @@ class Gateway:
         return orjson.loads(raw) if raw else None
 
     async def known_outcome(
-        self, payment_id: str, command: dict[str, Any] | None = None, record: dict[str, Any] | None = None
+        self, payment_id: str, command: dict[str, Any] | None = None, record: dict[str, Any] | None = None,
+        answers: frozenset[str] | None = None,
     ) -> Outcome | None:
         """The outcome as recorded by an earlier request or the read model. Given the
         request's `command` and `record`, a stored payment that describes another
         movement under this id (the key was reused with another body after Redis lost
-        it, or after it expired while the payment record lives on) is `id_reused`."""
-        return await self._final(payment_id, await self.cached_payment(payment_id), command, record)
+        it, or after it expired while the payment record lives on) is `id_reused`.
+        `answers`: the statuses that answer the request (`Movement.answers`); a hold's
+        payment showing requires_capture does not answer its capture."""
+        return await self._final(payment_id, await self.cached_payment(payment_id), command, record, answers)
 
     async def _final(
         self,
@@ -240,32 +266,38 @@ class Gateway:
         rec: dict[str, Any] | None,
         command: dict[str, Any] | None,
         record: dict[str, Any] | None,
+        answers: frozenset[str] | None = None,
     ) -> Outcome | None:
         """`known_outcome` with the payment record already read."""
-        if rec and rec.get("status") in TERMINAL_STATUSES:
+        final = TERMINAL_STATUSES if answers is None else answers
+        if rec and rec.get("status") in final:
             reused = record is not None and not same_payment(rec, record)
             return Outcome(rec["status"], rec.get("reason_code"), id_reused=reused)
         row = await store.payment_row(self.pool, payment_id)
         if row:
             status = str(row.get("status") or "").lower()
-            if status in TERMINAL_STATUSES:
+            if status in final:
                 reason = row.get("reason")
                 reused = command is not None and not describes(row, command)
                 return Outcome(status, str(reason) if reason else None, id_reused=reused)
         return None
 
-    async def _settled(self, command: dict[str, Any], record: dict[str, Any]) -> tuple[dict[str, Any], Outcome | None]:
+    async def _settled(self, move: Movement, command: dict[str, Any],
+                       record: dict[str, Any]) -> tuple[dict[str, Any], Outcome | None]:
         """For a retry: the payment record as first written (its `created_at`), and
         the outcome if it is already final."""
-        prior = await self.cached_payment(command["command_id"])
+        prior = await self.cached_payment(record["id"])
         if prior is not None:
             record = {**record, "created_at": prior.get("created_at", record["created_at"])}
-        return record, await self._final(command["command_id"], prior, command, record)
+        return record, await self._final(record["id"], prior, command, record, move.answers)
 
-    async def wait_outcome(self, waiter: Waiter, budget: float) -> Outcome | None:
+    async def wait_outcome(self, waiter: Waiter, budget: float, move: Movement | None = None) -> Outcome | None:
         """Wait for the command's own terminal event. A replay that does not settle
         the question (a duplicate of a transfer still in flight or long finished)
-        switches to polling the recorded outcome while still listening."""
+        switches to polling the recorded outcome of the payment (`move`'s, or the
+        command's own id) while still listening."""
+        payment_id = move.payment_id if move is not None else waiter.command_id
+        answers = move.answers if move is not None else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         polling = False
@@ -277,7 +309,7 @@ class Gateway:
                 ev = await asyncio.wait_for(waiter.queue.get(), min(remaining, 0.2) if polling else remaining)
             except TimeoutError:
                 if polling:
-                    known = await self.known_outcome(waiter.command_id)
+                    known = await self.known_outcome(payment_id, answers=answers)
                     if known is not None:
                         return known
                 continue
@@ -285,7 +317,7 @@ class Gateway:
             if out is not None:
                 return out
             polling = True
-            known = await self.known_outcome(waiter.command_id)
+            known = await self.known_outcome(payment_id, answers=answers)
             if known is not None:
                 return known
 
@@ -311,9 +343,9 @@ class Gateway:
             # Another request holds the key. If the payment's outcome is already
             # final, that is the answer whoever holds it: a retry must get the first
             # answer, not 409 until the lock deadline of a holder that may be gone.
-            record, known = await self._settled(command, record)
+            record, known = await self._settled(move, command, record)
             if known is not None:
-                return await self._answer(move.user_id, command, key, known, record)
+                return await self._answer(move, command, key, known, record)
             raise RequestInProgress(
                 "a request with this Idempotency-Key is still being processed", retry_after=claim.retry_after
             )
@@ -324,9 +356,9 @@ class Gateway:
 
         command_id = command["command_id"]
         if claim.kind == "resume":
-            record, known = await self._settled(command, record)
+            record, known = await self._settled(move, command, record)
             if known is not None:
-                return await self._answer(move.user_id, command, key, known, record)
+                return await self._answer(move, command, key, known, record)
 
         waiter = self.listener.register(command_id)
         handed_off = False
@@ -347,7 +379,7 @@ class Gateway:
                 raise
             await self.idem.accepted(key, token, self._pay_key(record["id"]), orjson.dumps(record), self._pay_ttl)
             try:
-                outcome = await self.wait_outcome(waiter, wait) if wait > 0 else None
+                outcome = await self.wait_outcome(waiter, wait, move) if wait > 0 else None
             except BaseException:
                 # Postgres failed us, or the client went away: the command is on its
                 # way, so a retry should wait for its outcome at once, not 409 until
@@ -358,10 +390,10 @@ class Gateway:
             if outcome is None:
                 handed_off = True
                 await self.idem.unlock(key, token)  # a retry now waits for the outcome, not 409
-                self._spawn(self._finalize_later(key, waiter, record))
-                headers = {"Location": f"/v1/payments/{command_id}", "Retry-After": "1"}
+                self._spawn(self._finalize_later(key, waiter, record, move))
+                headers = {"Location": f"/v1/payments/{record['id']}", "Retry-After": "1"}
                 return Answer(202, orjson.dumps(public(record)), "application/json", headers)
-            return await self._answer(move.user_id, command, key, outcome, record)
+            return await self._answer(move, command, key, outcome, record)
         finally:
             if not handed_off:
                 self.listener.unregister(waiter)
@@ -381,15 +413,16 @@ class Gateway:
             self.listener.unregister(waiter)
 
     async def _answer(
-        self, user_id: str, command: dict[str, Any], key: str, outcome: Outcome, record: dict[str, Any]
+        self, move: Movement, command: dict[str, Any], key: str, outcome: Outcome, record: dict[str, Any]
     ) -> Answer:
         """The outcome as the answer, remembered for the caller's next reads."""
-        answer = await self._finish(key, outcome, record)
-        if not outcome.id_reused:
-            await self.reads.told(user_id, command["command_id"], command["account_id"], outcome.status)
+        answer = await self._finish(key, outcome, record, move)
+        # A refused capture or cancel leaves the payment as it was: nothing new to read.
+        if not outcome.id_reused and outcome.status in move.answers:
+            await self.reads.told(move.user_id, record["id"], command["account_id"], outcome.status)
         return answer
 
-    async def _finish(self, key: str, outcome: Outcome, record: dict[str, Any]) -> Answer:
+    async def _finish(self, key: str, outcome: Outcome, record: dict[str, Any], move: Movement) -> Answer:
         if outcome.id_reused:
             # The ledger knows this payment id with other fields (Redis had lost the
             # key): the record written at send time describes the refused request,
@@ -403,18 +436,22 @@ class Gateway:
             "status": outcome.status,
             "reason": public_reason(outcome.reason, outcome.status),
         }
-        status, body, media = render_payment(outcome, public(final))
+        status, body, media = render_payment(outcome, public(final), created=move.hold_id is None)
+        if outcome.status not in move.answers:
+            # A refused capture or cancel: the payment is as it was, and so stays its record.
+            await self.idem.done(key, status, body)
+            return Answer(status, body, media)
         saved = orjson.dumps({**final, "reason_code": outcome.reason})
         await self.idem.done(key, status, body, None, self._pay_key(record["id"]), saved, self._pay_ttl)
         return Answer(status, body, media)
 
-    async def _finalize_later(self, key: str, waiter: Waiter, record: dict[str, Any]) -> None:
+    async def _finalize_later(self, key: str, waiter: Waiter, record: dict[str, Any], move: Movement) -> None:
         """After a 202, keep listening so the key and the payment record learn the
         outcome without the client having to come back with the same request."""
         try:
-            outcome = await self.wait_outcome(waiter, self.settings.gateway_finalize_seconds)
+            outcome = await self.wait_outcome(waiter, self.settings.gateway_finalize_seconds, move)
             if outcome is not None:
-                await self._finish(key, outcome, record)
+                await self._finish(key, outcome, record, move)
         except Exception:
             log.exception("finalizing %s failed", waiter.command_id)
         finally:
@@ -426,11 +463,12 @@ class Gateway:
         task.add_done_callback(self.background.discard)
 
 
-def render_payment(outcome: Outcome, final: dict[str, Any]) -> tuple[int, bytes, str]:
-    """201 with the payment when it completed; 402 problem (code = the ledger's
+def render_payment(outcome: Outcome, final: dict[str, Any], created: bool = True) -> tuple[int, bytes, str]:
+    """201 with the payment when it completed or its hold was placed (200 for a capture
+    or cancel of a payment that already existed); 402 problem (code = the ledger's
     reason, lower-cased) when the ledger refused it or it failed on the receiver."""
-    if outcome.status in ("completed", "reversed"):
-        return 201, orjson.dumps(final), "application/json"
+    if outcome.status in ("completed", "reversed", "requires_capture", "canceled"):
+        return 201 if created else 200, orjson.dumps(final), "application/json"
     code = (outcome.reason or "payment_failed").lower()
     detail = f"the payment was {outcome.status}: {code.replace('_', ' ')}"
     return 402, problem_body(402, code, detail, payment=final), PROBLEM_JSON
@@ -445,14 +483,17 @@ def describes(row: dict[str, Any], command: dict[str, Any]) -> bool:
     account = command["account_id"]
     ends = {
         "TRANSFER": (account, mv.get("counterparty_id")),
+        "AUTHORIZE": (account, mv.get("counterparty_id")),
         "DEPOSIT": (None, account),
         "WITHDRAW": (account, None),
     }.get(command["type"])
-    if ends is None or kind != command["type"]:
+    if ends is None or kind != _ROW_KIND.get(command["type"], command["type"]):
         return False
     src, dst = ends
     description = (mv.get("metadata") or {}).get("description")
-    wanted = {"from_account": src, "to_account": dst, "amount": mv["amount"], "currency": mv["currency"],
+    # A hold's row states what it authorized apart from what a (partial) capture moved.
+    amount_column = "authorized_amount" if command["type"] == "AUTHORIZE" else "amount"
+    wanted = {"from_account": src, "to_account": dst, amount_column: mv["amount"], "currency": mv["currency"],
               "description": description}  # fmt: skip
     # A column the read model has not filled (yet) says nothing: a rejected payment's
     # event carries no description, and a completed transfer's row gets its sender
@@ -464,6 +505,10 @@ def describes(row: dict[str, Any], command: dict[str, Any]) -> bool:
         if have is not None and value is None and column == "description":
             return False
     return True
+
+
+# The read model's `kind` of a payment made by each command type.
+_ROW_KIND = {"AUTHORIZE": "TRANSFER"}
 
 
 def same_payment(stored: dict[str, Any], record: dict[str, Any]) -> bool:

@@ -213,7 +213,7 @@ async def _read(pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]) ->
 async def account_states(pool: AsyncConnectionPool, ids: list[str]) -> dict[str, dict[str, Any]]:
     rows = await _read(
         pool,
-        "SELECT account_id, status, balance, currency FROM accounts WHERE account_id = ANY(%s::uuid[])",
+        "SELECT account_id, status, balance, held, currency FROM accounts WHERE account_id = ANY(%s::uuid[])",
         (ids,),
     )
     return {str(r["account_id"]): r for r in rows or []}

@@ -36,10 +36,13 @@ async def _account_views(gw: Gateway, refs: list[store.AccountRef]) -> list[dict
     for r in refs:
         st = states.get(r.account_id)
         balance = int(st["balance"]) if st and st.get("balance") is not None else 0
+        held = int(st["held"]) if st and st.get("held") else 0
         out.append({
             "account_number": r.account_number, "currency": r.currency,
             "status": str(st["status"]).lower() if st and st.get("status") else "opening",
             "balance": format_minor(balance, r.currency),
+            "posted": format_minor(balance, r.currency),
+            "available": format_minor(balance - held, r.currency),
             "created_at": iso(r.created_at) if r.created_at else None,
         })  # fmt: skip
     return out

@@ -66,6 +66,8 @@ async def register(body: M.RegisterIn, request: Request) -> Response:
         "currency": ref.currency,
         "status": "opening",
         "balance": format_minor(0, ref.currency),
+        "posted": format_minor(0, ref.currency),
+        "available": format_minor(0, ref.currency),
         "created_at": iso(user.created_at),
     }
     return json_response(

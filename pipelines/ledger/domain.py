@@ -290,22 +290,27 @@ class HoldTimers:
     ``tn`` the next bucket to scan, ``tc`` how many timers are pending, ``t:<b>`` the
     count of bucket b and ``t:<b>:<i>`` its entries (account, payment id). Adding one
     costs a read and three writes whatever the bucket holds; a bucket is deleted once
-    scanned. A timer of a hold captured or voided meanwhile is simply skipped then."""
+    scanned. A timer of a hold captured or voided meanwhile is simply skipped then.
+
+    ``tn`` only ever moves to a time the partition has seen (a tick's, or an
+    authorization's), never to a timer's: every bucket before it is then both scanned
+    and past, so a timer that falls there is due and goes to ``tn`` itself."""
 
     __slots__ = ("_store",)
 
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    def add(self, expires_at: int, account: str, payment_id: str) -> None:
+    def add(self, expires_at: int, now_ms: int, account: str, payment_id: str) -> None:
         s = self._store
         pending = s.get("tc", 0)
         bucket = expires_at // TIMER_BUCKET_MS
         nxt = s.get("tn")
-        if not pending or nxt is None:
-            s.set("tn", bucket)
-        elif bucket < nxt:
-            bucket = nxt  # due already (a timeout shorter than the ticks' progress): next tick
+        if nxt is None:
+            nxt = now_ms // TIMER_BUCKET_MS
+            s.set("tn", nxt)
+        if bucket < nxt:
+            bucket = nxt  # due already (its time is before what the ticks passed): next tick
         n = s.get(f"t:{bucket}", 0)
         s.set(f"t:{bucket}:{n}", [account, payment_id])
         s.set(f"t:{bucket}", n + 1)
@@ -315,9 +320,11 @@ class HoldTimers:
         """Timers of every bucket that ended by `now_ms`, removed from the store."""
         s = self._store
         pending = s.get("tc", 0)
-        if not pending:
-            return []
         bucket, end = s.get("tn"), now_ms // TIMER_BUCKET_MS
+        if not pending:
+            if bucket is None or end > bucket:
+                s.set("tn", end)  # nothing to scan on the way: skip ahead to the present
+            return []
         out: list[tuple[str, str]] = []
         scanned = 0
         while bucket < end and pending and scanned < MAX_BUCKETS_PER_TICK:
@@ -356,7 +363,7 @@ def expire_due(stores: BatchStores, now_ms: int) -> list[LedgerOutput]:
         if hold is None or hold["st"] != "HELD":
             continue
         if hold["exp"] > now_ms:  # not reachable by the bucketing; kept for the next tick if it were
-            holds.timers.add(hold["exp"], account, payment_id)
+            holds.timers.add(hold["exp"], now_ms, account, payment_id)
             continue
         _expire(ctx, payment_id, hold)
         out.extend(ctx.finish())
@@ -889,7 +896,7 @@ def _authorize(ctx: _Ctx, cmd: dict[str, Any], fp: str, holds: Holds) -> None:
     account["held"] = account.get("held", 0) + amount
     ctx.save_account()
     ctx.store.set(f"h:{pid}", {"st": "HELD", "amount": amount, "currency": cur, "to": to, "exp": expires_at})
-    holds.timers.add(expires_at, ctx.key, pid)
+    holds.timers.add(expires_at, ctx.now_ms, ctx.key, pid)
     _remember(ctx, cmd, fp, "COMPLETED", None)
     ctx.event(
         HOLD_PLACED, command_id=pid, payment_id=pid, command_type=AUTHORIZE, status="COMPLETED",

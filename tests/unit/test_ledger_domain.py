@@ -566,6 +566,11 @@ def test_holds_are_conserved_and_end_exactly_once(actions):
 
     for acct in ACCOUNTS:
         assert sim.held(acct) == open_holds(acct)
+    sim.tick(0)  # a tick now: no hold whose second has passed is left
+    for acct in ACCOUNTS:
+        for k, v in sim.stores[acct].data.items():
+            if k.startswith("h:") and v["st"] == "HELD":
+                assert v["exp"] // domain.TIMER_BUCKET_MS >= sim.clock // domain.TIMER_BUCKET_MS, (k, v, sim.clock)
     sim.tick(domain.HoldLimits().max_ms + 2 * domain.TIMER_BUCKET_MS)
     ends: Counter[str] = Counter()
     placed = {e["payment_id"]: e["amount"] for e in sim.events if e["type"] == "HOLD_PLACED"}

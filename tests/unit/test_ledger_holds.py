@@ -187,17 +187,27 @@ def test_fingerprints_of_commands_without_hold_fields_did_not_change():
 def test_timers_walk_buckets_in_order_and_at_most_a_bound_per_tick():
     store = DictStore()
     timers = domain.HoldTimers(store)
-    timers.add(1_500, A, "p1")
-    timers.add(1_999, B, "p2")
-    timers.add(2_000, A, "p3")
+    timers.add(1_500, 0, A, "p1")
+    timers.add(1_999, 0, B, "p2")
+    timers.add(2_000, 0, A, "p3")
     assert timers.due(1_999) == []  # the 1 s bucket ends at 2 s
     assert timers.due(2_000) == [(A, "p1"), (B, "p2")]
     far = 10 * domain.MAX_BUCKETS_PER_TICK * domain.TIMER_BUCKET_MS
-    timers.add(far, C, "p4")
+    timers.add(far, 2_000, C, "p4")
     assert timers.due(far + 1_000) == [(A, "p3")]  # p4 lies past this tick's bound
     while not (due := timers.due(far + 1_000)):
         pass
     assert due == [(C, "p4")]
-    assert timers.due(far * 2) == [] and store.data == {"tn": far // 1000 + 1, "tc": 0}
-    timers.add(500, A, "late")  # nothing pending: it starts there
-    assert timers.due(1_000) == [(A, "late")]
+    assert timers.due(far * 2) == [] and store.data == {"tn": far * 2 // 1000, "tc": 0}
+    timers.add(500, far * 2, A, "late")  # its time is long past: due at the next tick
+    assert timers.due(far * 2 + 1) == [] and timers.due(far * 2 + 1_000) == [(A, "late")]
+
+
+def test_a_short_hold_placed_after_a_long_one_expires_on_time():
+    """A timer far ahead must not hold back one placed later that is due sooner."""
+    sim = funded()
+    sim.send(authorize(A, B, 1_000, timeout_ms=sim.limits.max_ms))
+    short = authorize(A, B, 1_000, timeout_ms=2_000)
+    sim.send(short)
+    (expired,) = sim.tick(3_000)
+    assert expired["payment_id"] == short["command_id"] and sim.held(A) == 1_000
