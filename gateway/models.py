@@ -203,6 +203,18 @@ class TransactionOut(BaseModel):
     occurred_at: str
 
 
+class BalanceOut(BaseModel):
+    object: Literal["balance"]
+    account_number: str
+    currency: str
+    at: str
+    balance: str
+
+
+class StatementLineOut(TransactionOut):
+    description: str | None
+
+
 class Page(BaseModel):
     object: Literal["list"]
     has_more: bool
@@ -218,6 +230,16 @@ class PaymentList(Page):
 
 class TransactionList(Page):
     data: list[TransactionOut]
+
+
+class StatementOut(Page):
+    account_number: str
+    currency: str
+    start: str = Field(alias="from")
+    to: str
+    opening_balance: str
+    closing_balance: str
+    data: list[StatementLineOut]
 
 
 class StatusOut(BaseModel):

@@ -199,7 +199,9 @@ async def accounts_of(pool: AsyncConnectionPool, owner_id: str) -> list[AccountR
 # --------------------------------------------------------------------- read model
 
 
-async def _read(pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+async def _read(
+    pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...] | dict[str, Any]
+) -> list[dict[str, Any]] | None:
     """Rows from the read model, or None while its tables do not exist yet."""
     try:
         async with pool.connection() as conn:
@@ -261,3 +263,70 @@ async def event_sequence(pool: AsyncConnectionPool, account_id: str, event_id: s
         (account_id, event_id),
     )
     return int(rows[0]["sequence"]) if rows else None
+
+
+# ---------------------------------------------------------- balances and statements
+# Over the journal (`postings`). A user account's postings all come from its own
+# partition, which the sink writes in order, so `sequence <= upto` names a set of
+# postings that no later write changes: the pages of one statement, read on
+# separate connections, add up to the totals read first (gateway/statements.py).
+
+
+@dataclass(frozen=True, slots=True)
+class StatementTotals:
+    opening: int  # postings stamped before the window
+    carried: int  # postings of the window up to and including the cursor
+    closing: int  # postings stamped before the window's end
+    upto: int  # the highest sequence the statement covers (0: none)
+
+
+async def balance_at(pool: AsyncConnectionPool, account_id: str, at: Any) -> int:
+    rows = await _read(
+        pool,
+        "SELECT coalesce(sum(amount), 0) AS balance FROM postings WHERE account_id = %s AND occurred_at <= %s",
+        (account_id, at),
+    )
+    return int(rows[0]["balance"]) if rows else 0
+
+
+_TOTALS = """
+SELECT coalesce(sum(amount) FILTER (WHERE occurred_at < %(start)s), 0) AS opening,
+       coalesce(sum(amount) FILTER (WHERE occurred_at >= %(start)s AND sequence <= %(after)s), 0) AS carried,
+       coalesce(sum(amount), 0) AS closing,
+       coalesce(max(sequence), 0) AS upto
+  FROM postings WHERE account_id = %(a)s AND occurred_at < %(end)s
+"""
+
+
+async def statement_totals(
+    pool: AsyncConnectionPool, account_id: str, start: Any, end: Any, after_sequence: int
+) -> StatementTotals:
+    rows = await _read(pool, _TOTALS, {"a": account_id, "start": start, "end": end, "after": after_sequence})
+    if not rows:
+        return StatementTotals(0, 0, 0, 0)
+    r = rows[0]
+    return StatementTotals(int(r["opening"]), int(r["carried"]), int(r["closing"]), int(r["upto"]))
+
+
+# The posting and what it was: the event that made it (type, counterparty) and the
+# payment's description, which only the sender's events carry, so the receiver's
+# line takes it from the payment row.
+_LINES = """
+SELECT p.event_id, p.payment_id, p.amount, p.sequence, p.occurred_at, e.type, e.counterparty_id,
+       coalesce(e.metadata ->> 'description', pay.description) AS description
+  FROM postings p
+  JOIN ledger_events e ON e.event_id = p.event_id
+  LEFT JOIN payments pay ON pay.payment_id = p.payment_id
+ WHERE p.account_id = %(a)s AND p.occurred_at >= %(start)s AND p.occurred_at < %(end)s
+   AND p.sequence > %(after)s AND p.sequence <= %(upto)s
+ ORDER BY p.sequence, p.idx
+ LIMIT %(limit)s
+"""
+
+
+async def statement_lines(
+    pool: AsyncConnectionPool, account_id: str, start: Any, end: Any, after_sequence: int, upto: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` postings of [start, end) after `after_sequence`, in order."""
+    params = {"a": account_id, "start": start, "end": end, "after": after_sequence, "upto": upto, "limit": limit}
+    return await _read(pool, _LINES, params) or []
