@@ -158,7 +158,7 @@ async def statement(
     p: User,
     gw: GatewayDep,
     start: From = None,
-    end: To = None,
+    to: To = None,
     limit: Limit = 20,
     starting_after: Cursor = None,
     accept: Accept = None,
@@ -169,7 +169,7 @@ async def statement(
     of the last line of the previous page), or the whole window as CSV with
     `Accept: text/csv`."""
     first = instant(start, "from") if start is not None else _EPOCH
-    last = instant(end, "to") if end is not None else datetime.now(UTC)
+    last = instant(to, "to") if to is not None else datetime.now(UTC)
     if last < first:
         raise Problem(400, "invalid_window", "to is before from")
     await gw.reads.settle(p.user_id)
