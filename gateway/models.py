@@ -103,6 +103,15 @@ class MovementIn(MoneyIn):
     pass
 
 
+class AccountIn(_Strict):
+    currency: str = Field(json_schema_extra={"pattern": "^[A-Z]{3}$", "examples": ["EUR"]})
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency_known(cls, v: Any) -> str:
+        return _currency(v)
+
+
 class StatusChangeIn(_Strict):
     reason: str = Field(default="", max_length=200)
 

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,9 @@ from gateway.errors import (
     LedgerUnavailable,
     RateLimited,
     RequestInProgress,
+    TooManyAccounts,
 )
-from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
+from gateway.idempotency import Claim, IdempotencyStore, LoginGuard, RateLimiter, fingerprint
 from gateway.ledger_io import CommandSender, ResultListener, Waiter
 from gateway.movements import Movement
 from gateway.problems import PROBLEM_JSON, problem_body
@@ -210,6 +212,45 @@ class Gateway:
                 found[i] = ref
         return found
 
+    async def open_account(
+        self,
+        user_id: str,
+        idem_key: str,
+        currency: str,
+        view: Callable[[store.AccountRef], Awaitable[dict[str, Any]]],
+    ) -> Answer:
+        """Open another account for `user_id`, idempotently: the key is claimed as a
+        payment's is (a finished request replays its answer, one in flight is 409,
+        another currency is 422), and the account id derives from the key, so even a
+        retry that Redis forgot opens nothing twice (`store.open_another_account`)."""
+        key = self.idem.key(user_id, "accounts", idem_key)
+        token = _token()
+        claim = await self.idem.claim(key, fingerprint({"currency": currency}), token)
+        if claim.kind == "mismatch":
+            raise IdempotencyKeyReused(KEY_REUSED_DETAIL)
+        if claim.kind == "busy":
+            raise RequestInProgress("a request with this Idempotency-Key is still being processed",
+                                    retry_after=claim.retry_after)  # fmt: skip
+        if claim.kind == "done":
+            return replayed(claim)
+        limit = self.settings.gateway_max_accounts_per_user
+        account_id = store.requested_account_id(user_id, idem_key)
+        try:
+            ref = await store.open_another_account(self.pool, user_id, currency, account_id, limit)
+            if ref.currency != currency:  # the key opened an account in another currency
+                raise IdempotencyKeyReused(KEY_REUSED_DETAIL)
+        except store.AccountLimitReached:
+            await self.idem.release(key, token)
+            raise TooManyAccounts(f"at most {limit} accounts per user") from None
+        except BaseException:
+            await self.idem.release(key, token)
+            raise
+        self.accounts.put(ref)
+        body = orjson.dumps(await view(ref))
+        headers = {"Location": f"/v1/accounts/{ref.account_number}"}
+        await self.idem.done(key, 201, body, headers)
+        return Answer(201, body, "application/json", headers)
+
     # ---------------------------------------------------------------- payments
 
     def _pay_key(self, payment_id: str) -> str:
@@ -318,9 +359,7 @@ class Gateway:
                 "a request with this Idempotency-Key is still being processed", retry_after=claim.retry_after
             )
         if claim.kind == "done":
-            headers = {**(claim.headers or {}), "Idempotent-Replayed": "true"}
-            media = PROBLEM_JSON if claim.status >= 400 else "application/json"
-            return Answer(claim.status, claim.body, media, headers)
+            return replayed(claim)
 
         command_id = command["command_id"]
         if claim.kind == "resume":
@@ -424,6 +463,13 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def replayed(claim: Claim) -> Answer:
+    """A finished request's answer, as its key replays it."""
+    headers = {**(claim.headers or {}), "Idempotent-Replayed": "true"}
+    media = PROBLEM_JSON if claim.status >= 400 else "application/json"
+    return Answer(claim.status, claim.body, media, headers)
 
 
 def render_payment(outcome: Outcome, final: dict[str, Any]) -> tuple[int, bytes, str]:

@@ -30,6 +30,13 @@ def open_command_id(account_id: str) -> str:
     return str(uuid.uuid5(OPEN_NAMESPACE, f"open:{account_id}"))
 
 
+def requested_account_id(owner_id: str, idem_key: str) -> str:
+    """The id of the account `POST /v1/accounts` opens for (owner, Idempotency-Key):
+    deterministic, as payment ids are, so that a retry Redis no longer remembers
+    finds the account it opened instead of opening another."""
+    return str(uuid.uuid5(OPEN_NAMESPACE, f"account:{owner_id}:{idem_key}"))
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     user_id: str
@@ -108,17 +115,20 @@ async def create_user(
     return user, ref
 
 
-async def _open_account(conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str) -> AccountRef:
-    account_id = str(uuid.uuid4())
+async def _open_account(
+    conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str, account_id: str | None = None
+) -> AccountRef:
+    account_id = account_id or str(uuid.uuid4())
     for _ in range(10):
         number = new_account_number()
         try:
             async with conn.transaction():  # a savepoint: a number collision retries
-                await conn.execute(
+                cur = await conn.execute(
                     "INSERT INTO gateway_accounts (account_number, account_id, owner_id, currency)"
-                    " VALUES (%s, %s, %s, %s)",
+                    " VALUES (%s, %s, %s, %s) RETURNING created_at",
                     (number, account_id, owner_id, currency),
                 )
+                row = await cur.fetchone()
             break
         except psycopg.errors.UniqueViolation:
             continue
@@ -137,7 +147,33 @@ async def _open_account(conn: psycopg.AsyncConnection[Any], owner_id: str, curre
         (C.topic_for(cmd), account_id, Jsonb(cmd)),
     )
     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-    return AccountRef(number, account_id, owner_id, currency)
+    return AccountRef(number, account_id, owner_id, currency, row[0] if row else None)
+
+
+class AccountLimitReached(Exception):
+    """The owner holds the most accounts allowed already."""
+
+
+async def open_another_account(
+    pool: AsyncConnectionPool, owner_id: str, currency: str, account_id: str, limit: int
+) -> AccountRef:
+    """Open `account_id` for `owner_id` (registry row and OpenAccount outbox row, as at
+    registration), or find it opened already: the id is derived from the request's
+    Idempotency-Key, so a retry finds its account even when Redis forgot the key.
+    One owner's openings are serialised, so the `limit` holds under concurrent
+    requests; a retry of an account already open is never refused by it."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"accounts:{owner_id}",))
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM gateway_accounts WHERE account_id = %s", (account_id,))
+        row = await cur.fetchone()
+        if row is not None:
+            return _ref(row)
+        await cur.execute("SELECT count(*) AS n FROM gateway_accounts WHERE owner_id = %s", (owner_id,))
+        counted = await cur.fetchone()
+        if counted is not None and int(counted["n"]) >= limit:
+            raise AccountLimitReached(limit)
+        return await _open_account(conn, owner_id, currency, account_id)
 
 
 def create_user_sync(dsn: str, *, email: str, password_hash: str, name: str, role: str) -> User:

@@ -15,7 +15,7 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import models as M
 from gateway import store
-from gateway.deps import Cursor, GatewayDep, Instant, Limit, Number, User, account_of, instant
+from gateway.deps import Cursor, GatewayDep, IdemKey, Instant, Limit, Number, User, account_of, instant, respond
 from gateway.movements import iso
 from gateway.problems import Problem, responses
 from gateway.service import Gateway, json_response
@@ -56,6 +56,24 @@ async def my_accounts(p: User, gw: GatewayDep) -> Response:
     await gw.reads.settle(p.user_id)  # read-your-writes (gateway/reads.py)
     refs = await store.accounts_of(gw.pool, p.user_id)
     return json_response(200, {"object": "list", "data": await _account_views(gw, refs), "has_more": False})
+
+
+@router.post(
+    "/accounts",
+    status_code=201,
+    response_model=M.AccountOut,
+    responses=responses(400, 401, 409, 413, 422, 503),
+)
+async def open_account(body: M.AccountIn, p: User, gw: GatewayDep, idempotency_key: IdemKey) -> Response:
+    """Open another account for the caller, in any supported currency (registration
+    opened the first). Idempotent like payments; at most `gateway_max_accounts_per_user`
+    accounts per user (409 `too_many_accounts`). The ledger opens it shortly after:
+    status `opening` until then."""
+
+    async def view(ref: store.AccountRef) -> dict[str, Any]:
+        return (await _account_views(gw, [ref]))[0]
+
+    return respond(await gw.open_account(p.user_id, idempotency_key, body.currency, view))
 
 
 @router.get(
