@@ -41,6 +41,9 @@ from paystream.settings import Settings
 
 log = logging.getLogger("paystream.gateway")
 
+# How long a new payment waits for the read model's answer to "is this id taken?".
+TAKEN_CHECK_SECONDS = 0.5
+
 # "reversed": completed, then taken back by a chargeback; still the end of the request.
 TERMINAL_STATUSES = {"completed", "failed", "rejected", "reversed"}
 
@@ -303,6 +306,24 @@ class Gateway:
             record = {**record, "created_at": prior.get("created_at", record["created_at"])}
         return record, await self._final(command["command_id"], prior, command, record)
 
+    async def _taken(self, command: dict[str, Any], key: str, token: str) -> bool:
+        """Whether the read model holds this payment id for another movement, checked
+        before a new claim sends anything. The ledger remembers ids per account, so it
+        refuses a reused id only on the account that used it first: a key Redis forgot,
+        reused from another of the user's accounts (or by an admin, for another
+        account), would reach partitions that never saw the id and be applied as a
+        second payment under the same id. A read model that does not answer within
+        `TAKEN_CHECK_SECONDS` is not waited for: payments do not depend on it."""
+        try:
+            row = await asyncio.wait_for(store.payment_row(self.pool, command["command_id"]), TAKEN_CHECK_SECONDS)
+        except asyncio.CancelledError:
+            await self.idem.release(key, token)
+            raise
+        except Exception as exc:  # Postgres down or slow: the ledger's own check remains
+            log.warning("payment id check skipped for %s: %s", command["command_id"], exc)
+            return False
+        return row is not None and not describes(row, command)
+
     async def wait_outcome(self, waiter: Waiter, budget: float) -> Outcome | None:
         """Wait for the command's own terminal event. A replay that does not settle
         the question (a duplicate of a transfer still in flight or long finished)
@@ -366,6 +387,10 @@ class Gateway:
             record, known = await self._settled(command, record)
             if known is not None:
                 return await self._answer(move.user_id, command, key, known, record)
+        elif await self._taken(command, key, token):
+            body = problem_body(422, IdempotencyKeyReused.code, KEY_REUSED_DETAIL)
+            await self.idem.done(key, 422, body)
+            return Answer(422, body, PROBLEM_JSON)
 
         waiter = self.listener.register(command_id)
         handed_off = False

@@ -373,3 +373,30 @@ def test_one_key_on_payments_from_two_accounts(gw: Env, reader: EventReader) -> 
     assert first.json()["id"] == C.payment_id_for(a.user_id, key)
     wait_balance(gw, a, "17.00")
     wait_balance(gw, a2, "20.00")
+
+
+def test_a_forgotten_key_reused_from_another_account_moves_nothing(gw: Env, reader: EventReader) -> None:
+    """Redis loses the key, and the user reuses it from their other account to another
+    receiver: the ledger dedupes ids per account, so neither that sender's partition
+    nor that receiver's knows the id. The payment id must still name one payment."""
+    a, b, c = register(gw), register(gw), register(gw)
+    a2 = as_person(a, open_account(gw, a, "USD").json()["account_number"])
+    wait_opened(gw, reader, a, b, c, a2)
+    assert deposit(gw, a, "20.00").status_code == 201
+    assert deposit(gw, a2, "20.00").status_code == 201
+    key = uuid.uuid4().hex
+    with gw.client() as client:
+        first = pay(client, a, b, "3.00", key=key)
+        assert first.status_code == 201, first.text
+        pid = first.json()["id"]
+        r = redis.Redis.from_url(gw.env["PAYSTREAM_REDIS_URL"])
+        gone = [*r.scan_iter(match=f"{gw.prefix}idem:{a.user_id}:*", count=1000), f"{gw.prefix}pay:{pid}"]
+        assert r.delete(*gone) >= 2
+        wait_balance(gw, b, "3.00")  # the read model has the first payment
+        other = pay(client, a2, c, "4.00", key=key)
+    assert other.status_code == 422 and other.json()["code"] == "idempotency_key_reused", other.text
+    drain(reader, 1.5)
+    assert not [e for e in reader.events if e["payment_id"] == pid and e["account_id"] in
+                (gw.account_id(a2.number), gw.account_id(c.number))]  # fmt: skip
+    wait_balance(gw, a2, "20.00")
+    wait_balance(gw, c, "0.00")
