@@ -6,6 +6,7 @@ way (rate limits, the wait budget, account ownership), so one rule has one place
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Query, Request, Security
@@ -54,6 +55,32 @@ Prefer = Annotated[str | None, Header(alias="Prefer", max_length=200)]
 Number = Annotated[str, Path(max_length=32, json_schema_extra=M.NUMBER_SCHEMA)]
 Limit = Annotated[int, Query(ge=1, le=100)]
 Cursor = Annotated[str | None, Query(max_length=64)]
+# Parsed by `instant`, so that a malformed time is one 400 `invalid_timestamp` however it is malformed.
+_TIME_SCHEMA = {"format": "date-time", "examples": ["2026-01-31T23:59:59Z"]}
+Instant = Annotated[str | None, Query(json_schema_extra=_TIME_SCHEMA)]
+
+# RFC 3339's date-time: a full date, a full time and an offset, always. Python's
+# fromisoformat alone also takes a bare date or a time without a zone, which
+# would silently mean the server's local time.
+_RFC3339 = re.compile(
+    r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]{1,9}))?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+
+
+def instant(value: str, name: str) -> datetime:
+    """A query parameter as an aware UTC time; 400 `invalid_timestamp` unless it is
+    an RFC 3339 date-time with its offset. Digits past microseconds are dropped."""
+    m = _RFC3339.fullmatch(value)
+    if m:
+        date, clock, fraction, offset = m.groups()
+        micros = f".{(fraction + '00000')[:6]}" if fraction else ""
+        zone = "+00:00" if offset in ("Z", "z") else offset
+        try:
+            return datetime.fromisoformat(f"{date}T{clock}{micros}{zone}").astimezone(UTC)
+        except (ValueError, OverflowError):  # 2026-02-30, 24:00:00, a year-1 time east of UTC
+            pass
+    example = "2026-01-31T23:59:59Z"
+    raise Problem(400, "invalid_timestamp", f"{name} must be an RFC 3339 time with an offset, e.g. {example}")
 
 
 def _ip(gw: Gateway, request: Request) -> str:

@@ -36,6 +36,13 @@ class RequestInProgress(GatewayError):
     status = 409
 
 
+class TooManyAccounts(GatewayError):
+    """The user holds `gateway_max_accounts_per_user` accounts already."""
+
+    code = "too_many_accounts"
+    status = 409
+
+
 class LedgerUnavailable(GatewayError):
     """Kafka did not take the command: nothing was sent, a retry is safe."""
 

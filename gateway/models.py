@@ -134,6 +134,15 @@ class CaptureIn(_Strict):
         return v
 
 
+class AccountIn(_Strict):
+    currency: str = Field(json_schema_extra={"pattern": "^[A-Z]{3}$", "examples": ["EUR"]})
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _currency_known(cls, v: Any) -> str:
+        return _currency(v)
+
+
 class StatusChangeIn(_Strict):
     reason: str = Field(default="", max_length=200)
 
@@ -240,6 +249,18 @@ class TransactionOut(BaseModel):
     occurred_at: str
 
 
+class BalanceOut(BaseModel):
+    object: Literal["balance"]
+    account_number: str
+    currency: str
+    at: str
+    balance: str
+
+
+class StatementLineOut(TransactionOut):
+    description: str | None
+
+
 class Page(BaseModel):
     object: Literal["list"]
     has_more: bool
@@ -255,6 +276,16 @@ class PaymentList(Page):
 
 class TransactionList(Page):
     data: list[TransactionOut]
+
+
+class StatementOut(Page):
+    account_number: str
+    currency: str
+    start: str = Field(alias="from")
+    to: str
+    opening_balance: str
+    closing_balance: str
+    data: list[StatementLineOut]
 
 
 class StatusOut(BaseModel):

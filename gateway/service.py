@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,8 +27,9 @@ from gateway.errors import (
     LedgerUnavailable,
     RateLimited,
     RequestInProgress,
+    TooManyAccounts,
 )
-from gateway.idempotency import IdempotencyStore, LoginGuard, RateLimiter
+from gateway.idempotency import Claim, IdempotencyStore, LoginGuard, RateLimiter, fingerprint
 from gateway.ledger_io import CommandSender, ResultListener, Waiter
 from gateway.movements import Movement
 from gateway.problems import PROBLEM_JSON, problem_body
@@ -38,6 +40,9 @@ from paystream.codec import SCHEMA_DIR, Codec
 from paystream.settings import Settings
 
 log = logging.getLogger("paystream.gateway")
+
+# How long a new payment waits for the read model's answer to "is this id taken?".
+TAKEN_CHECK_SECONDS = 0.5
 
 # "reversed": completed, then taken back by a chargeback; still the end of the request.
 # "requires_capture" ends an authorization's request (the hold is placed) and
@@ -233,6 +238,45 @@ class Gateway:
                 found[i] = ref
         return found
 
+    async def open_account(
+        self,
+        user_id: str,
+        idem_key: str,
+        currency: str,
+        view: Callable[[store.AccountRef], Awaitable[dict[str, Any]]],
+    ) -> Answer:
+        """Open another account for `user_id`, idempotently: the key is claimed as a
+        payment's is (a finished request replays its answer, one in flight is 409,
+        another currency is 422), and the account id derives from the key, so even a
+        retry that Redis forgot opens nothing twice (`store.open_another_account`)."""
+        key = self.idem.key(user_id, "accounts", idem_key)
+        token = _token()
+        claim = await self.idem.claim(key, fingerprint({"currency": currency}), token)
+        if claim.kind == "mismatch":
+            raise IdempotencyKeyReused(KEY_REUSED_DETAIL)
+        if claim.kind == "busy":
+            raise RequestInProgress("a request with this Idempotency-Key is still being processed",
+                                    retry_after=claim.retry_after)  # fmt: skip
+        if claim.kind == "done":
+            return replayed(claim)
+        limit = self.settings.gateway_max_accounts_per_user
+        account_id = store.requested_account_id(user_id, idem_key)
+        try:
+            ref = await store.open_another_account(self.pool, user_id, currency, account_id, limit)
+            if ref.currency != currency:  # the key opened an account in another currency
+                raise IdempotencyKeyReused(KEY_REUSED_DETAIL)
+        except store.AccountLimitReached:
+            await self.idem.release(key, token)
+            raise TooManyAccounts(f"at most {limit} accounts per user") from None
+        except BaseException:
+            await self.idem.release(key, token)
+            raise
+        self.accounts.put(ref)
+        body = orjson.dumps(await view(ref))
+        headers = {"Location": f"/v1/accounts/{ref.account_number}"}
+        await self.idem.done(key, 201, body, headers)
+        return Answer(201, body, "application/json", headers)
+
     # ---------------------------------------------------------------- payments
 
     def _pay_key(self, payment_id: str) -> str:
@@ -290,6 +334,24 @@ class Gateway:
         if prior is not None:
             record = {**record, "created_at": prior.get("created_at", record["created_at"])}
         return record, await self._final(record["id"], prior, command, record, move.answers)
+
+    async def _taken(self, command: dict[str, Any], key: str, token: str) -> bool:
+        """Whether the read model holds this payment id for another movement, checked
+        before a new claim sends anything. The ledger remembers ids per account, so it
+        refuses a reused id only on the account that used it first: a key Redis forgot,
+        reused from another of the user's accounts (or by an admin, for another
+        account), would reach partitions that never saw the id and be applied as a
+        second payment under the same id. A read model that does not answer within
+        `TAKEN_CHECK_SECONDS` is not waited for: payments do not depend on it."""
+        try:
+            row = await asyncio.wait_for(store.payment_row(self.pool, command["command_id"]), TAKEN_CHECK_SECONDS)
+        except asyncio.CancelledError:
+            await self.idem.release(key, token)
+            raise
+        except Exception as exc:  # Postgres down or slow: the ledger's own check remains
+            log.warning("payment id check skipped for %s: %s", command["command_id"], exc)
+            return False
+        return row is not None and not describes(row, command)
 
     async def wait_outcome(self, waiter: Waiter, budget: float, move: Movement | None = None) -> Outcome | None:
         """Wait for the command's own terminal event. A replay that does not settle
@@ -350,15 +412,17 @@ class Gateway:
                 "a request with this Idempotency-Key is still being processed", retry_after=claim.retry_after
             )
         if claim.kind == "done":
-            headers = {**(claim.headers or {}), "Idempotent-Replayed": "true"}
-            media = PROBLEM_JSON if claim.status >= 400 else "application/json"
-            return Answer(claim.status, claim.body, media, headers)
+            return replayed(claim)
 
         command_id = command["command_id"]
         if claim.kind == "resume":
             record, known = await self._settled(move, command, record)
             if known is not None:
                 return await self._answer(move, command, key, known, record)
+        elif move.hold_id is None and await self._taken(command, key, token):
+            body = problem_body(422, IdempotencyKeyReused.code, KEY_REUSED_DETAIL)
+            await self.idem.done(key, 422, body)
+            return Answer(422, body, PROBLEM_JSON)
 
         waiter = self.listener.register(command_id)
         handed_off = False
@@ -461,6 +525,13 @@ class Gateway:
         task = asyncio.get_running_loop().create_task(coro)
         self.background.add(task)
         task.add_done_callback(self.background.discard)
+
+
+def replayed(claim: Claim) -> Answer:
+    """A finished request's answer, as its key replays it."""
+    headers = {**(claim.headers or {}), "Idempotent-Replayed": "true"}
+    media = PROBLEM_JSON if claim.status >= 400 else "application/json"
+    return Answer(claim.status, claim.body, media, headers)
 
 
 def render_payment(outcome: Outcome, final: dict[str, Any], created: bool = True) -> tuple[int, bytes, str]:

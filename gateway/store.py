@@ -30,6 +30,13 @@ def open_command_id(account_id: str) -> str:
     return str(uuid.uuid5(OPEN_NAMESPACE, f"open:{account_id}"))
 
 
+def requested_account_id(owner_id: str, idem_key: str) -> str:
+    """The id of the account `POST /v1/accounts` opens for (owner, Idempotency-Key):
+    deterministic, as payment ids are, so that a retry Redis no longer remembers
+    finds the account it opened instead of opening another."""
+    return str(uuid.uuid5(OPEN_NAMESPACE, f"account:{owner_id}:{idem_key}"))
+
+
 @dataclass(frozen=True, slots=True)
 class User:
     user_id: str
@@ -108,17 +115,20 @@ async def create_user(
     return user, ref
 
 
-async def _open_account(conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str) -> AccountRef:
-    account_id = str(uuid.uuid4())
+async def _open_account(
+    conn: psycopg.AsyncConnection[Any], owner_id: str, currency: str, account_id: str | None = None
+) -> AccountRef:
+    account_id = account_id or str(uuid.uuid4())
     for _ in range(10):
         number = new_account_number()
         try:
             async with conn.transaction():  # a savepoint: a number collision retries
-                await conn.execute(
+                cur = await conn.execute(
                     "INSERT INTO gateway_accounts (account_number, account_id, owner_id, currency)"
-                    " VALUES (%s, %s, %s, %s)",
+                    " VALUES (%s, %s, %s, %s) RETURNING created_at",
                     (number, account_id, owner_id, currency),
                 )
+                row = await cur.fetchone()
             break
         except psycopg.errors.UniqueViolation:
             continue
@@ -137,7 +147,33 @@ async def _open_account(conn: psycopg.AsyncConnection[Any], owner_id: str, curre
         (C.topic_for(cmd), account_id, Jsonb(cmd)),
     )
     await conn.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-    return AccountRef(number, account_id, owner_id, currency)
+    return AccountRef(number, account_id, owner_id, currency, row[0] if row else None)
+
+
+class AccountLimitReached(Exception):
+    """The owner holds the most accounts allowed already."""
+
+
+async def open_another_account(
+    pool: AsyncConnectionPool, owner_id: str, currency: str, account_id: str, limit: int
+) -> AccountRef:
+    """Open `account_id` for `owner_id` (registry row and OpenAccount outbox row, as at
+    registration), or find it opened already: the id is derived from the request's
+    Idempotency-Key, so a retry finds its account even when Redis forgot the key.
+    One owner's openings are serialised, so the `limit` holds under concurrent
+    requests; a retry of an account already open is never refused by it."""
+    async with pool.connection() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"accounts:{owner_id}",))
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM gateway_accounts WHERE account_id = %s", (account_id,))
+        row = await cur.fetchone()
+        if row is not None:
+            return _ref(row)
+        await cur.execute("SELECT count(*) AS n FROM gateway_accounts WHERE owner_id = %s", (owner_id,))
+        counted = await cur.fetchone()
+        if counted is not None and int(counted["n"]) >= limit:
+            raise AccountLimitReached(limit)
+        return await _open_account(conn, owner_id, currency, account_id)
 
 
 def create_user_sync(dsn: str, *, email: str, password_hash: str, name: str, role: str) -> User:
@@ -199,7 +235,9 @@ async def accounts_of(pool: AsyncConnectionPool, owner_id: str) -> list[AccountR
 # --------------------------------------------------------------------- read model
 
 
-async def _read(pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]] | None:
+async def _read(
+    pool: AsyncConnectionPool, sql: str, params: tuple[Any, ...] | dict[str, Any]
+) -> list[dict[str, Any]] | None:
     """Rows from the read model, or None while its tables do not exist yet."""
     try:
         async with pool.connection() as conn:
@@ -261,3 +299,70 @@ async def event_sequence(pool: AsyncConnectionPool, account_id: str, event_id: s
         (account_id, event_id),
     )
     return int(rows[0]["sequence"]) if rows else None
+
+
+# ---------------------------------------------------------- balances and statements
+# Over the journal (`postings`). A user account's postings all come from its own
+# partition, which the sink writes in order, so `sequence <= upto` names a set of
+# postings that no later write changes: the pages of one statement, read on
+# separate connections, add up to the totals read first (gateway/statements.py).
+
+
+@dataclass(frozen=True, slots=True)
+class StatementTotals:
+    opening: int  # postings stamped before the window
+    carried: int  # postings of the window up to and including the cursor
+    closing: int  # postings stamped before the window's end
+    upto: int  # the highest sequence the statement covers (0: none)
+
+
+async def balance_at(pool: AsyncConnectionPool, account_id: str, at: Any) -> int:
+    rows = await _read(
+        pool,
+        "SELECT coalesce(sum(amount), 0) AS balance FROM postings WHERE account_id = %s AND occurred_at <= %s",
+        (account_id, at),
+    )
+    return int(rows[0]["balance"]) if rows else 0
+
+
+_TOTALS = """
+SELECT coalesce(sum(amount) FILTER (WHERE occurred_at < %(start)s), 0) AS opening,
+       coalesce(sum(amount) FILTER (WHERE occurred_at >= %(start)s AND sequence <= %(after)s), 0) AS carried,
+       coalesce(sum(amount), 0) AS closing,
+       coalesce(max(sequence), 0) AS upto
+  FROM postings WHERE account_id = %(a)s AND occurred_at < %(end)s
+"""
+
+
+async def statement_totals(
+    pool: AsyncConnectionPool, account_id: str, start: Any, end: Any, after_sequence: int
+) -> StatementTotals:
+    rows = await _read(pool, _TOTALS, {"a": account_id, "start": start, "end": end, "after": after_sequence})
+    if not rows:
+        return StatementTotals(0, 0, 0, 0)
+    r = rows[0]
+    return StatementTotals(int(r["opening"]), int(r["carried"]), int(r["closing"]), int(r["upto"]))
+
+
+# The posting and what it was: the event that made it (type, counterparty) and the
+# payment's description, which only the sender's events carry, so the receiver's
+# line takes it from the payment row.
+_LINES = """
+SELECT p.event_id, p.payment_id, p.amount, p.sequence, p.occurred_at, e.type, e.counterparty_id,
+       coalesce(e.metadata ->> 'description', pay.description) AS description
+  FROM postings p
+  JOIN ledger_events e ON e.event_id = p.event_id
+  LEFT JOIN payments pay ON pay.payment_id = p.payment_id
+ WHERE p.account_id = %(a)s AND p.occurred_at >= %(start)s AND p.occurred_at < %(end)s
+   AND p.sequence > %(after)s AND p.sequence <= %(upto)s
+ ORDER BY p.sequence, p.idx
+ LIMIT %(limit)s
+"""
+
+
+async def statement_lines(
+    pool: AsyncConnectionPool, account_id: str, start: Any, end: Any, after_sequence: int, upto: int, limit: int
+) -> list[dict[str, Any]]:
+    """Up to `limit` postings of [start, end) after `after_sequence`, in order."""
+    params = {"a": account_id, "start": start, "end": end, "after": after_sequence, "upto": upto, "limit": limit}
+    return await _read(pool, _LINES, params) or []

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
         default=3600.0, description="failed logins are forgotten this long after the last one"
     )
     gateway_rate_payments_per_minute: int = 1200
+    gateway_max_accounts_per_user: int = Field(
+        default=10, description="accounts one user may hold, the first included (POST /v1/accounts: 409 beyond)"
+    )
     gateway_idempotency_ttl_seconds: int = 86400
     gateway_inflight_lock_seconds: int = 30
     gateway_redis_prefix: str = "gw:"

@@ -237,6 +237,8 @@ async function accountBox(number, role) {
     onclick: () => statusChange(number, "freeze") });
   const unfreeze = el("button", { type: "button", class: "ok", text: "Unfreeze", "data-action": "unfreeze",
     onclick: () => statusChange(number, "unfreeze") });
+  const statement = el("button", { type: "button", text: "Statement (CSV)", "data-action": "statement",
+    onclick: () => downloadStatement(number) });
   freeze.disabled = acct.status === "frozen";
   unfreeze.disabled = acct.status !== "frozen";
   const rows = txs.data.map((t) => el("tr", { "data-type": t.type },
@@ -247,11 +249,29 @@ async function accountBox(number, role) {
   const node = el("div", { class: "account", "data-number": number, "data-status": acct.status },
     el("h4", {}, el("span", { text: `${role} ${number}` }), badge(acct.status)),
     el("div", { class: "balance", text: formatAmount(acct.balance, acct.currency) }),
-    el("div", { class: "actions" }, freeze, unfreeze),
+    el("div", { class: "actions" }, freeze, unfreeze, statement),
     el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "When (UTC)" }), el("th", { text: "What" }),
       el("th", { class: "num", text: acct.currency }), el("th", { class: "num", text: "Balance" }))),
     el("tbody", {}, ...rows)));
   return { node, acct, txs: txs.data };
+}
+
+// The account's whole history as CSV (GET /v1/accounts/{n}/statement, Accept: text/csv),
+// fetched with the admin's token and saved as a file.
+async function downloadStatement(number) {
+  try {
+    const resp = await fetch("/v1/accounts/" + encodeURIComponent(number) + "/statement",
+      { headers: { Authorization: "Bearer " + state.token, Accept: "text/csv" } });
+    if (!resp.ok) throw new Error("HTTP " + resp.status);
+    const url = URL.createObjectURL(await resp.blob());
+    const link = el("a", { href: url, download: number + "-statement.csv" });
+    document.body.append(link);
+    link.click();
+    link.remove();
+    URL.revokeObjectURL(url);
+  } catch (err) {
+    flash(`Statement of ${number}: ${err.message}`, true);
+  }
 }
 
 async function statusChange(number, action) {

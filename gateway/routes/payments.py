@@ -46,8 +46,13 @@ async def create_payment(
     dst = await gw.account(body.to_account) if valid_account_number(body.to_account) else None
     if dst is None:
         raise Problem(422, "unknown_account", "to_account does not exist")
-    if body.currency != src.currency:
-        raise Problem(422, "currency_mismatch", f"from_account holds {src.currency}, not {body.currency}")
+    # Both ends, before anything reaches Kafka: the ledger would refuse the sender's
+    # side (CURRENCY_MISMATCH) but take the debit of a transfer to an account in another
+    # currency and refund it from the receiver's side (RECEIVER_CURRENCY_MISMATCH).
+    # There is no conversion.
+    for side, ref in (("from_account", src), ("to_account", dst)):
+        if body.currency != ref.currency:
+            raise Problem(422, "currency_mismatch", f"{side} holds {ref.currency}, not {body.currency}")
     move = Movement("transfer", p.user_id, idempotency_key, body.minor, body.currency, body.description,
                     source=src, target=dst, capture=body.capture, hold_seconds=body.hold_seconds)  # fmt: skip
     return respond(await gw.submit(move, wait_budget(gw, prefer)))

@@ -50,6 +50,27 @@ def test_open_deposit_transfer(stack, codec, ledger, reader):
     assert sum(p["amount"] for p in debit["postings"] + done["postings"]) == 0
 
 
+def test_a_transfer_to_another_currency_is_refunded(stack, codec, ledger, reader):
+    """Kafka-direct: the ledger debits, the receiver's partition refuses
+    (RECEIVER_CURRENCY_MISMATCH) and the sender gets all of it back."""
+    (a,), opens = new_accounts(1)
+    (e,), opens_eur = new_accounts(1, currency="EUR")
+    dep = C.deposit(a, 10_000, "USD")
+    send(stack, codec, [*opens, *opens_eur])
+    reader.terminals([c["command_id"] for c in opens + opens_eur], timeout=90)
+    send(stack, codec, [dep])
+    reader.terminals([dep["command_id"]])
+    t = C.transfer(a, e, 4_000, "USD")
+    send(stack, codec, [t])
+    failed = reader.terminals([t["command_id"]])[t["command_id"]]
+    assert (failed["type"], failed["reason"], failed["account_id"]) == ("TRANSFER_FAILED",
+                                                                         "RECEIVER_CURRENCY_MISMATCH", a)
+    assert failed["balance_after"] == 10_000
+    mine = [ev for ev in reader.events if ev["payment_id"] == t["command_id"]]
+    assert not [ev for ev in mine if ev["account_id"] == e and ev["postings"]]  # nothing reached the receiver
+    assert sum(p["amount"] for ev in mine for p in ev["postings"]) == 0
+
+
 def test_overdraft_race(stack, codec, ledger, reader):
     (a, b), opens = new_accounts(2)
     dep = C.deposit(a, 100_000, "USD")

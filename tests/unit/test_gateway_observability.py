@@ -48,6 +48,7 @@ def test_admin_console_is_static_and_locked_down() -> None:
     assert page.headers["x-frame-options"] == "DENY"
     js = client.get("/admin/app.js")
     assert js.status_code == 200 and "/v1/admin/reviews" in js.text
+    assert '"/statement"' in js.text and '"text/csv"' in js.text  # an account's statement, as a file
     assert "innerHTML" not in js.text  # data is rendered with textContent only
     assert client.get("/admin/style.css").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]

@@ -296,3 +296,33 @@ def test_a_command_that_cannot_be_encoded_is_ledger_unavailable_not_a_client_err
         run(world.gw.submit(a_transfer(), wait=1))
     with pytest.raises(LedgerUnavailable):
         run(world.gw.send_and_wait(a_transfer().command(), 0.1))
+
+
+def test_a_new_key_whose_payment_id_another_movement_holds_sends_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis forgot the key and the user reuses it from another of their accounts: the
+    ledger would not refuse it there (it remembers ids per account), so the gateway
+    refuses it before Kafka when the read model holds the id for another movement."""
+    move = a_transfer()
+    cmd = move.command()
+    row = {"kind": "TRANSFER", "from_account": cmd["account_id"], "to_account": cmd["movement"]["counterparty_id"],
+           "amount": move.minor, "currency": "USD", "description": None, "status": "COMPLETED", "reason": None}
+    elsewhere = AccountRef("PS0000000003", str(uuid.uuid4()), move.user_id, "USD")
+    other = Movement("transfer", move.user_id, move.idem_key, move.minor, "USD", None, source=elsewhere,
+                     target=move.target)
+    world.rows[move.payment_id] = row
+    answer = run(world.gw.submit(other, wait=1))
+    assert answer.status == 422 and orjson.loads(answer.body)["code"] == "idempotency_key_reused"
+    assert world.ledger.sent == []
+    again = run(world.gw.submit(other, wait=1))  # the key remembers the refusal
+    assert (again.status, again.body) == (answer.status, answer.body) and world.ledger.sent == []
+    # the same movement under a forgotten key is sent again (the ledger answers its duplicate)
+    world.keys.keys.clear()
+    assert run(world.gw.submit(move, wait=1)).status == 201 and len(world.ledger.sent) == 1
+
+    async def down(_pool: Any, payment_id: str) -> None:
+        raise OSError("postgres is down")
+
+    monkeypatch.setattr(store, "payment_row", down)  # payments do not depend on the read model
+    assert run(world.gw.submit(a_transfer(), wait=1)).status == 201

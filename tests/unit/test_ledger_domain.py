@@ -101,6 +101,24 @@ def test_receiver_refusal_refunds_the_sender():
     assert dup["status"] == "FAILED" and dup["reason"] == "RECEIVER_FROZEN"
 
 
+def test_a_receiver_in_another_currency_refunds_the_sender():
+    """No conversion: a transfer to an account in another currency (a Kafka-direct
+    producer can send one; the gateway refuses it before Kafka) is debited on the
+    sender's partition, refused on the receiver's and refunded in full."""
+    sim = funded()
+    eur = str(uuid.UUID(int=10))
+    sim.send(open_account(eur, currency="EUR"))
+    t = transfer(A, eur, 5_000)
+    (debit,) = sim.send(t)
+    assert debit["type"] == "TRANSFER_DEBITED"
+    sim.drain()
+    (failed,) = terminal(sim, t["command_id"])
+    assert (failed["type"], failed["reason"], failed["account_id"]) == ("TRANSFER_FAILED",
+                                                                         "RECEIVER_CURRENCY_MISMATCH", A)
+    assert sim.balance(A) == 100_000 and sim.balance(eur) == 0
+    assert sim.posting_sums()[(domain.transit_account("USD"), "USD")] == 0
+
+
 def test_a_payment_id_reused_by_a_second_sender_is_refunded_not_stranded():
     """Two senders, one payment id, one receiver: the receiver's dedupe marker for the
     credit holds the first, so the second debit used to sit in transit for ever (no
