@@ -14,7 +14,7 @@ from typing import Any
 
 from paystream import commands as C
 from paystream import ids
-from paystream.records import HIGH, REJECTED, UNFREEZE, Decoded, FraudAlert, ReviewDecision
+from paystream.records import HIGH, REJECTED, UNFREEZE, VOID, Decoded, FraudAlert, ReviewDecision
 from paystream.stream.store import Store
 
 NAMESPACE = uuid.UUID("9a2d6f1c-3e8b-4b7a-a1c5-7d0e2f4b6c83")
@@ -24,6 +24,10 @@ KeyedCommand = tuple[str, dict[str, Any]]  # (key, command)
 
 def unfreeze_command_id(alert_id: str) -> str:
     return ids.uuid5(NAMESPACE, f"unfreeze:{alert_id}")
+
+
+def void_command_id(payment_id: str) -> str:
+    return ids.uuid5(NAMESPACE, f"void:{payment_id}")
 
 
 def _holding(store: Store) -> list[str]:
@@ -67,6 +71,13 @@ def apply_decision(store: Store, d: ReviewDecision | Decoded) -> list[KeyedComma
     if d.get("note"):
         why += f": {d['note']}"
     if d["decision"] == REJECTED:
+        # If the payment is a hold nobody captured yet, release it, before the sender
+        # is unfrozen (both go to the sender's partition on one topic, in this order),
+        # so nobody can capture what the review rejected. For any other payment the
+        # ledger refuses the VOID UNKNOWN_HOLD (or HOLD_CAPTURED) and nothing moves;
+        # the reversal then takes back what moved.
+        out.append((sender, C.hold_action(VOID, sender, d["payment_id"], command_id=void_command_id(d["payment_id"]),
+                                          requested_by=d["decided_by"])))
         cmd = C.reverse_transfer(d["receiver_id"], d["payment_id"], reason=why,
                                  actor=d["decided_by"], freeze_receiver=True, sender_id=sender)
         out.append((d["receiver_id"], cmd))

@@ -41,6 +41,7 @@ from paystream import ids
 from paystream.records import (
     FREEZE,
     HIGH,
+    HOLD_PLACED,
     LOW,
     MEDIUM,
     TRANSFER_DEBITED,
@@ -331,11 +332,19 @@ def on_inflow(cfg: FraudConfig, state: State | None, flow: Flow) -> State:
     return s
 
 
+_SCORED = frozenset({TRANSFER_DEBITED, HOLD_PLACED})
+
+
 def transfer_from_event(ev: LedgerEvent | Decoded) -> Transfer | None:
     """The transfer a TRANSFER_DEBITED ledger event describes, or None for any other
     event (replays included: a duplicate never debits again). Takes the codec's
-    untyped dict too, as the pipeline decodes it (`paystream.records.Decoded`)."""
-    if ev.get("type") != TRANSFER_DEBITED or ev.get("replay"):
+    untyped dict too, as the pipeline decodes it (`paystream.records.Decoded`).
+
+    An authorization (HOLD_PLACED) is scored as the transfer it promises, when it is
+    placed: a HIGH alert freezes the sender, which stops the capture (the ledger
+    refuses to capture from a frozen account), and a rejected review voids the hold.
+    Its capture is not scored again."""
+    if ev.get("type") not in _SCORED or ev.get("replay"):
         return None
     amount, receiver, currency = ev.get("amount"), ev.get("counterparty_id"), ev.get("currency")
     if amount is None or not receiver or not currency:

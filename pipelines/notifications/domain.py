@@ -14,7 +14,16 @@ from paystream import ids
 from paystream.records import (
     ACCOUNT_FROZEN,
     ACCOUNT_UNFROZEN,
+    AUTHORIZE,
     COMMAND_REJECTED,
+    HOLD_CAPTURED,
+    HOLD_EXPIRED,
+    HOLD_PLACED,
+    HOLD_VOIDED,
+    PAYMENT_AUTHORIZED,
+    PAYMENT_CANCELED,
+    PAYMENT_CAPTURED,
+    PAYMENT_EXPIRED,
     PAYMENT_FAILED,
     PAYMENT_RECEIVED,
     PAYMENT_REVERSED,
@@ -42,6 +51,12 @@ KINDS: dict[str, NotificationKind] = {
     TRANSFER_FAILED: PAYMENT_FAILED,
     TRANSFER_REVERSED: PAYMENT_REVERSED,  # the original sender gets the money back
     REVERSAL_DEBITED: PAYMENT_REVERSED,  # the original receiver loses it
+    # Holds, told to the account holding the funds; the receiver hears of the money
+    # when it arrives (PAYMENT_RECEIVED), not of a hold that may never be captured.
+    HOLD_PLACED: PAYMENT_AUTHORIZED,
+    HOLD_CAPTURED: PAYMENT_CAPTURED,
+    HOLD_VOIDED: PAYMENT_CANCELED,
+    HOLD_EXPIRED: PAYMENT_EXPIRED,
     ACCOUNT_FROZEN: ACCOUNT_FROZEN,
     ACCOUNT_UNFROZEN: ACCOUNT_UNFROZEN,
 }
@@ -59,7 +74,7 @@ def kind_of(ev: LedgerEvent | Decoded) -> NotificationKind | None:
         return None  # a repeated command changed nothing the user has not heard about
     etype = ev.get("type")
     if etype == COMMAND_REJECTED:
-        return PAYMENT_FAILED if ev.get("command_type") == TRANSFER else None
+        return PAYMENT_FAILED if ev.get("command_type") in (TRANSFER, AUTHORIZE) else None
     return KINDS.get(etype or "")
 
 

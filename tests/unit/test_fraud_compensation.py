@@ -6,7 +6,7 @@ import uuid
 
 from paystream.commands import reversal_command_id
 from paystream.stream.store import DictStore
-from pipelines.compensation.domain import apply_alert, apply_decision, unfreeze_command_id
+from pipelines.compensation.domain import apply_alert, apply_decision, unfreeze_command_id, void_command_id
 
 SENDER, RECEIVER = str(uuid.uuid4()), str(uuid.uuid4())
 
@@ -31,11 +31,15 @@ def test_reject_reverses_once_and_unfreezes_the_sender():
     a = alert()
     assert apply_alert(s, a) == []
     cmds = apply_decision(s, decision(a, "REJECTED"))
+    # a hold nobody captured is voided before the sender is unfrozen (one topic, one
+    # partition: the ledger applies them in this order), so nobody captures it then
     assert kinds(cmds) == [
+        (SENDER, "VOID", void_command_id(a["payment_id"])),
         (RECEIVER, "REVERSE_TRANSFER", reversal_command_id(a["payment_id"])),
         (SENDER, "UNFREEZE", unfreeze_command_id(a["alert_id"])),
     ]
-    rev = cmds[0][1]
+    assert cmds[0][1]["hold"]["payment_id"] == a["payment_id"]
+    rev = cmds[1][1]
     assert rev["account_id"] == RECEIVER and rev["reversal"]["freeze_receiver"] is True
     assert apply_decision(s, decision(a, "REJECTED")) == []  # redelivered
     assert apply_decision(s, decision(a, "APPROVED")) == []  # contradicting replay: first wins
@@ -58,7 +62,7 @@ def test_medium_alerts_never_unfreeze():
     apply_alert(s, high)
     apply_alert(s, medium)
     cmds = apply_decision(s, decision(medium, "REJECTED"))
-    assert [c["type"] for _, c in cmds] == ["REVERSE_TRANSFER"]  # the HIGH one still holds
+    assert [c["type"] for _, c in cmds] == ["VOID", "REVERSE_TRANSFER"]  # the HIGH one still holds
     assert apply_decision(s, decision(medium, "APPROVED")) == []
 
 

@@ -227,6 +227,9 @@ def test_transfer_from_event_ignores_everything_but_first_debits():
     assert R.transfer_from_event(ev) == R.Transfer("p", A, B, 5, "USD", T0)
     assert R.transfer_from_event({**ev, "replay": True}) is None
     assert R.transfer_from_event({**ev, "type": "TRANSFER_COMPLETED"}) is None
+    # an authorization is scored when placed, its capture never again
+    assert R.transfer_from_event({**ev, "type": "HOLD_PLACED"}) == R.Transfer("p", A, B, 5, "USD", T0)
+    assert R.transfer_from_event({**ev, "type": "HOLD_CAPTURED"}) is None
 
 
 amounts = st.integers(min_value=1, max_value=3 * USD.high_value)

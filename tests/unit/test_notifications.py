@@ -88,6 +88,8 @@ def test_kinds():
         "TRANSFER_FAILED": "PAYMENT_FAILED", "TRANSFER_REVERSED": "PAYMENT_REVERSED",
         "REVERSAL_DEBITED": "PAYMENT_REVERSED", "ACCOUNT_FROZEN": "ACCOUNT_FROZEN",
         "ACCOUNT_UNFROZEN": "ACCOUNT_UNFROZEN", "COMMAND_REJECTED": "PAYMENT_FAILED",
+        "HOLD_PLACED": "PAYMENT_AUTHORIZED", "HOLD_CAPTURED": "PAYMENT_CAPTURED",
+        "HOLD_VOIDED": "PAYMENT_CANCELED", "HOLD_EXPIRED": "PAYMENT_EXPIRED",
     }
     for etype, kind in cases.items():
         n = notification_for(OWNER, event(etype))
@@ -96,6 +98,9 @@ def test_kinds():
         assert notification_for(OWNER, event(etype)) is None
     assert notification_for(OWNER, event("TRANSFER_DEBITED", replay=True)) is None
     assert notification_for(OWNER, event("COMMAND_REJECTED", command_type="FREEZE")) is None
+    assert notification_for(OWNER, event("COMMAND_REJECTED", command_type="AUTHORIZE"))["kind"] == "PAYMENT_FAILED"
+    # a refused capture or cancel leaves the payment as it was: nothing to tell
+    assert notification_for(OWNER, event("COMMAND_REJECTED", command_type="CAPTURE")) is None
     assert notification_for(None, event("TRANSFER_DEBITED")) is None
 
 
