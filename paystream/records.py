@@ -254,6 +254,8 @@ class LedgerEvent(TypedDict):
     note: str | None
     metadata: dict[str, str]
     occurred_at: int
+    prev_hash: str  # the chain: paystream.journal
+    hash: str
 
 
 # ------------------------------------------------------- schemas/leg.avsc, leg_batch.avsc
