@@ -15,38 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paystream import journal
-from paystream.commands import reversal_command_id
-from tests.unit.ledger_sim import Sim, cmd, deposit, open_account, transfer
+from tests.unit.ledger_sim import scenario
 
 A, B, C, NOBODY = (str(uuid.UUID(int=i)) for i in (11, 12, 13, 14))
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "ledger_event.avsc"
 
 
-def scenario() -> list[dict[str, Any]]:
-    """Every kind of event the ledger writes, on a few accounts, in topic order per key."""
-    sim = Sim()
-    sim.send(cmd("DEPOSIT", A, movement={"amount": 5, "currency": "USD", "counterparty_id": None,
-                                         "metadata": {}}))  # before A exists: a rejection on "q"/"h"  # fmt: skip
-    for acct in (A, B, C):
-        sim.send(open_account(acct))
-    d = deposit(A, 10_000)
-    d["movement"]["metadata"] = {"z": "last", "description": "rent é ✓ \x00\n", "a": ""}
-    sim.send(d)
-    t = transfer(A, B, 2_500)
-    sim.send(t)
-    sim.send(copy.deepcopy(t))  # a duplicate continues the chain
-    sim.send(transfer(A, NOBODY, 100))  # refunded: TRANSFER_FAILED on A
-    sim.send(transfer(A, B, 10**9))  # insufficient funds
-    sim.drain()
-    sim.send(cmd("REVERSE_TRANSFER", B, reversal_command_id(t["command_id"]),
-                 reversal={"payment_id": t["command_id"], "reason": "fraud", "actor": "admin",
-                           "freeze_receiver": True, "sender_id": A}))  # fmt: skip
-    sim.drain()
-    sim.send(cmd("UNFREEZE", B, status_change={"reason": "cleared", "actor": "admin"}))
-    return sim.events
-
-
-EVENTS = scenario()
+EVENTS = scenario(A, B, C, NOBODY)
 
 
 def python_json(body: dict[str, Any]) -> bytes:
