@@ -331,9 +331,11 @@ class Snapshot:
     chains: RowChains
 
 
-# Each ledger_events row with its postings, as `event_from_row` takes them; whether
-# the postings' copies of the event's payment, sequence and time agree with it.
-_CHAIN_ROWS = """
+def event_rows_sql(where: str = "TRUE") -> str:
+    """Each `ledger_events` row (WHERE `where`, alias e) with its postings, as
+    `event_from_row` takes them, and whether the postings' copies of the event's
+    payment, sequence and time agree with it; by account and sequence."""
+    return f"""
 SELECT e.event_id::text AS event_id, e.command_id::text AS command_id,
        e.payment_id::text AS payment_id, e.account_id::text AS account_id, e.sequence, e.type,
        e.command_type, e.status, e.terminal, e.replay, e.reason,
@@ -348,6 +350,7 @@ LEFT JOIN LATERAL (
                     AND x.occurred_at = e.occurred_at) AS agree
     FROM postings x WHERE x.event_id = e.event_id
 ) p ON true
+WHERE {where}
 ORDER BY e.account_id, e.sequence
 """
 
@@ -383,7 +386,7 @@ def read_model_chains(conn: psycopg.Connection[Any]) -> RowChains:
     chains = RowChains()
     with conn.cursor(name="verify_chains", row_factory=dict_row) as cur:
         cur.itersize = 2000
-        for row in cur.execute(_CHAIN_ROWS):
+        for row in cur.execute(event_rows_sql()):
             chains.feed(row)
     return chains
 

@@ -32,7 +32,7 @@ This module imports nothing from paystream: every floor may use it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -163,7 +163,7 @@ def check_chains(events: Iterable[Mapping[str, Any]]) -> list[Break]:
     return checker.first_breaks()
 
 
-def check_window(events: list[Mapping[str, Any]], link: str) -> Break | None:
+def check_window(events: Sequence[Mapping[str, Any]], link: str) -> Break | None:
     """The first broken link of one account's consecutive events whose first event
     must link to `link`, the hash of the event before them (an audit export's window)."""
     if not events:
