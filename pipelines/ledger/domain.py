@@ -12,6 +12,7 @@ changelog compacts per entry and no value grows without bound):
 * ``a``        the account: currency, kind, status, balance, number, owner
 * ``a``        also holds ``seq``, the last sequence number used on this key
 * ``q``        the sequence for a key that is not (yet) an account
+* ``h``        likewise its hash chain head (an account's is ``h`` in ``a``, beside ``seq``)
 * ``c:<id>``   every command id ever applied here, with its fingerprint and result
 * ``p:<id>``   payments credited to (or refused by) this account: for reversals, and
                the dedupe marker of credit legs

@@ -158,3 +158,33 @@ def test_verify_names_a_read_model_chain_rewritten_to_its_head(stack, codec, led
         f"account {a} sequence {head['sequence']} (read model vs journal): chain head expected "
         f"sequence {head['sequence']} hash {head['hash']}, found sequence {head['sequence']} hash {forged['hash']}"
     ]
+
+
+def test_an_audit_export_checks_and_a_tampered_one_does_not(stack, codec, ledger, sink, tmp_path):
+    from typer.testing import CliRunner
+
+    from ops import cli as cli_mod
+    from sinks.read_model import ts
+
+    cli_mod._register()
+    run = CliRunner().invoke
+    a, _, events = some_transfers(stack, codec)
+    caught_up(stack)
+    mine = [e for e in events if e["account_id"] == a]
+    start = ts(mine[2]["occurred_at"]).isoformat()  # a window from the third event on
+    path = tmp_path / "export.json"
+    done = run(cli_mod.app, ["audit", "export", "--account", a, "--from", start, "-o", str(path)])
+    assert done.exit_code == 0, done.output
+    doc = json.loads(path.read_text())
+    first = next(e for e in mine if e["occurred_at"] >= mine[2]["occurred_at"])
+    assert doc["link"] == {"sequence": first["sequence"] - 1, "hash": first["prev_hash"]}
+    assert [e["hash"] for e in doc["events"]] == [e["hash"] for e in mine if e["sequence"] >= first["sequence"]]
+    assert doc["events"] == [e for e in mine if e["sequence"] >= first["sequence"]]  # as on the topic
+
+    done = run(cli_mod.app, ["audit", "check", str(path)])
+    assert done.exit_code == 0 and "ok:" in done.output, done.output
+
+    doc["events"][0]["amount"] = (doc["events"][0]["amount"] or 0) + 1
+    path.write_text(json.dumps(doc))
+    done = run(cli_mod.app, ["audit", "check", str(path)])
+    assert done.exit_code == 1 and "signature does not match" in done.output, done.output
