@@ -14,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream op
 def _register() -> None:
     from gateway.admin_cli import app as admin_app
     from gateway.bench import register as register_bench_http
+    from ops.audit import app as audit_app
     from ops.db import app as db_app
     from ops.kafka_access_cli import acls_app
     from ops.kafka_access_cli import app as producers_app
@@ -36,6 +37,7 @@ def _register() -> None:
     app.add_typer(bench_app, name="bench", help="benchmarks that print figures")
     register_bench_http(bench_app)
     app.add_typer(admin_app, name="admin", help="administrative tasks (admin users)")
+    app.add_typer(audit_app, name="audit", help="signed exports of an account's journal, and their check")
     register_run(app)
     register_verify(app)
     register_bench_sink(bench_app)

@@ -18,7 +18,11 @@ c. no USER account ever went below zero, except after a REVERSAL_DEBITED on it;
 d. the read model equals the replay up to the sink's stored offsets (balances,
    postings count and sum per account, event count, payment and account status);
 e. each event's `balance_after` equals the replayed balance of its account;
-f. holds: each ends at most once (captured, voided or expired), each hold event's
+f. every account's hash chain is whole, in the topic and in the read model (each
+   row's hash recomputed from the row and its postings), and the read model's chain
+   heads equal the topic's (docs/LEDGER.md, "Tamper-evident journal"). Each broken
+   chain is named by its first broken link: account, sequence, expected, found.
+g. holds: each ends at most once (captured, voided or expired), each hold event's
    `held_after` equals the account's replayed held total, and so does Postgres'.
 
 Consistency of the cut: the Postgres side is read in one REPEATABLE READ
@@ -32,19 +36,21 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 import typer
 from confluent_kafka import TopicPartition
+from psycopg.rows import dict_row
 from rich.console import Console
 from rich.table import Table
 
 from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.errors import DecodeError
+from paystream.journal import Break, ChainChecker, event_hash
 from paystream.records import (
     ACCOUNT_FROZEN,
     ACCOUNT_OPENED,
@@ -71,7 +77,7 @@ from paystream.records import (
 )
 from paystream.settings import Settings, get_settings
 from paystream.stream.pg_intake import stored_offsets
-from sinks.read_model import canonical_uuid, normalize_event
+from sinks.read_model import canonical_uuid, event_from_row, normalize_event
 
 TOPIC = topics.EVENTS
 SHOW = 20  # offending ids printed per check
@@ -357,7 +363,69 @@ class Snapshot:
     currency_balance: dict[str, int]
     currency_postings: dict[str, int]
     unbalanced_events: list[str]
+    chains: RowChains
     held: dict[str, int] = field(default_factory=dict)
+
+
+def event_rows_sql(where: str = "TRUE") -> str:
+    """Each `ledger_events` row (WHERE `where`, alias e) with its postings, as
+    `event_from_row` takes them, and whether the postings' copies of the event's
+    payment, sequence and time agree with it; by account and sequence."""
+    return f"""
+SELECT e.event_id::text AS event_id, e.command_id::text AS command_id,
+       e.payment_id::text AS payment_id, e.account_id::text AS account_id, e.sequence, e.type,
+       e.command_type, e.status, e.terminal, e.replay, e.reason,
+       e.counterparty_id::text AS counterparty_id, e.amount, e.currency, e.balance_after,
+       e.requested_by, e.note, e.metadata, e.occurred_at, e.account, e.prev_hash, e.hash, e.held_after,
+       e.expires_at,
+       COALESCE(p.postings, '[]'::json) AS postings, COALESCE(p.agree, true) AS postings_agree
+FROM ledger_events e
+LEFT JOIN LATERAL (
+    SELECT json_agg(json_build_object('account_id', x.account_id::text, 'account_kind', x.account_kind,
+                                      'amount', x.amount, 'currency', x.currency) ORDER BY x.idx) AS postings,
+           bool_and(x.payment_id = e.payment_id AND x.sequence = e.sequence
+                    AND x.occurred_at = e.occurred_at) AS agree
+    FROM postings x WHERE x.event_id = e.event_id
+) p ON true
+WHERE {where}
+ORDER BY e.account_id, e.sequence
+"""
+
+
+@dataclass
+class RowChains:
+    """The read model's chains, each row's hash recomputed from the row itself."""
+
+    checker: ChainChecker = field(default_factory=ChainChecker)
+    heads: dict[str, tuple[int, str]] = field(default_factory=dict)  # account -> last (sequence, hash)
+    unverifiable: list[str] = field(default_factory=list)
+    disagreeing_postings: list[str] = field(default_factory=list)
+
+    def feed(self, row: dict[str, Any]) -> None:
+        ev = event_from_row(row, row["postings"])
+        where = f"ledger_events row of event {ev['event_id']}"
+        recompute = True
+        if ev["hash"] and "\ufffd" in str(ev) and event_hash(ev) != ev["hash"]:
+            # The sink replaced a NUL in this event's text (Postgres cannot store it):
+            # the row is not the event byte for byte, so its hash cannot be recomputed
+            # here; its links still are, and the topic's check covers the event itself.
+            self.unverifiable.append(ev["event_id"])
+            recompute = False
+        self.checker.feed(ev, where, recompute=recompute)
+        if not row["postings_agree"]:
+            self.disagreeing_postings.append(
+                f"postings of event {ev['event_id']} disagree with it on payment_id, sequence or occurred_at"
+            )
+        self.heads[ev["account_id"]] = (ev["sequence"], ev["hash"])
+
+
+def read_model_chains(conn: psycopg.Connection[Any]) -> RowChains:
+    chains = RowChains()
+    with conn.cursor(name="verify_chains", row_factory=dict_row) as cur:
+        cur.itersize = 2000
+        for row in cur.execute(event_rows_sql()):
+            chains.feed(row)
+    return chains
 
 
 def snapshot(settings: Settings, consumer: str) -> Snapshot:
@@ -384,6 +452,7 @@ def snapshot(settings: Settings, consumer: str) -> Snapshot:
                 "SELECT DISTINCT event_id::text FROM postings GROUP BY event_id, currency"
                 " HAVING sum(amount) <> 0 LIMIT 1000"
             ).fetchall()
+            chains = read_model_chains(conn)
     return Snapshot(
         offsets=offsets,
         balances={a: int(b) for a, b, _, _, _ in accts},
@@ -396,6 +465,7 @@ def snapshot(settings: Settings, consumer: str) -> Snapshot:
         currency_balance={str(c): int(s) for c, s in by_cur},
         currency_postings={str(c): int(s) for c, s in by_cur_p},
         unbalanced_events=[r[0] for r in unbalanced],
+        chains=chains,
     )
 
 
@@ -429,8 +499,17 @@ def verify(
     report.cut = snap.offsets
     end1 = end_offsets(settings)  # >= the cut: the sink cannot be past the end
     full, cut = Replay(invariants=True), Replay(invariants=False)
+    chains = ChainChecker()
+    cut_heads: dict[str, tuple[int, str]] = {}
+
+    def chain(p: int, o: int, ev: dict[str, Any]) -> None:
+        # The event as the ledger wrote it: before the input gate, which may clean text.
+        chains.feed(ev, f"{TOPIC}[{p}]@{o}")
+        if o < snap.offsets.get(p, 0):
+            cut_heads[ev["account_id"]] = (ev["sequence"], ev.get("hash") or "")
 
     def feed(p: int, o: int, ev: dict[str, Any]) -> None:
+        chain(p, o, ev)
         problem = normalize_event(ev)  # same input gate as the sink: it dead-letters these
         if problem is not None:
             report.rejected.append(f"{TOPIC}[{p}]@{o}: {problem}")
@@ -445,6 +524,7 @@ def verify(
     # from this tail only satisfy dependencies; they are not checked themselves.
     end2 = end_offsets(settings)
     def feed_tail(p: int, o: int, ev: dict[str, Any]) -> None:
+        chain(p, o, ev)
         if normalize_event(ev) is None:
             full.feed(ev, checked=False)
 
@@ -453,6 +533,7 @@ def verify(
     report.compared = len(cut.event_ids)
     _invariants(report, full, snap, pending_grace)
     _compare(report, cut, snap)
+    _chains(report, chains, snap.chains, cut_heads)
     report.seconds = time.monotonic() - t0
     return report
 
@@ -512,7 +593,7 @@ def _invariants(report: Report, full: Replay, snap: Snapshot, grace: float) -> N
         "every event's stated balance equals its account's replayed balance",
     )
     report.add(
-        "f. held totals agree with the journal",
+        "g. held totals agree with the journal",
         list(full.held_after_wrong.values()) + [f"{a}: replayed held total {h} < 0" for a, h in full.held.items()
                                                 if h < 0],
         f"{len(full.hold_amount)} holds, {sum(full.held.values())} held now",
@@ -562,6 +643,49 @@ def _compare(report: Report, cut: Replay, snap: Snapshot) -> None:
         bad,
         f"{len(snap.payments)} payments, {len(cut.status)} opened accounts",
     )
+
+
+def journal_chains(records: Iterable[tuple[int, int, Mapping[str, Any]]]) -> ChainChecker:
+    """Check (f.) over journal records (partition, offset, event as decoded) in
+    partition order: what `verify` runs on the topic, for a copy of it kept elsewhere."""
+    checker = ChainChecker()
+    for p, o, ev in records:
+        checker.feed(ev, f"{TOPIC}[{p}]@{o}")
+    return checker
+
+
+def _chains(report: Report, journal: ChainChecker, rows: RowChains, cut_heads: dict[str, tuple[int, str]]) -> None:
+    def summary(checker: ChainChecker) -> str:
+        return (f"{checker.checked} chained events on {len(checker.heads) + len(checker.breaks)} keys"
+                + (f", {checker.unchained} from before the chain" if checker.unchained else ""))  # fmt: skip
+
+    report.add(
+        "f. hash chains are whole (journal)",
+        [str(b) for b in journal.first_breaks()],
+        summary(journal) + ", each event's hash recomputed",
+    )
+    report.add(
+        "f. hash chains are whole (read model)",
+        [str(b) for b in rows.checker.first_breaks()] + rows.disagreeing_postings,
+        summary(rows.checker) + ", each row's hash recomputed from the row"
+        + (f"; {len(rows.unverifiable)} row(s) with text the sink cleaned of NUL only linked: "
+           f"{', '.join(rows.unverifiable[:3])}" if rows.unverifiable else ""),
+    )  # fmt: skip
+    bad = []
+    for acct in sorted(set(cut_heads) | set(rows.heads)):
+        want, got = cut_heads.get(acct), rows.heads.get(acct)
+        if want != got:
+            bad.append(str(Break(acct, (got or want or (0, ""))[0], "chain head",
+                                 _head(want), _head(got), "read model vs journal")))  # fmt: skip
+    report.add(
+        "f. chain heads in postgres equal the journal's",
+        bad,
+        f"{len(rows.heads)} accounts' last (sequence, hash) in postgres against the journal below the cut",
+    )
+
+
+def _head(head: tuple[int, str] | None) -> str:
+    return "none" if head is None else f"sequence {head[0]} hash {head[1] or '(unchained)'}"
 
 
 # ------------------------------------------------------------------------------- cli

@@ -284,6 +284,8 @@ class LedgerEvent(TypedDict):
     occurred_at: int
     held_after: int | None  # hold events: the account's held total after it
     expires_at: int | None  # HOLD_PLACED
+    prev_hash: str  # the chain: paystream.journal
+    hash: str
 
 
 # ------------------------------------------------------- schemas/leg.avsc, leg_batch.avsc

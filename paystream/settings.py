@@ -108,6 +108,11 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8080
     jwt_secret: str | None = None
+    audit_signing_key: str | None = Field(
+        default=None,
+        description="Ed25519 private key (PEM, PKCS#8) that signs `paystream audit export` files; else "
+        "PAYSTREAM_AUDIT_SIGNING_KEY_FILE; development generates one under home",
+    )
     jwt_ttl_seconds: int = 900
     jwt_issuer: str = "paystream"
     gateway_workers: int = 1
@@ -354,6 +359,40 @@ class Settings(BaseSettings):
         if not path.exists():
             write_secret_once(path, secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+    def audit_key_pem(self) -> str:
+        """The audit exports' signing key (PEM): env, then ``*_FILE``, then, in
+        development only, a key generated once under ``home`` (as `jwt_key` does).
+        Never in source: whoever holds it can sign an export. Its public half is
+        what third parties check exports with (`paystream audit public-key`)."""
+        given = self.audit_signing_key or _read_secret_file("audit_signing_key")
+        if given:
+            return given
+        path = self.audit_key_path
+        if not path.exists():
+            if self.environment != "development":
+                raise ConfigError(
+                    f"environment is {self.environment}: set PAYSTREAM_AUDIT_SIGNING_KEY or "
+                    "PAYSTREAM_AUDIT_SIGNING_KEY_FILE (an Ed25519 key in PEM, e.g. "
+                    "`openssl genpkey -algorithm ed25519`)"
+                )
+            write_secret_once(path, _new_ed25519_pem())
+        return path.read_text()
+
+    @property
+    def audit_key_path(self) -> Path:
+        """Where development keeps the audit signing key it generated."""
+        return self.home / "secrets" / "audit-ed25519.pem"
+
+
+def _new_ed25519_pem() -> str:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
 
 
 class ConfigError(RuntimeError):

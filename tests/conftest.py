@@ -91,6 +91,43 @@ def ledger(stack: Settings, log_dir: Path) -> Iterator[Component]:
     comp.stop()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def sink(db: Settings, log_dir: Path) -> Iterator[Component]:
+    """The read-model sink as a real process (`paystream run sink`)."""
+    port = _free_port()
+    comp = Component(
+        "sink",
+        log_dir,
+        env={
+            # Static membership under an id of our own: kill -9 and restart takes the
+            # partitions straight back instead of waiting out the session timeout.
+            "PAYSTREAM_SINK_INSTANCE": f"test-{os.getpid()}",
+            "PAYSTREAM_SINK_METRICS_PORT": str(port),
+        },
+    ).start()
+    comp.metrics_port = port  # type: ignore[attr-defined]
+    yield comp
+    comp.stop()
+
+
+def caught_up(settings: Settings, timeout: float = 120.0) -> None:
+    """Wait until the sink has stored everything committed to ledger.events so far."""
+    from ops.verify import end_offsets, wait_for_sink
+
+    target = end_offsets(settings)
+    assert wait_for_sink(settings, settings.sink_group, target, timeout), (
+        f"sink did not reach {target} in {timeout}s"
+    )
+
+
 @pytest.fixture(scope="session")
 def db(stack: Settings) -> Settings:
     """The stack with the read-model schema migrated."""

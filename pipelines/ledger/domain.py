@@ -12,6 +12,7 @@ changelog compacts per entry and no value grows without bound):
 * ``a``        the account: currency, kind, status, balance, number, owner
 * ``a``        also holds ``seq``, the last sequence number used on this key
 * ``q``        the sequence for a key that is not (yet) an account
+* ``h``        likewise its hash chain head (an account's is ``h`` in ``a``, beside ``seq``)
 * ``c:<id>``   every command id ever applied here, with its fingerprint and result
 * ``p:<id>``   payments credited to (or refused by) this account: for reversals, and
                the dedupe marker of credit legs
@@ -46,6 +47,7 @@ from functools import lru_cache
 from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar, cast
 
 from paystream import ids, topics
+from paystream.journal import GENESIS, event_hash_fast
 from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
 from paystream.partitioning import partition_for
 
@@ -520,6 +522,25 @@ class _Ctx:
             self.store.set("q", seq)
         return seq
 
+    def chain_head(self) -> str:
+        """The hash of this key's last event (`journal.GENESIS` before its first): the
+        account record's "h", kept beside "seq" so that it survives restarts exactly as
+        the sequence does. Keys that are not accounts keep it under "h", as they keep
+        the sequence under "q"; an account opened on such a key (or written before the
+        chain existed: then `GENESIS`) reads it from there once."""
+        if self.account is not None:
+            head = self.account.get("h")
+            if head is None:
+                head = self.store.get("h", GENESIS)
+            return cast(str, head)
+        return cast(str, self.store.get("h", GENESIS))
+
+    def set_chain_head(self, head: str) -> None:
+        if self.account is not None:
+            self.account["h"] = head  # next_sequence marked the record dirty
+        else:
+            self.store.set("h", head)
+
     def event(
         self,
         etype: EventType,
@@ -544,37 +565,36 @@ class _Ctx:
     ) -> None:
         """`hold`: the event changes the account's held total, and says what it is after."""
         seq = self.next_sequence()
-        self.out.append(
-            Output(
-                EVENTS,
-                self.key,
-                {
-                    "event_id": ids.uuid5(NAMESPACE, f"{command_id}|{etype}|{self.key}|{seq}"),
-                    "command_id": command_id,
-                    "payment_id": payment_id,
-                    "account_id": self.key,
-                    "sequence": seq,
-                    "type": etype,
-                    "command_type": command_type,
-                    "status": status,
-                    "terminal": terminal,
-                    "replay": replay,
-                    "reason": reason,
-                    "counterparty_id": counterparty_id,
-                    "amount": amount,
-                    "currency": currency,
-                    "balance_after": self.account["balance"] if self.account else None,
-                    "postings": postings or [],
-                    "account": account_info,
-                    "requested_by": requested_by,
-                    "note": note,
-                    "metadata": metadata or {},
-                    "occurred_at": self.now_ms,
-                    "held_after": self.account.get("held", 0) if hold and self.account else None,
-                    "expires_at": expires_at,
-                },
-            )
-        )
+        event: LedgerEvent = {
+            "event_id": ids.uuid5(NAMESPACE, f"{command_id}|{etype}|{self.key}|{seq}"),
+            "command_id": command_id,
+            "payment_id": payment_id,
+            "account_id": self.key,
+            "sequence": seq,
+            "type": etype,
+            "command_type": command_type,
+            "status": status,
+            "terminal": terminal,
+            "replay": replay,
+            "reason": reason,
+            "counterparty_id": counterparty_id,
+            "amount": amount,
+            "currency": currency,
+            "balance_after": self.account["balance"] if self.account else None,
+            "postings": postings or [],
+            "account": account_info,
+            "requested_by": requested_by,
+            "note": note,
+            "metadata": metadata or {},
+            "occurred_at": self.now_ms,
+            "held_after": self.account.get("held", 0) if hold and self.account else None,
+            "expires_at": expires_at,
+            "prev_hash": self.chain_head(),
+            "hash": "",  # hashed empty, then set: journal.canonical_bytes
+        }
+        event["hash"] = head = event_hash_fast(event)
+        self.set_chain_head(head)
+        self.out.append(Output(EVENTS, self.key, event))
 
     def leg(self, kind: LegKind, *, target: str, payment_id: str, command_id: str,
             amount: int, currency: str, requested_by: str, reason: str | None = None) -> None:

@@ -9,6 +9,12 @@ ALTER TABLE accounts
     ADD COLUMN held          bigint NOT NULL DEFAULT 0,
     ADD COLUMN held_sequence bigint;
 
+-- Hold events state both in `ledger_events` too: the row keeps every field of its
+-- event, so that `paystream verify` can recompute the event's hash from the row.
+ALTER TABLE ledger_events
+    ADD COLUMN held_after bigint,
+    ADD COLUMN expires_at timestamptz;
+
 -- A payment made with "capture": false starts REQUIRES_CAPTURE with the authorized
 -- amount; `amount` stays null until money moves (the captured amount, which a
 -- partial capture makes smaller), and then CANCELED (voided) or EXPIRED end it

@@ -15,6 +15,7 @@ from paystream import commands as C
 from paystream import kafka
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
+from paystream.journal import GENESIS, check_chains
 from paystream.settings import Settings
 from tests.conftest import Component
 from tests.kafka_helpers import EventReader, send
@@ -88,6 +89,11 @@ def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Comp
         seqs[e["account_id"]].append(e["sequence"])
     for acct, s in seqs.items():
         assert s == list(range(s[0], s[0] + len(s))), acct
+
+    # and each account's hash chain is whole across the kills: its head is in the
+    # changelogged account record with the sequence, and is restored with it
+    assert check_chains(events) == []
+    assert {e["prev_hash"] for e in events if e["sequence"] == 1} == {GENESIS}
 
     # money is conserved: postings of these payments sum to zero, transit included
     id_set = set(ids)

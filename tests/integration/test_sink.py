@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -18,54 +17,21 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from ops.verify import end_offsets, verify, wait_for_sink
+from ops.verify import verify
 from paystream import commands as C
 from paystream.codec import Codec
 from paystream.settings import PROJECT_ROOT, Settings
-from tests.conftest import Component
+from tests.conftest import Component, caught_up
 from tests.kafka_helpers import EventReader, send
 
 pytestmark = pytest.mark.integration
 
 CATCH_UP = 420.0  # the first run against a database replays the whole shared topic
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def sink(db: Settings, log_dir: Path) -> Iterator[Component]:
-    port = _free_port()
-    comp = Component(
-        "sink",
-        log_dir,
-        env={
-            # Static membership under an id of our own: kill -9 and restart takes the
-            # partitions straight back instead of waiting out the session timeout.
-            "PAYSTREAM_SINK_INSTANCE": f"test-{os.getpid()}",
-            "PAYSTREAM_SINK_METRICS_PORT": str(port),
-        },
-    ).start()
-    comp.metrics_port = port  # type: ignore[attr-defined]
-    yield comp
-    comp.stop()
-
-
-def caught_up(settings: Settings, timeout: float = 120.0) -> None:
-    target = end_offsets(settings)
-    assert wait_for_sink(settings, settings.sink_group, target, timeout), (
-        f"sink did not reach {target} in {timeout}s"
-    )
 
 
 def new_accounts(n: int, currency: str = "USD") -> tuple[list[str], list[dict[str, Any]]]:

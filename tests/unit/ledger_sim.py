@@ -6,10 +6,12 @@ so hypothesis can explore every interleaving of commands and legs."""
 
 from __future__ import annotations
 
+import copy
 import uuid
 from collections import defaultdict, deque
 from typing import Any
 
+from paystream.commands import reversal_command_id
 from paystream.stream.store import DictStore
 from pipelines.ledger import domain
 
@@ -124,3 +126,37 @@ class Sim:
             for p in e["postings"]:
                 sums[(p["account_id"], p["currency"])] += p["amount"]
         return sums
+
+
+def scenario(A: str, B: str, C: str, NOBODY: str) -> list[dict[str, Any]]:
+    """Every kind of event the ledger writes, on three accounts (NOBODY is never
+    opened), in topic order per key: metadata with odd text, a duplicate, a refund,
+    a rejection before the account exists, a reversal that freezes, holds."""
+    sim = Sim()
+    sim.send(cmd("DEPOSIT", A, movement={"amount": 5, "currency": "USD", "counterparty_id": None,
+                                         "metadata": {}}))  # before A exists: a rejection on "q"/"h"  # fmt: skip
+    for acct in (A, B, C):
+        sim.send(open_account(acct))
+    d = deposit(A, 10_000)
+    d["movement"]["metadata"] = {"z": "last", "description": "rent é ✓ \x00\n", "a": ""}
+    sim.send(d)
+    t = transfer(A, B, 2_500)
+    sim.send(t)
+    sim.send(copy.deepcopy(t))  # a duplicate continues the chain
+    sim.send(transfer(A, NOBODY, 100))  # refunded: TRANSFER_FAILED on A
+    sim.send(transfer(A, B, 10**9))  # insufficient funds
+    sim.drain()
+    sim.send(cmd("REVERSE_TRANSFER", B, reversal_command_id(t["command_id"]),
+                 reversal={"payment_id": t["command_id"], "reason": "fraud", "actor": "admin",
+                           "freeze_receiver": True, "sender_id": A}))  # fmt: skip
+    sim.drain()
+    sim.send(cmd("UNFREEZE", B, status_change={"reason": "cleared", "actor": "admin"}))
+    # holds: placed, captured in part, voided, expired by a tick
+    held, voided, lapsed = (authorize(A, C, n, timeout_ms=5_000) for n in (300, 200, 100))
+    for h in (held, voided, lapsed):
+        sim.send(h)
+    sim.send(capture(A, held["command_id"], 120))
+    sim.send(void(A, voided["command_id"]))
+    sim.drain()
+    sim.tick(6_000)
+    return sim.events

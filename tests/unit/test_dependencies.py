@@ -24,5 +24,5 @@ def test_floors_exclude_known_vulnerable_versions() -> None:
 
 def test_directly_imported_packages_are_declared() -> None:
     declared = _declared()
-    for name in ("orjson", "httpx", "httpcore", "fastapi", "starlette", "redis"):
+    for name in ("orjson", "httpx", "httpcore", "fastapi", "starlette", "redis", "cryptography"):
         assert name in declared, f"{name} is imported by the code but not declared"

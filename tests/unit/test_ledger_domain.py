@@ -4,6 +4,7 @@ command sequences and leg interleavings."""
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 from collections import Counter, defaultdict
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from paystream.commands import reversal_command_id
+from paystream.journal import GENESIS, check_chains
 from paystream.stream.store import DictStore
 from pipelines.ledger import domain
 from tests.unit.ledger_sim import Sim, authorize, capture, cmd, deposit, open_account, transfer, void
@@ -429,8 +431,9 @@ def test_every_command_has_exactly_one_terminal_outcome(actions):
 def test_replaying_a_prefix_twice_changes_nothing(actions, data):
     sim, _ = run_actions(actions)
     def money_state() -> dict:
-        # everything but the event sequence, which replies to replays advance
-        return {k: {f: v for f, v in (s.get("a") or {}).items() if f != "seq"} for k, s in sim.stores.items()}
+        # everything but the event sequence and chain head, which replies to replays advance
+        return {k: {f: v for f, v in (s.get("a") or {}).items() if f not in ("seq", "h")}
+                for k, s in sim.stores.items()}
 
     before = money_state()
     n_postings = sum(len(e["postings"]) for e in sim.events)
@@ -455,6 +458,54 @@ def test_sequences_are_gapless_per_account(actions):
     for acct, s in seqs.items():
         assert s == list(range(1, len(s) + 1)), acct
     assert len({e["event_id"] for e in sim.events}) == len(sim.events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(action, max_size=60))
+def test_every_key_keeps_one_whole_hash_chain(actions):
+    """Replies to retries, rejections on keys that are not accounts (yet), legs and
+    reversals: every event links to the one before it on its key."""
+    sim, _ = run_actions(actions)
+    assert check_chains(sim.events) == []
+    heads = {e["account_id"]: e["hash"] for e in sim.events}
+    for acct, head in heads.items():
+        data = sim.stores[acct].data
+        assert (data.get("a") or {}).get("h", data.get("h")) == head
+
+
+def test_a_chain_begun_before_the_account_was_opened_continues_in_its_record():
+    sim = Sim()
+    (rejected,) = sim.send(deposit(A, 5))
+    assert (rejected["sequence"], rejected["prev_hash"]) == (1, GENESIS)
+    assert sim.stores[A].data["h"] == rejected["hash"]
+    (opened,) = sim.send(open_account(A))
+    assert (opened["sequence"], opened["prev_hash"]) == (2, rejected["hash"])
+    assert sim.stores[A].data["a"]["h"] == opened["hash"]
+    (deposited,) = sim.send(deposit(A, 5))
+    assert deposited["prev_hash"] == opened["hash"]
+    assert sim.stores[A].data["h"] == rejected["hash"]  # "h" is read once, then the record's
+
+
+def test_an_account_from_before_the_chain_starts_its_chain_at_genesis():
+    """An account record a ledger without the chain wrote (no "h"): its next event
+    links to GENESIS, and the checker accepts unchained events before it."""
+    sim = Sim()
+    old = [{**e, "prev_hash": "", "hash": ""} for e in sim.send(open_account(A)) + sim.send(deposit(A, 7))]
+    del sim.stores[A].data["a"]["h"]
+    (ev,) = sim.send(deposit(A, 1))
+    assert (ev["sequence"], ev["prev_hash"]) == (3, GENESIS)
+    assert check_chains([*old, ev]) == []
+
+
+def test_the_chain_head_survives_a_restart_from_serialized_state():
+    """The head is plain JSON in the changelogged account record, as "seq" is: a
+    ledger restored from its changelog continues the chain where it stopped."""
+    sim = Sim()
+    first = sim.send(open_account(A)) + sim.send(deposit(A, 9))
+    restored = Sim()
+    restored.stores[A] = DictStore(json.loads(json.dumps(sim.stores[A].data)))
+    (ev,) = restored.send(deposit(A, 1))
+    assert check_chains([*first, ev]) == []
 
 
 @given(st.one_of(st.uuids().map(str), st.uuids().map(lambda u: str(u).upper()),
@@ -526,6 +577,7 @@ def test_any_split_into_batches_gives_the_same_events_and_state(actions, data):
     assert {k: s.data for k, s in batched.stores.items() if s.data} == {
         k: s.data for k, s in single.stores.items() if s.data
     }
+    assert check_chains(batched.events) == []
 
 
 
