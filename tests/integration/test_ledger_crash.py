@@ -1,5 +1,6 @@
-"""kill -9 the ledger three times while 50,000 transfers flow, batched and single;
-nothing is lost or doubled."""
+"""kill -9 the ledger three times while 50,000 transfers flow, batched and single,
+with holds in flight (authorized, captured, voided, both at once, or left to expire);
+nothing is lost or doubled, no hold is captured twice and none misses its expiry."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 N_ACCOUNTS = 1_000
 N_TRANSFERS = 50_000
+N_HOLDS = 2_000
 KILLS = 3
+SHORT_HOLD_MS = 3_000  # half the holds lapse within the kill window
 
 
 def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Component):
@@ -41,6 +44,26 @@ def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Comp
     for _ in range(N_TRANSFERS):
         src, dst = rnd.sample(accounts, 2)
         transfers.append(C.transfer(src, dst, rnd.randint(1, 20_000), "EUR"))
+    # Holds go into the same stream; each one's capture and/or void some 2,000
+    # commands later (in topic order after it unless a batch held it back: then the
+    # ledger refuses them UNKNOWN_HOLD, which the checks below allow).
+    holds, actions = [], []
+    stream: list[dict] = list(transfers)
+    for i in range(N_HOLDS):
+        src, dst = rnd.sample(accounts, 2)
+        h = C.authorize(src, dst, rnd.randint(100, 20_000), "EUR",
+                        hold_timeout_ms=SHORT_HOLD_MS if i % 2 else 600_000)
+        holds.append(h)
+        at = rnd.randrange(len(stream) - 2_000)
+        stream.insert(at, h)
+        acts = []
+        if i % 4 in (0, 2):
+            acts.append(C.hold_action("CAPTURE", src, h["command_id"], amount=h["movement"]["amount"] // 2 or 1))
+        if i % 4 in (1, 2):  # 2: capture and void race; exactly one may win
+            acts.append(C.hold_action("VOID", src, h["command_id"]))
+        for j, a in enumerate(acts):
+            stream.insert(at + 2_000 + j, a)
+        actions.extend(acts)
 
     def produce() -> None:
         # Alternate thousands: batches from paystream's client library (so batches
@@ -49,7 +72,7 @@ def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Comp
         batcher = CommandBatcher(p, header=codec.header(C.COMMANDS_TOPIC, COMMAND_BATCH),
                                  command_schema_id=codec.schema_id(C.COMMANDS_TOPIC), partitions=8,
                                  max_items=128, linger_ms=5)
-        for i, t in enumerate(transfers):
+        for i, t in enumerate(stream):
             value = codec.encode(C.COMMANDS_TOPIC, t)
             if (i // 1000) % 2 == 0:
                 batcher.send(t["account_id"], value)
@@ -71,16 +94,46 @@ def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Comp
     producer.join()
 
     ids = [t["command_id"] for t in transfers]
-    reader.terminals(ids, timeout=600)
+    reader.terminals(ids + [c["command_id"] for c in holds + actions], timeout=600)
+    short = {h["command_id"] for h in holds if h["movement"]["hold_timeout_ms"] == SHORT_HOLD_MS}
+    ends = {"HOLD_CAPTURED", "HOLD_VOIDED", "HOLD_EXPIRED"}
+
+    def short_holds_ended(evs: list[dict]) -> bool:
+        placed_short, ended_short = set(), set()
+        for e in evs:
+            if e["payment_id"] in short:
+                (ended_short if e["type"] in ends else placed_short if e["type"] == "HOLD_PLACED" else set()).add(
+                    e["payment_id"])
+        return placed_short <= ended_short
+
+    reader.poll_until(short_holds_ended, timeout=120)  # every short hold placed ends: none lost its expiry
     mine = set(accounts)
     events = [e for e in reader.events if e["account_id"] in mine]
     reader.close()
 
     # every payment has exactly one terminal outcome, and legs are never doubled
     terminal = Counter(e["command_id"] for e in events if e["terminal"] and not e["replay"])
-    assert all(terminal[i] == 1 for i in ids), [i for i in ids if terminal[i] != 1][:5]
+    every = ids + [c["command_id"] for c in holds + actions]
+    assert all(terminal[i] == 1 for i in every), [i for i in every if terminal[i] != 1][:5]
     legs = Counter((e["payment_id"], e["type"]) for e in events if e["postings"])
     assert max(legs.values()) == 1
+
+    # each hold ends at most once (a capture and a void of one hold: one wins), and every
+    # short one placed has ended; what is still held is exactly the open long holds
+    placed = {e["payment_id"]: e for e in events if e["type"] == "HOLD_PLACED" and not e["replay"]}
+    ended = Counter(e["payment_id"] for e in events if e["type"] in ends)
+    assert max(ended.values()) == 1
+    assert {p for p in placed if p in short} <= set(ended)
+    assert sum(1 for h in holds if h["command_id"] not in placed) < N_HOLDS // 4  # most were placed
+    open_held: Counter[str] = Counter()
+    for pid, e in placed.items():
+        if pid not in ended:
+            open_held[e["account_id"]] += e["amount"]
+    held_now: dict[str, tuple[int, int]] = {}
+    for e in events:
+        if e["held_after"] is not None and e["sequence"] >= held_now.get(e["account_id"], (-1, 0))[0]:
+            held_now[e["account_id"]] = (e["sequence"], e["held_after"])
+    assert {a: h for a, (_, h) in held_now.items() if h} == dict(open_held)
     assert len({e["event_id"] for e in events}) == len(events)
 
     # per-account sequences are gapless from the first event this test saw
@@ -96,7 +149,7 @@ def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Comp
     assert {e["prev_hash"] for e in events if e["sequence"] == 1} == {GENESIS}
 
     # money is conserved: postings of these payments sum to zero, transit included
-    id_set = set(ids)
+    id_set = set(ids) | {a["command_id"] for a in actions}
     by_kind: Counter[str] = Counter()
     for e in events:
         if e["command_id"] in id_set:
@@ -112,6 +165,12 @@ def test_kill_minus_nine_three_times(stack: Settings, codec: Codec, ledger: Comp
         if outcome[t["command_id"]] == "COMPLETED":
             expected[t["account_id"]] -= t["movement"]["amount"]
             expected[t["movement"]["counterparty_id"]] += t["movement"]["amount"]
+    by_hold = {h["command_id"]: h for h in holds}
+    for a in actions:
+        if a["type"] == "CAPTURE" and outcome[a["command_id"]] == "COMPLETED":
+            h = by_hold[a["hold"]["payment_id"]]
+            expected[h["account_id"]] -= a["hold"]["amount"]
+            expected[h["movement"]["counterparty_id"]] += a["hold"]["amount"]
     last: dict[str, tuple[int, int]] = {}
     for e in events:
         if e["balance_after"] is not None and e["sequence"] >= last.get(e["account_id"], (-1, 0))[0]:
