@@ -321,8 +321,15 @@ class HttpLoad:
         asyncio.run(go())
 
 
+# Direct load: of every ten commands one is an authorization (a hold that lapses after
+# HOLD_MS unless captured or voided) and one a capture or void of an earlier one, so
+# holds are in flight at every fault and some expire during it.
+HOLD_MS = 5_000
+
+
 class KafkaLoad:
-    """Transfers between the direct accounts, produced straight to payments.commands."""
+    """Transfers between the direct accounts, produced straight to payments.commands,
+    with holds among them (authorized, captured in part, voided, left to expire)."""
 
     def __init__(self, settings: Settings, codec: Codec, accounts: list[str], rate: float) -> None:
         self.codec = codec
@@ -332,6 +339,7 @@ class KafkaLoad:
         self.producer = kafka.producer(settings, **{"message.timeout.ms": 15000})
         self.watch = kafka.StuckProducerWatch(stuck_after=30.0)  # librdkafka #5430, see there
         self.commands: list[Direct] = []
+        self.holds: list[dict[str, Any]] = []  # authorizations sent, for captures and voids to pick from
         self.retry: list[Direct] = []
         self.stopping = threading.Event()
         self._lock = threading.Lock()
@@ -376,8 +384,7 @@ class KafkaLoad:
                 time.sleep(min(delay, 0.05))
                 continue
             next_at += 1 / self.rate
-            src, dst = rnd.sample(self.accounts, 2)
-            d = Direct(C.transfer(src, dst, rnd.randint(1, 1000), CURRENCY, requested_by="chaos"), time.monotonic())
+            d = Direct(self._next_command(rnd), time.monotonic())
             self.commands.append(d)
             self._send(d)
         # drain: whatever is still unacknowledged is re-sent until acked or too old
@@ -391,6 +398,20 @@ class KafkaLoad:
                 self._send(d)
             if not again and all(d.acked_at for d in self.commands):
                 break
+
+    def _next_command(self, rnd: random.Random) -> dict[str, Any]:
+        src, dst = rnd.sample(self.accounts, 2)
+        roll = rnd.randrange(10)
+        if roll == 0:
+            h = C.authorize(src, dst, rnd.randint(1, 1000), CURRENCY, hold_timeout_ms=HOLD_MS, requested_by="chaos")
+            self.holds.append(h)
+            return h
+        if roll == 1 and self.holds:
+            h = self.holds[rnd.randrange(len(self.holds))]
+            kind = "CAPTURE" if rnd.random() < 0.5 else "VOID"
+            amount = max(1, h["movement"]["amount"] // 2) if kind == "CAPTURE" else None
+            return C.hold_action(kind, h["account_id"], h["command_id"], amount=amount, requested_by="chaos")
+        return C.transfer(src, dst, rnd.randint(1, 1000), CURRENCY, requested_by="chaos")
 
     def _heal(self) -> None:
         """A producer librdkafka left stuck is replaced; what it held is re-sent (same ids)."""
@@ -803,6 +824,9 @@ class Chaos:
         from ops.verify import verify
 
         r = self.report
+        # the last holds sent lapse HOLD_MS later (and a tick or two after that)
+        last = max((d.created for d in self.direct.commands), default=0.0)
+        time.sleep(max(0.0, last + HOLD_MS / 1000 + 3 - time.monotonic()))
         committed = read_all(self.s, self.codec, "read_committed")
         uncommitted = read_all(self.s, self.codec, "read_uncommitted")
         r.committed_events, r.uncommitted_records = len(committed), len(uncommitted)
@@ -818,7 +842,8 @@ class Chaos:
         for e in events:
             if e["terminal"] and not e["replay"]:
                 terminals[e["command_id"]].append(e)
-            if e["postings"] and e["type"] in ("TRANSFER_DEBITED", "TRANSFER_COMPLETED", "TRANSFER_FAILED"):
+            if e["postings"] and e["type"] in ("TRANSFER_DEBITED", "TRANSFER_COMPLETED", "TRANSFER_FAILED",
+                                               "HOLD_CAPTURED"):
                 legs[(e["payment_id"], e["type"])] += 1
         for (pay, etype), n in legs.items():
             if n > 1:
@@ -828,6 +853,7 @@ class Chaos:
                 r.anomalies.append(Anomaly("two terminal outcomes", cid, ", ".join(t["status"] for t in ts)))
         self._check_http(terminals)
         self._check_direct(terminals)
+        self._check_holds(events)
         if self.downstream:
             last: dict[int, int] = {}
             for p, o, _ in committed:
@@ -879,7 +905,8 @@ class Chaos:
                       timeout: float = 180.0) -> None:
         """Fraud after its kill -9: it consumed the whole journal (its committed offsets, which
         under exactly-once commit with its outputs, reach the end of ledger.events), no alert
-        is on fraud.alerts twice, and every alert is about a debit the journal holds.
+        is on fraud.alerts twice, and every alert is about a debit (or an authorization)
+        the journal holds.
 
         Which alerts fire cannot be recomputed exactly here: the round-trip rule reads
         flows from other accounts' partitions, whose arrival order relative to the
@@ -901,7 +928,8 @@ class Chaos:
             self.report.anomalies.append(Anomaly("fraud did not consume the journal", f"partition {p}",
                                                  f"{n} events short"))
         got: Counter[str] = Counter()
-        debits = {e["payment_id"] for e in events if e["type"] == "TRANSFER_DEBITED"}
+        # what fraud scores: debits, and authorizations when placed
+        debits = {e["payment_id"] for e in events if e["type"] in ("TRANSFER_DEBITED", "HOLD_PLACED")}
         for _, _, a in read_all(self.s, self.codec, "read_committed", topic=topics.ALERTS):
             got[a["alert_id"]] += 1
             if a["payment_id"] not in debits:
@@ -950,6 +978,20 @@ class Chaos:
             r.direct["acknowledged"] += 1
             if not terminals.get(cid):
                 r.anomalies.append(Anomaly("acknowledged command lost", cid, "direct to Kafka"))
+
+    def _check_holds(self, events: list[dict[str, Any]]) -> None:
+        """Each hold ends once (captured, voided or expired), and every hold placed has
+        ended: they all lapse after HOLD_MS, faults or not (verify, run after this,
+        checks the held totals)."""
+        placed = {e["payment_id"] for e in events if e["type"] == "HOLD_PLACED" and not e["replay"]}
+        ends = ("HOLD_CAPTURED", "HOLD_VOIDED", "HOLD_EXPIRED")
+        ended = Counter(e["payment_id"] for e in events if e["type"] in ends)
+        self.report.direct["holds placed"] = len(placed)
+        for pid, n in ended.items():
+            if n > 1:
+                self.report.anomalies.append(Anomaly("hold ended twice", pid, f"{n} ends"))
+        for pid in placed - set(ended):
+            self.report.anomalies.append(Anomaly("hold never ended (expiry lost)", pid, f"held past {HOLD_MS} ms"))
 
     def _rates(self) -> None:
         acks = sorted(p.acked_at for p in self.http.payments if p.acked)

@@ -2,7 +2,7 @@
 
 `paystream chaos --short`: kill -9 of the ledger and of the gateway, a Kafka
 restart and a Redis restart that loses every idempotency key, under HTTP and
-direct-Kafka load; then every acknowledged request must have exactly one
+direct-Kafka load (holds among it: authorized, captured, voided, left to expire); then every acknowledged request must have exactly one
 outcome, nothing may apply twice and `verify` must pass. The three-broker test
 kill -9s the leader of a `payments.commands` partition under acks=all load.
 About 2 + 2.5 minutes on the 2-core dev box.
@@ -30,6 +30,7 @@ def test_short_chaos_run_has_no_anomalies() -> None:
     # the run really exercised what it claims to
     assert report.http["acknowledged 201"] > 100 and report.direct["acknowledged"] > 500
     assert report.http["re-sent after key loss: 201"] > 0
+    assert report.direct["holds placed"] > 20  # holds in flight at every fault, each ended once
     # Aborted records appear only when a kill lands inside an open transaction, which
     # timing does not guarantee; what must hold either way is that no committed
     # reader saw one (checked as an anomaly above).
