@@ -275,6 +275,17 @@ async def payments_of(
     return await _read(pool, base, (*params, limit))
 
 
+async def open_holds(pool: AsyncConnectionPool, account_id: str, limit: int) -> list[dict[str, Any]] | None:
+    """The account's authorized payments nobody captured, canceled or let expire yet,
+    soonest to lapse first."""
+    return await _read(
+        pool,
+        "SELECT * FROM payments WHERE from_account = %s AND status = 'REQUIRES_CAPTURE'"
+        " ORDER BY hold_expires_at, payment_id LIMIT %s",
+        (account_id, limit),
+    )
+
+
 async def events_of(
     pool: AsyncConnectionPool, account_id: str, limit: int, before_sequence: int | None
 ) -> list[dict[str, Any]] | None:
@@ -283,6 +294,8 @@ async def events_of(
         "SELECT * FROM ledger_events WHERE account_id = %s AND amount IS NOT NULL"
         " AND balance_after IS NOT NULL AND type <> 'COMMAND_REJECTED'"
         " AND type <> 'COMMAND_DUPLICATE'"
+        # holds placed, voided or lapsed move nothing (GET /v1/accounts/{n}/holds lists them)
+        " AND type NOT IN ('HOLD_PLACED', 'HOLD_VOIDED', 'HOLD_EXPIRED')"
     )
     params: tuple[Any, ...] = (account_id,)
     if before_sequence is not None:

@@ -229,9 +229,10 @@ async function renderParties(r) {
 // ------------------------------------------------------------------ accounts
 
 async function accountBox(number, role) {
-  const [acct, txs] = await Promise.all([
+  const [acct, txs, holds] = await Promise.all([
     api("GET", "/v1/accounts/" + encodeURIComponent(number)),
     api("GET", "/v1/accounts/" + encodeURIComponent(number) + "/transactions?limit=8"),
+    api("GET", "/v1/accounts/" + encodeURIComponent(number) + "/holds?limit=8"),
   ]);
   const freeze = el("button", { type: "button", class: "danger", text: "Freeze", "data-action": "freeze",
     onclick: () => statusChange(number, "freeze") });
@@ -246,10 +247,20 @@ async function accountBox(number, role) {
     el("td", { text: t.type.replaceAll("_", " ") }),
     el("td", { class: "num", text: formatAmount(t.amount) }),
     el("td", { class: "num", text: formatAmount(t.balance_after) })));
+  // Holds: the posted balance is what moved; what open holds reserve is not available.
+  const held = acct.available !== undefined && acct.available !== acct.posted;
+  const holdRows = holds.data.map((h) => el("tr", { "data-hold": h.id },
+    el("td", { class: "when", text: h.expires_at ? when(h.expires_at).slice(5, 19) : "—" }),
+    el("td", {}, el("code", { text: h.id.slice(0, 8) }), " to " + (h.to_account || "?")),
+    el("td", { class: "num", text: formatAmount(h.amount_authorized || h.amount) })));
   const node = el("div", { class: "account", "data-number": number, "data-status": acct.status },
     el("h4", {}, el("span", { text: `${role} ${number}` }), badge(acct.status)),
     el("div", { class: "balance", text: formatAmount(acct.balance, acct.currency) }),
+    held ? el("div", { class: "held", "data-available": acct.available,
+      text: `available ${formatAmount(acct.available, acct.currency)} (${holds.data.length}${holds.has_more ? "+" : ""} open holds)` }) : null,
     el("div", { class: "actions" }, freeze, unfreeze, statement),
+    holdRows.length ? el("table", { class: "holds" }, el("thead", {}, el("tr", {}, el("th", { text: "Hold lapses (UTC)" }),
+      el("th", { text: "Hold" }), el("th", { class: "num", text: "Held" }))), el("tbody", {}, ...holdRows)) : null,
     el("table", {}, el("thead", {}, el("tr", {}, el("th", { text: "When (UTC)" }), el("th", { text: "What" }),
       el("th", { class: "num", text: acct.currency }), el("th", { class: "num", text: "Balance" }))),
     el("tbody", {}, ...rows)));
@@ -358,6 +369,9 @@ async function lookupPayment(ev) {
         el("dt", { text: "Status" }), el("dd", {}, badge(status)),
         el("dt", { text: "Kind" }), el("dd", { text: p.kind }),
         el("dt", { text: "Amount" }), el("dd", { text: formatAmount(p.amount, p.currency) }),
+        ...(p.amount_authorized ? [
+          el("dt", { text: "Authorized" }), el("dd", { text: formatAmount(p.amount_authorized, p.currency) }),
+          el("dt", { text: "Hold lapses" }), el("dd", { text: p.expires_at ? when(p.expires_at) : "—" })] : []),
         el("dt", { text: "Reason" }), el("dd", { text: p.reason || "—" }),
         el("dt", { text: "Description" }), el("dd", { text: p.description || "—" }),
         el("dt", { text: "Created" }), el("dd", { text: when(p.created_at) })),

@@ -33,6 +33,7 @@ _SIGN = {
     "TRANSFER_FAILED": 1,
     "REVERSAL_DEBITED": -1,
     "TRANSFER_REVERSED": 1,
+    "HOLD_CAPTURED": -1,
 }
 
 

@@ -12,7 +12,18 @@ from starlette.responses import Response
 
 from gateway import models as M
 from gateway import store
-from gateway.deps import Cursor, GatewayDep, IdemKey, Limit, Prefer, User, account_of, respond, wait_budget
+from gateway.deps import (
+    Cursor,
+    GatewayDep,
+    IdemKey,
+    Limit,
+    Number,
+    Prefer,
+    User,
+    account_of,
+    respond,
+    wait_budget,
+)
 from gateway.movements import Movement, iso
 from gateway.problems import Problem, responses
 from gateway.security import Principal, valid_account_number
@@ -215,6 +226,17 @@ def _hold_view(row: dict[str, Any]) -> dict[str, Any]:
     if row.get("amount") is not None:
         out["amount"] = format_minor(int(row["amount"]), cur)
     return out
+
+
+@router.get("/accounts/{account_number}/holds", response_model=M.PaymentList, responses=responses(401, 404, 503))
+async def account_holds(account_number: Number, p: User, gw: GatewayDep, limit: Limit = 20) -> Response:
+    """The account's open holds (authorized payments, `requires_capture`), soonest to
+    lapse first; the account's owner or an admin."""
+    await gw.reads.settle(p.user_id)
+    ref = await account_of(gw, p, account_number)
+    rows = await store.open_holds(gw.pool, ref.account_id, limit + 1) or []
+    data = [v for v in [await _row_view(gw, p, r) for r in rows[:limit]] if v is not None]
+    return json_response(200, {"object": "list", "data": data, "has_more": len(rows) > limit})
 
 
 @router.get("/payments", response_model=M.PaymentList, responses=responses(400, 401, 503))

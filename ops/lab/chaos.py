@@ -825,8 +825,8 @@ class Chaos:
 
         r = self.report
         # the last holds sent lapse HOLD_MS later (and a tick or two after that)
-        last = max((d.created for d in self.direct.commands), default=0.0)
-        time.sleep(max(0.0, last + HOLD_MS / 1000 + 3 - time.monotonic()))
+        last_sent = max((d.created for d in self.direct.commands), default=0.0)
+        time.sleep(max(0.0, last_sent + HOLD_MS / 1000 + 3 - time.monotonic()))
         committed = read_all(self.s, self.codec, "read_committed")
         uncommitted = read_all(self.s, self.codec, "read_uncommitted")
         r.committed_events, r.uncommitted_records = len(committed), len(uncommitted)

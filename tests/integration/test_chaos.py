@@ -2,9 +2,10 @@
 
 `paystream chaos --short`: kill -9 of the ledger and of the gateway, a Kafka
 restart and a Redis restart that loses every idempotency key, under HTTP and
-direct-Kafka load (holds among it: authorized, captured, voided, left to expire); then every acknowledged request must have exactly one
-outcome, nothing may apply twice and `verify` must pass. The three-broker test
-kill -9s the leader of a `payments.commands` partition under acks=all load.
+direct-Kafka load (holds among it: authorized, captured, voided, left to expire);
+then every acknowledged request must have exactly one outcome, nothing may apply
+twice and `verify` must pass. The three-broker test kill -9s the leader of a
+`payments.commands` partition under acks=all load.
 About 2 + 2.5 minutes on the 2-core dev box.
 """
 

@@ -33,6 +33,16 @@ def _account(c: httpx.Client, who: Person) -> dict[str, Any]:
     return r.json()  # type: ignore[no-any-return]
 
 
+def _account_until(c: httpx.Client, who: Person, field: str, value: str, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        acct = _account(c, who)
+        if acct[field] == value or time.monotonic() > deadline:
+            assert acct[field] == value, acct
+            return acct
+        time.sleep(0.1)
+
+
 def _payment_until(c: httpx.Client, who: Person, payment_id: str, status: str, timeout: float = 20) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -67,9 +77,13 @@ def test_authorize_capture_part_and_cancel_over_http(gw: Env, reader: EventReade
         again = _act(c, b, held["id"], "capture", key, amount="12.50")
         assert again.status_code == 200 and again.headers.get("Idempotent-Replayed") == "true"
         assert _act(c, b, held["id"], "capture", key, amount="1.00").status_code == 422  # same key, other body
-        acct = _account(c, a)
-        assert (acct["posted"], acct["available"]) == ("87.50", "87.50")
-        assert _account(c, b)["posted"] == "12.50"
+        assert _account(c, b)["posted"] == "12.50"  # b captured: b's reads show it at once
+        acct = _account_until(c, a, "posted", "87.50")  # a did not ask: a's catch up
+        assert acct["available"] == "87.50"
+        txs = c.get(f"/v1/accounts/{a.number}/transactions", headers=a.headers).json()["data"]
+        assert [(t["type"], t["amount"]) for t in txs if t["payment_id"] == held["id"]] == [("hold_captured", "-12.50")]
+        holds = c.get(f"/v1/accounts/{a.number}/holds", headers=a.headers).json()["data"]
+        assert holds == []  # captured: no longer open
         view = _payment_until(c, a, held["id"], "completed")
         assert (view["amount"], view["amount_authorized"]) == ("12.50", "30.00") and view["expires_at"]
         # a second capture of the same hold is the ledger's to refuse
@@ -79,6 +93,10 @@ def test_authorize_capture_part_and_cancel_over_http(gw: Env, reader: EventReade
         r = pay(c, a, b, "10.00", capture=False)
         second = r.json()["id"]
         assert _account(c, a)["available"] == "77.50"
+        holds = c.get(f"/v1/accounts/{a.number}/holds", headers=a.headers).json()["data"]
+        assert [(h["id"], h["status"], h["amount_authorized"]) for h in holds] == [
+            (second, "requires_capture", "10.00")]
+        assert c.get(f"/v1/accounts/{a.number}/holds", headers=stranger.headers).status_code == 404
         r = _act(c, a, second, "cancel")
         assert r.status_code == 200 and r.json()["status"] == "canceled", r.text
         assert _account(c, a)["available"] == "87.50"

@@ -603,6 +603,29 @@ def test_admin_console_rejects_an_alert(system: System, pair: Pair, high_value: 
         result = driver.find_element(By.ID, "payment-result").text
         assert "12,000.00 USD" in result and "reversed" in result
         _shot(driver, "admin-payment", shots)
+
+        # a hold: the payment shows what it authorized, the sender's box its open holds
+        with system.client() as c:
+            r = c.post("/v1/payments", headers={**pair.sender.headers, "Idempotency-Key": uuid.uuid4().hex,
+                                                "Prefer": "wait=30"},
+                       json={"from_account": pair.sender.number, "to_account": pair.receiver.number,
+                             "amount": "25.00", "currency": "USD", "capture": False})  # fmt: skip
+        assert r.status_code == 201 and r.json()["status"] == "requires_capture", r.text
+        hold = r.json()["id"]
+
+        def hold_shown(d: Any) -> bool:
+            field = d.find_element(By.ID, "p-id")
+            field.clear()
+            field.send_keys(hold)
+            d.find_element(By.CSS_SELECTOR, "#payment-form button").click()
+            time.sleep(1)  # the sink may not have the hold's row yet: look again
+            return bool(d.find_elements(By.CSS_SELECTOR, f'#payment-result tr[data-hold="{hold}"]'))
+
+        WebDriverWait(driver, 60, poll_frequency=0.5).until(hold_shown)
+        result = driver.find_element(By.ID, "payment-result").text
+        assert "requires_capture" in result and "Authorized" in result and "25.00" in result
+        assert "open holds" in driver.find_element(By.CSS_SELECTOR, "#payment-result .account .held").text
+        _shot(driver, "admin-hold", shots)
         # no script errors; the one failed request is the wrong password's 401
         logs = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"
                 and not ("/v1/auth/login" in e["message"] and "401" in e["message"])]
