@@ -791,19 +791,24 @@ def _deposit_or_withdraw(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
     )  # fmt: skip
 
 
-def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
-    mv = cmd.get("movement")
+def _outgoing_problem(ctx: _Ctx, mv: Movement | None) -> ReasonCode | None:
+    """Why money cannot leave this account for `mv`'s receiver (a transfer, or the
+    promise of one: an authorization), funds apart."""
     reason = amount_problem(mv)
     if reason is not None or mv is None:
-        return _reject(ctx, cmd, reason or "NOT_ALLOWED", fp)
+        return reason or "NOT_ALLOWED"
     if not mv.get("counterparty_id"):
-        return _reject(ctx, cmd, "UNKNOWN_ACCOUNT", fp)
+        return "UNKNOWN_ACCOUNT"
     if mv["counterparty_id"] == ctx.key:
-        return _reject(ctx, cmd, "SAME_ACCOUNT", fp)
-    account = ctx.account
-    reason = sender_problem(account, mv["currency"])
-    if reason is not None or account is None:
-        return _reject(ctx, cmd, reason or "UNKNOWN_ACCOUNT", fp)
+        return "SAME_ACCOUNT"
+    return sender_problem(ctx.account, mv["currency"])
+
+
+def _transfer(ctx: _Ctx, cmd: dict[str, Any], fp: str) -> None:
+    mv, account = cmd.get("movement"), ctx.account
+    reason = _outgoing_problem(ctx, mv)
+    if reason is not None or mv is None or account is None:
+        return _reject(ctx, cmd, reason or "NOT_ALLOWED", fp)
     if not has_funds(account, mv["amount"]):
         return _reject(ctx, cmd, "INSUFFICIENT_FUNDS", fp)
     amount, cur, to = mv["amount"], mv["currency"], mv["counterparty_id"]
@@ -895,16 +900,10 @@ def _authorize(ctx: _Ctx, cmd: dict[str, Any], fp: str, holds: Holds) -> None:
     """A hold: the sender's available balance drops by the amount, its posted balance
     does not, and nothing moves until a CAPTURE. Checked as a transfer is, so a hold
     is exactly a promise the sender's single writer can keep."""
-    mv = cmd.get("movement")
-    reason = amount_problem(mv)
-    if reason is not None or mv is None:
+    mv, account = cmd.get("movement"), ctx.account
+    reason = _outgoing_problem(ctx, mv)
+    if reason is not None or mv is None or account is None:
         return _reject(ctx, cmd, reason or "NOT_ALLOWED", fp)
-    if mv["counterparty_id"] == ctx.key:
-        return _reject(ctx, cmd, "SAME_ACCOUNT", fp)
-    account = ctx.account
-    reason = sender_problem(account, mv["currency"])
-    if reason is not None or account is None:
-        return _reject(ctx, cmd, reason or "UNKNOWN_ACCOUNT", fp)
     timeout = mv.get("hold_timeout_ms")
     timeout = holds.limits.default_ms if timeout is None else timeout
     if not 0 < timeout <= holds.limits.max_ms:

@@ -160,3 +160,15 @@ def scenario(A: str, B: str, C: str, NOBODY: str) -> list[dict[str, Any]]:
     sim.drain()
     sim.tick(6_000)
     return sim.events
+
+
+A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+
+
+def funded(amount: int = 100_000) -> Sim:
+    """Accounts A, B and C open, A holding `amount`."""
+    sim = Sim()
+    for acct in (A, B, C):
+        sim.send(open_account(acct))
+    sim.send(deposit(A, amount))
+    return sim

@@ -17,21 +17,11 @@ from paystream.commands import reversal_command_id
 from paystream.journal import GENESIS, check_chains
 from paystream.stream.store import DictStore
 from pipelines.ledger import domain
-from tests.unit.ledger_sim import Sim, authorize, capture, cmd, deposit, open_account, transfer, void
-
-A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
+from tests.unit.ledger_sim import A, B, C, Sim, authorize, capture, cmd, deposit, funded, open_account, transfer, void
 
 
 def money(amount: int, currency: str = "USD") -> dict:
     return {"amount": amount, "currency": currency, "counterparty_id": None, "metadata": {}}
-
-
-def funded(amount: int = 100_000) -> Sim:
-    sim = Sim()
-    for acct in (A, B, C):
-        sim.send(open_account(acct))
-    sim.send(deposit(A, amount))
-    return sim
 
 
 def terminal(sim: Sim, command_id: str) -> list[dict]:

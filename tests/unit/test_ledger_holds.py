@@ -9,17 +9,7 @@ import uuid
 from paystream.commands import reversal_command_id
 from paystream.stream.store import DictStore
 from pipelines.ledger import domain
-from tests.unit.ledger_sim import Sim, authorize, capture, cmd, deposit, open_account, transfer, void
-
-A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))
-
-
-def funded(amount: int = 100_000) -> Sim:
-    sim = Sim()
-    for acct in (A, B, C):
-        sim.send(open_account(acct))
-    sim.send(deposit(A, amount))
-    return sim
+from tests.unit.ledger_sim import A, B, C, authorize, capture, cmd, funded, transfer, void
 
 
 def types(events: list[dict]) -> list[tuple[str, str | None]]:
