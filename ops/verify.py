@@ -22,8 +22,9 @@ f. every account's hash chain is whole, in the topic and in the read model (each
    row's hash recomputed from the row and its postings), and the read model's chain
    heads equal the topic's (docs/LEDGER.md, "Tamper-evident journal"). Each broken
    chain is named by its first broken link: account, sequence, expected, found.
-g. holds: each ends at most once (captured, voided or expired), each hold event's
-   `held_after` equals the account's replayed held total, and so does Postgres'.
+g. holds: each ends at most once (captured, voided or expired), none stays open past
+   its expiry by more than the grace period, each hold event's `held_after` equals the
+   account's replayed held total, and so does Postgres'.
 
 Consistency of the cut: the Postgres side is read in one REPEATABLE READ
 snapshot holding both the rows and `sink_offsets` (written in one transaction
@@ -151,6 +152,7 @@ class Replay:
         self.debit_at: dict[str, int] = {}
         self.held: dict[str, int] = defaultdict(int)  # account -> replayed held total
         self.hold_amount: dict[str, int] = {}  # payment -> amount held by its HOLD_PLACED
+        self.hold_expires: dict[str, int] = {}  # payment -> its HOLD_PLACED's expires_at
         self.held_after_wrong: dict[str, str] = {}
         self.needs: dict[str, int] = defaultdict(int)  # payment -> facts its checked events require
         self.newest = 0
@@ -198,6 +200,7 @@ class Replay:
                 self.facts[pay] |= fact
             if etype == HOLD_PLACED:
                 self.hold_amount[pay] = ev["amount"] or 0
+                self.hold_expires[pay] = ev.get("expires_at") or 0
                 self.held[acct] += self.hold_amount[pay]
             elif etype in _HOLD_ENDS:
                 self.held[acct] -= self.hold_amount.get(pay, 0)
@@ -245,6 +248,14 @@ class Replay:
             self.balance_after_wrong.setdefault(
                 acct, f"{acct}: balance_after {after} != journal {self.balance[acct]} (event {eid})"
             )
+
+    def lapsed_holds(self, grace: float) -> list[str]:
+        """Holds still open more than `grace` seconds past their expiry: an expiry was
+        lost. Measured against the newest event, like transfers in transit, so a
+        stopped ledger is not an error."""
+        return [f"{pay} held {(self.newest - exp) / 1000:.0f}s past its expiry"
+                for pay, exp in self.hold_expires.items()
+                if not self.facts.get(pay, 0) & (DEBITED | CANCELED | EXPIRED) and self.newest - exp > grace * 1000]
 
     def payment_status(self, pay: str) -> str | None:
         """The status the facts imply, derived on its own terms (not the sink's merge)."""
@@ -593,10 +604,10 @@ def _invariants(report: Report, full: Replay, snap: Snapshot, grace: float) -> N
         "every event's stated balance equals its account's replayed balance",
     )
     report.add(
-        "g. held totals agree with the journal",
+        "g. held totals agree with the journal, no hold outlives its expiry",
         list(full.held_after_wrong.values()) + [f"{a}: replayed held total {h} < 0" for a, h in full.held.items()
-                                                if h < 0],
-        f"{len(full.hold_amount)} holds, {sum(full.held.values())} held now",
+                                                if h < 0] + full.lapsed_holds(grace),
+        f"{len(full.hold_amount)} holds, {sum(full.held.values())} held now (grace {grace:.0f}s)",
     )
 
 
