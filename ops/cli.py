@@ -14,6 +14,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream op
 def _register() -> None:
     from gateway.admin_cli import app as admin_app
     from gateway.bench import register as register_bench_http
+    from ops.asyncapi import register as register_asyncapi
     from ops.audit import app as audit_app
     from ops.db import app as db_app
     from ops.kafka_access_cli import acls_app
@@ -43,6 +44,7 @@ def _register() -> None:
     register_bench_sink(bench_app)
     register_chaos(app)
     register_toolkit(app)
+    register_asyncapi(app)
 
 
 def explain(exc: BaseException) -> str | None:

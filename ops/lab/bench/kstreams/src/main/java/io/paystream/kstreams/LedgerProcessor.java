@@ -389,6 +389,13 @@ final class LedgerProcessor implements Processor<String, byte[], String, byte[]>
         e.put("note", note);
         e.put("metadata", metadata == null ? Collections.emptyMap() : metadata);
         e.put("occurred_at", now);
+        // Fields this peer does not compute (paystream's hash chain, its holds) keep
+        // their schema defaults; a null in a field that is not nullable would not encode.
+        for (Schema.Field f : codec.event.getFields()) {
+            if (e.get(f.pos()) == null && f.hasDefaultValue()) {
+                e.put(f.pos(), GenericData.get().getDefaultValue(f));
+            }
+        }
         ctx.forward(new Record<>(key, codec.encodeEvent(e), now), EVENTS_SINK);
     }
 
