@@ -12,6 +12,9 @@ committed `docs/asyncapi.json` must equal what this module generates
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,11 +24,14 @@ from rich.console import Console
 
 from paystream import topics
 from paystream.codec import SCHEMA_DIR, TopicSpec, full_name, topic_specs
-from paystream.settings import PROJECT_ROOT
+from paystream.settings import PROJECT_ROOT, get_settings
 
 DOC = PROJECT_ROOT / "docs" / "asyncapi.json"
 AVRO = "application/vnd.apache.avro;version=1.11.0"
 KAFKA_BINDING = "0.5.0"
+# The AsyncAPI CLI that validates the document, from npm (pinned: a new release may
+# change its rules), installed once under the cache directory beside Kafka's jars.
+CLI_PACKAGE = "@asyncapi/cli@6.2.0"
 
 # What each public topic is for, who writes it and what a reader may rely on. The
 # internal topics (ledger.legs, fraud.flows) are the ledger's and the fraud app's own
@@ -146,6 +152,30 @@ def generate(specs: dict[str, TopicSpec] | None = None) -> dict[str, Any]:
     }
 
 
+def cli_path() -> Path:
+    """The AsyncAPI CLI, installed from npm into the cache on first use."""
+    home = get_settings().cache_dir.expanduser() / "asyncapi-cli"
+    exe = home / "node_modules" / ".bin" / "asyncapi"
+    if not exe.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is not installed: the AsyncAPI CLI comes from npm (Node 20)")
+        home.mkdir(parents=True, exist_ok=True)
+        subprocess.run([npm, "install", "--prefix", str(home), "--no-audit", "--no-fund", "--loglevel=error",
+                        CLI_PACKAGE], check=True, capture_output=True, timeout=900)  # fmt: skip
+    return exe
+
+
+def validate(doc: Path = DOC) -> tuple[bool, str]:
+    """Run `asyncapi validate` on `doc`: whether it is valid, and what the CLI said."""
+    env = {**os.environ, "SUPPRESS_NO_CONFIG_WARNING": "1", "NODE_ENV": "development"}
+    done = subprocess.run([str(cli_path()), "validate", str(doc)], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=doc.parent)  # fmt: skip
+    said = "\n".join(line for line in (done.stdout + done.stderr).splitlines()
+                     if line.strip() and "metrics" not in line and "analytics" not in line)  # fmt: skip
+    return done.returncode == 0 and "is valid" in said, said
+
+
 def render(doc: dict[str, Any]) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
 
@@ -155,10 +185,16 @@ def register(app: typer.Typer) -> None:
     def asyncapi_cmd(
         check: bool = typer.Option(False, "--check", help="exit 1 if docs/asyncapi.json is not what would be written"),
         out: Path = typer.Option(DOC, "--out", help="where to write the document"),
+        lint: bool = typer.Option(False, "--validate", help="then validate it with the AsyncAPI CLI (npm)"),
     ) -> None:
         """Write the AsyncAPI 3.0 document of the public topics (from ops/topics.toml and schemas/)."""
         console = Console()
         text = render(generate())
+        if lint:
+            ok, said = validate(out)
+            console.print(said)
+            if not ok:
+                raise typer.Exit(1)
         if check:
             if not out.exists() or out.read_text() != text:
                 console.print(f"{out} is out of date: run `paystream asyncapi`")
