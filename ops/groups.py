@@ -8,6 +8,7 @@ or corrupted by that member at its next commit).
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -90,6 +91,49 @@ def watermarks(settings: Settings, tps: list[tuple[str, int]]) -> dict[tuple[str
         return out
     finally:
         c.close()
+
+
+# A gap of at most this many offsets between a committed position and the end is
+# read to count its records: under exactly-once every transaction leaves a commit
+# marker, an offset no consumer ever receives or commits past, so a group that has
+# consumed everything still sits one offset (or a few) short of the end.
+MARKER_PROBE = 64
+
+
+def records_between(settings: Settings, spans: dict[tuple[str, int], tuple[int, int]],
+                    timeout: float = 5.0) -> dict[tuple[str, int], int]:
+    """How many records a read_committed reader gets in [start, end) of each partition:
+    transaction markers and aborted records do not count. Partitions not read to their
+    end within `timeout` are left out (the caller keeps its estimate)."""
+    todo = {tp: se for tp, se in spans.items() if se[1] > se[0]}
+    counts = dict.fromkeys(todo, 0)
+    if not todo:
+        return {tp: 0 for tp in spans}
+    c = kafka.consumer(settings, f"paystream-tool-{uuid.uuid4()}")
+    try:
+        c.assign([TopicPartition(t, p, start) for (t, p), (start, _) in todo.items()])
+        deadline = time.monotonic() + timeout
+        open_ = set(todo)
+        while open_ and time.monotonic() < deadline:
+            for m in c.consume(500, 0.1):
+                tp = (m.topic(), m.partition())
+                if m.error() is None and tp in open_ and m.offset() < todo[tp][1]:
+                    counts[tp] += 1
+            for pos in c.position([TopicPartition(t, p) for t, p in open_]):
+                if pos.offset >= 0 and pos.offset >= todo[(pos.topic, pos.partition)][1]:
+                    open_.discard((pos.topic, pos.partition))
+        return {tp: n for tp, n in counts.items() if tp not in open_} | {tp: 0 for tp in spans if tp not in todo}
+    finally:
+        c.close()
+
+
+def lags(settings: Settings, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Records left to read after each position: the end offset minus the position,
+    made exact (markers not counted) where the gap is small enough to read."""
+    ends = watermarks(settings, list(positions))
+    raw = {tp: max(0, ends[tp][1] - pos) for tp, pos in positions.items()}
+    small = {tp: (positions[tp], ends[tp][1]) for tp, n in raw.items() if 0 < n <= MARKER_PROBE}
+    return raw | records_between(settings, small)
 
 
 def parse_time(text: str) -> int:

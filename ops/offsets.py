@@ -32,10 +32,13 @@ class PartitionLag:
     partition: int
     committed: int | None
     end: int
+    pending: int | None = None  # records left after `committed` (markers not counted), if known
 
     @property
     def lag(self) -> int | None:
-        return None if self.committed is None else max(0, self.end - self.committed)
+        if self.committed is None:
+            return None
+        return self.pending if self.pending is not None else max(0, self.end - self.committed)
 
 
 def group_lag(settings: Settings, group: str, topic: str | None = None) -> list[PartitionLag]:
@@ -44,7 +47,8 @@ def group_lag(settings: Settings, group: str, topic: str | None = None) -> list[
     topics = [topic] if topic else sorted({t for t, _ in done})
     tps = [(t, p) for t in topics for p in G.partitions(settings, t)]
     ends = G.watermarks(settings, tps)
-    return [PartitionLag(group, t, p, done.get((t, p)), ends[(t, p)][1]) for t, p in tps]
+    pending = G.lags(settings, {tp: done[tp] for tp in tps if tp in done})
+    return [PartitionLag(group, t, p, done.get((t, p)), ends[(t, p)][1], pending.get((t, p))) for t, p in tps]
 
 
 def intake_groups(settings: Settings) -> dict[str, str]:
@@ -233,13 +237,12 @@ def register(root: typer.Typer) -> None:
             raise typer.Exit(1) from exc
         table = Table(title="consumer lag")
         for col in ("group", "state", "members", "topic", "partitions", "lag"):
-            table.add_column(col)
+            table.add_column(col, overflow="fold")  # whole group names, wrapped, never cut
         for info, t, n, lag in rows:
             table.add_row(info.group, info.state, str(info.members), t, str(n), str(lag))
         for group, pos in intake_positions(settings).items():
             tps = sorted(pos)
-            ends = G.watermarks(settings, tps)
-            lag = sum(max(0, ends[tp][1] - pos[tp]) for tp in tps)
+            lag = sum(G.lags(settings, pos).values())
             topics = ",".join(sorted({t for t, _ in tps}))
             table.add_row(f"{group} (postgres)", "-", "-", topics, str(len(tps)), str(lag))
         console.print(table)

@@ -62,13 +62,20 @@ def quix_connection(settings: Settings) -> ConnectionConfig:
     return ConnectionConfig.from_librdkafka_dict(connection(settings))
 
 
+# librdkafka's informational lines (level 6: "Purging N unserved events from background
+# queue" when a short-lived tool client closes) went to the terminal under operator
+# commands' tables; warnings and errors still do.
+QUIET = {"log_level": 4}
+
+
 def admin(settings: Settings, **extra: Any) -> AdminClient:
-    return AdminClient({**connection(settings), **extra})
+    return AdminClient({**connection(settings), **QUIET, **extra})
 
 
 def producer(settings: Settings, **extra: Any) -> Producer:
     return Producer({
         **connection(settings),
+        **QUIET,
         "partitioner": "murmur2_random",
         "acks": "all",
         "enable.idempotence": True,
@@ -80,6 +87,7 @@ def producer(settings: Settings, **extra: Any) -> Producer:
 def consumer(settings: Settings, group: str, **extra: Any) -> Consumer:
     return Consumer({
         **connection(settings),
+        **QUIET,
         "group.id": group,
         "isolation.level": "read_committed",
         "auto.offset.reset": "earliest",

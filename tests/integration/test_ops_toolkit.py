@@ -232,6 +232,40 @@ def test_lag_lists_ledger_and_state_rebuild_refuses_running_ledger(stack, ledger
     assert res.exit_code == 1 and "active" in res.output, res.output
 
 
+def test_lag_counts_records_not_transaction_markers(stack, cli):
+    """Under exactly-once every transaction ends with a marker no consumer receives or
+    commits past: a group that consumed everything is one offset short of the end and
+    must still show lag 0, and a group behind shows the records it has left."""
+    from confluent_kafka.admin import NewTopic
+
+    from ops.offsets import group_lag
+
+    topic = f"ops-test-txn-{uuid.uuid4().hex[:8]}"
+    admin = G.admin(stack)
+    admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout=30)
+    groups = [f"paystream-lagtest-{uuid.uuid4().hex[:8]}" for _ in range(3)]
+    try:
+        p = kafka.producer(stack, **{"transactional.id": f"lagtest-{uuid.uuid4().hex[:8]}"})
+        p.init_transactions(30)
+        for t in range(3):  # records at 0,1 | 3,4 | 6,7; markers at 2, 5, 8; end 9
+            p.begin_transaction()
+            for i in range(2):
+                p.produce(topic, key=b"k", value=f"{t}.{i}".encode(), partition=0)
+            p.commit_transaction(30)
+        for group, at in zip(groups, (8, 6, 3), strict=True):  # past the last record; 2 left; 4 left
+            c = kafka.consumer(stack, group)
+            c.commit(offsets=[TopicPartition(topic, 0, at)], asynchronous=False)
+            c.close()
+        got = [group_lag(stack, g, topic)[0] for g in groups]
+        assert [(r.end, r.lag) for r in got] == [(9, 0), (9, 2), (9, 4)]
+        res = runner.invoke(cli, ["lag", "--prefix", groups[0]])
+        assert res.exit_code == 0 and topic[:12] in res.output, res.output
+    finally:
+        admin.delete_topics([topic])[topic].result(timeout=30)
+        for g in groups:
+            admin.delete_consumer_groups([g], request_timeout=10)[g].result(timeout=15)
+
+
 def test_reprocess_into_topic_keeps_key_value_headers_and_partition(stack, cli):
     from confluent_kafka.admin import NewTopic
 
