@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -26,6 +26,15 @@ def _read_secret_file(name: str) -> str | None:
     if path:
         return Path(path).read_text().strip()
     return None
+
+
+# What PAYSTREAM_PROFILE=dev changes: the per-IP limits on registration and login,
+# which a script registering users from one machine hits at once (3 and 5 a minute).
+# Per-user payment limits, lockouts and everything about money stay as they are.
+DEV_PROFILE: dict[str, object] = {
+    "gateway_rate_register_per_minute": 600,
+    "gateway_rate_login_per_minute": 600,
+}
 
 
 class Settings(BaseSettings):
@@ -44,6 +53,11 @@ class Settings(BaseSettings):
         default="development",
         description="production refuses a missing or short JWT secret and hides /docs, "
         "/openapi.json and /metrics unless exposed on purpose",
+    )
+    profile: Literal["standard", "dev"] = Field(
+        default="standard",
+        description="dev (PAYSTREAM_PROFILE=dev): limits relaxed for scripts run from one machine (see "
+        "DEV_PROFILE); a setting given explicitly still wins; refused in production",
     )
     home: Path = Field(default=PROJECT_ROOT / ".stack", description="state of the local stack")
     cache_dir: Path = Field(
@@ -253,6 +267,16 @@ class Settings(BaseSettings):
     def metrics_port(self, component: str) -> int:
         """The Prometheus port of a component (0: none); the sink keeps `sink_metrics_port`."""
         return int(getattr(self, f"{component.replace('-', '_')}_metrics_port", 0) or 0)
+
+    @model_validator(mode="after")
+    def _apply_profile(self) -> Settings:
+        if self.profile == "dev":
+            if self.environment == "production":
+                raise ValueError("PAYSTREAM_PROFILE=dev relaxes the gateway's abuse limits: refused in production")
+            for name, value in DEV_PROFILE.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, value)
+        return self
 
     @property
     def gateway_serves_metrics(self) -> bool:

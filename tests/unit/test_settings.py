@@ -118,3 +118,19 @@ def test_dsn_override_wins_over_parts(monkeypatch: pytest.MonkeyPatch, tmp_path:
     monkeypatch.setenv("PAYSTREAM_POSTGRES_PASSWORD", "ignored")
     monkeypatch.setenv("PAYSTREAM_POSTGRES_DSN", "postgresql://u@db:1/x")
     assert Settings(home=tmp_path / "home").postgres_dsn == "postgresql://u@db:1/x"
+
+
+def test_the_dev_profile_relaxes_registration_and_login_limits_only_outside_production() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from paystream.settings import DEV_PROFILE, Settings
+
+    standard = Settings()
+    dev = Settings(profile="dev")
+    assert (standard.gateway_rate_register_per_minute, standard.gateway_rate_login_per_minute) == (3, 5)
+    assert dev.gateway_rate_register_per_minute == DEV_PROFILE["gateway_rate_register_per_minute"]
+    assert dev.gateway_rate_payments_per_minute == standard.gateway_rate_payments_per_minute
+    assert Settings(profile="dev", gateway_rate_register_per_minute=7).gateway_rate_register_per_minute == 7
+    with pytest.raises(ValidationError, match="refused in production"):
+        Settings(profile="dev", environment="production", jwt_secret="x" * 64)
