@@ -150,7 +150,7 @@ async function loadReviews(reset) {
 function reviewRow(r) {
   const rules = r.reasons.map((x) => x.rule).join(", ");
   const tr = el("tr", { class: "review", "data-alert": r.alert_id, onclick: () => openReview(r.alert_id) },
-    el("td", { class: "when", text: when(r.detected_at).replace("Z", "") }),
+    el("td", { class: "when", title: when(r.detected_at), text: when(r.detected_at).slice(5, 19).replace("T", " ") }),
     el("td", {}, badge(r.risk)),
     el("td", { class: "num", text: String(r.score) }),
     el("td", { class: "num", text: formatMinor(r.amount, r.currency) }),
@@ -188,7 +188,7 @@ function renderReview(r) {
   $("d-detected").textContent = when(r.detected_at);
   $("d-payment").textContent = r.payment_id;
   $("d-decision").textContent = r.state === "open" ? "—"
-    : `${r.state} by ${r.decided_by} at ${when(r.decided_at)}${r.note ? ": “" + r.note + "”" : ""}`;
+    : `${r.state} by ${r.decided_by_email || r.decided_by} at ${when(r.decided_at)}${r.note ? ": “" + r.note + "”" : ""}`;
   const tb = $("d-reasons").tBodies[0];
   tb.replaceChildren(...r.reasons.map((x) => el("tr", {},
     el("td", {}, el("code", { text: x.rule })), el("td", { class: "num", text: String(x.score) }),

@@ -57,6 +57,7 @@ class ReviewOut(BaseModel):
     state: str
     decision_id: str | None
     decided_by: str | None
+    decided_by_email: str | None = None
     decided_at: str | None
     note: str | None
 
@@ -78,8 +79,14 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
         "risk": row["risk"], "reasons": row["reasons"], "detected_at": _iso(row["detected_at"]),
         "state": row["state"],
         "decision_id": str(row["decision_id"]) if row["decision_id"] else None,
-        "decided_by": row["decided_by"], "decided_at": _iso(row["decided_at"]), "note": row["note"],
+        "decided_by": row["decided_by"], "decided_by_email": row.get("decided_by_email"),
+        "decided_at": _iso(row["decided_at"]), "note": row["note"],
     }  # fmt: skip
+
+
+# A review with the email of the admin who decided it (the console shows who, not an id).
+_REVIEWS = ("SELECT *, (SELECT u.email FROM users u WHERE u.user_id::text = reviews.decided_by)"
+            " AS decided_by_email FROM reviews")
 
 
 def _cursor(row: dict[str, Any]) -> str:
@@ -139,7 +146,7 @@ async def list_reviews(
     if cursor:
         where.append("(detected_at, alert_id) < (%s, %s::uuid)")
         params.extend(_decode_cursor(cursor))
-    sql = "SELECT * FROM reviews" + (" WHERE " + " AND ".join(where) if where else "")
+    sql = _REVIEWS + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY detected_at DESC, alert_id DESC LIMIT %s"
     async with pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -154,7 +161,7 @@ async def list_reviews(
 async def get_review(review_id: ReviewId, p: Admin, gw: GatewayDep) -> dict[str, Any]:
     async with gw.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT * FROM reviews WHERE alert_id = %s", (review_id,))
+        await cur.execute(_REVIEWS + " WHERE alert_id = %s", (review_id,))
         row = await cur.fetchone()
     if row is None:
         raise Problem(404, "review_not_found", "no review with that id")
@@ -177,7 +184,7 @@ async def _decide(pool: AsyncConnectionPool, review_id: uuid.UUID, admin_id: str
     state = "approved" if verdict == "APPROVED" else "rejected"
     async with pool.connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute("SELECT * FROM reviews WHERE alert_id = %s FOR UPDATE", (review_id,))
+        await cur.execute(_REVIEWS + " WHERE alert_id = %s FOR UPDATE", (review_id,))
         row = await cur.fetchone()
         if row is None:
             raise Problem(404, "review_not_found", "no review with that id")
@@ -187,7 +194,8 @@ async def _decide(pool: AsyncConnectionPool, review_id: uuid.UUID, admin_id: str
         did = decision_id(str(review_id))
         await cur.execute(
             "UPDATE reviews SET state = %s, decision_id = %s, decided_by = %s, decided_at = now(),"
-            " note = %s WHERE alert_id = %s RETURNING *",
+            " note = %s WHERE alert_id = %s RETURNING *, (SELECT u.email FROM users u"
+            " WHERE u.user_id::text = reviews.decided_by) AS decided_by_email",
             (state, did, admin_id, note, review_id))
         row = await cur.fetchone()
         assert row is not None

@@ -626,12 +626,49 @@ def test_admin_console_rejects_an_alert(system: System, pair: Pair, high_value: 
         assert "requires_capture" in result and "Authorized" in result and "25.00" in result
         assert "open holds" in driver.find_element(By.CSS_SELECTOR, "#payment-result .account .held").text
         _shot(driver, "admin-hold", shots)
+
+        # nothing overflows on narrower screens: back to the decided review, at 1280 and 1024
+        driver.find_element(By.CSS_SELECTOR, 'nav .tab[data-tab="reviews"]').click()  # the pane keeps it
+        wait.until(EC.text_to_be_present_in_element((By.ID, "d-state"), "rejected"))
+        assert system.admin_email in driver.find_element(By.ID, "d-decision").text  # who, not an id
+        for width in (1280, 1024):
+            driver.set_window_size(width, 900)
+            time.sleep(0.5)
+            _shot(driver, f"admin-review-{width}", shots)
+            assert driver.execute_script(OVERFLOW_JS) == [], width
         # no script errors; the one failed request is the wrong password's 401
         logs = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"
                 and not ("/v1/auth/login" in e["message"] and "401" in e["message"])]
         assert not logs, logs
     finally:
         driver.quit()
+
+
+# What does not fit: a page wider than the window, the queue and the detail pane
+# overlapping, or anything sticking out of the card that holds it (hidden under the
+# pane next to it, or clipped on the right).
+OVERFLOW_JS = """
+const bad = [];
+const doc = document.documentElement;
+if (doc.scrollWidth > doc.clientWidth) bad.push(`page ${doc.scrollWidth} > ${doc.clientWidth}`);
+const panes = [...document.querySelectorAll('.split > *')].filter(e => e.offsetParent !== null);
+if (panes.length === 2) {
+  const [a, b] = panes.map(e => e.getBoundingClientRect());
+  if (a.right > b.left + 1 && a.bottom > b.top + 1) bad.push(`panes overlap: ${a.right} > ${b.left}`);
+}
+for (const card of document.querySelectorAll('.card, .account-box')) {
+  if (card.offsetParent === null) continue;
+  const box = card.getBoundingClientRect();
+  for (const e of card.querySelectorAll('*')) {
+    const r = e.getBoundingClientRect();
+    if (r.width && r.height && r.right > box.right + 1) {
+      bad.push(`${e.tagName}.${e.className} right ${Math.round(r.right)} > its card ${Math.round(box.right)}`);
+      break;
+    }
+  }
+}
+return bad;
+"""
 
 
 def _until_status(driver: Any, locator: tuple[str, str], status: str, timeout: float) -> None:
