@@ -3,10 +3,15 @@ make, as plain functions over plain data (no I/O, no clock, no sleeping), so the
 policy is unit-tested without a network or real time.
 
 What is retried, always with the call's own Idempotency-Key:
-* 409 `request_in_progress` (another send of this key is still running), 429, and
-  502/503/504, after the server's `Retry-After` when it gives one. A Retry-After
-  longer than `retry_after_max_seconds` is not waited out: the error is raised with
-  its `retry_after` for the caller to decide (a login lockout can ask for 15 min).
+* 429 and 502/503/504, after the server's `Retry-After` when it gives one. A
+  Retry-After longer than `retry_after_max_seconds` is not waited out: the error is
+  raised with its `retry_after` for the caller to decide (a login lockout can ask for
+  15 min).
+* 409 `request_in_progress`: another send of this key is still running. Its
+  Retry-After is when the holder's lock lapses (up to `gateway_inflight_lock_seconds`,
+  30 s, for a holder that died), while a live holder is usually done in a few hundred
+  ms; asking again early is harmless (the gateway answers 409 again, or the first
+  answer), so the client asks again on its backoff, never later than the Retry-After.
 * A connection error or a timeout. A call that is not `safe` to send twice (a
   registration, a new webhook endpoint, a freeze) is retried only when the request
   surely never reached the server (connection refused, connect or pool timeout) or
@@ -87,18 +92,24 @@ class Attempts:
         """What is left of the call's outcome budget (`Prefer: wait`), if it has one."""
         return None if self.wait is None else max(0.0, self.started + self.wait - now)
 
-    def after_failure(self, now: float, retry_after: float | None, jitter: float) -> float | None:
-        """The delay before the next send after a failure, or None to give up."""
+    def after_failure(self, now: float, retry_after: float | None, jitter: float, *,
+                      bound: bool = False) -> float | None:  # fmt: skip
+        """The delay before the next send after a failure, or None to give up. With
+        `bound`, `retry_after` is only the latest time worth waiting for (a 409's lock
+        deadline), and the backoff is used when it is sooner."""
         self.failures += 1
         policy = self.policy
         if self.failures >= policy.max_attempts:
             return None
-        if retry_after is not None:
-            if retry_after > policy.retry_after_max_seconds:
-                return None
-            delay = retry_after
+        backoff = policy.backoff(self.failures, jitter)
+        if retry_after is None:
+            delay = backoff
+        elif bound:
+            delay = min(backoff, retry_after)
+        elif retry_after > policy.retry_after_max_seconds:
+            return None
         else:
-            delay = policy.backoff(self.failures, jitter)
+            delay = retry_after
         deadline = self.started + policy.max_elapsed_seconds + (self.wait or 0.0)
         return delay if now + delay <= deadline else None
 
@@ -121,7 +132,8 @@ def judge(call: Call[T], attempts: Attempts, response: httpx.Response, *, now: f
         attempts.relogged = True
         return Again(0.0, relogin=True)
     if _retryable(call, response):
-        delay = attempts.after_failure(now, retry_after_seconds(response.headers.get("retry-after")), jitter)
+        hint = retry_after_seconds(response.headers.get("retry-after"))
+        delay = attempts.after_failure(now, hint, jitter, bound=status == 409)
         if delay is not None:
             return Again(delay)
     raise error_from(response)

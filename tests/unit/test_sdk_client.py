@@ -130,6 +130,17 @@ def test_the_callers_key_is_sent_and_each_call_without_one_gets_its_own() -> Non
     assert keys[0] == "order-17" and keys[1] != keys[2]
 
 
+def test_request_in_progress_is_asked_again_on_the_backoff_not_at_the_lock_deadline() -> None:
+    """A 409's Retry-After is the lock deadline of the request holding the key (30 s
+    for a holder that died); a live one answers in a few hundred ms."""
+    clock = Clock()
+    busy = problem(409, "request_in_progress", {"Retry-After": "30"})
+    gw = Gateway(busy, busy, problem(409, "request_in_progress", {"Retry-After": "1"}),
+                 httpx.Response(201, json=payment()))  # fmt: skip
+    assert pay(client(gw, clock)).status == "completed"
+    assert clock.slept == [0.5, 1.0, 1.0] and len(set(gw.keys())) == 1
+
+
 def test_retries_stop_after_max_attempts_with_the_typed_error() -> None:
     clock = Clock()
     gw = Gateway(*[problem(503, "service_unavailable", {"Retry-After": "1"}) for _ in range(3)])
