@@ -424,3 +424,15 @@ def test_both_clients_offer_the_same_operations_with_the_same_parameters() -> No
         assert inspect.iscoroutinefunction(getattr(AsyncClient, name)) or inspect.isasyncgenfunction(
             getattr(AsyncClient, name)
         ), name
+
+
+def test_the_package_says_it_is_typed() -> None:
+    """PEP 561: without py.typed in the installed package, mypy and pyright ignore the
+    SDK's annotations in users' code."""
+    import tomllib
+
+    from paystream.settings import PROJECT_ROOT
+
+    package_data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "py.typed" in package_data["paystream"]
+    assert (PROJECT_ROOT / "paystream" / "py.typed").is_file()
