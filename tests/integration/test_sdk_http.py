@@ -78,6 +78,21 @@ def hooks(gw: Env, log_dir: Path) -> Iterator[Component]:
     comp.stop()
 
 
+@pytest.fixture
+def short_tokens(gw: Env, log_dir: Path) -> Iterator[str]:
+    """A gateway over `gw`'s database that issues tokens for 3 seconds."""
+    port = _free_port()
+    env = {**gw.env, "PAYSTREAM_GATEWAY_PORT": str(port), "PAYSTREAM_JWT_TTL_SECONDS": "3",
+           "PAYSTREAM_GATEWAY_RATE_LOGIN_PER_MINUTE": "1000"}  # fmt: skip
+    comp = Component("gateway", log_dir, env).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_http(base, comp)
+        yield base
+    finally:
+        comp.stop()
+
+
 def user(base: str, currency: str = "USD", **kwargs: Any) -> tuple[Client, str]:
     """A registered, logged-in user (a client of their own, from an address of their
     own) and their first account's number."""
@@ -334,3 +349,37 @@ def test_a_real_deliverys_signature_verifies(gw: Env, sdk_base: str, hooks: Comp
     assert [e.active for e in a.list_webhook_endpoints()] == [False]
     with pytest.raises(NotFound):
         a.delete_webhook_endpoint(str(uuid.uuid4()))
+
+
+class Recorder(httpx.HTTPTransport):
+    """Records the path and status of every request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[str, int]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        response = super().handle_request(request)
+        self.seen.append((request.url.path, response.status_code))
+        return response
+
+
+def test_tokens_are_renewed_before_they_expire_and_after_a_401(short_tokens: str) -> None:
+    seen = Recorder()
+    a, _ = user(short_tokens, transport=seen)
+    email = a.me().email
+    time.sleep(3.0)  # past 90 % of the token's life: the client logs in again first
+    assert a.me().email == email
+    assert seen.seen[-2:] == [("/v1/auth/login", 200), ("/v1/me", 200)]
+    assert ("/v1/me", 401) not in seen.seen
+
+    # a client whose clock stands still sends the token past its expiry: the gateway
+    # answers 401 token_expired, the client logs in again and repeats the call
+    still = Recorder()
+    frozen = Client(short_tokens, email=email, password=PASSWORD, transport=still, clock=lambda: 0.0,
+                    headers={"X-Forwarded-For": _ip()})  # fmt: skip
+    frozen.me()
+    time.sleep(4.0)
+    assert frozen.me().email == email
+    assert still.seen == [("/v1/auth/login", 200), ("/v1/me", 200), ("/v1/me", 401), ("/v1/auth/login", 200),
+                          ("/v1/me", 200)]  # fmt: skip
