@@ -112,7 +112,8 @@ class AsyncClient(BaseClient):
                     return result
                 again = result
             if again.relogin:
-                self._relogin(token)
+                async with self._login_lock:
+                    self._relogin(token)
             if again.delay > 0:
                 await self._sleep(again.delay)
 

@@ -118,7 +118,8 @@ class Client(BaseClient):
                     return result
                 again = result
             if again.relogin:
-                self._relogin(token)
+                with self._login_lock:
+                    self._relogin(token)
             if again.delay > 0:
                 self._sleep(again.delay)
 

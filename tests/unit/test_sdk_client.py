@@ -436,3 +436,15 @@ def test_the_package_says_it_is_typed() -> None:
     package_data = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
     assert "py.typed" in package_data["paystream"]
     assert (PROJECT_ROOT / "paystream" / "py.typed").is_file()
+
+
+def test_any_route_can_be_sent_with_the_clients_login_retries_and_errors() -> None:
+    from paystream.client import Call
+
+    clock = Clock()
+    gw = Gateway(problem(503, "service_unavailable", {"Retry-After": "1"}),
+                 httpx.Response(200, json={"items": [{"alert_id": "a1"}], "next_cursor": None}))  # fmt: skip
+    items = client(gw, clock).send(Call("GET", "/v1/admin/reviews", lambda r: r.json()["items"],
+                                        params={"state": "open"}))  # fmt: skip
+    assert items == [{"alert_id": "a1"}] and clock.slept == [1.0]
+    assert gw.requests[-1].url.params["state"] == "open" and gw.requests[-1].headers["Authorization"] == "Bearer t0"
