@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from paystream.errors import CurrencyMismatchError, MoneyError, UnknownCurrencyError
@@ -85,6 +86,22 @@ class Money:
             )
         minor = int(whole) * 10**exp + (int(frac.ljust(exp, "0")) if exp else 0)
         return cls(-minor if sign else minor, currency)
+
+    @classmethod
+    def from_decimal(cls, value: Decimal, currency: str) -> Money:
+        """An exact ``Decimal`` in the currency's units, as strictly as `parse`: more
+        significant decimals than the currency allows is an error, never rounded.
+        Trailing zeros are not significant (``Decimal("12.500")`` is 12.50 USD)."""
+        if not isinstance(value, Decimal):
+            raise MoneyError(f"amount must be a Decimal, not {type(value).__name__}", code="invalid_amount")
+        if not value.is_finite():
+            raise MoneyError(f"{value} is not an amount", code="invalid_amount")
+        return cls.parse(format(value.normalize(), "f"), currency)
+
+    def to_decimal(self) -> Decimal:
+        """The amount as an exact ``Decimal`` in the currency's units, with as many
+        decimals as the currency has (``Decimal("12.50")`` for 1250 USD cents)."""
+        return Decimal(self.minor).scaleb(-exponent(self.currency))
 
     def format(self) -> str:
         exp = exponent(self.currency)

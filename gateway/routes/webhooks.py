@@ -26,8 +26,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.deps import GatewayDep, User
 from gateway.problems import Problem, responses
+from paystream.webhooks import new_secret
 from pipelines.notifications.egress import host_problem
-from pipelines.notifications.signing import new_secret
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 

@@ -942,7 +942,7 @@ class Chaos:
 
     def _check_webhooks(self, events: list[dict[str, Any]], timeout: float = 120.0) -> None:
         """Every notification of the user with a webhook arrived, signed, despite the outage."""
-        from pipelines.notifications import signing
+        from paystream import webhooks
         from pipelines.notifications.domain import notification_for
 
         user = self.hook_user
@@ -962,7 +962,7 @@ class Chaos:
         for nid in want - got:
             self.report.anomalies.append(Anomaly("notification not delivered", nid, f"user {user.user_id}"))
         for q in self.receiver.requests:
-            if not signing.verify(self.hook_secret, q["headers"].get(signing.HEADER, ""), q["body"]):
+            if not webhooks.verify(q["body"], q["headers"].get(webhooks.HEADER, ""), self.hook_secret):
                 self.report.anomalies.append(Anomaly("bad webhook signature",
                                                      q["headers"].get("Paystream-Event-Id", "?"), ""))
 

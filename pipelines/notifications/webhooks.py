@@ -40,12 +40,11 @@ from prometheus_client import Counter, Histogram
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from paystream import ids, metrics, topics
+from paystream import ids, metrics, topics, webhooks
 from paystream.codec import Codec
 from paystream.errors import DecodeError
 from paystream.settings import Settings, get_settings
 from paystream.stream.pg_intake import IntakeHandler, Item, PgIntake, worker_spec
-from pipelines.notifications import signing
 from pipelines.notifications.egress import PublicOnlyTransport
 
 NOTIFICATIONS = topics.NOTIFICATIONS
@@ -273,8 +272,8 @@ class Deliverer:
         headers = {
             "Content-Type": "application/json",
             "User-Agent": "paystream-webhooks/1",
-            signing.HEADER: signing.sign(ep.secret, body),
-            signing.EVENT_ID_HEADER: str(d["notification_id"]),
+            webhooks.HEADER: webhooks.sign(ep.secret, body),
+            webhooks.EVENT_ID_HEADER: str(d["notification_id"]),
             "Paystream-Delivery-Id": str(d["delivery_id"]),
             "Paystream-Attempt": str(n),
         }

@@ -19,11 +19,11 @@ import pytest
 
 from ops.lab.webhook_receiver import Receiver
 from paystream import commands as C
+from paystream import webhooks as signing
 from paystream.codec import Codec
 from paystream.settings import Settings
 from pipelines.fraud import config as fconfig
 from pipelines.fraud.domain import freeze_command_id, on_account_opened, on_transfer, transfer_from_event
-from pipelines.notifications import signing
 from pipelines.notifications.domain import notification_for
 from tests.conftest import Component
 from tests.kafka_helpers import EventReader, send
@@ -116,7 +116,7 @@ def test_webhooks_retry_with_backoff_until_delivered(stack, db, codec, ledger, n
     events.close()
 
     for q in receiver.requests:
-        assert signing.verify(secret, q["headers"][signing.HEADER], q["body"])
+        assert signing.verify(q["body"], q["headers"][signing.HEADER], secret)
         body = json.loads(q["body"])
         assert body["id"] == q["headers"]["Paystream-Event-Id"] and body["data"]["user_id"] == user
     assert {q["headers"]["Paystream-Event-Id"] for q in receiver.requests} == expected

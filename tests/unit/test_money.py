@@ -59,3 +59,32 @@ def test_format_parse_round_trip(minor, currency):
 def test_arithmetic_is_integer_exact(a, b):
     assert (Money(a, "USD") + Money(b, "USD")).minor == a + b
     assert (Money(a, "USD") - Money(b, "USD")).minor == a - b
+
+
+@pytest.mark.parametrize(
+    ("value", "currency", "minor"),
+    [("12.50", "USD", 1250), ("12.500", "USD", 1250), ("1E+2", "USD", 10000), ("-0.01", "USD", -1),
+     ("7", "JPY", 7), ("1.234", "KWD", 1234), ("0.000", "EUR", 0)],
+)
+def test_from_decimal_is_exact(value, currency, minor):
+    from decimal import Decimal
+
+    assert Money.from_decimal(Decimal(value), currency) == Money(minor, currency)
+
+
+@pytest.mark.parametrize(("value", "code"), [("1.001", "too_many_decimals"), ("NaN", "invalid_amount"),
+                                             ("Infinity", "invalid_amount"), (1.5, "invalid_amount")])
+def test_from_decimal_refuses(value, code):
+    from decimal import Decimal
+
+    with pytest.raises(MoneyError) as err:
+        Money.from_decimal(Decimal(value) if isinstance(value, str) else value, "USD")
+    assert err.value.code == code
+
+
+@given(st.sampled_from(sorted(CURRENCY_EXPONENTS)), st.integers(-(10**15), 10**15))
+def test_decimal_round_trip(currency, minor):
+    money = Money(minor, currency)
+    dec = money.to_decimal()
+    assert Money.from_decimal(dec, currency) == money
+    assert str(dec) == money.format()  # the API's string, digit for digit

@@ -8,8 +8,8 @@ import uuid
 import pytest
 
 from gateway.routes.webhooks import url_problem
+from paystream import webhooks as signing
 from paystream.settings import Settings
-from pipelines.notifications import signing
 from pipelines.notifications.domain import (
     decision_notification,
     notification_for,
@@ -117,11 +117,11 @@ def test_signature_round_trip_and_tampering():
     secret = signing.new_secret()
     body = '{"id":"x"}'
     header = signing.sign(secret, body, t=1_700_000_000)
-    assert signing.verify(secret, header, body, now=1_700_000_010)
-    assert not signing.verify(secret, header, body + " ", now=1_700_000_010)
-    assert not signing.verify("whsec_other", header, body, now=1_700_000_010)
-    assert not signing.verify(secret, header, body, now=1_700_000_000 + 3600)  # replayed later
-    assert not signing.verify(secret, "v1=abc", body)
+    assert signing.verify(body, header, secret, now=1_700_000_010)
+    assert not signing.verify(body + " ", header, secret, now=1_700_000_010)
+    assert not signing.verify(body, header, "whsec_other", now=1_700_000_010)
+    assert not signing.verify(body, header, secret, now=1_700_000_000 + 3600)  # replayed later
+    assert not signing.verify(body, "v1=abc", secret)
 
 
 def test_backoff_grows_with_jitter_and_gives_up_after_the_period():
