@@ -105,7 +105,8 @@ class EventConsumer:
     journal, or `latest`). `unknown`: what to do with a record that is no ledger
     event (skip it, counted in `skipped`, or raise). `config`: further librdkafka
     consumer settings. The principal of `settings` needs READ on `ledger.events` and
-    on the group (docs/SECURITY.md)."""
+    on the group: `paystream consumers add NAME` makes `consumer-NAME`, whose groups
+    are `consumer-NAME.<anything>` (docs/SECURITY.md)."""
 
     def __init__(self, group: str, settings: Settings | None = None, *, codec: Codec | None = None,
                  start: Literal["earliest", "latest"] = "earliest", unknown: Unknown = "skip",
@@ -199,7 +200,10 @@ class OutcomeListener:
     def __init__(self, settings: Settings, codec: Codec) -> None:
         self.codec = codec
         self._consumer = kafka.consumer(
-            settings, f"paystream-outcomes-{uuid.uuid4()}", **{"fetch.wait.max.ms": 10, "enable.partition.eof": False}
+            # Never joined or committed; named under the principal's own groups all the same
+            # (`consumer-NAME.`, docs/SECURITY.md), should the broker check the group.
+            settings, f"{settings.kafka_principal}.outcomes-{uuid.uuid4()}",
+            **{"fetch.wait.max.ms": 10, "enable.partition.eof": False},
         )
         self._waiters: dict[str, list[Future[LedgerEvent]]] = {}
         self._lock = threading.Lock()

@@ -44,6 +44,7 @@ The ledger identifies accounts by id (a UUID), the API by number (`PS…`).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -81,6 +82,8 @@ from paystream.errors import (
 from paystream.partitioning import partition_for
 from paystream.records import LedgerEvent
 from paystream.settings import Settings, get_settings
+
+log = logging.getLogger("paystream.producer")
 
 __all__ = [
     "AccountDirectory", "CheckedCommand", "Delivery", "Producer", "authorize", "capture", "check_command", "transfer",
@@ -161,6 +164,7 @@ class Producer:
                 command_schema_id=self.codec.schema_id(COMMANDS_TOPIC),
                 partitions=self.partitions(COMMANDS_TOPIC), max_items=batch_max_items, linger_ms=batch_linger_ms,
             )  # fmt: skip
+        self.fatal: KafkaException | None = None
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="paystream-producer-poll", daemon=True)
         self._poller.start()
@@ -228,6 +232,8 @@ class Producer:
                 listener.forget(cid, fut)
 
     def _produce(self, p: CheckedCommand) -> Future[Delivery]:
+        if self.fatal is not None:
+            raise NotDelivered(f"command {p.command_id} was not produced: the producer failed: {self.fatal}")
         fut: Future[Delivery] = Future()
 
         def delivered(err: Any, msg: Any) -> None:
@@ -261,8 +267,18 @@ class Producer:
             return self._listener
 
     def _poll(self) -> None:
+        """Serve delivery reports. A fatal error (say, a principal without the right to
+        produce, which an idempotent producer learns when it asks for its id) fails this
+        producer for good: it is kept to refuse later sends, and polling goes on so that
+        what was queued still gets its report."""
         while not self._closed.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                if self.fatal is None:
+                    log.error("the Kafka producer failed: %s", exc)
+                self.fatal = exc
+                self._closed.wait(0.1)
 
     def flush(self, timeout: float = 30.0) -> int:
         """Send whatever waits (batches included); the number of commands still undelivered."""

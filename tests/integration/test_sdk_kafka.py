@@ -15,13 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from ops import kafka_auth
 from paystream import commands as C
 from paystream import kafka
 from paystream.codec import Codec
 from paystream.consumer import EventConsumer, end_positions
-from paystream.errors import AccountNotFound, InvalidCommand, OutcomesUnavailable, PrivilegedCommand
+from paystream.errors import AccountNotFound, InvalidCommand, NotDelivered, OutcomesUnavailable, PrivilegedCommand
 from paystream.partitioning import partition_for
 from paystream.producer import AccountDirectory, Producer, authorize, capture, transfer, void
 from paystream.settings import PROJECT_ROOT, Settings
@@ -42,12 +43,21 @@ def operator(stack: Settings, codec: Codec, ledger: Component) -> Iterator[Produ
 
 
 @pytest.fixture(scope="module")
-def direct(stack: Settings, codec: Codec, ledger: Component) -> Iterator[Producer]:
-    """A direct producer on a principal of its own (`paystream producers add`), which may
-    write payments.commands only; it reads outcomes with the admin's settings."""
+def reader_principal(stack: Settings) -> Iterator[Settings]:
+    """A journal reader, as `paystream consumers add` makes one."""
+    name = f"sdk{uuid.uuid4().hex[:10]}"
+    principal = kafka_auth.add_client(stack, "consumer", name)
+    yield kafka_auth.as_principal(stack, principal)
+    kafka_auth.remove_client(stack, "consumer", name)
+
+
+@pytest.fixture(scope="module")
+def direct(stack: Settings, codec: Codec, ledger: Component, reader_principal: Settings) -> Iterator[Producer]:
+    """A direct producer as a team runs one: it sends on its own principal (`paystream
+    producers add`: payments.commands only) and reads outcomes on a reader's."""
     name = f"sdk{uuid.uuid4().hex[:10]}"
     principal = kafka_auth.add_producer(stack, name)
-    with Producer(kafka_auth.as_principal(stack, principal), codec=codec, outcomes=stack) as p:
+    with Producer(kafka_auth.as_principal(stack, principal), codec=codec, outcomes=reader_principal) as p:
         yield p
     kafka_auth.remove_producer(stack, name)
 
@@ -175,10 +185,12 @@ def _read(consumer: EventConsumer, until: set[str], commit_at: str | None = None
     return seen
 
 
-def test_the_consumer_yields_typed_events_and_resumes_after_its_commit(stack: Settings, codec: Codec,
-                                                                      operator: Producer, direct: Producer) -> None:
+def test_the_consumer_yields_typed_events_and_resumes_after_its_commit(codec: Codec, operator: Producer,
+                                                                      direct: Producer,
+                                                                      reader_principal: Settings) -> None:
+    stack = reader_principal  # a journal reader's principal, in a group of its own
     a, b = _funded(operator, 1_000)
-    group = f"sdk-consumer-{uuid.uuid4().hex[:8]}"
+    group = f"{stack.kafka_principal}.journal-{uuid.uuid4().hex[:8]}"
     _group_at_end(stack, group)
     cmds = [transfer(a, b, 10 * (i + 1), "USD") for i in range(3)]
     for cmd in cmds:  # one at a time: their outcomes come in this order
@@ -197,6 +209,21 @@ def test_the_consumer_yields_typed_events_and_resumes_after_its_commit(stack: Se
         again = [dict(e) for e in second.events(idle_timeout=5)]
     assert not committed & {e["event_id"] for e in again}
     assert uncommitted <= {e["event_id"] for e in again}
+
+
+def test_a_journal_reader_may_read_events_in_its_own_groups_only(stack: Settings, codec: Codec,
+                                                                 reader_principal: Settings) -> None:
+    own = EventConsumer(f"{reader_principal.kafka_principal}.x", reader_principal, codec=codec, log_level=0)
+    with own:
+        assert isinstance(list(own.events(idle_timeout=3)), list)  # joined, read (maybe nothing), no error
+    others = EventConsumer("paystream-sink", reader_principal, codec=codec, log_level=0)
+    with others, pytest.raises(KafkaException) as err:
+        list(others.events(idle_timeout=10))
+    assert err.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED
+    cmd = transfer(str(uuid.uuid4()), str(uuid.uuid4()), 1, "USD")
+    with (Producer(reader_principal, codec=codec, log_level=0, **{"message.timeout.ms": 10_000}) as p,
+          pytest.raises(NotDelivered, match=r"(?i)authoriz")):
+        p.send(cmd).result(30)
 
 
 def _run(script: str, *args: str) -> subprocess.CompletedProcess[str]:

@@ -232,3 +232,27 @@ def test_the_account_directory_asks_the_api_once_per_number() -> None:
     with pytest.raises(PaystreamError, match="read model is behind") as err:
         accounts.account_id("PS0000000003")
     assert err.value.code == "unavailable"
+
+
+# ------------------------------------------------------------------ journal readers
+
+
+def test_a_journal_reader_reads_the_journal_in_its_own_groups_only() -> None:
+    from ops import kafka_auth
+
+    pay, payroll = kafka_auth.consumer_rights("consumer-pay"), kafka_auth.consumer_rights("consumer-pay-roll")
+    assert {(g.resource, g.name, g.operations) for g in pay if g.resource == "topic"} == {
+        ("topic", "ledger.events", ("READ", "DESCRIBE"))}
+    (group,) = [g for g in pay if g.resource == "group"]
+    (other,) = [g for g in payroll if g.resource == "group"]
+    assert group.prefixed and not f"{other.name}journal".startswith(group.name)
+    assert not any("WRITE" in g.operations for g in pay)
+
+
+@pytest.mark.parametrize("name", ["../etc", "a.b", "", "A"])
+def test_a_consumer_name_cannot_escape_its_file_or_its_groups(tmp_path: Any, name: str) -> None:
+    from ops import kafka_auth
+    from paystream.settings import Settings
+
+    with pytest.raises(ValueError):
+        kafka_auth.add_client(Settings(home=tmp_path), "consumer", name)
