@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from typing import Any, Literal, cast
 
@@ -110,7 +110,7 @@ class EventConsumer:
 
     def __init__(self, group: str, settings: Settings | None = None, *, codec: Codec | None = None,
                  start: Literal["earliest", "latest"] = "earliest", unknown: Unknown = "skip",
-                 max_records: int = 500, **config: Any) -> None:
+                 max_records: int = 500, config: Mapping[str, Any] | None = None) -> None:
         settings = settings or get_settings()
         self.group = group
         self.codec = codec or Codec(settings.registry_url)
@@ -118,7 +118,7 @@ class EventConsumer:
         self.max_records = max_records
         self.skipped = 0
         self._pending: dict[int, int] = {}  # partition -> next offset, once processed
-        self._consumer = kafka.consumer(settings, group, **{"auto.offset.reset": start, **config})
+        self._consumer = kafka.consumer(settings, group, **{"auto.offset.reset": start, **(config or {})})
         self._consumer.subscribe([EVENTS], on_revoke=self._revoked, on_lost=self._revoked)
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:

@@ -96,7 +96,7 @@ def test_the_partition_is_the_ledgers_whatever_the_client_partitioner(stack: Set
     """librdkafka's default partitioner is not murmur2: the ledger would dead-letter
     such a producer's commands MISROUTED. The SDK computes the partition itself."""
     accounts = _funded(operator, 1_000, n=9)
-    with Producer(stack, codec=codec, partitioner="consistent_random") as p:
+    with Producer(stack, codec=codec, config={"partitioner": "consistent_random"}) as p:
         outs = p.send_many([transfer(accounts[0], to, 1, "USD") for to in accounts[1:]], wait=WAIT)
         assert {e["type"] for e in outs.values()} == {"TRANSFER_COMPLETED"}
         for to in accounts[1:]:
@@ -168,20 +168,20 @@ def _group_at_end(settings: Settings, group: str) -> None:
         c.close()
 
 
-def _read(consumer: EventConsumer, until: set[str], commit_at: str | None = None) -> list[dict[str, Any]]:
-    """Events until every command id in `until` had its terminal one; `commit()` right
-    after the terminal event of `commit_at`."""
+def _read(consumer: EventConsumer, transfers: list[str], commit_at: str) -> list[dict[str, Any]]:
+    """Events until both of each transfer's (the debit, the completion: on two partitions,
+    so in either order) have come; `commit()` right after the completion of `commit_at`."""
     seen: list[dict[str, Any]] = []
-    waiting = set(until)
+    left = dict.fromkeys(transfers, 2)
     for ev in consumer.events(idle_timeout=30):
         seen.append(dict(ev))
-        if ev["terminal"]:
-            waiting.discard(ev["command_id"])
-            if ev["command_id"] == commit_at:
+        if ev["command_id"] in left:
+            left[ev["command_id"]] -= 1
+            if ev["command_id"] == commit_at and ev["terminal"]:
                 consumer.commit()
-        if not waiting:
+        if not any(left.values()):
             break
-    assert not waiting, f"no terminal event for {waiting}"
+    assert not any(left.values()), f"events still missing: {left}"
     return seen
 
 
@@ -197,7 +197,7 @@ def test_the_consumer_yields_typed_events_and_resumes_after_its_commit(codec: Co
         assert direct.send(cmd, wait=WAIT)["type"] == "TRANSFER_COMPLETED"
     ids = [c["command_id"] for c in cmds]
     with EventConsumer(group, stack, codec=codec) as first:
-        seen = _read(first, set(ids), commit_at=ids[0])
+        seen = _read(first, ids, commit_at=ids[0])
     mine = [e for e in seen if e["command_id"] in ids]
     assert sorted((e["type"], e["amount"]) for e in mine if e["command_id"] == ids[0]) == [
         ("TRANSFER_COMPLETED", 10), ("TRANSFER_DEBITED", 10)]
@@ -213,15 +213,15 @@ def test_the_consumer_yields_typed_events_and_resumes_after_its_commit(codec: Co
 
 def test_a_journal_reader_may_read_events_in_its_own_groups_only(stack: Settings, codec: Codec,
                                                                  reader_principal: Settings) -> None:
-    own = EventConsumer(f"{reader_principal.kafka_principal}.x", reader_principal, codec=codec, log_level=0)
+    own = EventConsumer(f"{reader_principal.kafka_principal}.x", reader_principal, codec=codec, config={"log_level": 0})
     with own:
         assert isinstance(list(own.events(idle_timeout=3)), list)  # joined, read (maybe nothing), no error
-    others = EventConsumer("paystream-sink", reader_principal, codec=codec, log_level=0)
+    others = EventConsumer("paystream-sink", reader_principal, codec=codec, config={"log_level": 0})
     with others, pytest.raises(KafkaException) as err:
         list(others.events(idle_timeout=10))
     assert err.value.args[0].code() == KafkaError.GROUP_AUTHORIZATION_FAILED
     cmd = transfer(str(uuid.uuid4()), str(uuid.uuid4()), 1, "USD")
-    with (Producer(reader_principal, codec=codec, log_level=0, **{"message.timeout.ms": 10_000}) as p,
+    with (Producer(reader_principal, codec=codec, config={"log_level": 0, "message.timeout.ms": 10_000}) as p,
           pytest.raises(NotDelivered, match=r"(?i)authoriz")):
         p.send(cmd).result(30)
 
