@@ -27,6 +27,7 @@ from paystream import kafka, topics, tracing
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
 from paystream.commands import COMMANDS_TOPIC, topic_for
+from paystream.consumer import peek_command_id
 from paystream.settings import Settings
 
 EVENTS_TOPIC = topics.EVENTS
@@ -255,7 +256,7 @@ class ResultListener:
     ) -> None:
         if not data:
             return
-        cid = _peek_command_id(data)
+        cid = peek_command_id(data)
         if cid is not None and cid not in self._waiters:
             return
         try:
@@ -276,17 +277,3 @@ class ResultListener:
             self._thread.join(2)
         self.consumer.close()
 
-
-def _peek_command_id(data: bytes) -> str | None:
-    """The command id of a LedgerEvent without decoding it, or None when the layout
-    is not the expected one (then the caller decodes in full).
-
-    After the 5-byte Confluent header come `event_id` and `command_id`, both Avro
-    strings of 36 characters: a zig-zag length byte 0x48 followed by the text.
-    """
-    if len(data) >= 79 and data[5] == 0x48 and data[42] == 0x48:
-        try:
-            return data[43:79].decode("ascii")
-        except UnicodeDecodeError:
-            return None
-    return None

@@ -193,6 +193,8 @@ class LoginIn(_Strict):
 
 class AccountOut(BaseModel):
     account_number: str
+    account_id: str = Field(description="the ledger's id of the account (a UUID): what Kafka-direct producers put "
+                            "in commands (docs/SDK.md); shown to the owner and to admins")
     currency: str
     status: Literal["opening", "active", "frozen", "closed"]
     balance: str = Field(description="the posted balance (kept for clients written before holds)")

@@ -17,7 +17,7 @@ def _register() -> None:
     from ops.asyncapi import register as register_asyncapi
     from ops.audit import app as audit_app
     from ops.db import app as db_app
-    from ops.kafka_access_cli import acls_app
+    from ops.kafka_access_cli import acls_app, consumers_app
     from ops.kafka_access_cli import app as producers_app
     from ops.lab.bench_cli import app as bench_app
     from ops.lab.bench_sink import register as register_bench_sink
@@ -34,6 +34,7 @@ def _register() -> None:
     app.add_typer(schemas_app, name="schemas", help="Avro schemas and the registry")
     app.add_typer(db_app, name="db", help="Postgres read-model migrations")
     app.add_typer(producers_app, name="producers", help="Kafka principals for direct producers")
+    app.add_typer(consumers_app, name="consumers", help="Kafka principals for readers of the journal")
     app.add_typer(acls_app, name="acls", help="Kafka users and ACLs of paystream's components")
     app.add_typer(bench_app, name="bench", help="benchmarks that print figures")
     register_bench_http(bench_app)

@@ -1,5 +1,6 @@
 """`paystream producers` (principals for teams that produce transfers straight to
-Kafka) and `paystream acls apply` (every component's user and rights)."""
+Kafka), `paystream consumers` (principals for teams that read the journal) and
+`paystream acls apply` (every component's user and rights)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from ops import kafka_auth
 from paystream.settings import get_settings
 
 app = typer.Typer(no_args_is_help=True)
+consumers_app = typer.Typer(no_args_is_help=True)
 acls_app = typer.Typer(no_args_is_help=True)
 console = Console()
 
@@ -56,3 +58,37 @@ def remove(name: str) -> None:
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console.print(f"producer-{name} removed")
+
+
+@consumers_app.command("add")
+def add_consumer(name: str = typer.Argument(..., help="the reading team or service, e.g. accounting")) -> None:
+    """Create a SCRAM user `consumer-NAME` that may read ledger.events in its own consumer
+    groups (`consumer-NAME.<anything>`), nothing else.
+
+    The journal shows every account's payments: grant it knowingly. A direct producer
+    that waits for its outcomes (`paystream.producer`, `outcomes=`) reads with one."""
+    settings = get_settings()
+    try:
+        principal = kafka_auth.add_client(settings, "consumer", name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    path = kafka_auth.password_path(settings, principal)
+    console.print(f"user [bold]{principal}[/bold] ({settings.kafka_sasl_mechanism}) may read "
+                  f"{kafka_auth.EVENTS} in groups {principal}.*; its password is in {path}")
+
+
+@consumers_app.command("list")
+def list_consumers() -> None:
+    """Journal readers the broker knows."""
+    for name in kafka_auth.clients(get_settings(), "consumer"):
+        console.print(name)
+
+
+@consumers_app.command("remove")
+def remove_consumer(name: str) -> None:
+    """Revoke a journal reader: its user, its ACLs and its password file."""
+    try:
+        kafka_auth.remove_client(get_settings(), "consumer", name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"consumer-{name} removed")

@@ -106,6 +106,19 @@ PRODUCER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # it names a user and a
 PRODUCER_RIGHTS = (Grant("topic", COMMANDS, ("WRITE", "DESCRIBE")),)
 
 
+def consumer_rights(principal: str) -> tuple[Grant, ...]:
+    """A journal reader (`paystream consumers add NAME`): `ledger.events` and its own
+    groups, `consumer-NAME.<anything>`. The dot cannot occur in a name, so no reader's
+    prefix covers another's groups (`consumer-pay.` is not a prefix of `consumer-pay-roll.x`)."""
+    return (Grant("topic", EVENTS, ("READ", "DESCRIBE")),
+            Grant("group", f"{principal}.", ("READ", "DESCRIBE"), prefixed=True))
+
+
+# Client principals the operator hands to other teams: prefix -> their rights.
+ClientKind = Literal["producer", "consumer"]
+_CLIENT_KINDS = {"producer": lambda _principal: PRODUCER_RIGHTS, "consumer": consumer_rights}
+
+
 def password_path(settings: Settings, principal: str) -> Path:
     return settings.kafka_credentials_dir / principal
 
@@ -240,21 +253,22 @@ def _drop_stale(admin: AdminClient, principals: set[str], wanted: list[AclBindin
         fut.result(30)
 
 
-def add_producer(settings: Settings, name: str) -> str:
-    """A principal for a Kafka-direct producer that may write user commands only."""
+def add_client(settings: Settings, kind: ClientKind, name: str) -> str:
+    """A principal `<kind>-NAME` for another team's service: a `producer` may write user
+    commands only, a `consumer` may read the journal in its own groups."""
     if not PRODUCER_NAME.fullmatch(name):
-        raise ValueError(f"{name!r}: a producer name is 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
+        raise ValueError(f"{name!r}: a {kind} name is 1-63 of a-z, 0-9, '-' and '_', starting with a letter or digit")
     from paystream import kafka
 
-    principal = f"producer-{name}"
+    principal = f"{kind}-{name}"
     admin = kafka.admin(as_principal(settings, ADMIN))
     _upsert_users(admin, settings, {principal: password(settings, principal)})
-    _create_acls(admin, _bindings(principal, PRODUCER_RIGHTS))
+    _create_acls(admin, _bindings(principal, _CLIENT_KINDS[kind](principal)))
     return principal
 
 
-def remove_producer(settings: Settings, name: str) -> None:
-    """Revoke a direct producer: its SCRAM user and its ACLs go, its password file too."""
+def remove_client(settings: Settings, kind: ClientKind, name: str) -> None:
+    """Revoke a client principal: its SCRAM user and its ACLs go, its password file too."""
     from confluent_kafka.admin import (
         AclBindingFilter,
         AclOperation,
@@ -268,8 +282,8 @@ def remove_producer(settings: Settings, name: str) -> None:
     from paystream import kafka
 
     if not PRODUCER_NAME.fullmatch(name):
-        raise ValueError(f"{name!r} is not a producer name")
-    principal = f"producer-{name}"
+        raise ValueError(f"{name!r} is not a {kind} name")
+    principal = f"{kind}-{name}"
     admin = kafka.admin(as_principal(settings, ADMIN))
     mech = ScramMechanism[settings.kafka_sasl_mechanism.replace("-", "_")]
     for fut in admin.alter_user_scram_credentials([UserScramCredentialDeletion(principal, mech)]).values():
@@ -280,10 +294,25 @@ def remove_producer(settings: Settings, name: str) -> None:
     password_path(settings, principal).unlink(missing_ok=True)
 
 
-def producers(settings: Settings) -> list[str]:
-    """Direct producers with a SCRAM user on the broker."""
+def clients(settings: Settings, kind: ClientKind) -> list[str]:
+    """Names of the `kind` principals the broker has a SCRAM user for."""
     from paystream import kafka
 
     admin = kafka.admin(as_principal(settings, ADMIN))
     users = admin.describe_user_scram_credentials().result(30)
-    return sorted(u[len("producer-"):] for u in users if u.startswith("producer-"))
+    prefix = f"{kind}-"
+    return sorted(u[len(prefix):] for u in users if u.startswith(prefix))
+
+
+def add_producer(settings: Settings, name: str) -> str:
+    """A principal for a Kafka-direct producer that may write user commands only."""
+    return add_client(settings, "producer", name)
+
+
+def remove_producer(settings: Settings, name: str) -> None:
+    remove_client(settings, "producer", name)
+
+
+def producers(settings: Settings) -> list[str]:
+    """Direct producers with a SCRAM user on the broker."""
+    return clients(settings, "producer")

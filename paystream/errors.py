@@ -44,3 +44,56 @@ class DecodeError(PaystreamError):
 
 class UnknownSchemaError(DecodeError):
     code = "unknown_schema"
+
+
+# -- Kafka-direct clients: paystream.producer, paystream.consumer ------------------------
+
+
+class InvalidCommand(ValidationError):
+    """A command the ledger would dead-letter (not a Command record, or `INVALID` by
+    `paystream.commands.command_problem`): refused before anything is sent."""
+
+    code = "invalid_command"
+
+
+class PrivilegedCommand(PaystreamError):
+    """A command only a privileged principal may send (`paystream.commands.is_privileged`):
+    a direct producer's would be dead-lettered `UNPRIVILEGED`, or refused by the broker."""
+
+    code = "privileged_command"
+    status = 403
+
+
+class NotDelivered(PaystreamError):
+    """Kafka did not take the command (or did not say so in time); resending it with the
+    same command id is safe, the ledger applies an id once."""
+
+    code = "not_delivered"
+    status = 503
+
+
+class OutcomeTimeout(PaystreamError):
+    """The command's outcome was not seen in time. It may still be applied: wait longer,
+    or resend it with the same command id (the ledger answers a duplicate)."""
+
+    code = "outcome_timeout"
+    status = 504
+
+
+class OutcomesUnavailable(PaystreamError):
+    """`ledger.events` cannot be read with these credentials (or at all), so an outcome
+    cannot be waited for."""
+
+    code = "outcomes_unavailable"
+    status = 503
+
+
+class UnknownRecordType(DecodeError):
+    """A record on `ledger.events` that is no ledger event this version knows."""
+
+    code = "unknown_record_type"
+
+
+class AccountNotFound(PaystreamError):
+    code = "account_not_found"
+    status = 404

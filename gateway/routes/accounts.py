@@ -45,7 +45,7 @@ async def _account_views(gw: Gateway, refs: list[store.AccountRef]) -> list[dict
         balance = int(st["balance"]) if st and st.get("balance") is not None else 0
         held = int(st["held"]) if st and st.get("held") else 0
         out.append({
-            "account_number": r.account_number, "currency": r.currency,
+            "account_number": r.account_number, "account_id": r.account_id, "currency": r.currency,
             "status": str(st["status"]).lower() if st and st.get("status") else "opening",
             "balance": format_minor(balance, r.currency),
             "posted": format_minor(balance, r.currency),

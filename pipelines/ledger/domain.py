@@ -40,13 +40,18 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Final, Generic, TypeAlias, TypedDict, TypeVar, cast
 
 from paystream import ids, topics
+
+# The structural check of a command (dead-lettered INVALID when it fails) lives in the core,
+# so that direct producers (`paystream.producer`) refuse what the ledger would, with the
+# very same function.
+from paystream.commands import command_problem as command_problem
+from paystream.commands import is_uuid as is_uuid
 from paystream.journal import GENESIS, event_hash_fast
 from paystream.money import MAX_AMOUNT_MINOR, MAX_BALANCE_MINOR, is_currency
 from paystream.partitioning import partition_for
@@ -1232,56 +1237,3 @@ def _reversal_credit(ctx: _Ctx, leg: dict[str, Any]) -> None:
         ],
     )  # fmt: skip
 
-
-# ------------------------------------------------------------------------- validation
-
-_BODY_FOR = {
-    OPEN_ACCOUNT: "open_account",
-    DEPOSIT: "movement",
-    WITHDRAW: "movement",
-    TRANSFER: "movement",
-    FREEZE: "status_change",
-    UNFREEZE: "status_change",
-    REVERSE_TRANSFER: "reversal",
-    AUTHORIZE: "movement",
-    CAPTURE: "hold",
-    VOID: "hold",
-}
-
-
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_BODIES = tuple(sorted(set(_BODY_FOR.values())))
-
-
-def is_uuid(text: Any) -> bool:
-    """Only the canonical spelling (lowercase, hyphenated) is accepted: state is keyed
-    by the id's bytes, so "ABC…" and "abc…" would otherwise be two accounts. A regex,
-    not `uuid.UUID` and back: it ran three times per command, 3.5% of the ledger's CPU."""
-    return isinstance(text, str) and _CANONICAL_UUID.fullmatch(text) is not None
-
-
-def command_problem(cmd: dict[str, Any], key: str) -> str | None:
-    """Why a schema-valid command is still malformed (it then goes to the dead-letter
-    topic), or None. Business refusals such as a negative amount are *not*
-    problems here: they become rejection events the client can see."""
-    ctype = cmd.get("type")
-    body = _BODY_FOR.get(ctype or "")
-    if body is None:
-        return f"unknown command type {ctype!r}"
-    if not cmd.get(body):
-        return f"{ctype} needs the `{body}` field"
-    for other in _BODIES:
-        if other != body and cmd.get(other):
-            return f"{ctype} must not carry `{other}`"
-    for name in ("command_id", "account_id"):
-        if not is_uuid(cmd.get(name)):
-            return f"{name} {cmd.get(name)!r} is not a canonical UUID"
-    if cmd["account_id"] != key:
-        return f"key {key!r} differs from account_id {cmd['account_id']!r}"
-    if ctype in (TRANSFER, AUTHORIZE) and not is_uuid(cmd["movement"].get("counterparty_id")):
-        return f"{ctype} needs a UUID counterparty_id"
-    if ctype in (CAPTURE, VOID) and not is_uuid(cmd["hold"]["payment_id"]):
-        return f"{ctype} needs a UUID payment_id"
-    if ctype == REVERSE_TRANSFER and not is_uuid(cmd["reversal"]["payment_id"]):
-        return "REVERSE_TRANSFER needs a UUID payment_id"
-    return None

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.idempotency import fingerprint
-from gateway.ledger_io import _peek_command_id
 from gateway.models import PaymentIn, RegisterIn
 from gateway.problems import Problem
 from gateway.security import (
@@ -33,6 +32,7 @@ from gateway.security import (
 )
 from gateway.service import outcome_from_event
 from paystream.codec import SCHEMA_DIR
+from paystream.consumer import peek_command_id
 
 KEY = "k" * 48
 ISS = "paystream"
@@ -193,8 +193,8 @@ def test_peek_command_id_matches_avro_layout() -> None:
     buf = io.BytesIO()
     buf.write(struct.pack(">bI", 0, 42))
     fastavro.schemaless_writer(buf, schema, event)
-    assert _peek_command_id(buf.getvalue()) == cid
-    assert _peek_command_id(b"\x00\x00\x00\x00\x01short") is None
+    assert peek_command_id(buf.getvalue()) == cid
+    assert peek_command_id(b"\x00\x00\x00\x00\x01short") is None
 
 
 def test_a_reversal_in_the_read_model_wins_over_the_cached_completion(monkeypatch: pytest.MonkeyPatch) -> None:
