@@ -193,14 +193,19 @@ class LoginIn(_Strict):
 
 class AccountOut(BaseModel):
     account_number: str
-    account_id: str = Field(description="the ledger's id of the account (a UUID): what Kafka-direct producers put "
-                            "in commands (docs/SDK.md); shown to the owner and to admins")
     currency: str
     status: Literal["opening", "active", "frozen", "closed"]
     balance: str = Field(description="the posted balance (kept for clients written before holds)")
     posted: str = Field(description="the sum of the account's postings: money that has moved")
     available: str = Field(description="posted minus what holds reserve: what a payment may spend now")
     created_at: str | None = None
+
+
+class LedgerIdOut(BaseModel):
+    object: Literal["ledger_id"]
+    account_number: str
+    account_id: str = Field(description="the ledger's id of the account (a UUID): what Kafka-direct producers put "
+                            "in commands and find in ledger.events (docs/SDK.md)")
 
 
 class UserOut(BaseModel):

@@ -311,8 +311,9 @@ class Producer:
 
 class AccountDirectory:
     """Account numbers (`PS…`) to the ledger's account ids, through the HTTP API:
-    `GET /v1/accounts/{number}` answers `account_id` to the account's owner and to
-    admins (others get 404, as for an account that does not exist). A number never
+    `GET /v1/accounts/{number}/ledger-id` answers `account_id` to the account's owner
+    and to admins (others get 404, as for an account that does not exist); the rest of
+    the API shows numbers only. A number never
     changes its id, so answers are kept (up to `limit` of them).
 
     `http` is an `httpx.Client` with the gateway's `base_url` and an `Authorization:
@@ -331,7 +332,7 @@ class AccountDirectory:
         known = self._ids.get(number)
         if known is not None:
             return known
-        r = self.http.get(f"/v1/accounts/{number}")
+        r = self.http.get(f"/v1/accounts/{number}/ledger-id")
         if r.status_code == 404:
             raise AccountNotFound(f"no account {number} that these credentials may see")
         if r.status_code != 200:

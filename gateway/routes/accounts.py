@@ -45,7 +45,7 @@ async def _account_views(gw: Gateway, refs: list[store.AccountRef]) -> list[dict
         balance = int(st["balance"]) if st and st.get("balance") is not None else 0
         held = int(st["held"]) if st and st.get("held") else 0
         out.append({
-            "account_number": r.account_number, "account_id": r.account_id, "currency": r.currency,
+            "account_number": r.account_number, "currency": r.currency,
             "status": str(st["status"]).lower() if st and st.get("status") else "opening",
             "balance": format_minor(balance, r.currency),
             "posted": format_minor(balance, r.currency),
@@ -89,6 +89,20 @@ async def get_account(account_number: Number, p: User, gw: GatewayDep) -> Respon
     await gw.reads.settle(p.user_id)  # read-your-writes (gateway/reads.py)
     ref = await account_of(gw, p, account_number)
     return json_response(200, (await _account_views(gw, [ref]))[0])
+
+
+@router.get(
+    "/accounts/{account_number}/ledger-id",
+    response_model=M.LedgerIdOut,
+    responses=responses(401, 404),
+)
+async def ledger_id(account_number: Number, p: User, gw: GatewayDep) -> Response:
+    """The ledger's id of an account, for Kafka-direct producers (commands carry ids,
+    the API numbers); the owner's or, for an admin, any. The rest of the API never
+    shows internal ids: this is the one place meant to hand them out."""
+    ref = await account_of(gw, p, account_number)
+    return json_response(200, {"object": "ledger_id", "account_number": ref.account_number,
+                               "account_id": ref.account_id})
 
 
 @router.get(

@@ -63,7 +63,6 @@ async def register(body: M.RegisterIn, request: Request) -> Response:
     gw.accounts.put(ref)
     account = {
         "account_number": ref.account_number,
-        "account_id": ref.account_id,
         "currency": ref.currency,
         "status": "opening",
         "balance": format_minor(0, ref.currency),

@@ -215,9 +215,9 @@ def test_the_account_directory_asks_the_api_once_per_number() -> None:
     def api(request: httpx.Request) -> httpx.Response:
         asked.append(request.url.path)
         assert request.headers["authorization"] == "Bearer t0ken"
-        if request.url.path == "/v1/accounts/PS0000000001":
+        if request.url.path == "/v1/accounts/PS0000000001/ledger-id":
             return httpx.Response(200, json={"account_number": "PS0000000001", "account_id": A})
-        if request.url.path == "/v1/accounts/PS0000000003":
+        if request.url.path == "/v1/accounts/PS0000000003/ledger-id":
             return httpx.Response(503, json={"code": "unavailable", "detail": "read model is behind"})
         return httpx.Response(404, json={"code": "account_not_found", "detail": "no such account"})
 
@@ -226,7 +226,7 @@ def test_the_account_directory_asks_the_api_once_per_number() -> None:
     accounts = AccountDirectory(http)
     assert accounts.account_id("PS0000000001") == A
     assert accounts.account_id("PS0000000001") == A
-    assert asked == ["/v1/accounts/PS0000000001"]
+    assert asked == ["/v1/accounts/PS0000000001/ledger-id"]
     with pytest.raises(AccountNotFound):
         accounts.account_id("PS0000000002")
     with pytest.raises(PaystreamError, match="read model is behind") as err:
