@@ -28,6 +28,30 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", str_max_length=1024)
 
 
+def examples(*items: dict[str, Any], **config: Any) -> ConfigDict:
+    """A model's examples, as OpenAPI shows them (every route has a request and a
+    response example: tests/unit/test_openapi_examples.py)."""
+    return ConfigDict(json_schema_extra={"examples": list(items)}, **config)  # type: ignore[typeddict-item]
+
+
+# The accounts and payment the examples speak of.
+EX_A, EX_B = "PS0780311395", "PS4455430399"
+EX_PAYMENT = "4f0414ad-dfd8-59e7-bc1a-0c86c69a3738"
+EX_TIME = "2026-12-03T10:11:21.000Z"
+EX_ACCOUNT = {"account_number": EX_A, "currency": "EUR", "status": "active", "balance": "87.50",
+              "posted": "87.50", "available": "57.50", "created_at": "2026-12-01T09:00:00.000Z"}
+EX_PAYMENT_OUT = {
+    "id": EX_PAYMENT, "object": "payment", "kind": "transfer", "status": "completed", "from_account": EX_A,
+    "to_account": EX_B, "amount": "12.50", "currency": "EUR", "description": "rent", "reason": None,
+    "created_at": EX_TIME,
+}
+EX_HOLD_OUT = {**EX_PAYMENT_OUT, "status": "requires_capture", "amount": "30.00", "amount_authorized": "30.00",
+               "expires_at": "2026-12-10T10:11:21.000Z"}
+EX_TRANSACTION = {"id": "9b2f5f0e-3c1a-5d7e-8f2a-1b2c3d4e5f60", "type": "transfer_debited", "payment_id": EX_PAYMENT,
+                  "amount": "-12.50", "currency": "EUR", "balance_after": "87.50", "counterparty": EX_B,
+                  "occurred_at": EX_TIME}
+
+
 def _currency(v: Any) -> str:
     if not isinstance(v, str) or not is_currency(v):
         raise PydanticCustomError("unknown_currency", "currency must be a supported ISO 4217 code")
@@ -84,6 +108,12 @@ class MoneyIn(_Strict):
 
 
 class PaymentIn(MoneyIn):
+    model_config = examples(
+        {"from_account": EX_A, "to_account": EX_B, "amount": "12.50", "currency": "EUR", "description": "rent"},
+        {"from_account": EX_A, "to_account": EX_B, "amount": "30.00", "currency": "EUR", "capture": False,
+         "hold_seconds": 86400},
+    )  # fmt: skip
+
     from_account: str = Field(json_schema_extra=NUMBER_SCHEMA)
     to_account: str = Field(json_schema_extra=NUMBER_SCHEMA)
     capture: bool = Field(
@@ -116,11 +146,13 @@ class PaymentIn(MoneyIn):
 
 
 class MovementIn(MoneyIn):
-    pass
+    model_config = examples({"amount": "100.00", "currency": "EUR", "description": "top-up"})
 
 
 class CaptureIn(_Strict):
     """The amount to capture, at most the authorized amount; all of it when omitted."""
+
+    model_config = examples({"amount": "12.50"}, {})
 
     amount: str | None = Field(default=None, json_schema_extra=AMOUNT_SCHEMA)
 
@@ -135,6 +167,7 @@ class CaptureIn(_Strict):
 
 
 class AccountIn(_Strict):
+    model_config = examples({"currency": "USD"})
     currency: str = Field(json_schema_extra={"pattern": "^[A-Z]{3}$", "examples": ["EUR"]})
 
     @field_validator("currency", mode="before")
@@ -144,10 +177,13 @@ class AccountIn(_Strict):
 
 
 class StatusChangeIn(_Strict):
+    model_config = examples({"reason": "chargeback under review"})
     reason: str = Field(default="", max_length=200)
 
 
 class RegisterIn(_Strict):
+    model_config = examples({"email": "ada@example.com", "password": "Correct horse 42", "name": "Ada",
+                             "currency": "EUR"})
     email: str = Field(max_length=254, json_schema_extra={"examples": ["ada@example.com"]})
     password: str = Field(max_length=256)
     name: str = Field(min_length=1, max_length=100)
@@ -184,6 +220,7 @@ class RegisterIn(_Strict):
 
 
 class LoginIn(_Strict):
+    model_config = examples({"email": "ada@example.com", "password": "Correct horse 42"})
     email: str = Field(max_length=254)
     password: str = Field(max_length=256)
 
@@ -192,6 +229,7 @@ class LoginIn(_Strict):
 
 
 class AccountOut(BaseModel):
+    model_config = examples(EX_ACCOUNT)
     account_number: str
     currency: str
     status: Literal["opening", "active", "frozen", "closed"]
@@ -202,6 +240,8 @@ class AccountOut(BaseModel):
 
 
 class LedgerIdOut(BaseModel):
+    model_config = examples({"object": "ledger_id", "account_number": EX_A,
+                             "account_id": "0c6f3f2e-5a1b-4c7d-9e8f-1a2b3c4d5e6f"})
     object: Literal["ledger_id"]
     account_number: str
     account_id: str = Field(description="the ledger's id of the account (a UUID): what Kafka-direct producers put "
@@ -209,6 +249,8 @@ class LedgerIdOut(BaseModel):
 
 
 class UserOut(BaseModel):
+    model_config = examples({"id": "8d8a7703-dafe-4d84-bf32-09288bb3d09c", "email": "ada@example.com",
+                             "name": "Ada", "role": "user", "created_at": "2026-12-01T09:00:00.000Z"})
     id: str
     email: str
     name: str
@@ -217,17 +259,25 @@ class UserOut(BaseModel):
 
 
 class RegisterOut(BaseModel):
+    model_config = examples({
+        "user": {"id": "8d8a7703-dafe-4d84-bf32-09288bb3d09c", "email": "ada@example.com", "name": "Ada",
+                 "role": "user", "created_at": "2026-12-01T09:00:00.000Z"},
+        "account": {**EX_ACCOUNT, "status": "opening", "balance": "0.00", "posted": "0.00", "available": "0.00"},
+    })  # fmt: skip
     user: UserOut
     account: AccountOut
 
 
 class TokenOut(BaseModel):
+    model_config = examples({"access_token": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9…", "token_type": "Bearer",
+                             "expires_in": 3600})
     access_token: str
     token_type: Literal["Bearer"]
     expires_in: int
 
 
 class PaymentOut(BaseModel):
+    model_config = examples(EX_PAYMENT_OUT, EX_HOLD_OUT)
     id: str
     object: Literal["payment"]
     kind: Literal["transfer", "deposit", "withdrawal"]
@@ -246,6 +296,7 @@ class PaymentOut(BaseModel):
 
 
 class TransactionOut(BaseModel):
+    model_config = examples(EX_TRANSACTION)
     id: str
     type: str
     payment_id: str
@@ -257,6 +308,8 @@ class TransactionOut(BaseModel):
 
 
 class BalanceOut(BaseModel):
+    model_config = examples({"object": "balance", "account_number": EX_A, "currency": "EUR",
+                             "at": "2026-12-01T00:00:00.000Z", "balance": "100.00"})
     object: Literal["balance"]
     account_number: str
     currency: str
@@ -274,18 +327,26 @@ class Page(BaseModel):
 
 
 class AccountList(Page):
+    model_config = examples({"object": "list", "has_more": False, "data": [EX_ACCOUNT]})
     data: list[AccountOut]
 
 
 class PaymentList(Page):
+    model_config = examples({"object": "list", "has_more": True, "data": [EX_PAYMENT_OUT, EX_HOLD_OUT]})
     data: list[PaymentOut]
 
 
 class TransactionList(Page):
+    model_config = examples({"object": "list", "has_more": False, "data": [EX_TRANSACTION]})
     data: list[TransactionOut]
 
 
 class StatementOut(Page):
+    model_config = examples({
+        "object": "list", "has_more": False, "account_number": EX_A, "currency": "EUR",
+        "from": "2026-12-01T00:00:00.000Z", "to": "2026-12-04T00:00:00.000Z", "opening_balance": "100.00",
+        "closing_balance": "87.50", "data": [{**EX_TRANSACTION, "description": "rent"}],
+    })  # fmt: skip
     account_number: str
     currency: str
     start: str = Field(alias="from")
@@ -296,5 +357,6 @@ class StatementOut(Page):
 
 
 class StatusOut(BaseModel):
+    model_config = examples({"account_number": EX_A, "status": "frozen"})
     account_number: str
     status: str

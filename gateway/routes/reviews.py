@@ -19,8 +19,9 @@ from fastapi import APIRouter, Path, Query
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from gateway import models as M
 from gateway.deps import Admin, GatewayDep
 from gateway.movements import iso
 from gateway.problems import Problem, responses
@@ -32,8 +33,20 @@ router = APIRouter(prefix="/v1/admin/reviews", tags=["admin", "reviews"])
 ReviewId = Annotated[uuid.UUID, Path(description="the alert id")]
 
 
+# One decided review, as the examples of the reviews API show it.
+_EXAMPLE: dict[str, Any] = {
+    "alert_id": "1331832a-7ead-5421-8a79-2d7e4e89d5b7", "payment_id": M.EX_PAYMENT,
+    "account_id": "0c6f3f2e-5a1b-4c7d-9e8f-1a2b3c4d5e6f", "counterparty_id": "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+    "amount": 1200000, "currency": "USD", "score": 130, "risk": "HIGH",
+    "reasons": [{"rule": "HIGH_VALUE", "score": 80, "detail": "1200000 minor units USD >= threshold 1000000"}],
+    "detected_at": M.EX_TIME, "state": "rejected", "decision_id": "2b3c4d5e-6f70-4812-9a3b-4c5d6e7f8091",
+    "decided_by": "8d8a7703-dafe-4d84-bf32-09288bb3d09c", "decided_by_email": "admin@example.com",
+    "decided_at": M.EX_TIME, "note": "mule account: refund the sender",
+}
+
+
 class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = M.examples({"note": "mule account: refund the sender"}, {}, extra="forbid")
     note: str | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
 
 
@@ -44,6 +57,7 @@ class RuleHitOut(BaseModel):
 
 
 class ReviewOut(BaseModel):
+    model_config = M.examples(_EXAMPLE)
     alert_id: str
     payment_id: str
     account_id: str
@@ -63,6 +77,7 @@ class ReviewOut(BaseModel):
 
 
 class ReviewPage(BaseModel):
+    model_config = M.examples({"items": [_EXAMPLE], "next_cursor": "MTc5NjI5MTQ5MTAwMDAwMDoxMzMx"})
     items: list[ReviewOut]
     next_cursor: str | None
 

@@ -22,8 +22,9 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Path
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from gateway import models as M
 from gateway.deps import GatewayDep, User
 from gateway.problems import Problem, responses
 from paystream.webhooks import new_secret
@@ -33,11 +34,14 @@ router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
 
 class EndpointIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = M.examples({"url": "https://hooks.example.com/paystream"}, extra="forbid")
     url: str = Field(min_length=8, max_length=2048)
 
 
 class EndpointOut(BaseModel):
+    model_config = M.examples({"endpoint_id": "5e1c2b7a-0d9f-4b3e-8a6c-2f1e0d9c8b7a",
+                               "url": "https://hooks.example.com/paystream", "active": True,
+                               "created_at": "2026-12-01T09:00:00Z"})
     endpoint_id: str
     url: str
     active: bool
@@ -45,6 +49,9 @@ class EndpointOut(BaseModel):
 
 
 class EndpointCreated(EndpointOut):
+    model_config = M.examples({"endpoint_id": "5e1c2b7a-0d9f-4b3e-8a6c-2f1e0d9c8b7a",
+                               "url": "https://hooks.example.com/paystream", "active": True,
+                               "created_at": "2026-12-01T09:00:00Z", "secret": "whsec_3k…"})
     secret: str = Field(description="HMAC-SHA256 key of Paystream-Signature; shown only once")
 
 
