@@ -27,37 +27,49 @@ def apply_acls() -> None:
     console.print(f"users and ACLs of {', '.join(kafka_auth.COMPONENTS)} applied")
 
 
+def _add(kind: kafka_auth.ClientKind, name: str, may: str) -> None:
+    settings = get_settings()
+    try:
+        principal = kafka_auth.add_client(settings, kind, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    path = kafka_auth.password_path(settings, principal)
+    console.print(f"user [bold]{principal}[/bold] ({settings.kafka_sasl_mechanism}) may "
+                  f"{may.format(principal=principal)}; its password is in {path}")
+
+
+def _list(kind: kafka_auth.ClientKind) -> None:
+    for name in kafka_auth.clients(get_settings(), kind):
+        console.print(name)
+
+
+def _remove(kind: kafka_auth.ClientKind, name: str) -> None:
+    try:
+        kafka_auth.remove_client(get_settings(), kind, name)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    console.print(f"{kind}-{name} removed")
+
+
 @app.command("add")
 def add(name: str = typer.Argument(..., help="the producing team or service, e.g. payroll")) -> None:
     """Create a SCRAM user `producer-NAME` that may write transfers to payments.commands, nothing else.
 
     The password is written to a file only the operator can read (mode 0600); hand it
     over out of band and delete the file."""
-    settings = get_settings()
-    try:
-        principal = kafka_auth.add_producer(settings, name)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    path = kafka_auth.password_path(settings, principal)
-    console.print(f"user [bold]{principal}[/bold] ({settings.kafka_sasl_mechanism}) may write "
-                  f"{kafka_auth.COMMANDS}; its password is in {path}")
+    _add("producer", name, f"write {kafka_auth.COMMANDS}")
 
 
 @app.command("list")
 def list_() -> None:
     """Direct producers the broker knows."""
-    for name in kafka_auth.producers(get_settings()):
-        console.print(name)
+    _list("producer")
 
 
 @app.command("remove")
 def remove(name: str) -> None:
     """Revoke a direct producer: its user, its ACLs and its password file."""
-    try:
-        kafka_auth.remove_producer(get_settings(), name)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    console.print(f"producer-{name} removed")
+    _remove("producer", name)
 
 
 @consumers_app.command("add")
@@ -67,28 +79,16 @@ def add_consumer(name: str = typer.Argument(..., help="the reading team or servi
 
     The journal shows every account's payments: grant it knowingly. A direct producer
     that waits for its outcomes (`paystream.producer`, `outcomes=`) reads with one."""
-    settings = get_settings()
-    try:
-        principal = kafka_auth.add_client(settings, "consumer", name)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    path = kafka_auth.password_path(settings, principal)
-    console.print(f"user [bold]{principal}[/bold] ({settings.kafka_sasl_mechanism}) may read "
-                  f"{kafka_auth.EVENTS} in groups {principal}.*; its password is in {path}")
+    _add("consumer", name, f"read {kafka_auth.EVENTS} in groups {{principal}}.*")
 
 
 @consumers_app.command("list")
 def list_consumers() -> None:
     """Journal readers the broker knows."""
-    for name in kafka_auth.clients(get_settings(), "consumer"):
-        console.print(name)
+    _list("consumer")
 
 
 @consumers_app.command("remove")
 def remove_consumer(name: str) -> None:
     """Revoke a journal reader: its user, its ACLs and its password file."""
-    try:
-        kafka_auth.remove_client(get_settings(), "consumer", name)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc)) from exc
-    console.print(f"consumer-{name} removed")
+    _remove("consumer", name)

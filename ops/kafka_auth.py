@@ -312,7 +312,3 @@ def add_producer(settings: Settings, name: str) -> str:
 def remove_producer(settings: Settings, name: str) -> None:
     remove_client(settings, "producer", name)
 
-
-def producers(settings: Settings) -> list[str]:
-    """Direct producers with a SCRAM user on the broker."""
-    return clients(settings, "producer")

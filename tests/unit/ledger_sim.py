@@ -151,15 +151,21 @@ def scenario(A: str, B: str, C: str, NOBODY: str) -> list[dict[str, Any]]:
                            "freeze_receiver": True, "sender_id": A}))  # fmt: skip
     sim.drain()
     sim.send(cmd("UNFREEZE", B, status_change={"reason": "cleared", "actor": "admin"}))
-    # holds: placed, captured in part, voided, expired by a tick
-    held, voided, lapsed = (authorize(A, C, n, timeout_ms=5_000) for n in (300, 200, 100))
+    hold_each_way(sim, A, C)
+    return sim.events
+
+
+def hold_each_way(sim: Sim, src: str, dst: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Three holds of 300, 200 and 100 from `src`: the first captured (120 of it), the
+    second voided, the third left to expire (a tick past its 5 s); legs delivered."""
+    held, voided, lapsed = (authorize(src, dst, n, timeout_ms=5_000) for n in (300, 200, 100))
     for h in (held, voided, lapsed):
         sim.send(h)
-    sim.send(capture(A, held["command_id"], 120))
-    sim.send(void(A, voided["command_id"]))
+    sim.send(capture(src, held["command_id"], 120))
+    sim.send(void(src, voided["command_id"]))
     sim.drain()
     sim.tick(6_000)
-    return sim.events
+    return held, voided, lapsed
 
 
 A, B, C = (str(uuid.UUID(int=i)) for i in (1, 2, 3))

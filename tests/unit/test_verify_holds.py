@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from ops.verify import Replay
-from tests.unit.ledger_sim import A, B, authorize, capture, funded, void
+from tests.unit.ledger_sim import A, B, authorize, funded, hold_each_way
 
 
 def _replay(events: list[dict]) -> Replay:
@@ -17,13 +17,7 @@ def _replay(events: list[dict]) -> Replay:
 
 def test_a_whole_history_of_holds_passes() -> None:
     sim = funded()
-    held, voided, lapsed = (authorize(A, B, n, timeout_ms=5_000) for n in (300, 200, 100))
-    for h in (held, voided, lapsed):
-        sim.send(h)
-    sim.send(capture(A, held["command_id"], 120))
-    sim.send(void(A, voided["command_id"]))
-    sim.drain()
-    sim.tick(6_000)
+    held, _, lapsed = hold_each_way(sim, A, B)
     r = _replay(sim.events)
     assert (r.twice, r.held_after_wrong, r.lapsed_holds(grace=0)) == ([], {}, [])
     assert dict(r.held) == {A: 0} and r.payment_status(lapsed["command_id"]) == "EXPIRED"
