@@ -127,10 +127,12 @@ def records_between(settings: Settings, spans: dict[tuple[str, int], tuple[int, 
         c.close()
 
 
-def lags(settings: Settings, positions: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+def lags(settings: Settings, positions: dict[tuple[str, int], int],
+         ends: dict[tuple[str, int], tuple[int, int]] | None = None) -> dict[tuple[str, int], int]:
     """Records left to read after each position: the end offset minus the position,
-    made exact (markers not counted) where the gap is small enough to read."""
-    ends = watermarks(settings, list(positions))
+    made exact (markers not counted) where the gap is small enough to read. `ends`:
+    the partitions' watermarks, when the caller has them already."""
+    ends = ends or watermarks(settings, list(positions))
     raw = {tp: max(0, ends[tp][1] - pos) for tp, pos in positions.items()}
     small = {tp: (positions[tp], ends[tp][1]) for tp, n in raw.items() if 0 < n <= MARKER_PROBE}
     return raw | records_between(settings, small)

@@ -47,7 +47,7 @@ def group_lag(settings: Settings, group: str, topic: str | None = None) -> list[
     topics = [topic] if topic else sorted({t for t, _ in done})
     tps = [(t, p) for t in topics for p in G.partitions(settings, t)]
     ends = G.watermarks(settings, tps)
-    pending = G.lags(settings, {tp: done[tp] for tp in tps if tp in done})
+    pending = G.lags(settings, {tp: done[tp] for tp in tps if tp in done}, ends)
     return [PartitionLag(group, t, p, done.get((t, p)), ends[(t, p)][1], pending.get((t, p))) for t, p in tps]
 
 

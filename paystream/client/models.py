@@ -9,7 +9,7 @@ against a newer gateway.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -157,26 +157,17 @@ class Transaction:
 
 
 @dataclass(frozen=True, slots=True)
-class StatementLine:
+class StatementLine(Transaction):
     """A statement's line: a posting with the running balance after it and the
     payment's description (the sender's, on both sides of a transfer)."""
 
-    id: str
-    type: str
-    payment_id: str
-    amount: Decimal
-    currency: str
-    balance_after: Decimal
-    counterparty: str | None
-    description: str | None
-    occurred_at: datetime
+    description: str | None = None
 
     @classmethod
     def from_api(cls, d: Json) -> StatementLine:
-        cur = d["currency"]
-        return cls(d["id"], d["type"], d["payment_id"], amount(d["amount"], cur), cur,
-                   amount(d["balance_after"], cur), d.get("counterparty"), d.get("description"),
-                   instant(d["occurred_at"]))  # fmt: skip
+        line = Transaction.from_api(d)
+        same: dict[str, Any] = {f.name: getattr(line, f.name) for f in fields(Transaction)}
+        return cls(**same, description=d.get("description"))
 
 
 @dataclass(frozen=True, slots=True)
