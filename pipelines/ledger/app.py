@@ -386,7 +386,12 @@ def _partition_count(settings: Settings) -> int:
 
 
 def build_app(settings: Settings | None = None) -> Application:
-    settings = settings or get_settings()
+    return _build(settings or get_settings())[0]
+
+
+def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
+    """The app, and the ticker that writes its partitions' time (started by `run`), on
+    the partition count checked once."""
     instance = settings.ledger_instance
     app = build_application(
         settings,
@@ -419,13 +424,13 @@ def build_app(settings: Settings | None = None) -> Application:
     quix_compat.fast_changelog()
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)
-    return app
+    # The ticker's thread gets a codec of its own: the processor's caches are the loop's.
+    return app, clock.Ticker(settings, Codec(settings.registry_url), partitions)
 
 
 def run(settings: Settings | None = None) -> None:
-    settings = settings or get_settings()
-    app = build_app(settings)
-    ticker = clock.Ticker(settings, Codec(settings.registry_url), _partition_count(settings)).start()
+    app, ticker = _build(settings or get_settings())
+    ticker.start()
     try:
         liveness.run_app(app, COMPONENT)
     finally:
