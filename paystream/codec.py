@@ -86,9 +86,10 @@ def full_name(schema_file: str) -> str:
 
 def _physical(schema: Any) -> Any:
     """The schema without logical-type annotations. Avro encodes a logical value exactly
-    as its underlying type, so the bytes are identical (unit-tested), but fastavro's
-    writer skips a conversion hook per uuid and timestamp field: 23 -> 13 us for a
-    ledger event, the ledger's most frequent output."""
+    as its underlying type, so the bytes are identical (unit-tested), but fastavro
+    skips a conversion hook per uuid and timestamp field: 23 -> 13 us to write a
+    ledger event, 5.8 -> 4.9 us to read a command. Writer and reader schemas are both
+    physical, so resolution compares like with like."""
     if isinstance(schema, dict):
         return {k: _physical(v) for k, v in schema.items() if k != "logicalType"}
     if isinstance(schema, list):
@@ -169,7 +170,7 @@ class Codec:
         parsed = self._reader_schemas.get(topic)
         if parsed is None:
             spec = self._spec(topic)
-            parsed = fastavro.parse_schema(json.loads(spec.schema_path.read_text()))
+            parsed = fastavro.parse_schema(_physical(json.loads(spec.schema_path.read_text())))
             self._reader_schemas[topic] = parsed
         return parsed
 
@@ -279,7 +280,9 @@ class Codec:
                 if exc.http_status_code == 404:
                     raise UnknownSchemaError(f"schema id {schema_id} is unknown") from exc
                 raise
-            parsed = fastavro.parse_schema(json.loads(schema.schema_str))
+            # Physical, as for writing: the identity logical readers (top of module) cost a
+            # Python call per uuid and timestamp field (decoding a command 5.8 -> 4.9 us).
+            parsed = fastavro.parse_schema(_physical(json.loads(schema.schema_str)))
             self._writer_schemas[schema_id] = parsed
         return parsed
 
@@ -329,7 +332,7 @@ class Codec:
         key = f"record:{schema_file}"
         parsed = self._reader_schemas.get(key)
         if parsed is None:
-            parsed = fastavro.parse_schema(json.loads((SCHEMA_DIR / schema_file).read_text()))
+            parsed = fastavro.parse_schema(_physical(json.loads((SCHEMA_DIR / schema_file).read_text())))
             self._reader_schemas[key] = parsed
         return parsed
 
