@@ -14,10 +14,10 @@ from typing import Any, TypeVar, cast
 from quixstreams import Application
 from quixstreams.state import State
 from quixstreams.state.base.transaction import PartitionTransactionStatus
+from quixstreams.state.metadata import CHANGELOG_PROCESSED_OFFSETS_MESSAGE_HEADER, Marker
 from quixstreams.state.metadata import SEPARATOR as _SEPARATOR
-from quixstreams.state.metadata import Marker
 from quixstreams.state.rocksdb import RocksDBOptions
-from rocksdict import WriteOptions
+from rocksdict import DBCompactionStyle, WriteOptions
 
 CHECKED_VERSION = "3.28"
 _UNDEFINED = Marker.UNDEFINED
@@ -87,13 +87,25 @@ def _produce_raw(raw: Any, topic: str, value: bytes | None, key: str | bytes, **
     raise BufferError(f"librdkafka's queue stayed full producing to {topic}")
 
 
+# Quix stamps every changelog record with the input offsets its transaction
+# processed, so that an at-least-once restore can skip records whose inputs were
+# never committed. Under exactly-once a restore reads the changelog read_committed
+# (librdkafka's default, which Quix keeps): every record it sees was committed in the
+# same Kafka transaction as those offsets, so the check always passes (Quix applies a
+# record without the header, as it does records of older versions). The header is
+# about 110 of a changelog record's bytes, four records a transfer, and it is one
+# more header for librdkafka to copy and the broker to parse per record.
+_PROCESSED_OFFSETS = CHANGELOG_PROCESSED_OFFSETS_MESSAGE_HEADER
+
+
 class _HeldBackChangelog:
     """Stands in for a `ChangelogProducer` while a store transaction produces its
     changelog: every record but the last goes straight to librdkafka (headers
-    converted once, no Python delivery callback, no `poll(0)`); the last goes
-    through Quix's own path, whose delivery callback records the changelog offset
-    Quix stores beside the state for recovery. Records leave in the same order, so
-    that last offset is the partition's highest."""
+    converted once, no Python delivery callback, no `poll(0)`, and without the
+    processed-offsets header, which exactly-once makes redundant: above); the last
+    goes through Quix's own path, whose delivery callback records the changelog
+    offset Quix stores beside the state for recovery. Records leave in the same
+    order, so that last offset is the partition's highest."""
 
     __slots__ = ("_headers", "_headers_of", "_held", "_inner", "_raw")
 
@@ -121,7 +133,8 @@ class _HeldBackChangelog:
         hkey, hvalue, hheaders = held
         if hheaders is not self._headers_of:
             self._headers_of = hheaders
-            self._headers = [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in (hheaders or {}).items()]
+            self._headers = [(k, v if isinstance(v, bytes) else str(v).encode())
+                             for k, v in (hheaders or {}).items() if k != _PROCESSED_OFFSETS]
         inner = self._inner
         _produce_raw(self._raw, inner.changelog_name, hvalue, hkey, partition=inner.partition, headers=self._headers)
 
@@ -131,14 +144,18 @@ class _HeldBackChangelog:
             self._inner.produce(key=held[0], value=held[1], headers=held[2])
 
 
-def fast_changelog() -> None:
+def fast_changelog(app: Application) -> None:
     """Produce state changelogs without Quix's per-record Python machinery (a
     delivery callback, a `poll(0)` and header conversion per record: about as much
     as the ledger's rules per transfer, with three or four changelog records per
-    transfer). Behaviour is unchanged: the same records in the same order, the same
-    Kafka transaction, the same changelog offset stored with the state. A delivery
-    failure still fails the commit: librdkafka refuses to commit a transaction any
-    of whose records failed. Applies to every store transaction in this process."""
+    transfer). Behaviour is unchanged: the same records in the same order (all but
+    the last without the processed-offsets header, which only an at-least-once
+    restore reads: hence `app` must be exactly-once), the same Kafka transaction, the
+    same changelog offset stored with the state. A delivery failure still fails the
+    commit: librdkafka refuses to commit a transaction any of whose records failed.
+    Applies to every store transaction in this process."""
+    if not app.config.exactly_once:
+        raise ValueError("fast_changelog drops a header only an at-least-once restore needs: exactly-once apps only")
     from quixstreams.state.base import transaction as base
 
     cls = base.PartitionTransaction
@@ -169,11 +186,15 @@ def fast_changelog() -> None:
 class _ChangelogDurableOptions(RocksDBOptions):
     """Quix's RocksDB options with `atomic_flush`: with the write-ahead log off, the
     column families (state, and the changelog offset in Quix's metadata family)
-    must reach disk together, or a crash could keep an offset without its data."""
+    must reach disk together, or a crash could keep an offset without its data.
+    Compaction is universal, as Kafka Streams runs its stores (`RocksDBStore`): a
+    store rewritten at every transfer pays less write amplification than with
+    levels, and its compactions run on the ledger's own two cores."""
 
     def to_options(self) -> Any:
         opts = super().to_options()
         opts.set_atomic_flush(True)
+        opts.set_compaction_style(DBCompactionStyle.universal())
         return opts
 
 
@@ -207,8 +228,11 @@ def changelog_durable_state() -> RocksDBOptions:
     # Quix's (64 MiB, and a 1 GiB block cache each): memory is bounded per store
     # partition, and since memtables reach disk only when full (no log), smaller
     # ones also bound how much changelog a restart after kill -9 replays.
+    # No block compression either, as Kafka Streams: state is small and hot, and lz4
+    # cost every flush and compaction CPU that processing needs.
     return _ChangelogDurableOptions(
-        write_buffer_size=16 * MIB, max_write_buffer_number=3, block_cache_size=8 * MIB
+        write_buffer_size=16 * MIB, max_write_buffer_number=3, block_cache_size=8 * MIB,
+        compression_type="none",
     )
 
 

@@ -421,7 +421,7 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
     processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
                                 settings.ledger_account_memo, limits)
     quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
-    quix_compat.fast_changelog()
+    quix_compat.fast_changelog(app)
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)
     # The ticker's thread gets a codec of its own: the processor's caches are the loop's.

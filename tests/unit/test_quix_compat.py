@@ -6,6 +6,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quixstreams.state.rocksdb import RocksDBOptions, RocksDBStorePartition
@@ -59,3 +60,49 @@ def test_lean_state_reads_and_writes_what_quix_state_does(before: list[Any], dur
         finally:
             for part in parts:
                 part.close()
+
+
+class _Inner:
+    """A Quix changelog producer as `_HeldBackChangelog` sees it."""
+
+    changelog_name = "changelog__x"
+    partition = 3
+
+    def __init__(self) -> None:
+        self.produced: list[tuple[bytes, bytes | None, Any]] = []
+
+    def produce(self, key: bytes, value: bytes | None = None, headers: Any = None, **_: Any) -> None:
+        self.produced.append((key, value, headers))
+
+
+class _Raw:
+    def __init__(self) -> None:
+        self.produced: list[tuple[str, bytes | None, bytes, Any]] = []
+
+    def produce(self, topic: str, value: bytes | None, key: bytes, **kw: Any) -> None:
+        self.produced.append((topic, value, key, kw))
+
+
+def test_held_back_changelog_sends_all_but_the_last_record_raw_without_the_offsets_header() -> None:
+    """Every record keeps its column family (a restore refuses a record without it);
+    the processed-offsets header, which only an at-least-once restore reads, stays on
+    the last record only, which goes through Quix so that it records the offset."""
+    inner, raw = _Inner(), _Raw()
+    proxy = quix_compat._HeldBackChangelog(inner, raw)
+    headers = {"__column_family__": "default", "__processed_tp_offsets__": b'{"payments.commands":7}'}
+    for i in range(3):
+        proxy.produce(key=b"k%d" % i, value=b"v%d" % i, headers=headers)
+    proxy.release()
+    assert [(t, v, k, kw["partition"], kw["headers"]) for t, v, k, kw in raw.produced] == [
+        ("changelog__x", b"v0", b"k0", 3, [("__column_family__", b"default")]),
+        ("changelog__x", b"v1", b"k1", 3, [("__column_family__", b"default")]),
+    ]
+    assert inner.produced == [(b"k2", b"v2", headers)]
+
+
+def test_fast_changelog_refuses_an_at_least_once_app() -> None:
+    from quixstreams import Application
+
+    app = Application(broker_address="127.0.0.1:1", processing_guarantee="at-least-once")
+    with pytest.raises(ValueError, match="exactly-once"):
+        quix_compat.fast_changelog(app)
