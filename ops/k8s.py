@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 
 from ops import kafka_auth
@@ -132,7 +131,16 @@ HEADER = (
 )
 
 
+def _yaml() -> Any:
+    """PyYAML, a development dependency (like the rest of `paystream k8s`): imported when
+    used, so the CLI in the image, which lacks it, still starts."""
+    import yaml  # type: ignore[import-untyped]
+
+    return yaml
+
+
 def render_generated() -> str:
+    yaml = _yaml()
     return HEADER + yaml.safe_dump(generated_data(), sort_keys=False, width=120)
 
 
@@ -189,6 +197,7 @@ def helm(helm_bin: Path, *args: str) -> str:
 def render(helm_bin: Path, values: Iterable[Path] = (), release: str = "paystream",
            namespace: str = "payments") -> list[dict[str, Any]]:
     """`helm template` of the chart: the manifests as dicts."""
+    yaml = _yaml()
     args = ["template", release, str(CHART), "--namespace", namespace]
     for v in values:
         args += ["-f", str(v)]
@@ -222,6 +231,7 @@ def _drop_descriptions(schema: Any) -> Any:
 
 def strimzi_schemas_from_crds(crd_files: Iterable[Path], version: str = "v1") -> dict[str, Any]:
     """kind -> openAPIV3Schema of `version`, from Strimzi's CRD files (descriptions dropped)."""
+    yaml = _yaml()
     out: dict[str, Any] = {}
     for path in crd_files:
         for doc in yaml.safe_load_all(path.read_text()):

@@ -87,6 +87,8 @@ strimzi.io/cluster: {{ .Values.kafka.name }}
 {{- if .Values.tracing.enabled }}
 - name: PAYSTREAM_OTEL_ENDPOINT
   value: {{ .Values.tracing.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.endpoint | quote }}
 {{- end }}
 {{- range $name, $value := .Values.extraEnv }}
 - name: {{ $name }}
