@@ -49,6 +49,16 @@ STRIMZI_API = "kafka.strimzi.io/v1"
 # (Chart.yaml kubeVersion) and the newest kubernetes-validate knows.
 KUBE_VERSIONS = ("1.30", "latest")
 
+# Broker settings Strimzi manages itself and refuses in `Kafka.spec.kafka.config`
+# (KafkaClusterSpec.FORBIDDEN_PREFIXES of Strimzi 1.0.1; a few exceptions aside, none of
+# which paystream sets). The CRD schema cannot say this; the operator would reject it.
+STRIMZI_FORBIDDEN_CONFIG = (
+    "listeners", "advertised.", "broker.", "listener.", "host.name", "port", "inter.broker.listener.name",
+    "sasl.", "ssl.", "security.", "password.", "log.dir", "zookeeper.", "authorizer.", "super.user",
+    "cruise.control.metrics.topic", "cruise.control.metrics.reporter.bootstrap.servers", "node.id",
+    "process.roles", "controller.", "metadata.log.dir", "client.quota.callback.static.", "prometheus.metrics.reporter.",
+)
+
 HELM_MODULE = "helm.sh/helm/v4"
 HELM_VERSION = "v4.3.2"
 
@@ -268,6 +278,10 @@ def validate_manifests(docs: Iterable[Mapping[str, Any]]) -> list[str]:
                 problems.append(f"{name}: no schema for {doc['apiVersion']} {doc['kind']}")
                 continue
             problems += [f"{name}: {e}" for e in _errors(validators[doc["kind"]], doc)]
+            if doc["kind"] == "Kafka":
+                config = doc.get("spec", {}).get("kafka", {}).get("config", {})
+                problems += [f"{name}: spec.kafka.config.{key}: Strimzi manages it and refuses it here"
+                             for key in config if key.startswith(STRIMZI_FORBIDDEN_CONFIG)]
             continue
         for version in versions:
             try:

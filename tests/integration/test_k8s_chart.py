@@ -85,7 +85,9 @@ def test_validation_catches_a_typo(default: list[dict[str, Any]]) -> None:
     topic["spec"]["partition"] = topic["spec"].pop("partitions")
     ledger = workloads(docs)["ledger"]
     container(ledger)["livenesProbe"] = container(ledger).pop("livenessProbe")
+    of_kind(docs, "Kafka")[0]["spec"]["kafka"]["config"]["super.users"] = "User:admin"
     problems = k8s.validate_manifests(docs)
+    assert any(p.startswith("Kafka/paystream") and "super.users" in p for p in problems)
     assert any(p.startswith(f"KafkaTopic/{topic['metadata']['name']}") and "partition" in p for p in problems)
     assert any(p.startswith("StatefulSet/") and "livenesProbe" in p for p in problems)
 
