@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: up test install lint typecheck unit down clean browser
+.PHONY: up test install lint typecheck unit down clean browser helm
 
 $(BIN)/paystream: pyproject.toml
 	@command -v $(PY) >/dev/null 2>&1 || { echo "python3.11 is required"; exit 1; }
@@ -29,8 +29,14 @@ browser:
 	  else echo "WARNING: chromium is not installed; the browser test will be skipped"; fi; \
 	fi
 
+## helm for the chart's render-and-validate test (tests/integration/test_k8s_chart.py), built once
+## from its Go module into ~/.cache/paystream/tools (about 2 minutes here); without Go the test is
+## skipped, loudly
+helm: install
+	@$(BIN)/paystream k8s helm || echo "WARNING: helm could not be built; the chart test will be skipped"
+
 ## make test: start what the tests need (idempotent) and run every test
-test: install browser
+test: install browser helm
 	$(BIN)/paystream up --stack-only
 	$(BIN)/pytest -p no:cacheprovider
 
@@ -38,6 +44,7 @@ unit: install
 	$(BIN)/pytest -p no:cacheprovider tests/unit
 
 lint: install
+	$(BIN)/paystream k8s generate --check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/lint-imports

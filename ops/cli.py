@@ -17,6 +17,7 @@ def _register() -> None:
     from ops.asyncapi import register as register_asyncapi
     from ops.audit import app as audit_app
     from ops.db import app as db_app
+    from ops.k8s import app as k8s_app
     from ops.kafka_access_cli import acls_app, consumers_app
     from ops.kafka_access_cli import app as producers_app
     from ops.lab.bench_cli import app as bench_app
@@ -36,6 +37,7 @@ def _register() -> None:
     app.add_typer(producers_app, name="producers", help="Kafka principals for direct producers")
     app.add_typer(consumers_app, name="consumers", help="Kafka principals for readers of the journal")
     app.add_typer(acls_app, name="acls", help="Kafka users and ACLs of paystream's components")
+    app.add_typer(k8s_app, name="k8s", help="the Helm chart (deploy/helm/paystream): generate its data, lint it")
     app.add_typer(bench_app, name="bench", help="benchmarks that print figures")
     register_bench_http(bench_app)
     app.add_typer(admin_app, name="admin", help="administrative tasks (admin users)")

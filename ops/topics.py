@@ -34,7 +34,7 @@ class TopicAction:
     detail: str = ""
 
 
-def _configs(spec: TopicSpec) -> dict[str, str]:
+def topic_configs(spec: TopicSpec) -> dict[str, str]:
     return {
         "cleanup.policy": spec.cleanup_policy,
         "retention.ms": str(spec.retention_ms),
@@ -71,7 +71,7 @@ def apply_topics(
     missing = [s for s in specs.values() if s.name not in metadata.topics]
     if missing and not dry_run:
         futures = admin.create_topics([
-            NewTopic(s.name, s.partitions, s.replication_factor, config=_configs(s))
+            NewTopic(s.name, s.partitions, s.replication_factor, config=topic_configs(s))
             for s in missing
         ])
         for name, fut in futures.items():
@@ -89,7 +89,7 @@ def apply_topics(
             spec = specs[res.name]
             current = fut.result()
             drift = {
-                k: v for k, v in _configs(spec).items() if current[k].value != v
+                k: v for k, v in topic_configs(spec).items() if current[k].value != v
             }
             if not drift:
                 actions.append(TopicAction(spec.name, "unchanged"))
@@ -97,7 +97,7 @@ def apply_topics(
             detail = ", ".join(f"{k}={current[k].value}->{v}" for k, v in drift.items())
             if not dry_run:
                 resource = ConfigResource(
-                    ConfigResource.Type.TOPIC, spec.name, set_config=_configs(spec)
+                    ConfigResource.Type.TOPIC, spec.name, set_config=topic_configs(spec)
                 )
                 for alter in admin.alter_configs([resource]).values():
                     alter.result()
