@@ -195,6 +195,12 @@ class _ChangelogDurableOptions(RocksDBOptions):
         opts = super().to_options()
         opts.set_atomic_flush(True)
         opts.set_compaction_style(DBCompactionStyle.universal())
+        # A whole-key bloom filter in each memtable: most reads are of ids never seen
+        # (a new command's `c:<id>`, a new payment's `p:<id>`), and without the no-log
+        # memtables' own filter each such miss searched three of them: 2.0 -> 0.5 us
+        # a missing key, two a transfer. 2 % of a memtable: 0.3 MiB each.
+        opts.set_memtable_prefix_bloom_ratio(0.02)
+        opts.set_memtable_whole_key_filtering(True)
         return opts
 
 
