@@ -356,6 +356,60 @@ class StatementOut(Page):
     data: list[StatementLineOut]
 
 
+# ------------------------------------------------------------------ the fraud review queue (admin)
+
+EX_REVIEW = {
+    "id": "1331832a-7ead-5421-8a79-2d7e4e89d5b7", "object": "review", "payment_id": EX_PAYMENT,
+    "from_account": EX_A, "to_account": EX_B, "amount": "12000.00", "currency": "EUR", "score": 130,
+    "risk": "HIGH",
+    "reasons": [{"rule": "HIGH_VALUE", "score": 80, "detail": "12000.00 EUR >= threshold 10000.00 EUR"}],
+    "detected_at": EX_TIME, "status": "rejected", "decision_id": "2b3c4d5e-6f70-4812-9a3b-4c5d6e7f8091",
+    "decided_by": "8d8a7703-dafe-4d84-bf32-09288bb3d09c", "decided_by_email": "admin@example.com",
+    "decided_at": EX_TIME, "note": "mule account: refund the sender",
+}  # fmt: skip
+
+
+class DecisionIn(BaseModel):
+    model_config = examples({"note": "mule account: refund the sender"}, {}, extra="forbid")
+    note: str | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
+
+
+class RuleHitOut(BaseModel):
+    rule: str
+    score: int
+    detail: str
+
+
+class ReviewOut(BaseModel):
+    """A fraud alert waiting for (or given) an admin's decision. Its id is the alert's."""
+
+    model_config = examples(EX_REVIEW, {**EX_REVIEW, "status": "open", "decision_id": None, "decided_by": None,
+                                        "decided_by_email": None, "decided_at": None, "note": None})
+    id: str
+    object: Literal["review"]
+    payment_id: str
+    from_account: str | None = Field(description="the sender's account number (frozen when risk is HIGH); null "
+                                     "for an account opened on Kafka directly, which has none")
+    to_account: str | None = Field(description="the receiver's account number, as from_account")
+    amount: str
+    currency: str
+    score: int
+    risk: Literal["MEDIUM", "HIGH"]
+    reasons: list[RuleHitOut]
+    detected_at: str
+    status: Literal["open", "approved", "rejected"]
+    decision_id: str | None
+    decided_by: str | None = Field(description="the user id of the admin who decided")
+    decided_by_email: str | None
+    decided_at: str | None
+    note: str | None
+
+
+class ReviewList(Page):
+    model_config = examples({"object": "list", "has_more": True, "data": [EX_REVIEW]})
+    data: list[ReviewOut]
+
+
 class StatusOut(BaseModel):
     model_config = examples({"account_number": EX_A, "status": "frozen"})
     account_number: str

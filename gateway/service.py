@@ -158,6 +158,12 @@ def json_response(status: int, body: dict[str, Any], headers: dict[str, str] | N
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
+def list_response(data: list[dict[str, Any]], has_more: bool, **extra: Any) -> Response:
+    """The API's one list envelope (`models.Page`): a page of `data` and whether more
+    follow; a client asks for the next page with `starting_after` = its last item's id."""
+    return json_response(200, {"object": "list", **extra, "data": data, "has_more": has_more})
+
+
 class Gateway:
     def __init__(
         self,

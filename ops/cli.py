@@ -6,9 +6,54 @@ index; the work lives in the component modules.
 
 from __future__ import annotations
 
-import typer
+from typing import Any
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="paystream operator CLI")
+import typer
+from typer.core import TyperGroup
+
+
+class OperatorCommands(TyperGroup):
+    """The root command group: an operator's mistake of order (stack not started,
+    database not migrated, a wrong setting), raised by any command, ends as one
+    line saying what to run and exit 1 (`ops.hints.explain`), not a traceback.
+    Here rather than around `app()` so that every way of running the CLI (the
+    console script, `python -m ops.cli`, typer's CliRunner in tests) answers the
+    same."""
+
+    def invoke(self, ctx: Any) -> Any:
+        from paystream import kafka
+
+        before = kafka.fail_fast(False)  # `_operator` decides; restored afterwards
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, typer.Abort, typer.TyperException):
+            raise  # the command's own answer (usage errors, an exit code it chose)
+        except Exception as exc:
+            from ops.hints import explain, say
+
+            hint = explain(exc)
+            if hint is None:
+                raise  # a bug: the traceback is the right answer
+            say(hint)
+            raise typer.Exit(1) from None
+        finally:
+            kafka.fail_fast(before)
+
+
+app = typer.Typer(cls=OperatorCommands, no_args_is_help=True, add_completion=False, help="paystream operator CLI")
+
+# Commands that run components or load for as long as asked: their Kafka clients wait
+# for a broker that is restarting (librdkafka reconnects), as the components' do.
+WAIT_FOR_KAFKA = frozenset({"run", "up", "chaos", "bench", "demo"})
+
+
+@app.callback()
+def _operator(ctx: typer.Context) -> None:
+    """Every other command's Kafka clients fail fast (`paystream.kafka.fail_fast`): a
+    broker that is not there is one line at once, not a 30 s timeout."""
+    from paystream import kafka
+
+    kafka.fail_fast(ctx.invoked_subcommand not in WAIT_FOR_KAFKA)
 
 
 def _register() -> None:
@@ -50,51 +95,9 @@ def _register() -> None:
     register_asyncapi(app)
 
 
-def explain(exc: BaseException) -> str | None:
-    """One line saying what to run, for the failures an operator causes by order of
-    operations (stack not started, database not migrated, a wrong setting), found
-    anywhere in the exception's chain; None for anything else (a bug: the traceback
-    is the right answer then)."""
-    import psycopg
-    from confluent_kafka import KafkaException
-    from pydantic import ValidationError
-    from redis.exceptions import ConnectionError as RedisConnectionError
-
-    from ops.stack import StackError
-
-    seen: set[int] = set()
-    e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if isinstance(e, psycopg.errors.UndefinedTable):
-            return f"the database is not migrated ({first}): run `paystream db migrate` (or `paystream up`)"
-        if isinstance(e, psycopg.OperationalError):
-            return f"cannot reach Postgres ({first}): start the stack with `paystream stack up`"
-        if isinstance(e, KafkaException):
-            return f"Kafka refused or is unreachable ({first}): is the stack up (`paystream stack status`)?"
-        if isinstance(e, RedisConnectionError):
-            return f"cannot reach Redis ({first}): start the stack with `paystream stack up`"
-        if isinstance(e, StackError):
-            return str(e)
-        if isinstance(e, ValidationError):
-            return f"a setting is invalid: {first} (PAYSTREAM_* environment or .env)"
-        e = e.__cause__ or e.__context__
-    return None
-
-
 def main() -> None:
     _register()
-    try:
-        app()
-    except Exception as exc:
-        hint = explain(exc)
-        if hint is None:
-            raise
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[red]{hint}[/red]", highlight=False)
-        raise SystemExit(1) from None
+    app()
 
 
 if __name__ == "__main__":

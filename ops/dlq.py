@@ -30,6 +30,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from ops import groups as G
+from ops.hints import fail
 from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
@@ -210,8 +211,7 @@ def list_cmd(
         rows = select(letters, component=component, reason_code=reason_code,
                       source_topic=source_topic, since=since)  # fmt: skip
     except Exception as exc:
-        console.print(f"[red]cannot read {DLQ_TOPIC}:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail(f"cannot read {DLQ_TOPIC}", exc)
     if limit:
         rows = rows[-limit:]
     if as_json:
@@ -279,8 +279,7 @@ def replay_cmd(
             raise ValueError("name ids, or --all (with filters)")
         done = replay(settings, codec, chosen, rekey=rekey, dry_run=dry_run, force=force, console=console)
     except Exception as exc:
-        console.print(f"[red]replay failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail("replay failed", exc)
     if not dry_run:
         console.print(f"[green]replayed {len(done)} of {len(chosen)} in {time.monotonic() - t0:.1f}s[/green]")
 

@@ -44,8 +44,9 @@ def _list(kind: kafka_auth.ClientKind) -> None:
 
 
 def _remove(kind: kafka_auth.ClientKind, name: str) -> None:
+    settings = get_settings()  # not under the ValueError below: a bad setting is not a bad name
     try:
-        kafka_auth.remove_client(get_settings(), kind, name)
+        kafka_auth.remove_client(settings, kind, name)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     console.print(f"{kind}-{name} removed")

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ops import groups as G
+from ops.hints import fail
 from paystream.settings import Settings, get_settings
 
 
@@ -143,8 +144,7 @@ def show_cmd(
     try:
         groups = [group] if group else G.list_groups(settings)
     except Exception as exc:
-        console.print(f"[red]cannot list consumer groups:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail("cannot list consumer groups", exc)
     if not groups:
         console.print("no paystream consumer groups yet")
     for g in groups:
@@ -152,8 +152,7 @@ def show_cmd(
             info = G.describe(settings, g)
             rows = group_lag(settings, g, topic)
         except Exception as exc:
-            console.print(f"[red]cannot read group {g}:[/red] {exc}")
-            raise typer.Exit(1) from exc
+            fail(f"cannot read group {g}", exc)
         console.print(_lag_table(rows, f"{g} ({info.state}, {info.members} member(s))"))
         console.print(f"total lag {sum(r.lag or 0 for r in rows)}")
 
@@ -173,8 +172,7 @@ def reset_cmd(
         info = G.require_inactive(settings, group)
         plans = plan_reset(settings, group, topic=topic, to_offset=to_offset, to_time=to_time)
     except Exception as exc:
-        console.print(f"[red]refused:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail("refused", exc)
     table = Table(title=f"reset {group} ({info.state})" + (" [dry run]" if dry_run else ""))
     for col in ("topic", "partition", "current", "new", "change"):
         table.add_column(col)
@@ -195,8 +193,7 @@ def reset_cmd(
     try:
         apply_reset(settings, group, plans)
     except Exception as exc:
-        console.print(f"[red]reset failed:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail("reset failed", exc)
     console.print(f"[green]reset {len(plans)} partition(s) of {group}[/green]")
 
 
@@ -233,8 +230,7 @@ def register(root: typer.Typer) -> None:
                 return
             rows = lag_report(settings, prefix)
         except Exception as exc:
-            console.print(f"[red]cannot read consumer groups:[/red] {exc}")
-            raise typer.Exit(1) from exc
+            fail("cannot read consumer groups", exc)
         table = Table(title="consumer lag")
         for col in ("group", "state", "members", "topic", "partitions", "lag"):
             table.add_column(col, overflow="fold")  # whole group names, wrapped, never cut

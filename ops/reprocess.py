@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ops import groups as G
+from ops.hints import fail
 from paystream import kafka, topics
 from paystream.codec import Codec
 from paystream.settings import Settings, get_settings
@@ -273,8 +274,7 @@ def register(root: typer.Typer) -> None:
                 else:
                     res = into_topic(settings, topic, ranges, into.removeprefix("topic:"), console)
         except Exception as exc:
-            console.print(f"[red]reprocess failed:[/red] {exc}")
-            raise typer.Exit(1) from exc
+            fail("reprocess failed", exc)
         if res is None:
             return
         console.print(f"read {res.read}, inserted {res.inserted}, already present {res.skipped}, "

@@ -85,7 +85,10 @@ def status_command() -> None:
     console.print(table)
     console.print("[dim]RSS: main process. PSS: the whole process tree with shared memory split "
                   "between processes (Postgres runs one process per connection).[/dim]")
-    if any(st.health != "up" for st in statuses):
+    down = [st.name for st in statuses if st.health != "up"]
+    if down:
+        err_console.print(Text(f"not up: {', '.join(down)}: start the stack with `paystream stack up` "
+                               f"(`paystream stack logs NAME` says why one stopped)", style="red"), soft_wrap=True)
         raise typer.Exit(1)
 
 
@@ -123,7 +126,8 @@ def logs_command(
         raise typer.Exit(2)
     path = stack.Layout.of(get_settings()).log_file(name)
     if not path.exists() and not follow:
-        err_console.print(Text(f"no log yet at {path}", style="red"))
+        err_console.print(Text(f"no log yet at {path}: {name} never ran under this home "
+                               "(start the stack with `paystream stack up`)", style="red"), soft_wrap=True)
         raise typer.Exit(1)
     if path.exists():
         # Plain print: log lines are not rich markup.

@@ -18,6 +18,7 @@ import typer
 from rich.console import Console
 
 from ops import groups as G
+from ops.hints import fail
 from paystream.settings import Settings, get_settings
 
 APPS = ("ledger", "fraud", "compensation", "notifications", "reviews", "webhooks")
@@ -80,8 +81,7 @@ def rebuild_cmd(
             instance = default_instance(settings, name)
         rebuild(settings, name, None if all_instances else instance, dry_run, console)
     except Exception as exc:
-        console.print(f"[red]refused:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        fail("refused", exc)
 
 
 def register(root: typer.Typer) -> None:

@@ -7,6 +7,7 @@ same partition whoever produces it; the ledger's single-writer rule depends on i
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -37,12 +38,52 @@ QUIX_PRODUCER = {"message.timeout.ms": 20_000}
 QUIX_CONSUMER = {"session.timeout.ms": 10_000}
 
 
+class KafkaUnreachable(ConnectionError):
+    """No bootstrap server accepts a connection (raised only under `fail_fast`)."""
+
+
+# A component waits for a broker that is not there yet (librdkafka reconnects on its
+# own); an operator command should say at once that it is not there, instead of
+# logging librdkafka's reconnect attempts and timing out 30 s later. The CLI turns
+# this on for its commands (ops.cli), `paystream run` off again for its component.
+_FAIL_FAST = {"on": False}
+_REACHED: set[str] = set()
+PROBE_SECONDS = 2.0
+
+
+def fail_fast(on: bool) -> bool:
+    """Whether new clients first check that a broker accepts connections (raising
+    `KafkaUnreachable` if none does); returns the previous setting."""
+    before = _FAIL_FAST["on"]
+    _FAIL_FAST["on"] = on
+    return before
+
+
+def _probe(servers: str) -> None:
+    """Return once one of `servers` (host:port,...) accepts a TCP connection."""
+    if servers in _REACHED:
+        return
+    tried = []
+    for server in servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        host = host.strip("[]")
+        try:
+            with socket.create_connection((host, int(port)), timeout=PROBE_SECONDS):
+                _REACHED.add(servers)
+                return
+        except (OSError, ValueError) as exc:
+            tried.append(f"{server.strip()}: {exc}")
+    raise KafkaUnreachable(f"no broker accepts connections at {'; '.join(tried)}")
+
+
 def connection(settings: Settings) -> dict[str, Any]:
     """Where the broker is and who this process is: the start of every client's config.
 
     Every Kafka client of paystream (producers, consumers, admin clients, Quix apps)
     is built on this, so none can forget to authenticate (docs/SECURITY.md).
     """
+    if _FAIL_FAST["on"]:
+        _probe(settings.bootstrap_servers)
     config: dict[str, Any] = {"bootstrap.servers": settings.bootstrap_servers}
     if settings.kafka_security_protocol != "PLAINTEXT":
         user, password = settings.kafka_credentials()

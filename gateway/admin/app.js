@@ -3,7 +3,6 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const EXPONENT = { JPY: 0, KRW: 0, CLP: 0, VND: 0, ISK: 0, KWD: 3, BHD: 3, JOD: 3, OMR: 3, TND: 3, LYD: 3, IQD: 3 };
 const state = { token: sessionStorage.getItem("ps_token"), cursor: null, current: null, poll: null };
 
 // ------------------------------------------------------------------ helpers
@@ -23,16 +22,6 @@ function el(tag, attrs, ...children) {
 
 function badge(text, extra) {
   return el("span", { class: "badge " + (extra || text || ""), text: text || "?" });
-}
-
-function formatMinor(minor, currency) {
-  const exp = EXPONENT[currency] ?? 2;
-  const neg = minor < 0;
-  let digits = String(Math.abs(minor)).padStart(exp + 1, "0");
-  let whole = exp ? digits.slice(0, -exp) : digits;
-  const frac = exp ? "." + digits.slice(-exp) : "";
-  whole = whole.replace(/\B(?=(\d{3})+(?!\d))/g, ",");
-  return (neg ? "-" : "") + whole + frac + " " + currency;
 }
 
 function formatAmount(text, currency) {
@@ -126,20 +115,22 @@ function showTab(name) {
 
 // ------------------------------------------------------------------ review queue
 
+// The queue is a list like every other (object, data, has_more): the next page starts
+// after the last review shown (starting_after = its id).
 async function loadReviews(reset) {
   if (reset) state.cursor = null;
   const q = new URLSearchParams({ limit: "20" });
-  if ($("f-state").value) q.set("state", $("f-state").value);
+  if ($("f-state").value) q.set("status", $("f-state").value);
   if ($("f-risk").value) q.set("risk", $("f-risk").value);
   if ($("f-account").value.trim()) q.set("account", $("f-account").value.trim());
-  if (state.cursor) q.set("cursor", state.cursor);
+  if (state.cursor) q.set("starting_after", state.cursor);
   const body = $("reviews").tBodies[0];
   try {
     const page = await api("GET", "/v1/admin/reviews?" + q);
     if (reset) body.replaceChildren();
-    for (const r of page.items) body.append(reviewRow(r));
-    state.cursor = page.next_cursor;
-    $("more").hidden = !page.next_cursor;
+    for (const r of page.data) body.append(reviewRow(r));
+    state.cursor = page.data.length ? page.data[page.data.length - 1].id : null;
+    $("more").hidden = !(page.has_more && state.cursor);
     $("reviews-empty").hidden = body.rows.length > 0;
   } catch (err) {
     if (reset) body.replaceChildren();
@@ -149,14 +140,14 @@ async function loadReviews(reset) {
 
 function reviewRow(r) {
   const rules = r.reasons.map((x) => x.rule).join(", ");
-  const tr = el("tr", { class: "review", "data-alert": r.alert_id, onclick: () => openReview(r.alert_id) },
+  const tr = el("tr", { class: "review", "data-alert": r.id, onclick: () => openReview(r.id) },
     el("td", { class: "when", title: when(r.detected_at), text: when(r.detected_at).slice(5, 19).replace("T", " ") }),
     el("td", {}, badge(r.risk)),
     el("td", { class: "num", text: String(r.score) }),
-    el("td", { class: "num", text: formatMinor(r.amount, r.currency) }),
+    el("td", { class: "num", text: formatAmount(r.amount, r.currency) }),
     el("td", { text: rules }),
-    el("td", {}, badge(r.state)));
-  if (state.current && state.current.alert_id === r.alert_id) tr.classList.add("selected");
+    el("td", {}, badge(r.status)));
+  if (state.current && state.current.id === r.id) tr.classList.add("selected");
   return tr;
 }
 
@@ -176,24 +167,24 @@ async function openReview(alertId) {
 }
 
 function renderReview(r) {
-  $("d-alert").textContent = r.alert_id;
+  $("d-alert").textContent = r.id;
   const st = $("d-state");
-  st.textContent = r.state;
-  st.className = "badge " + r.state;
+  st.textContent = r.status;
+  st.className = "badge " + r.status;
   const risk = $("d-risk");
   risk.textContent = r.risk;
   risk.className = "badge " + r.risk;
   $("d-score").textContent = "score " + r.score;
-  $("d-amount").textContent = formatMinor(r.amount, r.currency);
+  $("d-amount").textContent = formatAmount(r.amount, r.currency);
   $("d-detected").textContent = when(r.detected_at);
   $("d-payment").textContent = r.payment_id;
-  $("d-decision").textContent = r.state === "open" ? "—"
-    : `${r.state} by ${r.decided_by_email || r.decided_by} at ${when(r.decided_at)}${r.note ? ": “" + r.note + "”" : ""}`;
+  $("d-decision").textContent = r.status === "open" ? "—"
+    : `${r.status} by ${r.decided_by_email || r.decided_by} at ${when(r.decided_at)}${r.note ? ": “" + r.note + "”" : ""}`;
   const tb = $("d-reasons").tBodies[0];
   tb.replaceChildren(...r.reasons.map((x) => el("tr", {},
     el("td", {}, el("code", { text: x.rule })), el("td", { class: "num", text: String(x.score) }),
     el("td", { text: x.detail }))));
-  $("decide").hidden = r.state !== "open";
+  $("decide").hidden = r.status !== "open";
 }
 
 async function renderParties(r) {
@@ -207,8 +198,8 @@ async function renderParties(r) {
   if (!payment) {
     ps.textContent = "not in the read model yet";
     ps.className = "badge pending";
-    $("d-sender").replaceChildren(el("p", { class: "muted", text: "sender " + r.account_id }));
-    $("d-receiver").replaceChildren(el("p", { class: "muted", text: "receiver " + r.counterparty_id }));
+    $("d-sender").replaceChildren(el("p", { class: "muted", text: "sender " + (r.from_account || "without a number") }));
+    $("d-receiver").replaceChildren(el("p", { class: "muted", text: "receiver " + (r.to_account || "without a number") }));
     return;
   }
   const [sender, receiver] = await Promise.all([
@@ -304,7 +295,7 @@ async function decide(verdict) {
   for (const b of [$("d-approve"), $("d-reject")]) b.disabled = true;
   try {
     const note = $("d-note").value.trim();
-    const updated = await api("POST", `/v1/admin/reviews/${r.alert_id}/${verdict}`, note ? { note } : {});
+    const updated = await api("POST", `/v1/admin/reviews/${r.id}/${verdict}`, note ? { note } : {});
     state.current = updated;
     renderReview(updated);
     flash(verdict === "reject" ? "Rejected: the transfer will be reversed and the receiver frozen."
@@ -321,7 +312,7 @@ async function decide(verdict) {
 async function refresh() {
   if (!state.current) return;
   try {
-    const r = await api("GET", "/v1/admin/reviews/" + state.current.alert_id);
+    const r = await api("GET", "/v1/admin/reviews/" + state.current.id);
     state.current = r;
     renderReview(r);
     await renderParties(r);

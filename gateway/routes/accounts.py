@@ -18,7 +18,7 @@ from gateway import store
 from gateway.deps import Cursor, GatewayDep, IdemKey, Instant, Limit, Number, User, account_of, instant, respond
 from gateway.movements import iso
 from gateway.problems import Problem, responses
-from gateway.service import Gateway, json_response
+from gateway.service import Gateway, json_response, list_response
 from gateway.statements import running
 from paystream.money import format_minor
 
@@ -59,7 +59,7 @@ async def _account_views(gw: Gateway, refs: list[store.AccountRef]) -> list[dict
 async def my_accounts(p: User, gw: GatewayDep) -> Response:
     await gw.reads.settle(p.user_id)  # read-your-writes (gateway/reads.py)
     refs = await store.accounts_of(gw.pool, p.user_id)
-    return json_response(200, {"object": "list", "data": await _account_views(gw, refs), "has_more": False})
+    return list_response(await _account_views(gw, refs), False)
 
 
 @router.post(
@@ -138,7 +138,7 @@ async def transactions(
             "balance_after": format_minor(int(r["balance_after"]), ref.currency),
             "counterparty": cp.account_number if cp else None, "occurred_at": iso(r["occurred_at"]),
         })  # fmt: skip
-    return json_response(200, {"object": "list", "data": data, "has_more": len(rows) > limit})
+    return list_response(data, len(rows) > limit)
 
 
 async def _event_cursor(gw: Gateway, account_id: str, event_id: str) -> int:
@@ -221,12 +221,10 @@ async def statement(
     has_more = len(rows) > limit
     lines, balance = await _lines(gw, ref, rows[:limit], totals.opening + totals.carried)
     assert has_more or balance == totals.closing, f"statement of {ref.account_id}: lines end at {balance}, not {totals}"
-    return json_response(200, {
-        "object": "list", "account_number": ref.account_number, "currency": ref.currency,
-        "from": iso(first), "to": iso(last),
+    return list_response(lines, has_more, **{
+        "account_number": ref.account_number, "currency": ref.currency, "from": iso(first), "to": iso(last),
         "opening_balance": format_minor(totals.opening, ref.currency),
         "closing_balance": format_minor(totals.closing, ref.currency),
-        "data": lines, "has_more": has_more,
     })  # fmt: skip
 
 

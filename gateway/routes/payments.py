@@ -31,6 +31,7 @@ from gateway.service import (
     Gateway,
     json_response,
     later_status,
+    list_response,
     public,
     public_reason,
 )
@@ -236,7 +237,7 @@ async def account_holds(account_number: Number, p: User, gw: GatewayDep, limit: 
     ref = await account_of(gw, p, account_number)
     rows = await store.open_holds(gw.pool, ref.account_id, limit + 1) or []
     data = [v for v in [await _row_view(gw, p, r) for r in rows[:limit]] if v is not None]
-    return json_response(200, {"object": "list", "data": data, "has_more": len(rows) > limit})
+    return list_response(data, len(rows) > limit)
 
 
 @router.get("/payments", response_model=M.PaymentList, responses=responses(400, 401, 503))
@@ -263,4 +264,4 @@ async def list_payments(p: User, gw: GatewayDep, limit: Limit = 20, starting_aft
     rows = await store.payments_of(gw.pool, ids, limit + 1, before) if ids else []
     rows = rows or []
     data = [v for v in [await _row_view(gw, p, r) for r in rows[:limit]] if v is not None]
-    return json_response(200, {"object": "list", "data": data, "has_more": len(rows) > limit})
+    return list_response(data, len(rows) > limit)

@@ -1,186 +1,143 @@
 """Admin API over the fraud review queue (`pipelines.fraud.reviews` fills it).
 
-Authentication and the admin check are the gateway's own dependencies (JWT
-only); the Postgres pool is the gateway's. A decision is one Postgres
-transaction: lock the review, refuse unless it is open (409), write the decision
-and its outbox row. `paystream run reviews` publishes the outbox to
-`fraud.decisions` (see `pipelines.fraud.reviews` for why not produce here).
+It speaks as the rest of the API does: amounts are decimal strings, accounts are
+their numbers (the review rows keep the ledger's ids), lists are the one envelope
+(`object`, `data`, `has_more`) paged with `starting_after` = the last review's id.
+Authentication and the admin check are the gateway's own dependencies (JWT only);
+the Postgres pool is the gateway's. A decision is one Postgres transaction: lock
+the review, refuse unless it is open (409), write the decision and its outbox row.
+`paystream run reviews` publishes the outbox to `fraud.decisions` (see
+`pipelines.fraud.reviews` for why not produce here).
 """
 
 from __future__ import annotations
 
-import base64
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
-from pydantic import BaseModel, Field
+from starlette.responses import Response
 
 from gateway import models as M
-from gateway.deps import Admin, GatewayDep
+from gateway.deps import Admin, Cursor, GatewayDep, Limit, account_of
 from gateway.movements import iso
 from gateway.problems import Problem, responses
-from gateway.security import valid_account_number
+from gateway.service import Gateway, json_response, list_response
+from paystream.money import format_minor
 from pipelines.fraud.reviews import DECISIONS, OUTBOX_CHANNEL, decision_id
 
 router = APIRouter(prefix="/v1/admin/reviews", tags=["admin", "reviews"])
 
-ReviewId = Annotated[uuid.UUID, Path(description="the alert id")]
-
-
-# One decided review, as the examples of the reviews API show it.
-_EXAMPLE: dict[str, Any] = {
-    "alert_id": "1331832a-7ead-5421-8a79-2d7e4e89d5b7", "payment_id": M.EX_PAYMENT,
-    "account_id": "0c6f3f2e-5a1b-4c7d-9e8f-1a2b3c4d5e6f", "counterparty_id": "7a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
-    "amount": 1200000, "currency": "USD", "score": 130, "risk": "HIGH",
-    "reasons": [{"rule": "HIGH_VALUE", "score": 80, "detail": "1200000 minor units USD >= threshold 1000000"}],
-    "detected_at": M.EX_TIME, "state": "rejected", "decision_id": "2b3c4d5e-6f70-4812-9a3b-4c5d6e7f8091",
-    "decided_by": "8d8a7703-dafe-4d84-bf32-09288bb3d09c", "decided_by_email": "admin@example.com",
-    "decided_at": M.EX_TIME, "note": "mule account: refund the sender",
-}
-
-
-class DecisionIn(BaseModel):
-    model_config = M.examples({"note": "mule account: refund the sender"}, {}, extra="forbid")
-    note: str | None = Field(default=None, max_length=2000, pattern=r"^[^\x00]*$")
-
-
-class RuleHitOut(BaseModel):
-    rule: str
-    score: int
-    detail: str
-
-
-class ReviewOut(BaseModel):
-    model_config = M.examples(_EXAMPLE)
-    alert_id: str
-    payment_id: str
-    account_id: str
-    counterparty_id: str
-    amount: int
-    currency: str
-    score: int
-    risk: str
-    reasons: list[RuleHitOut]
-    detected_at: str
-    state: str
-    decision_id: str | None
-    decided_by: str | None
-    decided_by_email: str | None = None
-    decided_at: str | None
-    note: str | None
-
-
-class ReviewPage(BaseModel):
-    model_config = M.examples({"items": [_EXAMPLE], "next_cursor": "MTc5NjI5MTQ5MTAwMDAwMDoxMzMx"})
-    items: list[ReviewOut]
-    next_cursor: str | None
+ReviewId = Annotated[str, Path(max_length=64, description="the review's id (its alert's)")]
+AccountNumber = Annotated[str | None, Query(max_length=32, json_schema_extra=M.NUMBER_SCHEMA,
+                                            description="only reviews of payments this account sent")]
 
 
 def _iso(ts: datetime | None) -> str | None:
     return iso(ts) if ts is not None else None
 
 
-def _view(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "alert_id": str(row["alert_id"]), "payment_id": str(row["payment_id"]),
-        "account_id": str(row["account_id"]), "counterparty_id": str(row["counterparty_id"]),
-        "amount": row["amount"], "currency": row["currency"], "score": row["score"],
-        "risk": row["risk"], "reasons": row["reasons"], "detected_at": _iso(row["detected_at"]),
-        "state": row["state"],
-        "decision_id": str(row["decision_id"]) if row["decision_id"] else None,
-        "decided_by": row["decided_by"], "decided_by_email": row.get("decided_by_email"),
-        "decided_at": _iso(row["decided_at"]), "note": row["note"],
-    }  # fmt: skip
+async def _views(gw: Gateway, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reviews as the API shows them: the accounts by number (one lookup for the page)."""
+    ids = {str(r[k]) for r in rows for k in ("account_id", "counterparty_id")}
+    refs = await gw.accounts_by_id(sorted(ids))
+
+    def number(account_id: Any) -> str | None:
+        ref = refs.get(str(account_id))
+        return ref.account_number if ref else None
+
+    return [{
+        "id": str(r["alert_id"]), "object": "review", "payment_id": str(r["payment_id"]),
+        "from_account": number(r["account_id"]), "to_account": number(r["counterparty_id"]),
+        "amount": format_minor(int(r["amount"]), r["currency"]), "currency": r["currency"],
+        "score": r["score"], "risk": r["risk"], "reasons": r["reasons"], "detected_at": _iso(r["detected_at"]),
+        "status": r["state"], "decision_id": str(r["decision_id"]) if r["decision_id"] else None,
+        "decided_by": r["decided_by"], "decided_by_email": r.get("decided_by_email"),
+        "decided_at": _iso(r["decided_at"]), "note": r["note"],
+    } for r in rows]  # fmt: skip
+
+
+async def _view(gw: Gateway, row: dict[str, Any]) -> dict[str, Any]:
+    return (await _views(gw, [row]))[0]
 
 
 # A review with the email of the admin who decided it (the console shows who, not an id).
 _REVIEWS = ("SELECT *, (SELECT u.email FROM users u WHERE u.user_id::text = reviews.decided_by)"
             " AS decided_by_email FROM reviews")
 
-
-def _cursor(row: dict[str, Any]) -> str:
-    """Opaque keyset cursor: the (detected_at, alert_id) of the last row returned."""
-    micros = int(row["detected_at"].timestamp() * 1_000_000)
-    return base64.urlsafe_b64encode(f"{micros}:{row['alert_id']}".encode()).decode().rstrip("=")
+_NOT_FOUND = "no review with that id"
 
 
-def _decode_cursor(text: str) -> tuple[datetime, str]:
+def _review_id(text: str) -> uuid.UUID:
+    """The path's review id; a malformed one is the same 404 as an unknown one."""
     try:
-        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
-        micros, alert = raw.split(":", 1)
-        return datetime.fromtimestamp(int(micros) / 1_000_000, UTC), str(uuid.UUID(alert))
-    except (ValueError, UnicodeDecodeError, OverflowError, OSError):
-        raise Problem(400, "invalid_cursor", "the cursor is not one this API returned") from None
-
-
-async def _account_filter(pool: AsyncConnectionPool, account: str) -> str:
-    """An account id (UUID) or a customer-facing account number."""
-    try:
-        return str(uuid.UUID(account))
+        return uuid.UUID(text)
     except ValueError:
-        pass
-    if not valid_account_number(account):
-        raise Problem(404, "account_not_found", "no account with that id or number")
+        raise Problem(404, "review_not_found", _NOT_FOUND) from None
+
+
+async def _position(pool: AsyncConnectionPool, starting_after: str) -> tuple[datetime, uuid.UUID]:
+    """Where the page after the review `starting_after` begins (the queue's order)."""
+    try:
+        alert = uuid.UUID(starting_after)
+    except ValueError:
+        raise Problem(400, "invalid_cursor", "starting_after is not a review id") from None
     async with pool.connection() as conn:
-        cur = await conn.execute(
-            "SELECT account_id FROM gateway_accounts WHERE account_number = %s", (account,))
+        cur = await conn.execute("SELECT detected_at FROM reviews WHERE alert_id = %s", (alert,))
         row = await cur.fetchone()
     if row is None:
-        raise Problem(404, "account_not_found", "no account with that id or number")
-    return str(row[0])
+        raise Problem(400, "invalid_cursor", "starting_after is not a review")
+    return row[0], alert
 
 
-@router.get("", response_model=ReviewPage, responses=responses(400, 401, 403, 404, 422))
+@router.get("", response_model=M.ReviewList, responses=responses(400, 401, 403, 404, 422))
 async def list_reviews(
     p: Admin, gw: GatewayDep,
-    state: Annotated[Literal["open", "approved", "rejected"] | None, Query()] = None,
+    status: Annotated[Literal["open", "approved", "rejected"] | None, Query()] = None,
     risk: Annotated[Literal["MEDIUM", "HIGH"] | None, Query()] = None,
-    account: Annotated[str | None, Query(max_length=64, description="account id or number")] = None,
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-) -> dict[str, Any]:
-    """Newest first, keyset-paginated: pass `next_cursor` back as `cursor`."""
-    pool = gw.pool
+    account: AccountNumber = None,
+    limit: Limit = 20,
+    starting_after: Cursor = None,
+) -> Response:
+    """Newest first; the next page starts after the last review of this one
+    (`starting_after`). `account` is the sending account's number (404 if none)."""
     where: list[str] = []
     params: list[Any] = []
-    if state:
+    if status:
         where.append("state = %s")
-        params.append(state)
+        params.append(status)
     if risk:
         where.append("risk = %s")
         params.append(risk)
-    if account:
+    if account is not None:
         where.append("account_id = %s::uuid")
-        params.append(await _account_filter(pool, account))
-    if cursor:
-        where.append("(detected_at, alert_id) < (%s, %s::uuid)")
-        params.extend(_decode_cursor(cursor))
+        params.append((await account_of(gw, p, account)).account_id)
+    if starting_after is not None:
+        where.append("(detected_at, alert_id) < (%s, %s)")
+        params.extend(await _position(gw.pool, starting_after))
     sql = _REVIEWS + (" WHERE " + " AND ".join(where) if where else "")
     sql += " ORDER BY detected_at DESC, alert_id DESC LIMIT %s"
-    async with pool.connection() as conn:
+    async with gw.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(sql, (*params, limit + 1))
         rows = await cur.fetchall()
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return {"items": [_view(r) for r in rows], "next_cursor": _cursor(rows[-1]) if more else None}
+    return list_response(await _views(gw, rows[:limit]), len(rows) > limit)
 
 
-@router.get("/{review_id}", response_model=ReviewOut, responses=responses(401, 403, 404, 422))
-async def get_review(review_id: ReviewId, p: Admin, gw: GatewayDep) -> dict[str, Any]:
+@router.get("/{review_id}", response_model=M.ReviewOut, responses=responses(401, 403, 404))
+async def get_review(review_id: ReviewId, p: Admin, gw: GatewayDep) -> Response:
     async with gw.pool.connection() as conn:
         cur = conn.cursor(row_factory=dict_row)
-        await cur.execute(_REVIEWS + " WHERE alert_id = %s", (review_id,))
+        await cur.execute(_REVIEWS + " WHERE alert_id = %s", (_review_id(review_id),))
         row = await cur.fetchone()
     if row is None:
-        raise Problem(404, "review_not_found", "no review with that id")
-    return _view(row)
+        raise Problem(404, "review_not_found", _NOT_FOUND)
+    return json_response(200, await _view(gw, row))
 
 
 # Alerts carry the sender's owner; for reviews written before they did, the read
@@ -193,19 +150,19 @@ LIMIT 1
 """
 
 
-async def _decide(pool: AsyncConnectionPool, review_id: uuid.UUID, admin_id: str, verdict: str,
-                  body: DecisionIn | None) -> dict[str, Any]:
+async def _decide(gw: Gateway, review: str, admin_id: str, verdict: str, body: M.DecisionIn | None) -> Response:
+    review_id = _review_id(review)
     note = body.note if body else None
     state = "approved" if verdict == "APPROVED" else "rejected"
-    async with pool.connection() as conn, conn.transaction():
+    async with gw.pool.connection() as conn, conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(_REVIEWS + " WHERE alert_id = %s FOR UPDATE", (review_id,))
         row = await cur.fetchone()
         if row is None:
-            raise Problem(404, "review_not_found", "no review with that id")
+            raise Problem(404, "review_not_found", _NOT_FOUND)
         if row["state"] != "open":
             raise Problem(409, "review_already_decided",
-                          f"this review was already {row['state']}", review=_view(row))
+                          f"this review was already {row['state']}", review=await _view(gw, row))
         did = decision_id(str(review_id))
         await cur.execute(
             "UPDATE reviews SET state = %s, decision_id = %s, decided_by = %s, decided_at = now(),"
@@ -231,22 +188,20 @@ async def _decide(pool: AsyncConnectionPool, review_id: uuid.UUID, admin_id: str
             "INSERT INTO review_outbox (decision_id, alert_id, message_key, payload)"
             " VALUES (%s, %s, %s, %s)", (did, review_id, event["sender_id"], Jsonb(event)))
         await cur.execute(f"NOTIFY {OUTBOX_CHANNEL}")
-    return _view(row)
+    return json_response(200, await _view(gw, row))
 
 
 _DECIDE_DOC = (f"Decide an open review (terminal: a second decision is 409). The decision is "
                f"published to `{DECISIONS}` from a transactional outbox.")
 
 
-@router.post("/{review_id}/approve", response_model=ReviewOut, description=_DECIDE_DOC,
+@router.post("/{review_id}/approve", response_model=M.ReviewOut, description=_DECIDE_DOC,
              responses=responses(401, 403, 404, 409, 422))
-async def approve(review_id: ReviewId, p: Admin, gw: GatewayDep,
-                  body: DecisionIn | None = None) -> dict[str, Any]:
-    return await _decide(gw.pool, review_id, p.user_id, "APPROVED", body)
+async def approve(review_id: ReviewId, p: Admin, gw: GatewayDep, body: M.DecisionIn | None = None) -> Response:
+    return await _decide(gw, review_id, p.user_id, "APPROVED", body)
 
 
-@router.post("/{review_id}/reject", response_model=ReviewOut, description=_DECIDE_DOC,
+@router.post("/{review_id}/reject", response_model=M.ReviewOut, description=_DECIDE_DOC,
              responses=responses(401, 403, 404, 409, 422))
-async def reject(review_id: ReviewId, p: Admin, gw: GatewayDep,
-                 body: DecisionIn | None = None) -> dict[str, Any]:
-    return await _decide(gw.pool, review_id, p.user_id, "REJECTED", body)
+async def reject(review_id: ReviewId, p: Admin, gw: GatewayDep, body: M.DecisionIn | None = None) -> Response:
+    return await _decide(gw, review_id, p.user_id, "REJECTED", body)

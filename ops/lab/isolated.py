@@ -103,17 +103,22 @@ def isolated_stack(
     console: Console | None = None,
     only: Collection[str] | None = None,
     topics: bool = True,
+    bare: bool = False,
     **extra: object,
 ) -> Iterator[Settings]:
     """A bootstrapped stack in a fresh temp home; stopped and deleted afterwards
-    (unless `keep`, for looking at its logs)."""
+    (unless `keep`, for looking at its logs). `bare`: the services only, as
+    `paystream stack up` leaves them (no topics, schemas or migrations)."""
     from ops import stack
 
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o711)  # the postgres user must traverse it to reach its data dir
     settings = isolated_settings(root / "home", **extra)  # type: ignore[arg-type]
     try:
-        bootstrap(settings, console, only=only, topics=topics)
+        if bare:
+            stack.up(settings, console=console, only=only)
+        else:
+            bootstrap(settings, console, only=only, topics=topics)
         yield settings
     finally:
         try:

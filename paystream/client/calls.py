@@ -26,6 +26,7 @@ from paystream.client.models import (
     Json,
     Payment,
     Registration,
+    Review,
     Statement,
     StatementLine,
     Token,
@@ -374,3 +375,41 @@ def freeze(account_number: str, *, reason: str = "", wait: float = DEFAULT_WAIT)
 def unfreeze(account_number: str, *, reason: str = "", wait: float = DEFAULT_WAIT) -> Call[AccountStatus]:
     """Unfreeze an account (admin only). 409 `not_frozen`."""
     return _status_change("unfreeze", account_number, reason, wait)
+
+
+# ------------------------------------------------------------------ the fraud review queue (admin)
+
+
+def list_reviews(
+    *, status: str | None = None, risk: str | None = None, account: str | None = None, page_size: int = PAGE_SIZE
+) -> Listing[Review]:
+    """The review queue, newest first, a page at a time: `status` `open`, `approved`
+    or `rejected`; `risk` `MEDIUM` or `HIGH`; `account` the sending account's number."""
+    params: dict[str, str | int] = {"limit": page_size}
+    for name, value in (("status", status), ("risk", risk), ("account", account)):
+        if value is not None:
+            params[name] = value
+    return Listing("/v1/admin/reviews", Review.from_api, lambda r: r.id, params)
+
+
+def get_review(review_id: str) -> Call[Review]:
+    return Call("GET", _path("/v1/admin/reviews/{}", review_id), _json(Review.from_api))
+
+
+def _decide(verdict: str, review_id: str, note: str | None) -> Call[Review]:
+    # Not sent again after a failure that may have reached the gateway: a decision is
+    # final, so the repeat would be 409 `review_already_decided` instead of the answer.
+    return Call("POST", _path("/v1/admin/reviews/{}/" + verdict, review_id), _json(Review.from_api),
+                json={"note": note} if note is not None else None, safe=False)  # fmt: skip
+
+
+def approve_review(review_id: str, *, note: str | None = None) -> Call[Review]:
+    """Approve an open review: the sender is released (a HIGH alert froze it).
+    409 `review_already_decided` (`Conflict`) when it was decided already."""
+    return _decide("approve", review_id, note)
+
+
+def reject_review(review_id: str, *, note: str | None = None) -> Call[Review]:
+    """Reject an open review: the transfer is reversed and the receiver frozen. The
+    note stays with the review (the parties are told generic reasons)."""
+    return _decide("reject", review_id, note)

@@ -236,3 +236,47 @@ class WebhookEndpoint:
     @classmethod
     def from_api(cls, d: Json) -> WebhookEndpoint:
         return cls(d["endpoint_id"], d["url"], bool(d["active"]), instant(d["created_at"]), d.get("secret"))
+
+
+@dataclass(frozen=True, slots=True)
+class RuleHit:
+    """One fraud rule that fired: its name, what it added to the score, and why."""
+
+    rule: str
+    score: int
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Review:
+    """A fraud alert in the review queue (admin only); its id is the alert's.
+    `status` is `open` until an admin approves or rejects it (then final). The
+    accounts are numbers, None for an account opened on Kafka directly."""
+
+    id: str
+    payment_id: str
+    from_account: str | None
+    to_account: str | None
+    amount: Decimal
+    currency: str
+    score: int
+    risk: str
+    reasons: tuple[RuleHit, ...]
+    detected_at: datetime
+    status: str
+    decided_by: str | None
+    decided_by_email: str | None
+    decided_at: datetime | None
+    note: str | None
+
+    @classmethod
+    def from_api(cls, d: Json) -> Review:
+        cur = d["currency"]
+        return cls(
+            id=d["id"], payment_id=d["payment_id"], from_account=d.get("from_account"),
+            to_account=d.get("to_account"), amount=amount(d["amount"], cur), currency=cur, score=int(d["score"]),
+            risk=d["risk"], reasons=tuple(RuleHit(h["rule"], int(h["score"]), h["detail"]) for h in d["reasons"]),
+            detected_at=instant(d["detected_at"]), status=d["status"], decided_by=d.get("decided_by"),
+            decided_by_email=d.get("decided_by_email"), decided_at=_instant_or_none(d.get("decided_at")),
+            note=d.get("note"),
+        )  # fmt: skip

@@ -161,3 +161,7 @@ class Client(BaseClient):
     withdraw = _send(calls.withdraw)
     freeze = _send(calls.freeze)
     unfreeze = _send(calls.unfreeze)
+    list_reviews = _walk(calls.list_reviews)
+    get_review = _send(calls.get_review)
+    approve_review = _send(calls.approve_review)
+    reject_review = _send(calls.reject_review)

@@ -38,6 +38,7 @@ from typing import Any, TypedDict
 
 from paystream import commands as C
 from paystream import ids
+from paystream.money import format_minor
 from paystream.records import (
     FREEZE,
     HIGH,
@@ -154,15 +155,17 @@ def on_account_opened(state: State | None, ts: int, owner: str | None = None) ->
 # ------------------------------------------------------------------------ the rules
 
 
-def _money(minor: int) -> str:
-    return f"{minor} minor units"
+def _money(minor: int, currency: str) -> str:
+    """An amount as the API writes it (a decimal string) with its currency: the
+    detail is read by an admin in the review queue, beside the payment's amount."""
+    return f"{format_minor(minor, currency)} {currency}"
 
 
 def high_value(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
     if t.amount < lim.high_value:
         return None
     return Hit("HIGH_VALUE", cfg.scores.high_value,
-               f"{_money(t.amount)} {t.currency} >= threshold {_money(lim.high_value)}")
+               f"{_money(t.amount, t.currency)} >= threshold {_money(lim.high_value, t.currency)}")
 
 
 def _near_floor(cfg: FraudConfig, lim: CurrencyLimits) -> int:
@@ -181,7 +184,7 @@ def structuring(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) ->
     if count < cfg.windows.structuring_count:
         return None
     return Hit("STRUCTURING", cfg.scores.structuring,
-               f"{count} transfers just under {_money(lim.high_value)} in "
+               f"{count} transfers just under {_money(lim.high_value, t.currency)} in "
                f"{cfg.windows.structuring_seconds}s")
 
 
@@ -189,7 +192,7 @@ def round_amount(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -
     if t.amount < lim.round_min or t.amount % lim.round_unit:
         return None
     return Hit("ROUND_AMOUNT", cfg.scores.round_amount,
-               f"{_money(t.amount)} is a multiple of {_money(lim.round_unit)}")
+               f"{_money(t.amount, t.currency)} is a multiple of {_money(lim.round_unit, t.currency)}")
 
 
 def _recent_out(s: State, since: int) -> list[list[Any]]:
@@ -211,8 +214,8 @@ def amount_velocity(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer
     if total <= lim.amount_per_hour:
         return None
     return Hit("AMOUNT_VELOCITY", cfg.scores.amount_velocity,
-               f"{_money(total)} {t.currency} sent in {w.amount_window_seconds}s "
-               f"(limit {_money(lim.amount_per_hour)})")
+               f"{_money(total, t.currency)} sent in {w.amount_window_seconds}s "
+               f"(limit {_money(lim.amount_per_hour, t.currency)})")
 
 
 def fan_out(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
@@ -231,7 +234,7 @@ def round_trip(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> 
     if not hops:
         return None
     return Hit("ROUND_TRIP", cfg.scores.round_trip,
-               f"money from {t.receiver} returns to it via {min(hops)} hop(s) "
+               f"money from the receiver returns to it via {min(hops)} hop(s) "
                f"within {cfg.windows.round_trip_seconds}s")
 
 
@@ -243,7 +246,7 @@ def new_account(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) ->
     if age_ms >= cfg.windows.new_account_seconds * 1000:
         return None
     return Hit("NEW_ACCOUNT", cfg.scores.new_account,
-               f"{_money(t.amount)} {t.currency} sent {max(age_ms, 0) // 1000}s after opening")
+               f"{_money(t.amount, t.currency)} sent {max(age_ms, 0) // 1000}s after opening")
 
 
 RULES = (high_value, structuring, round_amount, velocity, amount_velocity, fan_out, round_trip,

@@ -105,6 +105,24 @@ def bearer(settings: Settings, role: str = "admin", user: str | None = None) -> 
     return {"Authorization": f"Bearer {issue_token(settings, user or str(uuid.uuid4()), role)}"}
 
 
+def give_numbers(settings: Settings, *account_ids: str) -> dict[str, str]:
+    """Account numbers for accounts opened on Kafka directly, as the gateway's registry
+    would hold them had they been opened over HTTP (the API shows accounts by number)."""
+    import psycopg
+
+    from gateway.security import new_account_number
+
+    owner = str(uuid.uuid4())
+    numbers = {a: new_account_number() for a in account_ids}
+    with psycopg.connect(settings.postgres_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO users (user_id, email, password_hash, name, role) VALUES (%s, %s, 'x', 'T', 'user')",
+                     (owner, f"{owner}@example.com"))
+        for a, number in numbers.items():
+            conn.execute("INSERT INTO gateway_accounts (account_number, account_id, owner_id, currency)"
+                         " VALUES (%s, %s, %s, 'USD')", (number, a, owner))
+    return numbers
+
+
 def wait_review(api: TestClient, headers: dict[str, str], aid: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
@@ -157,24 +175,40 @@ def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fr
     events.terminals([freeze_command_id(a1), freeze_command_id(a2)], timeout=240)
 
     admin = bearer(stack)
+    number = give_numbers(stack, a, b)
     r1 = wait_review(api, admin, a1)
     wait_review(api, admin, a2)
-    assert r1["state"] == "open" and r1["risk"] == "HIGH" and r1["account_id"] == a
+    # the API's conventions: a decimal amount, account numbers (never the ledger's ids)
+    assert r1["id"] == a1 and r1["object"] == "review" and r1["status"] == "open" and r1["risk"] == "HIGH"
+    assert (r1["from_account"], r1["to_account"]) == (number[a], number[b])
+    assert (r1["amount"], r1["currency"]) == ("12000.00", "USD")
+    assert a not in str(r1) and b not in str(r1), r1
     assert api.get(f"/v1/admin/reviews/{a1}").status_code == 401
     assert api.get(f"/v1/admin/reviews/{a1}", headers=bearer(stack, "user")).status_code == 403
-    page = api.get("/v1/admin/reviews", params={"account": a, "state": "open"}, headers=admin).json()
-    assert [r["alert_id"] for r in page["items"]] == [a1] and page["next_cursor"] is None
+    assert api.get("/v1/admin/reviews/not-an-id", headers=admin).json()["code"] == "review_not_found"
+    # the one list envelope and cursor
+    page = api.get("/v1/admin/reviews", params={"account": number[a], "status": "open"}, headers=admin).json()
+    assert page["object"] == "list" and [r["id"] for r in page["data"]] == [a1] and page["has_more"] is False
     first = api.get("/v1/admin/reviews", params={"risk": "HIGH", "limit": 1}, headers=admin).json()
+    assert first["has_more"] is True
     second = api.get("/v1/admin/reviews", params={"risk": "HIGH", "limit": 1,
-                                                  "cursor": first["next_cursor"]}, headers=admin).json()
-    assert first["items"][0]["alert_id"] != second["items"][0]["alert_id"]
+                                                  "starting_after": first["data"][0]["id"]}, headers=admin).json()
+    assert first["data"][0]["id"] != second["data"][0]["id"]
+    assert first["data"][0]["detected_at"] >= second["data"][0]["detected_at"]
+    for params, status, code in (({"account": a}, 404, "account_not_found"),  # an id is not a number
+                                 ({"starting_after": "x"}, 400, "invalid_cursor"),
+                                 ({"starting_after": str(uuid.uuid4())}, 400, "invalid_cursor")):
+        r = api.get("/v1/admin/reviews", params=params, headers=admin)
+        assert (r.status_code, r.json()["code"]) == (status, code), r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
 
     internal = "mule account per AML case 4411"
     rej = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": internal}, headers=admin)
     assert rej.status_code == 200, rej.text
-    assert rej.json()["state"] == "rejected" and rej.json()["note"] == internal
+    assert rej.json()["status"] == "rejected" and rej.json()["note"] == internal
     again = api.post(f"/v1/admin/reviews/{a1}/reject", json={"note": "again"}, headers=admin)
     assert again.status_code == 409 and again.json()["code"] == "review_already_decided"
+    assert again.json()["review"]["status"] == "rejected"
     assert api.post(f"/v1/admin/reviews/{a1}/approve", headers=admin).status_code == 409
     assert api.post(f"/v1/admin/reviews/{a2}/approve", headers=admin).status_code == 200
 

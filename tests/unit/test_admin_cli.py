@@ -60,7 +60,7 @@ def test_operator_errors_get_one_line_saying_what_to_run() -> None:
     import psycopg
     from confluent_kafka import KafkaError, KafkaException
 
-    from ops.cli import explain
+    from ops.hints import explain
 
     try:
         try:

@@ -57,6 +57,19 @@ def test_high_value():
     assert "HIGH_VALUE" not in rules_of(miss)
 
 
+def test_details_write_amounts_as_the_api_does():
+    """An admin reads a rule's detail next to the review's amount: both decimal strings
+    with the currency, never minor units; and no internal account id in the text."""
+    (v,) = run([tr(1_200_000, T0)])  # 12,000.00 USD, over the 10,000.00 threshold
+    (hit,) = [h for h in v.hits if h.rule == "HIGH_VALUE"]
+    assert hit.detail == "12000.00 USD >= threshold 10000.00 USD"
+    states: dict[str, R.State] = {}
+    _send(states, tr(5_000, T0, sender=A, receiver=B))
+    back = _send(states, tr(4_900, T0 + MIN, sender=B, receiver=A))
+    (trip,) = [h for h in back.hits if h.rule == "ROUND_TRIP"]
+    assert A not in trip.detail and B not in trip.detail, trip.detail
+
+
 def test_per_currency_threshold():
     gbp = CFG.limits("GBP")
     assert gbp.high_value < USD.high_value

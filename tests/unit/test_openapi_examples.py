@@ -48,7 +48,8 @@ def test_every_route_has_request_and_response_examples() -> None:
 def test_the_examples_are_valid_bodies() -> None:
     for model in (M.PaymentIn, M.MovementIn, M.CaptureIn, M.AccountIn, M.StatusChangeIn, M.RegisterIn, M.LoginIn,
                   M.AccountOut, M.PaymentOut, M.PaymentList, M.AccountList, M.TransactionList, M.BalanceOut,
-                  M.StatementOut, M.RegisterOut, M.TokenOut, M.LedgerIdOut, M.StatusOut):  # fmt: skip
+                  M.StatementOut, M.RegisterOut, M.TokenOut, M.LedgerIdOut, M.StatusOut, M.DecisionIn, M.ReviewOut,
+                  M.ReviewList):  # fmt: skip
         extra = model.model_config.get("json_schema_extra")
         assert isinstance(extra, dict) and extra["examples"], model
         for example in extra["examples"]:

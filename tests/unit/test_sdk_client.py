@@ -22,6 +22,7 @@ from paystream.client import (
     ApiConnectionError,
     AsyncClient,
     Client,
+    Conflict,
     IdempotencyKeyReused,
     NotFound,
     PaymentRefused,
@@ -443,8 +444,34 @@ def test_any_route_can_be_sent_with_the_clients_login_retries_and_errors() -> No
 
     clock = Clock()
     gw = Gateway(problem(503, "service_unavailable", {"Retry-After": "1"}),
-                 httpx.Response(200, json={"items": [{"alert_id": "a1"}], "next_cursor": None}))  # fmt: skip
-    items = client(gw, clock).send(Call("GET", "/v1/admin/reviews", lambda r: r.json()["items"],
-                                        params={"state": "open"}))  # fmt: skip
-    assert items == [{"alert_id": "a1"}] and clock.slept == [1.0]
-    assert gw.requests[-1].url.params["state"] == "open" and gw.requests[-1].headers["Authorization"] == "Bearer t0"
+                 httpx.Response(200, json={"object": "list", "data": [{"id": "a1"}], "has_more": False}))  # fmt: skip
+    items = client(gw, clock).send(Call("GET", "/v1/admin/reviews", lambda r: r.json()["data"],
+                                        params={"status": "open"}))  # fmt: skip
+    assert items == [{"id": "a1"}] and clock.slept == [1.0]
+    assert gw.requests[-1].url.params["status"] == "open" and gw.requests[-1].headers["Authorization"] == "Bearer t0"
+
+
+def review(rid: str = "r1", status: str = "open", **extra: Any) -> dict[str, Any]:
+    return {"id": rid, "object": "review", "payment_id": "p1", "from_account": A, "to_account": B,
+            "amount": "12000.00", "currency": "USD", "score": 130, "risk": "HIGH",
+            "reasons": [{"rule": "HIGH_VALUE", "score": 80, "detail": "12000.00 USD >= threshold 10000.00 USD"}],
+            "detected_at": "2026-12-03T10:11:21.000Z", "status": status, "decision_id": None, "decided_by": None,
+            "decided_by_email": None, "decided_at": None, "note": None, **extra}  # fmt: skip
+
+
+def test_the_review_queue_is_walked_and_decided_like_the_rest() -> None:
+    items = [review(f"r{i:03d}") for i in range(25)]
+    gw = Gateway(*[pages_of(items)] * 3)
+    got = list(client(gw, Clock()).list_reviews(status="open", account=A, page_size=10))
+    assert [r.id for r in got] == [x["id"] for x in items]
+    assert got[0].amount == Decimal("12000.00") and got[0].from_account == A and got[0].reasons[0].rule == "HIGH_VALUE"
+    assert [r.url.params.get("starting_after") for r in gw.requests] == [None, "r009", "r019"]
+    assert {(r.url.params["status"], r.url.params["account"]) for r in gw.requests} == {("open", A)}
+    decided = review(status="rejected", decided_by="u1", decided_at="2026-12-03T10:12:00Z", note="mule")
+    gw = Gateway(httpx.Response(200, json=decided), problem(409, "review_already_decided"))
+    c = client(gw, Clock())
+    assert c.reject_review("r1", note="mule").status == "rejected"
+    assert json.loads(gw.requests[0].content) == {"note": "mule"} and gw.requests[0].url.path.endswith("/r1/reject")
+    with pytest.raises(Conflict):
+        c.approve_review("r1")
+    assert len(gw.requests) == 2  # a final decision is not sent again
