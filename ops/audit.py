@@ -37,6 +37,7 @@ from rich.console import Console
 
 from ops.verify import event_rows_sql
 from paystream import journal
+from paystream.commands import is_uuid
 from paystream.records import Decoded
 from paystream.settings import Settings, get_settings
 from sinks.read_model import event_from_row
@@ -162,13 +163,25 @@ def build_export(events: list[Decoded], link: dict[str, Any], account: str, star
 
 
 def export(settings: Settings, account: str, start: datetime, end: datetime) -> dict[str, Any]:
+    """`account` is the account's id or its number (`PS…`, what the API shows)."""
     key = private_key(settings)
     with psycopg.connect(settings.postgres_dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         conn.read_only = True
         with conn.transaction():
+            account = _account_id(conn, account)
             events, link = window_events(conn, account, start, end)
     return build_export(events, link, account, start, end, key)
+
+
+def _account_id(conn: psycopg.Connection[Any], account: str) -> str:
+    if is_uuid(account):
+        return account
+    row = conn.execute("SELECT account_id::text FROM accounts WHERE external_number = %s", (account,)).fetchone()
+    if row is None:
+        raise ExportError(f"no account has the id or number {account!r} in the read model"
+                          " (if it was opened a moment ago, `paystream lag` shows whether the sink is behind)")
+    return str(row[0])
 
 
 # ------------------------------------------------------------------------- check
@@ -224,7 +237,7 @@ def _check_chain(doc: dict[str, Any]) -> Checked:
 
 @app.command("export")
 def export_cmd(
-    account: str = typer.Option(..., "--account", help="account id"),
+    account: str = typer.Option(..., "--account", help="account number (PS…) or id"),
     start: str = typer.Option("1970-01-01T00:00:00Z", "--from", help="RFC 3339, inclusive"),
     end: str = typer.Option(None, "--to", help="RFC 3339, exclusive (default: now)"),
     out: Path = typer.Option(None, "--out", "-o", help="file to write (default: stdout)"),

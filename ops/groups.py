@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from paystream import kafka
@@ -76,7 +76,8 @@ def partitions(settings: Settings, topic: str) -> list[int]:
     md = client.list_topics(topic, timeout=10)
     t = md.topics.get(topic)
     if t is None or t.error is not None:
-        raise RuntimeError(f"topic {topic} does not exist")
+        # Kafka's own error, so that operator commands say to run `paystream topics apply`.
+        raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART, f"topic {topic} does not exist"))
     return sorted(t.partitions)
 
 

@@ -195,7 +195,8 @@ def test_reject_reverses_once_and_approve_unfreezes(stack, db, codec, ledger, fr
                                                   "starting_after": first["data"][0]["id"]}, headers=admin).json()
     assert first["data"][0]["id"] != second["data"][0]["id"]
     assert first["data"][0]["detected_at"] >= second["data"][0]["detected_at"]
-    for params, status, code in (({"account": a}, 404, "account_not_found"),  # an id is not a number
+    for params, status, code in (({"account": a}, 422, "validation_error"),  # an id is not a number
+                                 ({"account": "PS0000000000"}, 404, "account_not_found"),
                                  ({"starting_after": "x"}, 400, "invalid_cursor"),
                                  ({"starting_after": str(uuid.uuid4())}, 400, "invalid_cursor")):
         r = api.get("/v1/admin/reviews", params=params, headers=admin)

@@ -83,6 +83,7 @@ FRESH_OK: dict[str, str] = {
     "consumers remove": "removes one",
     "lag": "reports consumer groups (none yet)",
     "offsets show": "reports consumer groups (none yet)",
+    "state rebuild": "no state directories: nothing to remove (here --dry-run)",
     "db migrate": "the migration itself, last",
 }
 
