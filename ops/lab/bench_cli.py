@@ -57,6 +57,27 @@ def framework_cmd(
         raise typer.Exit(1) from exc
 
 
+@app.command("scale")
+def scale_cmd(
+    instances: list[int] = typer.Option([1, 2, 4, 8], "--instances", help="ledger instance counts (repeat)"),
+    cores: float = typer.Option(0.2, help="CPU quota of each instance, in cores (cgroup cpu controller)"),
+    accounts: int = typer.Option(10_000),
+    transfers: int = typer.Option(6_000, help="full-speed transfers per instance"),
+    warmup_seconds: float = typer.Option(20.0, help="unmeasured transfers first, on each fresh stack"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the results as JSON to this path"),
+) -> None:
+    """Sustained transfers/s with 1, 2, 4, 8 ledger instances, each held to the same CPU quota."""
+    from ops.lab.bench.scale import scale
+
+    console = Console()
+    try:
+        scale(instances=instances, cores=cores, accounts=accounts, transfers_per_instance=transfers,
+              warmup_seconds=warmup_seconds, json_path=json_out, console=console)
+    except (RuntimeError, PermissionError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
 @app.command("compare")
 def compare_cmd(
     accounts: int = typer.Option(10_000, help="accounts (both designs)"),
