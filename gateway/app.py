@@ -65,7 +65,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz(gw: GatewayDep) -> Response:
+        """Liveness: the process answers (200 even while its listener catches up)."""
         return json_response(200, {"ok": gw.listener.ready.is_set(), "waiting": gw.listener.waiting})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(gw: GatewayDep) -> Response:
+        """Readiness: 503 until the outcome listener has caught up, since a payment sent
+        before then could not be answered with its outcome (a load balancer or a
+        Kubernetes readiness probe keeps traffic away meanwhile)."""
+        ready = gw.listener.ready.is_set()
+        return json_response(200 if ready else 503, {"ok": ready, "waiting": gw.listener.waiting})
 
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
     from gateway import observability

@@ -63,7 +63,7 @@ _OUTCOMES = {201: "completed", 402: "refused", 202: "pending"}
 
 
 # Routes that do not put themselves in the scope (plain routes, mounts): by exact path.
-_PLAIN_ROUTES = {"/metrics", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
+_PLAIN_ROUTES = {"/metrics", "/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"}
 
 
 def _route(scope: Scope) -> str:

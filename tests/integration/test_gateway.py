@@ -1046,3 +1046,22 @@ def test_failed_send_releases_the_key(stack: Settings) -> None:
         await gw.redis.close()
 
     asyncio.run(go())
+
+
+def test_readyz_keeps_traffic_away_until_the_listener_caught_up(api: Any) -> None:
+    """Liveness (/healthz) answers 200 whatever the listener's state; readiness
+    (/readyz, Kubernetes' readiness probe in the chart) is 503 until the outcome
+    listener has caught up, since a payment sent before could not get its outcome."""
+    listener = api.app.state.gw.listener
+    deadline = time.monotonic() + 60
+    while not listener.ready.is_set() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert api.get("/readyz").status_code == 200
+    listener.ready.clear()
+    try:
+        r = api.get("/readyz")
+        assert (r.status_code, r.json()["ok"]) == (503, False)
+        assert api.get("/healthz").status_code == 200
+    finally:
+        listener.ready.set()
+    assert api.get("/readyz").status_code == 200

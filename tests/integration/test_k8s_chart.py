@@ -197,4 +197,5 @@ def test_probes_and_resources(default: list[dict[str, Any]]) -> None:
         assert port == (8080 if name == "gateway" else int(workload["spec"]["template"]["metadata"]["annotations"]
                                                             ["prometheus.io/port"]))
     gateway = container(workloads(default)["gateway"])
-    assert gateway["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["livenessProbe"]["httpGet"]["path"] == "/healthz"
