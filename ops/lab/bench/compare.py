@@ -378,7 +378,7 @@ class PaystreamRunner(StreamRunner):
     def __init__(self, settings: Settings, console: Console, *, commit_interval: float,
                  env_extra: dict[str, str] | None, group_wait: float, instances: int = 1) -> None:
         deadline = time.monotonic() + group_wait
-        while _busy(settings):
+        while _group_is_busy(settings):
             if time.monotonic() > deadline:
                 raise RuntimeError("another ledger is in group paystream-ledger (someone's tests or "
                                    "`paystream up`); the bench needs the group to itself. Stop it, "
@@ -439,22 +439,6 @@ class KStreamsRunner(StreamRunner):
             super().close()
         finally:
             self.peer.close()
-
-
-def _busy(settings: Settings) -> bool:
-    """Whether another ledger is in the group. A fresh broker has no group coordinator
-    until __consumer_offsets exists, and then no group can have members either."""
-    from confluent_kafka import KafkaError, KafkaException
-
-    for _ in range(5):
-        try:
-            return _group_is_busy(settings)
-        except KafkaException as exc:
-            if exc.args[0].code() not in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
-                                          KafkaError.COORDINATOR_LOAD_IN_PROGRESS):
-                raise
-            time.sleep(1)
-    return False
 
 
 def _count(values: Any) -> dict[str, int]:

@@ -235,9 +235,20 @@ class Outcomes:
 
 
 def _group_is_busy(settings: Settings) -> bool:
+    """Whether another ledger is in the group. A fresh broker has no group coordinator
+    until __consumer_offsets exists (NOT_COORDINATOR for a moment after `stack up`),
+    and then no group can have members either."""
     admin = kafka.admin(settings)
-    desc = admin.describe_consumer_groups(["paystream-ledger"])["paystream-ledger"].result()
-    return bool(desc.members)
+    for _ in range(5):
+        try:
+            desc = admin.describe_consumer_groups(["paystream-ledger"])["paystream-ledger"].result()
+            return bool(desc.members)
+        except KafkaException as exc:
+            if exc.args[0].code() not in (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                                          KafkaError.COORDINATOR_LOAD_IN_PROGRESS):
+                raise
+            time.sleep(1)
+    return False
 
 
 def _setup_accounts(settings: Settings, codec: Codec, outcomes: Outcomes, n: int) -> list[str]:
