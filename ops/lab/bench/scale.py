@@ -155,6 +155,8 @@ def scale(*, instances: list[int], cores: float, accounts: int, transfers_per_in
                           f"{p.throttled_share:.0%} of the time")
         time.sleep(2)
     render(points, console)
+    if json_path is not None and points:
+        console.print(f"plot: {plot(points, json_path.with_suffix('.png'))}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         base = points[0].rate if points else 0.0
@@ -182,3 +184,32 @@ def render(points: list[Point], console: Console) -> None:
                   f"{p.cpu_cores.get('client', 0):.2f}", f"{p.throttled_share:.0%}")
     console.print(t)
 
+
+
+def plot(points: list[Point], path: Path) -> Path:
+    """Transfers/s against instances, beside linear growth and the 0.8 x N floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per_one = points[0].rate / points[0].instances
+    ns = [p.instances for p in points]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    ax.plot(ns, [p.rate for p in points], "o-", color="#2b6cb0", label="paystream (measured)")
+    ax.plot(ns, [per_one * n for n in ns], "--", color="#718096", label="N x one instance")
+    ax.plot(ns, [0.8 * per_one * n for n in ns], ":", color="#c05621", label="floor: 0.8 x N x one instance")
+    for p in points:
+        used = sum(p.cpu_cores.values())
+        ax.annotate(f"{used:.1f} cores", (p.instances, p.rate), textcoords="offset points", xytext=(6, -12),
+                    fontsize=8)
+    ax.set_xlabel(f"ledger instances, each held to {points[0].quota_cores} core")
+    ax.set_ylabel("sustained transfers/s (uniform)")
+    ax.set_xticks(ns)
+    ax.set_title(f"throughput by instances on a {psutil.cpu_count()}-core machine")
+    ax.legend(loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
