@@ -91,21 +91,8 @@ class Point:
         return self.completed / self.seconds if self.seconds else 0.0
 
 
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def measure(settings: Settings, env_extra: dict[str, str], instances: int, *, cores: float, accounts: int,
             transfers_n: int, warmup_seconds: float, console: Console) -> Point:
-    from ops.lab.bench.compare import listener
-
     runner = PaystreamRunner(settings, console, commit_interval=0.1, env_extra=env_extra, group_wait=0,
                              instances=instances)
     quotas = []
@@ -118,18 +105,13 @@ def measure(settings: Settings, env_extra: dict[str, str], instances: int, *, co
         runner.setup(ids)
         runner.warm_up(lambda n: transfers(ids, 4_000 * instances, "uniform", f"warm/{n}"), warmup_seconds)
         cmds = transfers(ids, transfers_n, "uniform", "scale")
-        broker = listener(settings.kafka_port)
-        groups = {"ledgers": [lg.ps for lg in runner.ledgers], "broker": [broker] if broker else [],
-                  "client": [psutil.Process()]}
-        before = {k: _cpu(v) for k, v in groups.items()}
         throttled = [q.throttled_seconds() for q in quotas]
-        m = runner.measure("uniform", cmds, [], 0.0)
-        after = {k: _cpu(v) for k, v in groups.items()}
-        window = max(m.seconds, 1e-9)
+        m = runner.measure("uniform", cmds, [], 0.0)  # samples the ledgers', broker's and client's CPU
         point = Point(instances, cores, len(cmds), m.completed, m.seconds,
-                      {k: round((after[k] - before[k]) / window, 3) for k in groups})
+                      {name: round(m.cpu_pct(group) / 100, 3)
+                       for name, group in (("ledgers", runner.app_group), ("broker", "broker"), ("client", "client"))})
         point.throttled_share = round(sum(q.throttled_seconds() - t for q, t in zip(quotas, throttled, strict=True))
-                                      / len(quotas) / window, 3)
+                                      / len(quotas) / max(m.seconds, 1e-9), 3)
         inv = runner.invariants()
         if not (inv["sum_per_currency_zero"] and inv["one_terminal_outcome_each"]):
             raise RuntimeError(f"invariants broken at {instances} instances: {inv}")
