@@ -238,7 +238,7 @@ class ResultListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                msgs = self.consumer.consume(500, 0.1)
+                msgs = kafka.consume_ready(self.consumer, 500, 0.1)
             except Exception:  # a broken consumer must not kill the gateway silently
                 log.exception("ledger.events consume failed")
                 self._stop.wait(1)

@@ -43,7 +43,7 @@ class Outcomes:
     def poll(self, wanted: set[str], timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not wanted <= set(self.seen) and time.monotonic() < deadline:
-            for m in self.c.consume(1000, 0.2):
+            for m in kafka.consume_ready(self.c, 1000, 0.2):
                 if m.error() is not None:
                     continue
                 try:

@@ -135,7 +135,7 @@ class EventConsumer:
         last = time.monotonic()
         while True:
             wait = 1.0 if idle_timeout is None else max(0.0, min(1.0, last + idle_timeout - time.monotonic()))
-            msgs = self._consumer.consume(self.max_records, wait)
+            msgs = kafka.consume_ready(self._consumer, self.max_records, wait)
             if not msgs:
                 if idle_timeout is not None and time.monotonic() - last >= idle_timeout:
                     return
@@ -240,7 +240,7 @@ class OutcomeListener:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                msgs = self._consumer.consume(500, 0.1)
+                msgs = kafka.consume_ready(self._consumer, 500, 0.1)
             except Exception:  # the thread every waiter depends on must not die silently
                 log.exception("%s consume failed", EVENTS)
                 self._stop.wait(1)

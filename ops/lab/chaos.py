@@ -444,7 +444,7 @@ class EventLog:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for m in self.consumer.consume(1000, 0.2):
+            for m in kafka.consume_ready(self.consumer, 1000, 0.2):
                 if m.error() is not None:
                     continue
                 e = self.codec.decode(EVENTS, m.value())

@@ -507,7 +507,7 @@ class PgIntake(Generic[T, R]):
         try:
             if self._rewind_pending:  # a recovery that stopping or a new failure cut short
                 self._rewind()
-            msgs = self.consumer.consume(self.spec.batch_size, self.spec.poll_timeout)
+            msgs = kafka.consume_ready(self.consumer, self.spec.batch_size, self.spec.poll_timeout)
             batch = decode_batch(msgs, self.handler.decode, topic=self.spec.topic, component=self.spec.component)
             self._positions(batch)
             if not batch.items and not batch.next_offsets:

@@ -504,3 +504,27 @@ def test_schema_check_reports_invalid_json_by_file(clone: Path) -> None:
     assert result.returncode == 1, result.stdout + result.stderr
     assert "schemas/command.avsc" in result.stdout
 
+
+
+def test_consume_ready_hands_over_a_lone_message_at_once(stack: Settings, throwaway: Throwaway) -> None:
+    """librdkafka's batch consume holds what it has until the batch is full or the timeout
+    passes; the outcome listeners must not (it cost every completed payment 50 ms)."""
+    spec = throwaway.spec(_throwaway_name(), 1)
+    throwaway.create_topic(spec)
+    c = kafka.consumer(stack, f"test-ready-{uuid.uuid4()}")
+    try:
+        c.assign([TopicPartition(spec.name, 0, 0)])
+        assert kafka.consume_ready(c, 500, 0.2) == []  # nothing there: the timeout, then nothing
+        p = kafka.producer(stack)
+        for i in range(3):
+            p.produce(spec.name, key=b"k", value=b"v%d" % i)
+        assert p.flush(10) == 0
+        got: list[Message] = []
+        started = time.monotonic()
+        while len(got) < 3 and time.monotonic() - started < 10:
+            got += [m for m in kafka.consume_ready(c, 500, 5.0) if m.error() is None]
+        took = time.monotonic() - started
+        assert [m.value() for m in got] == [b"v0", b"v1", b"v2"]
+        assert took < 2.0, f"three messages took {took:.2f}s with a 5 s timeout and room for 500"
+    finally:
+        c.close()

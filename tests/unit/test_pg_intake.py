@@ -60,9 +60,17 @@ class Consumer:
         self.seeks: list[tuple[int, int]] = []
         self.seek_error: KafkaException | None = None
         self.closed = False
+        self.queued: list[Msg] = []
+
+    # kafka.consume_ready: poll for the first message, then consume what is queued.
+    def poll(self, timeout: float) -> Msg | None:
+        batch = self.polls.pop(0) if self.polls else []
+        self.queued = batch[1:]
+        return batch[0] if batch else None
 
     def consume(self, n: int, timeout: float) -> list[Msg]:
-        return self.polls.pop(0) if self.polls else []
+        rest, self.queued = self.queued[:n], self.queued[n:]
+        return rest
 
     def position(self, tps: list[TopicPartition]) -> list[TopicPartition]:
         return [TopicPartition(tp.topic, tp.partition, self.positions.get(tp.partition, -1001)) for tp in tps]
