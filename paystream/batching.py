@@ -99,7 +99,7 @@ class CommandBatcher:
     ) -> None:
         if partitions <= 0 or max_items <= 0 or max_bytes <= 0 or linger_ms < 0:
             raise ValueError("partitions, max_items and max_bytes must be positive, linger_ms not negative")
-        self._producer = producer
+        self.producer = producer
         self._header = header
         self._schema_id = command_schema_id
         self.partitions = partitions
@@ -186,7 +186,7 @@ class CommandBatcher:
 
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, partition=partition,
+                self.producer.produce(self.topic, value=value, key=key, partition=partition,
                                        on_delivery=delivered)
                 break
             except BufferError as exc:
@@ -194,7 +194,7 @@ class CommandBatcher:
                     log.warning("local queue full: failing a batch of %d commands", len(bodies))
                     delivered(exc, None)
                     return
-                self._producer.poll(0.05)
+                self.producer.poll(0.05)
             except Exception as exc:
                 log.exception("could not produce a batch of %d commands to partition %d", len(bodies), partition)
                 delivered(exc, None)
@@ -203,11 +203,22 @@ class CommandBatcher:
         self.commands += len(bodies)
 
     def _linger_loop(self) -> None:
+        """Send each partition's batch when its oldest command has waited `linger_ms`,
+        sleeping until the next such moment. (Waking every `linger_ms` from the last
+        wake-up instead let a command that arrived just after one wait almost two
+        windows; `send` wakes the loop when a partition gets its first command.)"""
+        due: float | None = None
         while not self._closed:
-            self._wake.wait(self.linger_s or 0.001)
+            self._wake.wait(None if due is None else max(0.0, due - time.monotonic()))
             self._wake.clear()
-            now = time.monotonic()
+            due = None
             with self._lock:
+                now = time.monotonic()
                 for p, items in enumerate(self._items):
-                    if items and now - self._since[p] >= self.linger_s:
+                    if not items:
+                        continue
+                    deadline = self._since[p] + self.linger_s
+                    if now >= deadline:
                         self._send(p, *self._take(p))
+                    elif due is None or deadline < due:
+                        due = deadline

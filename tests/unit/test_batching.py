@@ -118,6 +118,34 @@ def test_batcher_sends_a_partial_batch_after_the_linger() -> None:
     batcher.close()
 
 
+def test_batcher_sends_each_partition_when_its_own_linger_ends() -> None:
+    """A first command for another partition wakes the loop; the older batch must
+    still leave when its own window ends, not a whole window after that wake-up."""
+    producer = FakeProducer()
+    times: list[float] = []
+    inner = producer.produce
+
+    def timed(*args: Any, **kwargs: Any) -> None:
+        times.append(time.monotonic())
+        inner(*args, **kwargs)
+
+    producer.produce = timed  # type: ignore[method-assign]
+    batcher = CommandBatcher(producer, header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=8,
+                             max_items=100, linger_ms=200)
+    first = next(a for a in (str(uuid.uuid4()) for _ in range(100)) if partition_for(a, 8) == 0)
+    other = next(a for a in (str(uuid.uuid4()) for _ in range(100)) if partition_for(a, 8) == 1)
+    start = time.monotonic()
+    batcher.send(first, _wire(C.transfer(first, other, 5, "USD")))
+    time.sleep(0.15)
+    batcher.send(other, _wire(C.transfer(other, first, 5, "USD")))  # wakes the loop at 150 ms
+    deadline = start + 2
+    while len(producer.sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    batcher.close()
+    assert [s["partition"] for s in producer.sent] == [0, 1]
+    assert 0.19 <= times[0] - start < 0.3, f"partition 0 left after {times[0] - start:.3f}s (linger 0.2s)"
+
+
 def test_batcher_waits_out_a_full_queue_instead_of_dropping() -> None:
     producer = FakeProducer(full_times=3)
     batcher = CommandBatcher(producer, header=b"\x00\x00\x00\x00\x09", command_schema_id=1, partitions=4,

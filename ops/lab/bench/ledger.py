@@ -201,7 +201,7 @@ class Outcomes:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            for m in self.consumer.consume(2000, 0.05):
+            for m in kafka.consume_ready(self.consumer, 2000, 0.05):
                 if m.error():
                     continue
                 now = time.monotonic()
@@ -312,7 +312,10 @@ def _producer(settings: Settings) -> Producer:
 def _batcher(settings: Settings, codec: Codec) -> CommandBatcher:
     key = settings.bootstrap_servers
     if key not in _BATCHERS:
-        producer = _producer(settings)
+        # Its own producer, lingering 1 ms as the gateway's does: the batcher has already
+        # waited its window, and a second 5 ms linger in librdkafka was added latency the
+        # peer's single records do not pay (they linger 5 ms once).
+        producer = kafka.producer(settings, **{"linger.ms": 1})
         partitions = len(producer.list_topics(C.COMMANDS_TOPIC, timeout=10).topics[C.COMMANDS_TOPIC].partitions)
         _BATCHERS[key] = CommandBatcher(
             producer, header=codec.header(C.COMMANDS_TOPIC, COMMAND_BATCH),
@@ -354,8 +357,11 @@ def produce_encoded(settings: Settings, cmds: list[Encoded], *, topic: str | Non
         else:
             p.produce(topic or c.topic, key=c.key, value=c.value)
         p.poll(0)
+        if batcher is not None:
+            batcher.producer.poll(0)
     if batcher is not None:
         batcher.flush()
+        batcher.producer.flush(60)
     p.flush(60)
 
 
