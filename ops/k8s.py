@@ -144,7 +144,7 @@ HEADER = (
 def _yaml() -> Any:
     """PyYAML, a development dependency (like the rest of `paystream k8s`): imported when
     used, so the CLI in the image, which lacks it, still starts."""
-    import yaml  # type: ignore[import-untyped]
+    import yaml  # type: ignore[import-untyped,unused-ignore]  # typed from PyYAML 6.0.4 on
 
     return yaml
 
