@@ -226,6 +226,10 @@ class Settings(BaseSettings):
     # this after the previous hop's commit; lower means more fetch requests for the
     # broker. The latency setting (docs/LEDGER.md) is commit interval 0.02 s and 5 ms.
     ledger_fetch_wait_ms: int = 20
+    # Group commit: when set, a checkpoint also commits as soon as no input is ready,
+    # once it is this many seconds old; the interval above still bounds it under load.
+    # None: commit on the interval only. The latency setting uses 0 (docs/LEDGER.md).
+    ledger_commit_when_idle_after: float | None = Field(default=0.005, ge=0)
     ledger_instance: str = "0"
     ledger_time_alignment: bool = False
     # Account entries each partition's writer keeps in memory between batches (about

@@ -422,6 +422,8 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
                                 settings.ledger_account_memo, limits)
     quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
     quix_compat.fast_changelog(app)
+    if settings.ledger_commit_when_idle_after is not None:
+        quix_compat.commit_when_idle(app, settings.ledger_commit_when_idle_after)
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)
     # The ticker's thread gets a codec of its own: the processor's caches are the loop's.

@@ -106,3 +106,69 @@ def test_fast_changelog_refuses_an_at_least_once_app() -> None:
     app = Application(broker_address="127.0.0.1:1", processing_guarantee="at-least-once")
     with pytest.raises(ValueError, match="exactly-once"):
         quix_compat.fast_changelog(app)
+
+
+class _Checkpoint:
+    def __init__(self, pending: bool) -> None:
+        self.pending = pending
+
+    def empty(self) -> bool:
+        return not self.pending
+
+
+class _Ctx:
+    def __init__(self) -> None:
+        self.checkpoint = _Checkpoint(False)
+        self.commits: list[bool] = []
+
+    def commit_checkpoint(self, force: bool = False, revoking: bool = False) -> None:
+        self.commits.append(force)
+        if force:
+            self.checkpoint = _Checkpoint(False)
+
+
+class _Consumer:
+    def __init__(self) -> None:
+        self.ready: list[Any] = []
+        self.timeouts: list[float | None] = []
+
+    def poll_row(self, timeout: float | None = None, buffered: bool = False) -> Any:
+        self.timeouts.append(timeout)
+        return self.ready.pop(0) if self.ready else None
+
+
+def _idle_app(after: float) -> tuple[_Ctx, _Consumer]:
+    app = type("App", (), {})()
+    app._processing_context, app._consumer = _Ctx(), _Consumer()
+    quix_compat.commit_when_idle(app, after)
+    return app._processing_context, app._consumer
+
+
+def test_commit_when_idle_commits_once_nothing_is_ready() -> None:
+    """Group commit: work waits for a commit only while more input is ready."""
+    ctx, consumer = _idle_app(0.0)
+    consumer.ready = ["row"]
+    assert consumer.poll_row(timeout=0.05) == "row"  # nothing pending yet: the normal timeout
+    ctx.checkpoint.pending = True  # the row changed state
+    ctx.commit_checkpoint()
+    assert ctx.commits == [False]  # input was ready: no early commit
+    consumer.ready = ["more"]
+    consumer.poll_row(timeout=0.05)
+    assert consumer.timeouts == [0.05, 0]  # uncommitted work: never block waiting for input
+    ctx.commit_checkpoint()
+    assert ctx.commits == [False, False]
+    assert consumer.poll_row(timeout=0.05) is None  # caught up
+    ctx.commit_checkpoint()
+    assert ctx.commits == [False, False, True]  # committed at once
+    assert consumer.poll_row(timeout=0.05) is None and consumer.timeouts[-1] == 0.05  # committed: block again
+    ctx.commit_checkpoint()
+    assert ctx.commits[-1] is False  # an empty checkpoint is never forced
+
+
+def test_commit_when_idle_waits_until_the_checkpoint_is_old_enough() -> None:
+    ctx, consumer = _idle_app(60.0)
+    ctx.commit_checkpoint()
+    ctx.checkpoint.pending = True
+    assert consumer.poll_row(timeout=0.05) is None
+    ctx.commit_checkpoint()
+    assert ctx.commits == [False, False]  # idle, but younger than `after`: the interval decides
