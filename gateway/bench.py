@@ -171,12 +171,17 @@ MERCHANTS_PER_PAYER = 10  # fraud's fan-out rule fires at the 11th distinct rece
 
 async def _clients(
     base: str, users: list[BenchUser], ids: list[int], prefer: str | None, measure_from: float, stop_at: float,
-    merchants: list[BenchUser], clients_total: int,
+    merchants: list[BenchUser], clients_total: int, rate: float = 0.0,
 ) -> tuple[list[float], dict[str | int, int]]:
     """Clients `ids` of one process, each with its own keep-alive connection. Client i
     pays in turn as each payer whose index is i modulo the number of clients, so the
     load is spread over all payers and each stays at a realistic rate (below the
-    gateway's per-user payment limit when there are enough payers)."""
+    gateway's per-user payment limit when there are enough payers).
+
+    With `rate` (payments/s over all clients) each client sends on a fixed schedule
+    instead of as soon as its last answer came, and a latency counts from when the
+    request was due: a slow answer delays the next request, and that delay is counted
+    rather than hidden (no coordinated omission)."""
     latencies: list[float] = []
     statuses: Counter[str | int] = Counter()
     url = httpx.URL(base)
@@ -191,6 +196,8 @@ async def _clients(
                             f"Authorization: {p.headers['Authorization']}\r\n"
                             + (f"Prefer: {prefer}\r\n" if prefer else "")) for p in payers}
         turn = 0
+        every = clients_total / rate if rate else 0.0
+        due = time.time() + rng.random() * every
         try:
             while time.time() < stop_at:
                 me = payers[turn % len(payers)]
@@ -202,7 +209,11 @@ async def _clients(
                 )
                 head = (f"POST /v1/payments HTTP/1.1\r\n{fixed[me.number]}Idempotency-Key: {uuid.uuid4().hex}\r\n"
                         f"Content-Length: {len(body)}\r\n\r\n").encode()
-                t0 = time.time()
+                if every:
+                    await asyncio.sleep(max(0.0, due - time.time()))
+                    t0, due = due, due + every
+                else:
+                    t0 = time.time()
                 _SENT[0] += 1
                 code: str | int
                 try:
@@ -224,7 +235,7 @@ async def _clients(
     return latencies, dict(statuses)
 
 
-def _worker(args: tuple[str, list[BenchUser], list[int], str | None, float, float, list[BenchUser], int],
+def _worker(args: tuple[str, list[BenchUser], list[int], str | None, float, float, list[BenchUser], int, float],
             out: Any) -> None:
     """One client process; also reports its CPU per request sent (warm-up included),
     so client cost can be told apart from server cost on a shared machine."""
@@ -244,6 +255,7 @@ def _phase(
     prefer: str | None,
     warmup: float,
     gateway: psutil.Process | None,
+    rate: float = 0.0,
 ) -> float:
     """Run `clients` clients spread over `procs` processes; all measure one window.
     Returns the gateway's CPU seconds inside that window."""
@@ -255,7 +267,7 @@ def _phase(
         ids = list(range(k, clients, procs))
         recv, send = ctx.Pipe(duplex=False)
         proc = ctx.Process(target=_worker,
-                           args=((base, users, ids, prefer, measure_from, stop_at, merchants, clients), send))
+                           args=((base, users, ids, prefer, measure_from, stop_at, merchants, clients, rate), send))
         proc.start()
         running.append((proc, recv))
     time.sleep(max(0.0, measure_from - time.time()))
@@ -305,6 +317,8 @@ def register(app: typer.Typer) -> None:
         procs: int = typer.Option(2, help="client processes the clients are spread over"),
         base_url: str = typer.Option(None, help="gateway URL (default: settings)"),
         phases: str = typer.Option("accepted,completed", help="accepted (wait=0), completed"),
+        rate: float = typer.Option(0.0, help="offered payments/s over all clients, open loop (0: each client "
+                                             "sends as soon as its last answer came)"),
     ) -> None:
         """Payments/s and latency through a running gateway (needs ledger + gateway)."""
         settings = get_settings()
@@ -320,7 +334,7 @@ def register(app: typer.Typer) -> None:
         for name in [p.strip() for p in phases.split(",") if p.strip()]:
             phase = Phase(name, seconds)
             prefer = "wait=0" if name == "accepted" else None
-            cpu = _phase(base, bench_users, shops, clients, procs, phase, prefer, warmup, gateway)
+            cpu = _phase(base, bench_users, shops, clients, procs, phase, prefer, warmup, gateway, rate)
             total = sum(phase.statuses.values())
             per_req = f"  gateway CPU {cpu / total * 1000:.2f} ms/req" if gateway and total else ""
             if phase.client_sent:
