@@ -100,9 +100,14 @@ def compare_cmd(
                                           "one per core of this 2-core machine"),
     warmup_seconds: float = typer.Option(30.0, help="unmeasured transfers for at least this long before each "
                                                     "broker design's first workload (broker and JIT warm)"),
+    batch_linger_ms: float = typer.Option(5.0, help="longest a command waits for its batch in paystream's client "
+                                                    "library; the other designs' records linger as long"),
 ) -> None:
     """paystream vs a Kafka Streams peer and the classic Postgres row-locking design, same workloads."""
     from ops.lab.bench.compare import compare, parse_designs
+    from ops.lab.bench.ledger import BATCH
+
+    BATCH.update(linger_ms=batch_linger_ms)
 
     console = Console()
     if not console.is_terminal:

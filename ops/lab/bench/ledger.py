@@ -305,7 +305,9 @@ def _producer(settings: Settings) -> Producer:
     not the ledger's. The setup traffic warms this one up before anything is timed."""
     key = settings.bootstrap_servers
     if key not in _PRODUCERS:
-        _PRODUCERS[key] = kafka.producer(settings, **{"linger.ms": 5})
+        # Records to another design's topic (one per command) linger as long as
+        # paystream's client library lets a command wait for its batch: the same window.
+        _PRODUCERS[key] = kafka.producer(settings, **{"linger.ms": float(BATCH["linger_ms"])})
     return _PRODUCERS[key]
 
 
