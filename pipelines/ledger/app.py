@@ -147,6 +147,7 @@ class LedgerProcessor:
         self.traced = tracing.enabled()
         self._leg_header = b""
         self._legs: dict[int, _PendingLegs] = {}
+        self._events: list[tuple[str, bytes, Any, int]] = []
 
     # -- dead letters ---------------------------------------------------------------
     def _dlq(self, emit: _Emit, code: str, reason: str, key: bytes | None, value: bytes | None,
@@ -187,6 +188,7 @@ class LedgerProcessor:
         outlive the state that did not commit."""
         quix_compat.forget_partition_locals()
         self._legs.clear()
+        self._events.clear()
 
     def _stores(self, state: State) -> domain.BatchStores:
         """Every input, single or batch, goes through one `BatchStores`, so the
@@ -318,8 +320,7 @@ class LedgerProcessor:
         if self.traced:
             headers = tracing.replace_trace_headers(headers or [], tracing.inject())
         produce = self.producer.produce
-        for account, value in emit.events:
-            produce(topic=domain.EVENTS, value=value, key=account, headers=headers, timestamp=timestamp)
+        self._events.extend((account, value, headers, timestamp) for account, value in emit.events)
         if emit.legs:
             ctx = message_context()
             origin = f"{ctx.topic}:{ctx.partition}:{ctx.offset}"
@@ -335,8 +336,12 @@ class LedgerProcessor:
             produce(topic=DLQ_TOPIC, value=value, key=account, headers=headers, timestamp=timestamp)
 
     def flush_legs(self) -> None:
-        """Produce every pending leg batch: called just before the checkpoint commits,
-        inside its transaction (`quix_compat.before_commit`)."""
+        """Produce every pending event and leg batch: called just before the checkpoint
+        commits, inside its transaction (`quix_compat.before_commit`)."""
+        produce = self.producer.produce
+        for account, value, headers, timestamp in self._events:
+            produce(topic=domain.EVENTS, value=value, key=account, headers=headers, timestamp=timestamp)
+        self._events.clear()
         for p in list(self._legs):
             self._produce_legs(p, None)
 
