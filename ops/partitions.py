@@ -37,7 +37,7 @@ from typing import Any
 
 import typer
 from confluent_kafka import ConsumerGroupTopicPartitions, Message, TopicPartition
-from confluent_kafka.admin import ConfigResource, NewTopic
+from confluent_kafka.admin import ConfigResource, ConfigSource, NewTopic
 from rich.console import Console
 
 from ops import groups as G
@@ -121,7 +121,8 @@ def _changelog_config(admin: Any, name: str) -> dict[str, str]:
     res = ConfigResource(ConfigResource.Type.TOPIC, name)
     configs = admin.describe_configs([res])[res].result()
     return {k: v.value for k, v in configs.items()
-            if v.source == ConfigResource.ConfigSource.DYNAMIC_TOPIC_CONFIG.value and v.value is not None}
+            if v.source in (ConfigSource.DYNAMIC_TOPIC_CONFIG, ConfigSource.DYNAMIC_TOPIC_CONFIG.value)
+            and v.value is not None}
 
 
 # -- 3. drain -----------------------------------------------------------------------------
@@ -138,28 +139,37 @@ def _decode_items(codec: Codec, topic: str, m: Message) -> list[dict[str, Any]] 
     return None
 
 
+@dataclass
+class Pending:
+    """What `pending` found: commands and legs, and the end offsets it read up to."""
+
+    count: int = 0
+    ends: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
 def pending(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, int], int] | None = None,
-            handle: Callable[[str, Message, list[dict[str, Any]] | None], None] | None = None) -> int:
-    """Commands and legs (ticks aside) on the old inputs at or after `start` (default:
-    the old ledger's committed offsets); each record goes to `handle` when given."""
+            handle: Callable[[str, Message, list[dict[str, Any]] | None], None] | None = None) -> Pending:
+    """Commands and legs (ticks aside) on the old inputs from `start` (default: the old
+    ledger's committed offsets) to the ends as of the call; each record goes to `handle`
+    when given. The ends are where a reader that handled them all may continue."""
     start = G.committed(settings, GROUP) if start is None else start
-    n = 0
+    out = Pending()
     for topic in p.old.inputs:
         parts = G.partitions(settings, topic)
         ends = G.watermarks(settings, [(topic, q) for q in parts])
+        out.ends |= {tp: high for tp, (_, high) in ends.items()}
         ranges = {q: (start.get((topic, q), ends[(topic, q)][0]), ends[(topic, q)][1]) for q in parts}
 
         def each(msgs: list[Message], topic: str = topic) -> None:
-            nonlocal n
             for m in msgs:
                 items = _decode_items(codec, topic, m)
                 live = None if items is None else [i for i in items if i.get("kind") != TICK]
-                n += 1 if live is None else len(live)
+                out.count += 1 if live is None else len(live)
                 if handle is not None:
                     handle(topic, m, live)
 
         read_range(settings, topic, ranges, each)
-    return n
+    return out
 
 
 def drain(settings: Settings, p: Plan, codec: Codec, timeout: float = 600.0, poll: float = 0.5,
@@ -168,7 +178,7 @@ def drain(settings: Settings, p: Plan, codec: Codec, timeout: float = 600.0, pol
     Returns the seconds waited. A leg is produced in the same transaction that commits
     the input it came from, so nothing left and nothing pending means no leg in flight."""
     t0 = time.monotonic()
-    while (left := pending(settings, p, codec)) > 0:
+    while (left := pending(settings, p, codec).count) > 0:
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"{left} commands and legs still wait on {p.old.commands} and its siblings after "
                                f"{timeout:.0f}s: are producers still writing to the old generation?")
@@ -237,11 +247,10 @@ def forward(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, in
                     out.commands += 1
         producer.poll(0)
 
-    pending(settings, p, codec, start, handle)
+    read = pending(settings, p, codec, start, handle)
     if producer.flush(60) != 0:
         raise RuntimeError("not every forwarded record was acknowledged")
-    ends = G.watermarks(settings, [(t, q) for t in p.old.inputs for q in G.partitions(settings, t)])
-    out.positions = {tp: high for tp, (_, high) in ends.items()}
+    out.positions = read.ends  # what was read to, not the ends now: a record since is forwarded next time
     _commit(settings, FORWARD_GROUP, out.positions)
     return out
 
@@ -380,7 +389,7 @@ def status_cmd(
         codec = Codec(settings.registry_url)
         start = G.committed(settings, FORWARD_GROUP) or G.committed(settings, GROUP)
         console.print(f"old generation {', '.join(p.old.inputs)} ({p.old_partitions} partitions): "
-                      f"{pending(settings, p, codec, start)} commands and legs not applied or forwarded")
+                      f"{pending(settings, p, codec, start).count} commands and legs not applied or forwarded")
         console.print(f"old ledger members: {', '.join(old_readers(settings, p)) or 'none'}")
     except Exception as exc:
         fail("partitions status failed", exc)

@@ -1,7 +1,8 @@
 """`paystream partitions grow`, 8 -> 16 partitions, under load (docs/PARTITIONS.md).
 
-A real ledger runs on the first generation while Kafka-direct producers send transfers
-continuously (batched, as paystream's client library sends them). The procedure runs
+A real ledger runs on the first generation while Kafka-direct producers (batched, as
+paystream's client library sends) and the gateway's command sender send transfers
+continuously. The procedure runs
 step by step, the test playing the operator (restart producers, stop the old ledger,
 start the new one), with stragglers written to the old generation after its ledger
 stopped. Across the switch the checker requires: every command exactly one terminal
@@ -14,6 +15,7 @@ once its generation was grown past."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import random
@@ -28,6 +30,7 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
+from gateway.ledger_io import CommandSender
 from ops import partitions as P
 from ops.verify import Replay, journal_chains
 from paystream import commands as C
@@ -43,7 +46,8 @@ from tests.kafka_helpers import send
 pytestmark = pytest.mark.integration
 GROWN = 16
 ACCOUNTS = 24
-RATE = 80  # transfers/s offered, Kafka-direct
+RATE = 60  # transfers/s offered Kafka-direct, and GATEWAY_RATE more through the gateway's sender
+GATEWAY_RATE = 20
 
 
 class Journal(threading.Thread):
@@ -82,25 +86,35 @@ class Journal(threading.Thread):
 
 
 class Load(threading.Thread):
-    """Transfers at RATE through whichever producer it holds: swapping `producer` is a
-    producer's restart with the new generation's settings."""
+    """Transfers at `rate` through whichever producer it holds: swapping `producer` is a
+    producer's restart with the new generation's settings. A producer is the SDK's
+    `Producer` (Kafka-direct) or the gateway's `CommandSender` (its Kafka path: batching,
+    the topic of its settings' generation; awaited as a request handler awaits it)."""
 
-    def __init__(self, producer: Producer, accounts: list[str]) -> None:
+    def __init__(self, producer: Producer | CommandSender, accounts: list[str], rate: float, seed: int) -> None:
         super().__init__(daemon=True)
         self.producer = producer
         self.accounts = accounts
+        self.rate = rate
         self.sent: list[tuple[dict[str, Any], float, str]] = []  # command, time sent, topic
         self.stop = threading.Event()
-        self.rng = random.Random(7)
+        self.rng = random.Random(seed)
 
     def run(self) -> None:
-        while not self.stop.is_set():
-            src, dst = self.rng.sample(self.accounts, 2)
-            cmd = C.transfer(src, dst, self.rng.randint(1, 50), "USD")
-            producer = self.producer
-            producer.send(cmd)
-            self.sent.append((cmd, time.monotonic(), producer.ledger.commands))
-            time.sleep(1 / RATE)
+        loop = asyncio.new_event_loop()
+        try:
+            while not self.stop.is_set():
+                src, dst = self.rng.sample(self.accounts, 2)
+                cmd = C.transfer(src, dst, self.rng.randint(1, 50), "USD")
+                producer = self.producer
+                if isinstance(producer, CommandSender):
+                    loop.run_until_complete(producer.send(cmd))
+                else:
+                    producer.send(cmd)
+                self.sent.append((cmd, time.monotonic(), producer.ledger.commands))
+                time.sleep(1 / self.rate)
+        finally:
+            loop.close()
 
 
 def _terminal(events: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
@@ -167,8 +181,12 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
 
     old_producer = Producer(stack, codec=codec, batch=True, batch_linger_ms=2)
     new_producer = Producer(grown["settings"], codec=codec, batch=True, batch_linger_ms=2)
-    load = Load(old_producer, accounts)
+    old_gateway, new_gateway = CommandSender(stack, codec), CommandSender(grown["settings"], codec)
+    old_gateway.start()
+    load = Load(old_producer, accounts, RATE, 7)
+    via_gateway = Load(old_gateway, accounts, GATEWAY_RATE, 8)
     load.start()
+    via_gateway.start()
     time.sleep(3)
 
     # 1. prepare: the new generation's topics, changelog and schemas
@@ -177,7 +195,8 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
 
     # 2. producers restart with PAYSTREAM_LEDGER_PARTITIONS=16
     switched = time.monotonic()
-    load.producer = new_producer
+    new_gateway.start()
+    load.producer, via_gateway.producer = new_producer, new_gateway
     old_producer.flush(30)
     stragglers = [C.transfer(accounts[4], accounts[5], 3, "USD") for _ in range(5)]
     old_producer.send_many(stragglers[:2])  # before the old ledger stops: it applies them
@@ -209,18 +228,24 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
     resumed = time.monotonic()
 
     # after the switch: retries of commands applied before it, and the held money moves
-    before = [c for c, _, topic in load.sent if topic == plan.old.commands][:40]
+    before = [c for load_ in (load, via_gateway) for c, _, topic in load_.sent[:20] if topic == plan.old.commands]
     retries = new_producer.send_many(before)
     capture = C.capture(accounts[0], captured["command_id"])
     new_producer.send(capture)
     new_producer.flush(30)
     time.sleep(3)
     load.stop.set()
+    via_gateway.stop.set()
     load.join()
+    via_gateway.join()
     new_producer.flush(30)
+    old_gateway.close()
+    new_gateway.close()
     assert all(r.result(10) for r in retries)
+    assert {t for _, _, t in via_gateway.sent} == {plan.old.commands, plan.new.commands}
 
-    every = [c for c, _, _ in load.sent] + stragglers + [capture]
+    sent = load.sent + via_gateway.sent
+    every = [c for c, _, _ in sent] + stragglers + [capture]
     ids = {c["command_id"] for c in every}
     journal.wait(lambda evs: ids <= set(_terminal(evs)), 90, "every command's outcome")
     journal.wait(lambda evs: any(e["payment_id"] == expiring["command_id"] and e["type"] == "HOLD_EXPIRED"
@@ -266,8 +291,8 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
 
     # what the switch cost: intake was never refused; outcomes paused
     outcome_at = {e[2]["command_id"]: e[3] for e in journal.records if e[2]["terminal"] and not e[2]["replay"]}
-    waits = sorted(outcome_at[c["command_id"]] - t for c, t, _ in load.sent)
-    print(f"\ngrow 8->16 under {RATE}/s: drain {drained:.1f}s, cutover {cut.seconds:.1f}s "
+    waits = sorted(outcome_at[c["command_id"]] - t for c, t, _ in sent)
+    print(f"\ngrow 8->16 under {RATE}+{GATEWAY_RATE}/s: drain {drained:.1f}s, cutover {cut.seconds:.1f}s "
           f"({cut.copied.moved} state records), producers switched -> new ledger's first outcome "
           f"{resumed - switched:.1f}s (its start {resumed - started:.1f}s); outcome wait p50 "
           f"{waits[len(waits) // 2]:.2f}s max {waits[-1]:.1f}s over {len(waits)} transfers")
