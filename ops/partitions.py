@@ -126,17 +126,24 @@ def _changelog_config(admin: Any, name: str) -> dict[str, str]:
 
 
 # -- 3. drain -----------------------------------------------------------------------------
+def carried(name: str | None, record: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The commands and legs a record of the ledger's inputs carries, one per item, ticks
+    (which carry only time) left out; None for a record of no type the ledger takes."""
+    if name in (COMMAND, LEG):
+        items = [record]
+    elif name in (COMMAND_BATCH, LEG_BATCH):
+        items = list(record["items"])
+    else:
+        return None
+    return [i for i in items if i.get("kind") != TICK]
+
+
 def _decode_items(codec: Codec, topic: str, m: Message) -> list[dict[str, Any]] | None:
-    """The commands or legs a record carries, one per item; None when it cannot be read."""
     try:
         name, record = codec.decode_typed(topic, m.value())
     except (DecodeError, UnknownSchemaError):
         return None
-    if name in (COMMAND, LEG):
-        return [record]
-    if name in (COMMAND_BATCH, LEG_BATCH):
-        return list(record["items"])
-    return None
+    return carried(name, record)
 
 
 @dataclass
@@ -163,10 +170,9 @@ def pending(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, in
         def each(msgs: list[Message], topic: str = topic) -> None:
             for m in msgs:
                 items = _decode_items(codec, topic, m)
-                live = None if items is None else [i for i in items if i.get("kind") != TICK]
-                out.count += 1 if live is None else len(live)
+                out.count += 1 if items is None else len(items)
                 if handle is not None:
-                    handle(topic, m, live)
+                    handle(topic, m, items)
 
         read_range(settings, topic, ranges, each)
     return out
@@ -203,8 +209,13 @@ def old_readers(settings: Settings, p: Plan) -> list[str]:
     return out
 
 
-def _require_no_old_ledger(settings: Settings, p: Plan) -> None:
-    if readers := old_readers(settings, p):
+def _require_no_old_ledger(settings: Settings, p: Plan, wait: float = 15.0) -> None:
+    """Refuse while an old ledger is a member; a member that died without leaving (kill
+    -9) stays for the group's session timeout (10 s), so that long is waited out first."""
+    deadline = time.monotonic() + wait
+    while (readers := old_readers(settings, p)) and time.monotonic() < deadline:
+        time.sleep(1.0)
+    if readers:
         raise RuntimeError(f"the old ledger still runs ({'; '.join(readers)}): stop every instance of the ledger "
                            f"on {p.old.commands} first")
 

@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from paystream import commands as C
 from paystream import topics
 from paystream.codec import spec_of, topic_specs
 from paystream.partitioning import partition_for
@@ -167,3 +168,19 @@ def test_counts_of_what_moved():
     routed = r.route(StateRecord(quix_compat.changelog_key(account.encode(), "h:p"), hold))
     assert routed is not None and routed[0] == partition_for(account, 16)
     assert (r.moved, r.dropped, r.open_holds) == (1, 1, 1)
+
+
+def test_forwarding_splits_batches_into_their_items_and_drops_ticks():
+    """What `partitions grow` forwards from the old generation: one record per command or
+    leg, keyed by its account (a batch's partition means nothing under the new count)."""
+    from ops.partitions import carried
+    from pipelines.ledger.clock import tick
+
+    a, b = C.transfer("a", "b", 1, "EUR"), C.transfer("c", "d", 2, "EUR")
+    assert carried("io.paystream.commands.Command", a) == [a]
+    assert carried("io.paystream.commands.CommandBatch", {"items": [a, b]}) == [a, b]
+    leg = {"kind": "CREDIT", "account_id": "b"}
+    ticks = [dict(tick(p, 8, 1000)) for p in range(2)]
+    assert carried("io.paystream.ledger.LegBatch", {"items": [ticks[0], leg, ticks[1]]}) == [leg]
+    assert carried("io.paystream.ledger.Leg", ticks[0]) == []
+    assert carried("io.paystream.ledger.LedgerEvent", {}) is None
