@@ -109,7 +109,23 @@ def prepare(settings: Settings, p: Plan) -> list[str]:
     elif len(existing[p.new_changelog].partitions) != p.new_partitions:
         raise RuntimeError(f"{p.new_changelog} exists with {len(existing[p.new_changelog].partitions)} partitions, "
                            f"not {p.new_partitions}")
+    _wait_for_leaders(admin, [*p.new.inputs, p.new_changelog], p.new_partitions)
     return made
+
+
+def _wait_for_leaders(admin: Any, names: list[str], partitions: int, timeout: float = 30.0) -> None:
+    """Until every partition of `names` has a leader: a producer restarted on a topic
+    created a moment ago must not find it missing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=10).topics
+        missing = [n for n in names if n not in md or md[n].error is not None or len(md[n].partitions) != partitions
+                   or any(pm.leader < 0 for pm in md[n].partitions.values())]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics without a leader for every partition after {timeout:.0f}s: {missing}")
+        time.sleep(0.2)
 
 
 def _replication(existing: Any, p: Plan) -> int:
@@ -268,7 +284,8 @@ def forward(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, in
 
 def _commit(settings: Settings, group: str, positions: dict[tuple[str, int], int]) -> None:
     tps = [TopicPartition(t, q, o) for (t, q), o in sorted(positions.items())]
-    fut = G.admin(settings).alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group]
+    client = G.admin(settings)  # must outlive the future: a collected client never answers
+    fut = client.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group]
     res = fut.result(timeout=30)
     if bad := [tp for tp in (res.topic_partitions or []) if tp.error is not None]:
         raise RuntimeError(f"offsets of {group} not stored for {bad}")

@@ -173,15 +173,17 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
     send(stack, codec, [C.open_account(a, external_number=a[:12], owner_id="t", currency="USD") for a in accounts])
     deposits = [C.deposit(a, 1_000_000, "USD") for a in accounts]
     send(stack, codec, deposits)
+    journal.wait(lambda evs: {c["command_id"] for c in deposits} <= set(_terminal(evs)), 60, "the deposits")
+    # holds go to payments.commands, opens and deposits to payments.privileged: only
+    # their outcomes order them
     captured = C.authorize(accounts[0], accounts[1], 700, "USD")
     expiring = C.authorize(accounts[2], accounts[3], 900, "USD", hold_timeout_ms=25_000)
     send(stack, codec, [captured, expiring])
-    wanted = {c["command_id"] for c in [*deposits, captured, expiring]}
-    journal.wait(lambda evs: wanted <= set(_terminal(evs)), 60, "setup outcomes")
+    holds = {captured["command_id"], expiring["command_id"]}
+    journal.wait(lambda evs: holds <= {e["payment_id"] for e in evs if e["type"] == "HOLD_PLACED"}, 60, "the holds")
 
     old_producer = Producer(stack, codec=codec, batch=True, batch_linger_ms=2)
-    new_producer = Producer(grown["settings"], codec=codec, batch=True, batch_linger_ms=2)
-    old_gateway, new_gateway = CommandSender(stack, codec), CommandSender(grown["settings"], codec)
+    old_gateway = CommandSender(stack, codec)
     old_gateway.start()
     load = Load(old_producer, accounts, RATE, 7)
     via_gateway = Load(old_gateway, accounts, GATEWAY_RATE, 8)
@@ -194,8 +196,10 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
     assert set(made) >= {*plan.new.inputs, plan.new_changelog}
 
     # 2. producers restart with PAYSTREAM_LEDGER_PARTITIONS=16
-    switched = time.monotonic()
+    new_producer = Producer(grown["settings"], codec=codec, batch=True, batch_linger_ms=2)
+    new_gateway = CommandSender(grown["settings"], codec)
     new_gateway.start()
+    switched = time.monotonic()
     load.producer, via_gateway.producer = new_producer, new_gateway
     old_producer.flush(30)
     stragglers = [C.transfer(accounts[4], accounts[5], 3, "USD") for _ in range(5)]
