@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -184,3 +185,17 @@ def test_forwarding_splits_batches_into_their_items_and_drops_ticks():
     assert carried("io.paystream.ledger.LegBatch", {"items": [ticks[0], leg, ticks[1]]}) == [leg]
     assert carried("io.paystream.ledger.Leg", ticks[0]) == []
     assert carried("io.paystream.ledger.LedgerEvent", {}) is None
+
+
+def test_dead_letters_replay_to_the_generation_the_ledger_reads_and_legs_never():
+    from ops.dlq import Letter, replay, target_topic
+
+    def letter(source: str) -> Letter:
+        return Letter({"dead_letter_id": "x", "source_topic": source}, 0, 0)
+
+    grown = Settings(ledger_partitions=16)
+    assert target_topic(grown, letter("payments.commands")) == "payments.commands.p16"
+    assert target_topic(grown, letter("payments.privileged.p16")) == "payments.privileged.p16"
+    assert target_topic(Settings(), letter("payments.commands")) == "payments.commands"
+    with pytest.raises(ValueError, match="internal"):
+        replay(grown, None, [letter("ledger.legs.p16")], console=None)  # type: ignore[arg-type]
