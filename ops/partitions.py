@@ -244,7 +244,8 @@ class Forwarded:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-def forward(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, int], int] | None = None) -> Forwarded:
+def forward(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, int], int] | None = None, *,
+            commit: bool = True) -> Forwarded:
     """Move what reached the old inputs after the old ledger stopped into the new
     generation, one record per command or leg, keyed by its account, so each lands on
     the partition that owns the account now. Batches are split (a batch's partition
@@ -278,12 +279,13 @@ def forward(settings: Settings, p: Plan, codec: Codec, start: dict[tuple[str, in
     if producer.flush(60) != 0:
         raise RuntimeError("not every forwarded record was acknowledged")
     out.positions = read.ends  # what was read to, not the ends now: a record since is forwarded next time
-    _commit(settings, FORWARD_GROUP, out.positions)
+    if commit:
+        _commit(settings, FORWARD_GROUP, out.positions)
     return out
 
 
-def _commit(settings: Settings, group: str, positions: dict[tuple[str, int], int]) -> None:
-    tps = [TopicPartition(t, q, o) for (t, q), o in sorted(positions.items())]
+def _commit(settings: Settings, group: str, positions: dict[tuple[str, int], int], metadata: str = "") -> None:
+    tps = [TopicPartition(t, q, o, metadata=metadata) for (t, q), o in sorted(positions.items())]
     client = G.admin(settings)  # must outlive the future: a collected client never answers
     fut = client.alter_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group]
     res = fut.result(timeout=30)
@@ -300,13 +302,23 @@ class Copied:
     open_holds: int = 0
 
 
+def sealed(settings: Settings, p: Plan) -> bool:
+    """Whether cutover finished: the old ledger's offsets carry `topics.sealed_marker`,
+    and from then on the new ledger may have run."""
+    client = G.admin(settings)  # must outlive the future
+    res = client.list_consumer_group_offsets([ConsumerGroupTopicPartitions(GROUP)])[GROUP].result(timeout=30)
+    marker = topics.sealed_marker(p.new)
+    return any(tp.topic in p.old.inputs and tp.metadata == marker for tp in res.topic_partitions or [])
+
+
 def copy_state(settings: Settings, p: Plan, now_ms: int | None = None) -> Copied:
     """The old ledger's state, every account to its partition of the new changelog
-    (`pipelines.ledger.repartition`). Refused once the new changelog holds anything:
-    copying old state over state the new ledger wrote would roll accounts back."""
-    ends = G.watermarks(settings, [(p.new_changelog, q) for q in range(p.new_partitions)])
-    if any(high > 0 for _, high in ends.values()):
-        raise RuntimeError(f"{p.new_changelog} holds records already: the state was copied (or the new ledger ran)")
+    (`pipelines.ledger.repartition`). Refused once cutover finished: the new ledger may
+    have written state since, which old state copied over it would roll back. Before
+    that, a copy interrupted may run again: the same records again in the same order
+    restore the same state."""
+    if sealed(settings, p):
+        raise RuntimeError(f"the state was moved to {p.new.commands} already (and its ledger may have run)")
     r = Repartition(p.old_partitions, p.new_partitions)
     producer = kafka.producer(settings, **{"linger.ms": 20})
     out = Copied()
@@ -343,15 +355,19 @@ class Cutover:
 
 
 def cutover(settings: Settings, p: Plan, codec: Codec) -> Cutover:
-    """Step 5: with the old ledger stopped, forward its stragglers, seal its group at the
-    end of the old inputs, move the state. The new ledger may start when this returns."""
+    """Step 5: with the old ledger stopped, forward its stragglers, move the state, then
+    seal the old ledger's offsets at the end of what was forwarded. The seal is last:
+    it is what the new ledger waits for (`pipelines.ledger.app`), so it never starts on
+    a partial copy; and an old ledger started again (it refuses anyway: a later
+    generation exists) would find nothing left to apply."""
     t0 = time.monotonic()
     _require_no_old_ledger(settings, p)
-    fwd = forward(settings, p, codec, start=G.committed(settings, GROUP))
-    # Sealed: should an old ledger ever start again (it refuses: a later generation
-    # exists), it would find nothing left to apply.
-    _commit(settings, GROUP, fwd.positions)
+    if sealed(settings, p):
+        raise RuntimeError(f"cutover to {p.new.commands} is done already: run `--step forward` for stragglers")
+    fwd = forward(settings, p, codec, start=G.committed(settings, GROUP), commit=False)
     copied = copy_state(settings, p)
+    _commit(settings, FORWARD_GROUP, fwd.positions)
+    _commit(settings, GROUP, fwd.positions, metadata=topics.sealed_marker(p.new))
     return Cutover(fwd, copied, time.monotonic() - t0)
 
 

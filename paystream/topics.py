@@ -97,3 +97,23 @@ def in_generation(name: str, ledger: LedgerTopics) -> str:
     if base not in LEDGER_INPUTS:
         return name
     return generation_name(base, ledger.partitions)
+
+
+def predecessors(existing: Iterable[str], current: LedgerTopics) -> list[LedgerTopics]:
+    """Generations of the ledger's inputs on the broker before `current` (fewer
+    partitions; the first generation has none in its name), newest first."""
+    if current.partitions is None:
+        return []
+    counts: set[int | None] = set()
+    for name in existing:
+        base, n = generation_of(name)
+        if base == COMMANDS and (n is None or n < current.partitions):
+            counts.add(n)
+    return [ledger_topics(n) for n in sorted(counts, key=lambda n: n or 0, reverse=True)]
+
+
+def sealed_marker(current: LedgerTopics) -> str:
+    """The metadata `paystream partitions grow` commits with the ledger group's offsets
+    on the previous generation once that generation's state has moved to `current`: the
+    new ledger starts only when it finds it (docs/PARTITIONS.md)."""
+    return f"paystream-partitions-grow: state moved to {current.commands}"

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import Any
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from quixstreams import Application, message_context
 from quixstreams.state import State
 
@@ -391,6 +392,7 @@ def _partition_count(settings: Settings) -> int:
             f"the ledger's inputs were grown past this generation ({ledger.commands}): {', '.join(newer)} "
             "exist. Run the ledger with PAYSTREAM_LEDGER_PARTITIONS set to the newest generation's count"
         )
+    _require_moved_state(admin, existing, ledger)
     for name in ledger.inputs:
         spec = spec_of(name).partitions
         actual = len(existing[name].partitions) if name in existing else 0
@@ -401,6 +403,28 @@ def _partition_count(settings: Settings) -> int:
                 "for a grown generation)"
             )
     return expected
+
+
+def _require_moved_state(admin: Any, existing: Any, ledger: topics.LedgerTopics) -> None:
+    """A grown generation whose predecessor is still on the broker starts only once the
+    predecessor's state has moved here (`paystream partitions grow --step cutover`
+    seals the old offsets with `topics.sealed_marker`). Started earlier, it would apply
+    commands to accounts it does not know yet, beside an old ledger that may still run."""
+    before = topics.predecessors(existing, ledger)
+    if not before:
+        return
+    old = before[0]
+    wanted = [TopicPartition(t, p) for t in old.inputs if t in existing for p in existing[t].partitions]
+    request = ConsumerGroupTopicPartitions(GROUP, wanted)
+    done = admin.list_consumer_group_offsets([request])[GROUP].result(timeout=30)
+    marker = topics.sealed_marker(ledger)
+    unsealed = [f"{tp.topic}[{tp.partition}]" for tp in done.topic_partitions or [] if tp.metadata != marker]
+    if unsealed or not done.topic_partitions:
+        raise RuntimeError(
+            f"the state of {old.commands} has not moved to {ledger.commands} yet ({len(unsealed)} partitions not "
+            f"sealed): run `paystream partitions grow --to {ledger.partitions} --step cutover` first "
+            "(docs/PARTITIONS.md)"
+        )
 
 
 def build_app(settings: Settings | None = None) -> Application:

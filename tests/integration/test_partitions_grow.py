@@ -216,12 +216,17 @@ def test_grow_from_8_to_16_partitions_under_load_loses_and_duplicates_nothing(
     old_producer.flush(30)
     with pytest.raises(RuntimeError, match="grown past"):
         ledger_app._partition_count(stack)  # an old ledger started now would refuse
+    with pytest.raises(RuntimeError, match="has not moved"):
+        ledger_app._partition_count(grown["settings"])  # and so would the new one, before the cutover
 
     # 5. cutover: forward, seal, move the state
     cut = P.cutover(stack, plan, codec)
     # the 3 stragglers (and any transfer the load thread had in hand when it switched)
     assert cut.forwarded.commands >= 3 and cut.forwarded.legs == 0 and cut.forwarded.undecodable == 0
     assert cut.copied.open_holds >= 1  # `captured`; `expiring` too unless it expired before the cutover
+    assert ledger_app._partition_count(grown["settings"]) == GROWN
+    with pytest.raises(RuntimeError, match="done already"):
+        P.cutover(stack, plan, codec)  # the state moves once: never again over what the new ledger writes
 
     # 6. the new ledger: no process reads the old generation any more
     assert P.old_readers(stack, plan) == []

@@ -64,6 +64,11 @@ def test_a_generation_that_was_grown_past_sees_its_successor():
     assert topics.successors(existing, topics.ledger_topics(16)) == []
     assert topics.successors([*existing, "payments.commands.p32"], topics.ledger_topics(16)) == [
         "payments.commands.p32"]
+    # and a grown one its predecessors, newest first: it waits for the newest's seal
+    assert topics.predecessors([*existing, "payments.commands.p32"], topics.ledger_topics(32)) == [
+        topics.ledger_topics(16), topics.ledger_topics(None)]
+    assert topics.predecessors(existing, topics.ledger_topics(None)) == []
+    assert topics.sealed_marker(topics.ledger_topics(16)) != topics.sealed_marker(topics.ledger_topics(32))
 
 
 # -- state ------------------------------------------------------------------------------
