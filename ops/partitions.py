@@ -18,7 +18,8 @@ every component finds through one setting, `PAYSTREAM_LEDGER_PARTITIONS`. The st
 5. `cutover`: refuse while any process consumes the old inputs; forward whatever
    reached the old inputs after all (a producer restarted late, an outbox row) into the
    new generation; copy the state to the new changelog, each account to its new
-   partition (`pipelines.ledger.repartition`).
+   partition (`pipelines.ledger.repartition`); last, seal the old ledger's offsets
+   (`paystream.topics.sealed_marker`), which the new ledger waits for.
 6. (operator) start the ledger with PAYSTREAM_LEDGER_PARTITIONS=N. It restores the
    copied state and applies what waited. `forward` may be run again while late
    producers are found (`status` shows them).
