@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError, Producer, TopicPartition
 from paystream import kafka, topics, tracing
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
-from paystream.commands import COMMANDS_TOPIC, topic_for
+from paystream.commands import topic_for
 from paystream.consumer import peek_command_id
 from paystream.settings import Settings
 
@@ -48,6 +48,7 @@ class CommandSender:
         self.codec = codec
         self.timeout = settings.gateway_produce_timeout_seconds
         self.settings = settings
+        self.ledger = settings.ledger_topics  # the generation commands go to (docs/PARTITIONS.md)
         self.producer: Producer = self._new_producer()
         # Two message timeouts without a single delivery while messages time out: stuck.
         self.watch = kafka.StuckProducerWatch(stuck_after=2 * self.timeout)
@@ -66,17 +67,18 @@ class CommandSender:
         client retries with its key) instead of blocking the event loop."""
         if self.settings.gateway_batch_max_items <= 1 or tracing.enabled():
             return None
+        topic = self.ledger.commands
         if partitions is None:
-            partitions = len(self.producer.list_topics(COMMANDS_TOPIC, timeout=10).topics[COMMANDS_TOPIC].partitions)
+            partitions = len(self.producer.list_topics(topic, timeout=10).topics[topic].partitions)
         return CommandBatcher(
-            self.producer, header=self.codec.header(COMMANDS_TOPIC, COMMAND_BATCH),
-            command_schema_id=self.codec.schema_id(COMMANDS_TOPIC), partitions=partitions,
+            self.producer, header=self.codec.header(topic, COMMAND_BATCH),
+            command_schema_id=self.codec.schema_id(topic), partitions=partitions,
             max_items=self.settings.gateway_batch_max_items, linger_ms=self.settings.gateway_batch_linger_ms,
-            block=False,
+            topic=topic, block=False,
         )  # fmt: skip
 
     def start(self) -> None:
-        self.codec.schema_id(COMMANDS_TOPIC)  # fail at startup, not on the first request
+        self.codec.schema_id(self.ledger.commands)  # fail at startup, not on the first request
         self.batcher = self._new_batcher()
         self._thread.start()
 
@@ -139,13 +141,13 @@ class CommandSender:
             self.watch.delivered(err)
             self._settled.append((loop, fut, err))
 
-        topic = topic_for(cmd)  # deposits, withdrawals, freezes (admin role): payments.privileged
+        topic = topic_for(cmd, self.ledger)  # deposits, withdrawals, freezes (admin role): payments.privileged
         value = self.codec.encode(topic, cmd)
         # The rest of the request's log lines are about this payment (docs/OBSERVABILITY.md).
         structlog.contextvars.bind_contextvars(payment_id=cmd["command_id"], account=cmd["account_id"])
         extra = {"headers": tracing.inject()} if tracing.enabled() else {}  # W3C traceparent
         try:
-            if self.batcher is not None and topic == COMMANDS_TOPIC:
+            if self.batcher is not None and topic == self.ledger.commands:
                 self.batcher.send(cmd["account_id"], value, on_delivery=delivered)
             else:
                 self.producer.produce(

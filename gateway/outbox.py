@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from gateway.store import OUTBOX_CHANNEL
+from paystream import topics
 from paystream.codec import Codec
 from paystream.settings import Settings, get_settings
 from paystream.stream.outbox import OutboxRelay, OutboxSpec
@@ -33,10 +34,12 @@ _CLAIM = (
 
 def spec(settings: Settings, codec: Codec) -> OutboxSpec:
     """The gateway outbox: every row carries its topic, and is encoded with that
-    topic's schema."""
+    topic's schema. A row written for another generation of the ledger's inputs goes to
+    this relay's (docs/PARTITIONS.md): rows outlive a switch."""
+    ledger = settings.ledger_topics
 
     def topic(row: tuple[Any, ...]) -> str:
-        return str(row[3])
+        return topics.in_generation(str(row[3]), ledger)
 
     return OutboxSpec(
         name="gateway", table="gateway_outbox", id_column="id", claim_sql=_CLAIM,

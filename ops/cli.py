@@ -68,6 +68,7 @@ def _register() -> None:
     from ops.lab.bench_cli import app as bench_app
     from ops.lab.bench_sink import register as register_bench_sink
     from ops.lab.chaos_cli import register as register_chaos
+    from ops.partitions import register as register_partitions
     from ops.run_cli import register as register_run
     from ops.schemas_cli import app as schemas_app
     from ops.stack_cli import app as stack_app
@@ -91,6 +92,7 @@ def _register() -> None:
     register_verify(app)
     register_bench_sink(bench_app)
     register_chaos(app)
+    register_partitions(app)
     register_toolkit(app)
     register_asyncapi(app)
 

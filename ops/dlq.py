@@ -129,7 +129,7 @@ def already_replayed(settings: Settings, letters: list[Letter], console: Console
     found: set[str] = set()
     by_topic: dict[str, int] = {}
     for lt in letters:
-        t = lt.record["source_topic"]
+        t = target_topic(settings, lt)
         by_topic[t] = min(by_topic.get(t, lt.record["failed_at"]), lt.record["failed_at"])
     for topic, since in by_topic.items():
         parts = G.partitions(settings, topic)
@@ -147,13 +147,20 @@ def already_replayed(settings: Settings, letters: list[Letter], console: Console
     return found
 
 
+def target_topic(settings: Settings, lt: Letter) -> str:
+    """Where a dead letter is replayed: its source topic, in the generation the ledger now
+    reads if it is a ledger input (a letter from before `paystream partitions grow` goes
+    to the grown topics, docs/PARTITIONS.md)."""
+    return topics.in_generation(lt.record["source_topic"], settings.ledger_topics)
+
+
 def replay(
     settings: Settings, codec: Codec, letters: list[Letter], *, rekey: bool = False,
     dry_run: bool = False, force: bool = False, console: Console,
 ) -> list[str]:  # fmt: skip
     """Re-produce the originals to their source topics; returns the ids produced."""
     for lt in letters:
-        if lt.record["source_topic"] in INTERNAL:
+        if topics.generation_of(lt.record["source_topic"])[0] in INTERNAL:
             raise ValueError(
                 f"{lt.id}: {lt.record['source_topic']} is internal (only the ledger writes it); "
                 "for sink dead letters use `paystream reprocess`"
@@ -172,7 +179,7 @@ def replay(
         old = lt.record["key"]
         note = f" (key {old!r} -> {key!r})" if key != old else ""
         console.print(f"{'would replay' if dry_run else 'replay'} {lt.id} -> "
-                      f"{lt.record['source_topic']}{note}", highlight=False)  # fmt: skip
+                      f"{target_topic(settings, lt)}{note}", highlight=False)  # fmt: skip
     if dry_run or not plans:
         return []
     producer = kafka.producer(settings)
@@ -181,7 +188,7 @@ def replay(
         for lt, key in plans:
             headers = [(k, v) for k, v in (lt.record.get("headers") or {}).items() if k != REPLAY_HEADER]
             headers.append((REPLAY_HEADER, lt.id.encode()))
-            producer.produce(lt.record["source_topic"], key=key, value=lt.record["value"], headers=headers)
+            producer.produce(target_topic(settings, lt), key=key, value=lt.record["value"], headers=headers)
             producer.poll(0)
             progress.advance(task)
     if producer.flush(30) != 0:

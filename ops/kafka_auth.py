@@ -53,13 +53,22 @@ class Grant:
     prefixed: bool = False
 
 
+def _topic(name: str, operations: tuple[str, ...]) -> tuple[Grant, ...]:
+    """`operations` on a topic; on a ledger input, in every generation of it too
+    (`<name>.p<N>`, docs/PARTITIONS.md), so growing the partitions needs no new ACLs."""
+    grant = Grant("topic", name, operations)
+    if name not in topics.LEDGER_INPUTS:
+        return (grant,)
+    return (grant, Grant("topic", f"{name}.p", operations, prefixed=True))
+
+
 def _quix_app(group: str, reads: tuple[str, ...], writes: tuple[str, ...]) -> tuple[Grant, ...]:
     """What an exactly-once Quix application needs: its inputs, its outputs, its group,
     its transactional ids (`<group>-<instance>`), and its changelog topics, which it
     creates at start (`changelog__<group>--<inputs>--<store>`)."""
     return (
-        *(Grant("topic", t, ("READ",)) for t in reads),
-        *(Grant("topic", t, ("WRITE",)) for t in writes),
+        *(g for t in reads for g in _topic(t, ("READ",))),
+        *(g for t in writes for g in _topic(t, ("WRITE",))),
         Grant("group", group, ("READ", "DESCRIBE")),
         Grant("transactional_id", f"{group}-", ("WRITE", "DESCRIBE"), prefixed=True),
         Grant("topic", f"changelog__{group}--", ("CREATE", "READ", "WRITE", "DESCRIBE", "DESCRIBE_CONFIGS"),
@@ -92,18 +101,18 @@ RIGHTS: dict[str, tuple[Grant, ...]] = {
                  Grant("group", "paystream-webhooks", ("READ", "DESCRIBE"))),
     # user payments; and, for the admin role it checks, deposits, withdrawals and freezes.
     # It reads outcomes with assign() under a group of its own per process.
-    "gateway": (Grant("topic", COMMANDS, ("WRITE",)), Grant("topic", PRIVILEGED, ("WRITE",)),
+    "gateway": (*_topic(COMMANDS, ("WRITE",)), *_topic(PRIVILEGED, ("WRITE",)),
                 Grant("topic", EVENTS, ("READ",)),
                 Grant("group", "paystream-gateway-", ("READ", "DESCRIBE"), prefixed=True)),
     # the gateway's outbox: a new user's account (OPEN_ACCOUNT)
-    "outbox-relay": (Grant("topic", PRIVILEGED, ("WRITE",)),),
+    "outbox-relay": _topic(PRIVILEGED, ("WRITE",)),
 }
 RIGHTS = {c: (*_COMMON, *grants) for c, grants in RIGHTS.items()}
 COMPONENTS = tuple(RIGHTS)
 
 # A Kafka-direct producer (`paystream producers add NAME`) may send transfers only.
 PRODUCER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # it names a user and a file
-PRODUCER_RIGHTS = (Grant("topic", COMMANDS, ("WRITE", "DESCRIBE")),)
+PRODUCER_RIGHTS = _topic(COMMANDS, ("WRITE", "DESCRIBE"))
 
 
 def consumer_rights(principal: str) -> tuple[Grant, ...]:

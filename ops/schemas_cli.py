@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 import typer
@@ -21,16 +22,17 @@ from avro.schema import parse as avro_parse
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from rich.console import Console
 
-from paystream.codec import load_schema_text, load_topic_specs, topic_specs
+from paystream.codec import TopicSpec, load_schema_text, load_topic_specs, topic_specs
 from paystream.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(no_args_is_help=True)
 
 
-def register_all(registry_url: str) -> dict[str, int]:
+def register_all(registry_url: str, specs: Mapping[str, TopicSpec] | None = None) -> dict[str, int]:
+    """Register every topic's schemas (ops/topics.toml's, or `specs`: a new generation's)."""
     client = SchemaRegistryClient({"url": registry_url})
     ids: dict[str, int] = {}
-    for spec in topic_specs().values():
+    for spec in (topic_specs() if specs is None else specs).values():
         schema = Schema(load_schema_text(spec.value_schema), "AVRO")
         client.set_compatibility(subject_name=spec.subject, level="BACKWARD")
         ids[spec.subject] = int(client.register_schema(spec.subject, schema))

@@ -26,7 +26,7 @@ import struct
 import threading
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
@@ -36,7 +36,7 @@ import fastavro.read
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from paystream import avro_writer
+from paystream import avro_writer, topics
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.settings import PROJECT_ROOT
 
@@ -103,6 +103,24 @@ def topic_specs() -> dict[str, TopicSpec]:
     return load_topic_specs(TOPICS_FILE)
 
 
+def spec_of(topic: str, specs: Mapping[str, TopicSpec] | None = None) -> TopicSpec:
+    """The spec of `topic`, a later generation of a ledger input included: its base
+    topic's spec under its own name and partition count (`paystream.topics.generation_of`)."""
+    specs = topic_specs() if specs is None else specs
+    spec = specs.get(topic)
+    if spec is not None:
+        return spec
+    base, partitions = topics.generation_of(topic)
+    if partitions is None or base not in specs:
+        raise KeyError(topic)
+    return replace(specs[base], name=topic, partitions=partitions)
+
+
+def generation_specs(ledger: topics.LedgerTopics) -> dict[str, TopicSpec]:
+    """The specs of a generation's input topics (create them, register their schemas)."""
+    return {name: spec_of(name) for name in ledger.inputs}
+
+
 def load_topic_specs(path: Path) -> dict[str, TopicSpec]:
     """Topic specs from any file in the ``ops/topics.toml`` format (tools and tests)."""
     raw = tomllib.loads(path.read_text())
@@ -164,7 +182,7 @@ class Codec:
 
     # -- schemas -----------------------------------------------------------------
     def _spec(self, topic: str) -> TopicSpec:
-        return (self._specs if self._specs is not None else topic_specs())[topic]
+        return spec_of(topic, self._specs if self._specs is not None else topic_specs())
 
     def reader_schema(self, topic: str) -> Any:
         parsed = self._reader_schemas.get(topic)

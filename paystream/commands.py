@@ -41,7 +41,11 @@ from paystream.records import (
     Reversal,
     StatusChange,
 )
+from paystream.settings import get_settings
+from paystream.topics import LedgerTopics
 
+# The first generation's names (ops/topics.toml); a process writes to its settings'
+# generation (`Settings.ledger_topics`, `topic_for`), which these are unless grown.
 COMMANDS_TOPIC = topics.COMMANDS
 PRIVILEGED_TOPIC = topics.PRIVILEGED
 COMMAND_TOPICS = (COMMANDS_TOPIC, PRIVILEGED_TOPIC)
@@ -64,9 +68,11 @@ def is_privileged(command: Mapping[str, Any]) -> bool:
     return command.get("type") in PRIVILEGED_TYPES
 
 
-def topic_for(command: Mapping[str, Any]) -> str:
-    """The command topic `command` must be produced to for the ledger to accept it."""
-    return PRIVILEGED_TOPIC if is_privileged(command) else COMMANDS_TOPIC
+def topic_for(command: Mapping[str, Any], ledger: LedgerTopics | None = None) -> str:
+    """The command topic `command` must be produced to for the ledger to accept it, in
+    the generation `ledger` (default: the one this process's settings name)."""
+    topics_ = ledger or get_settings().ledger_topics
+    return topics_.privileged if is_privileged(command) else topics_.commands
 
 
 def payment_id_for(client: str, idempotency_key: str) -> str:

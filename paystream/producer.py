@@ -59,7 +59,6 @@ from paystream import kafka
 from paystream.batching import COMMAND_BATCH, CommandBatcher
 from paystream.codec import Codec
 from paystream.commands import (
-    COMMANDS_TOPIC,
     authorize,
     capture,
     command_problem,
@@ -82,6 +81,7 @@ from paystream.errors import (
 from paystream.partitioning import partition_for
 from paystream.records import LedgerEvent
 from paystream.settings import Settings, get_settings
+from paystream.topics import LedgerTopics
 
 log = logging.getLogger("paystream.producer")
 
@@ -111,11 +111,13 @@ class CheckedCommand:
     value: bytes
 
 
-def check_command(codec: Codec, command: Mapping[str, Any], *, privileged: bool = False) -> CheckedCommand:
-    """`command` encoded for the topic it goes to, once it passed the ledger's checks;
-    `InvalidCommand` or `PrivilegedCommand` otherwise (steps 1 and 2 of the module
-    docstring). Nothing is sent, and no Kafka is needed (only the registry's ids)."""
-    topic = topic_for(command)
+def check_command(codec: Codec, command: Mapping[str, Any], *, privileged: bool = False,
+                  ledger: LedgerTopics | None = None) -> CheckedCommand:
+    """`command` encoded for the topic it goes to (in the generation `ledger`, default
+    the settings'), once it passed the ledger's checks; `InvalidCommand` or
+    `PrivilegedCommand` otherwise (steps 1 and 2 of the module docstring). Nothing is
+    sent, and no Kafka is needed (only the registry's ids)."""
+    topic = topic_for(command, ledger)
     try:
         value = codec.encode(topic, dict(command))
         record = codec.decode(topic, value)  # what the ledger will see
@@ -158,11 +160,13 @@ class Producer:
         self._lock = threading.Lock()
         self._listener: OutcomeListener | None = None
         self._batcher: CommandBatcher | None = None
+        self.ledger = self.settings.ledger_topics  # the generation commands go to (docs/PARTITIONS.md)
         if batch:
+            topic = self.ledger.commands
             self._batcher = CommandBatcher(
-                self._producer, header=self.codec.header(COMMANDS_TOPIC, COMMAND_BATCH),
-                command_schema_id=self.codec.schema_id(COMMANDS_TOPIC),
-                partitions=self.partitions(COMMANDS_TOPIC), max_items=batch_max_items, linger_ms=batch_linger_ms,
+                self._producer, header=self.codec.header(topic, COMMAND_BATCH),
+                command_schema_id=self.codec.schema_id(topic), partitions=self.partitions(topic),
+                max_items=batch_max_items, linger_ms=batch_linger_ms, topic=topic,
             )  # fmt: skip
         self.fatal: KafkaException | None = None
         self._closed = threading.Event()
@@ -193,7 +197,7 @@ class Producer:
         (`NotDelivered` if Kafka refuses it). With `wait` (seconds): block until its
         terminal event (a resend's answer is the ledger's `COMMAND_DUPLICATE`,
         `replay=true`, unless the original is still in flight), or `OutcomeTimeout`."""
-        prepared = check_command(self.codec, command, privileged=self.privileged)
+        prepared = check_command(self.codec, command, privileged=self.privileged, ledger=self.ledger)
         if wait is None:
             return self._produce(prepared)
         return self._send_and_wait([prepared], wait)[prepared.command_id]
@@ -208,7 +212,7 @@ class Producer:
                   wait: float | None = None) -> list[Future[Delivery]] | dict[str, LedgerEvent]:
         """Several commands, all checked before any is sent. With `wait`: their terminal
         events by command id, all within `wait` seconds."""
-        prepared = [check_command(self.codec, c, privileged=self.privileged) for c in commands]
+        prepared = [check_command(self.codec, c, privileged=self.privileged, ledger=self.ledger) for c in commands]
         if wait is None:
             return [self._produce(p) for p in prepared]
         return self._send_and_wait(prepared, wait)
@@ -244,7 +248,7 @@ class Producer:
             else:
                 fut.set_result(Delivery(p.command_id, msg.topic(), msg.partition(), msg.offset()))
 
-        if self._batcher is not None and p.topic == COMMANDS_TOPIC:
+        if self._batcher is not None and p.topic == self.ledger.commands:
             self._batcher.send(p.account_id, p.value, on_delivery=delivered)
             return fut
         partition = partition_for(p.account_id, self.partitions(p.topic))

@@ -18,6 +18,8 @@ from urllib.parse import quote
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from paystream.topics import LedgerTopics, ledger_topics
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -220,6 +222,16 @@ class Settings(BaseSettings):
     )
     otel_sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0, description="share of new traces recorded")
 
+    # The generation of the ledger's input topics (docs/PARTITIONS.md). Unset: the topics of
+    # ops/topics.toml (payments.commands, payments.privileged, ledger.legs); N: the generation
+    # `paystream partitions grow --to N` made (payments.commands.pN, ...). Every producer and
+    # the ledger read it, so switching generations is this one setting.
+    ledger_partitions: int | None = Field(
+        default=None, gt=0,
+        description="partition count of the ledger's input topics when grown past ops/topics.toml's "
+        "(topics named <name>.p<N>); unset: the original topics",
+    )
+
     # Ledger tuning
     ledger_commit_interval: float = 0.1
     # How long the ledger's fetches wait for data. Each hop of a transfer pays up to
@@ -295,6 +307,11 @@ class Settings(BaseSettings):
         if self.gateway_docs_enabled is not None:
             return self.gateway_docs_enabled
         return self.environment == "development"
+
+    @property
+    def ledger_topics(self) -> LedgerTopics:
+        """The ledger's input topics of the generation this process runs on."""
+        return ledger_topics(self.ledger_partitions)
 
     @property
     def bootstrap_servers(self) -> str:

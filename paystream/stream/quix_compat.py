@@ -15,9 +15,13 @@ from typing import Any, TypeVar, cast
 from quixstreams import Application
 from quixstreams.state import State
 from quixstreams.state.base.transaction import PartitionTransactionStatus
+from quixstreams.state.metadata import CHANGELOG_CF_MESSAGE_HEADER as CHANGELOG_CF_HEADER
 from quixstreams.state.metadata import CHANGELOG_PROCESSED_OFFSETS_MESSAGE_HEADER, Marker
+from quixstreams.state.metadata import CHANGELOG_TTL_STAMPED_HEADER as _TTL_STAMPED
 from quixstreams.state.metadata import SEPARATOR as _SEPARATOR
 from quixstreams.state.rocksdb import RocksDBOptions
+from quixstreams.utils.json import dumps as _state_dumps
+from quixstreams.utils.json import loads as _state_loads
 from rocksdict import DBCompactionStyle, WriteOptions
 
 CHECKED_VERSION = "3.28"
@@ -394,3 +398,54 @@ def state_for(state: State, prefix: bytes) -> Any:
     if transaction.status is not _STARTED:
         raise RuntimeError(f"state transaction is {transaction.status}, not started")
     return _LeanState(transaction, prefix)
+
+
+# -- changelog records, as `paystream partitions grow` copies them (docs/PARTITIONS.md) --
+# A store's changelog record is keyed `<message key> | <JSON of the state key>`, its
+# value the JSON of the state value (None: deleted), with the column family in a
+# header. Restoring a fresh store from such records is Quix's own recovery path; the
+# processed-offsets header names input offsets of the *old* topics, which a restore
+# into another generation must not check against its own, so a copy drops it (Quix
+# then applies the record as one from an older version, unconditionally).
+
+
+def changelog_key(prefix: bytes, name: str) -> bytes:
+    """The changelog key of state key `name` under message key `prefix`."""
+    return prefix + _SEPARATOR + _state_dumps(name)
+
+
+def split_changelog_key(key: bytes) -> tuple[bytes, str]:
+    """(message key, state key) of a changelog record's key."""
+    prefix, sep, name = key.partition(_SEPARATOR)
+    if not sep:
+        raise ValueError(f"changelog key without a {_SEPARATOR!r} separator: {key[:80]!r}")
+    decoded = _state_loads(name)
+    if not isinstance(decoded, str):
+        raise ValueError(f"changelog state key is not a string: {key[:80]!r}")
+    return prefix, decoded
+
+
+def state_value(value: bytes | None) -> Any:
+    """A changelog value as the store holds it (None: the key was deleted)."""
+    return None if value is None else _state_loads(value)
+
+
+def state_bytes(value: Any) -> bytes:
+    return _state_dumps(value)
+
+
+def copied_headers(headers: list[tuple[str, bytes]] | None) -> list[tuple[str, bytes]]:
+    """A changelog record's headers for a copy into another generation's changelog:
+    the processed-offsets header dropped (see above). A TTL-stamped value carries a
+    stamp this code does not read: refused, rather than copied with a wrong meaning."""
+    out = []
+    for name, value in headers or []:
+        if name == _PROCESSED_OFFSETS:
+            continue
+        if name == _TTL_STAMPED and value:
+            raise ValueError("a TTL-stamped changelog record: the ledger's store has no TTL; refusing to copy")
+        out.append((name, value))
+    return out
+
+
+DEFAULT_CF_HEADERS: list[tuple[str, bytes]] = [(CHANGELOG_CF_HEADER, b"default")]

@@ -54,8 +54,9 @@ COMMANDS_SENT = Counter("paystream_compensation_commands_total", "commands sent 
 class CompensationProcessor(Processor):
     component = COMPONENT
 
-    def __init__(self, codec: Codec) -> None:
+    def __init__(self, codec: Codec, privileged: str = C.PRIVILEGED_TOPIC) -> None:
         super().__init__(codec, log)
+        self.privileged = privileged  # the settings' generation (docs/PARTITIONS.md)
 
     def handle(self, topic: str, skey: str, rec: dict[str, Any], state: State, raw: Raw) -> list[Routed]:
         sender = rec["account_id"] if topic == ALERTS else rec["sender_id"]
@@ -66,7 +67,7 @@ class CompensationProcessor(Processor):
             log.info("%s %s on %s (command %s)", topic, c["type"], k, c["command_id"],
                      extra=plog.payment_fields(rec.get("payment_id"), k, command_id=c["command_id"]))
             COMMANDS_SENT.labels(c["type"]).inc()
-        return [self.encode(C.PRIVILEGED_TOPIC, k, c) for k, c in cmds]  # unfreezes, reversals
+        return [self.encode(self.privileged, k, c) for k, c in cmds]  # unfreezes, reversals
 
 
 def build_app(settings: Settings | None = None) -> Application:
@@ -74,8 +75,9 @@ def build_app(settings: Settings | None = None) -> Application:
     app = build_application(settings, component=COMPONENT, instance=settings.compensation_instance,
                             commit_interval=settings.downstream_commit_interval)
     codec = Codec(settings.registry_url)
-    sdf = apply_processor(inputs(app, ALERTS, DECISIONS), CompensationProcessor(codec), COMPONENT)
-    route(app, sdf, [C.PRIVILEGED_TOPIC, DLQ_TOPIC])
+    privileged = settings.ledger_topics.privileged
+    sdf = apply_processor(inputs(app, ALERTS, DECISIONS), CompensationProcessor(codec, privileged), COMPONENT)
+    route(app, sdf, [privileged, DLQ_TOPIC])
     return app
 
 

@@ -65,9 +65,10 @@ SCORED = metrics.local_counter("paystream_fraud_scored_total", "debits scored").
 class FraudProcessor(Processor):
     component = COMPONENT
 
-    def __init__(self, codec: Codec, cfg: FraudConfig) -> None:
+    def __init__(self, codec: Codec, cfg: FraudConfig, privileged: str = C.PRIVILEGED_TOPIC) -> None:
         super().__init__(codec, log)
         self.cfg = cfg
+        self.privileged = privileged  # freezes go to the settings' generation (docs/PARTITIONS.md)
 
     def handle(self, topic: str, skey: str, rec: dict[str, Any], state: State, raw: Raw) -> list[Routed]:
         if topic == FLOWS:
@@ -106,7 +107,7 @@ class FraudProcessor(Processor):
             out.append(self.encode(ALERTS, t.sender, cast("dict[str, Any]", alert)))
             if alert["risk"] == HIGH:
                 FREEZES.inc()
-                out.append(self.encode(C.PRIVILEGED_TOPIC, t.sender, freeze_command(alert)))
+                out.append(self.encode(self.privileged, t.sender, freeze_command(alert)))
         return out
 
 
@@ -115,8 +116,10 @@ def build_app(settings: Settings | None = None, cfg: FraudConfig | None = None) 
     app = build_application(settings, component=COMPONENT, instance=settings.fraud_instance,
                             commit_interval=settings.downstream_commit_interval)
     codec = Codec(settings.registry_url)
-    sdf = apply_processor(inputs(app, EVENTS, FLOWS), FraudProcessor(codec, cfg or get_config()), COMPONENT)
-    route(app, sdf, [FLOWS, ALERTS, C.PRIVILEGED_TOPIC, DLQ_TOPIC])
+    privileged = settings.ledger_topics.privileged
+    sdf = apply_processor(inputs(app, EVENTS, FLOWS), FraudProcessor(codec, cfg or get_config(), privileged),
+                          COMPONENT)
+    route(app, sdf, [FLOWS, ALERTS, privileged, DLQ_TOPIC])
     return app
 
 

@@ -19,14 +19,15 @@ import logging
 import time
 from typing import Any
 
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from quixstreams import Application, message_context
 from quixstreams.state import State
 
 from paystream import batching, ids, kafka, liveness, metrics, topics, tracing
 from paystream import logging as plog
 from paystream.batching import COMMAND_BATCH, LEG_BATCH
-from paystream.codec import Codec, topic_specs
-from paystream.commands import COMMAND_TOPICS, COMMANDS_TOPIC, PRIVILEGED_TOPIC, is_privileged
+from paystream.codec import Codec, spec_of
+from paystream.commands import is_privileged
 from paystream.deadletter import DLQ_TOPIC, dead_letter
 from paystream.errors import DecodeError, UnknownSchemaError
 from paystream.partitioning import key_for_partition, partition_for
@@ -35,9 +36,16 @@ from paystream.stream import quix_compat
 from paystream.stream.quixapp import build_application, inputs
 from pipelines.ledger import clock, domain
 
-COMMANDS = COMMANDS_TOPIC
-# Quix names a store's changelog after its group and its stream's sorted input topics.
-CHANGELOG = "changelog__paystream-ledger--" + "--".join(sorted((*COMMAND_TOPICS, topics.LEGS))) + "--default"
+GROUP = "paystream-ledger"
+
+
+def changelog_name(ledger: topics.LedgerTopics) -> str:
+    """The state store's changelog: Quix names it after the group and the stream's
+    sorted input topics, so each generation of the inputs has its own."""
+    return f"changelog__{GROUP}--" + "--".join(sorted(ledger.inputs)) + "--default"
+
+
+CHANGELOG = changelog_name(topics.ledger_topics(None))
 COMMAND = "io.paystream.commands.Command"
 LEG = "io.paystream.ledger.Leg"
 COMPONENT = "ledger"
@@ -137,8 +145,11 @@ class LedgerProcessor:
     """
 
     def __init__(self, codec: Codec, producer: quix_compat.TransactionalProducer, partitions: int,
-                 account_memo: int = 0, limits: domain.HoldLimits | None = None) -> None:
+                 account_memo: int = 0, limits: domain.HoldLimits | None = None,
+                 ledger: topics.LedgerTopics | None = None) -> None:
         self.codec = codec
+        # The generation's topics: `domain.LEGS` is the rules' name for "a leg", this the topic.
+        self.ledger = ledger or topics.ledger_topics(None)
         self.account_memo = account_memo
         self.limits = limits or domain.HoldLimits()
         self.producer = producer
@@ -211,7 +222,7 @@ class LedgerProcessor:
             return self._dlq(emit, "UNKNOWN_SCHEMA", str(exc), key, value, timestamp, headers)
         except DecodeError as exc:
             return self._dlq(emit, "UNDECODABLE", str(exc), key, value, timestamp, headers)
-        if topic in COMMAND_TOPICS:
+        if topic in self.ledger.command_topics:
             if name == COMMAND:
                 self._command(emit, state, record, skey, key, value, timestamp, headers)
             elif name == COMMAND_BATCH:
@@ -228,7 +239,7 @@ class LedgerProcessor:
             self._emit(emit, self._apply_rules(state, [record], timestamp, legs=True), timestamp,
                        headers)
         elif name == LEG_BATCH:
-            self._batch(emit, state, record, domain.LEGS, timestamp, headers)
+            self._batch(emit, state, record, topic, timestamp, headers)
         else:
             self._dlq(emit, "FORBIDDEN_TYPE", f"{name} is not accepted on {topic}", key, value, timestamp, headers)
         return None
@@ -240,7 +251,7 @@ class LedgerProcessor:
         problem = domain.command_problem(record, skey)
         if problem is not None:
             return self._dlq(emit, "INVALID", problem, key, value, timestamp, headers)
-        if (problem := _unprivileged(record)) is not None:
+        if (problem := self._unprivileged(record)) is not None:
             return self._dlq(emit, "UNPRIVILEGED", problem, key, value, timestamp, headers)
         if (problem := self._misrouted(skey)) is not None:
             return self._dlq(emit, "MISROUTED", problem, key, value, timestamp, headers)
@@ -261,8 +272,8 @@ class LedgerProcessor:
     def _batch(self, emit: _Emit, state: State, batch: dict[str, Any], topic: str, timestamp: int,
                headers: Any) -> None:
         partition = message_context().partition
-        is_command = topic in COMMAND_TOPICS
-        on_public = topic == COMMANDS
+        is_command = topic in self.ledger.command_topics
+        on_public = topic == self.ledger.commands
         accepted: list[dict[str, Any]] = []
         for index, item in enumerate(batch["items"]):
             account = item.get("account_id")
@@ -272,7 +283,7 @@ class LedgerProcessor:
                 problem = None if domain.is_uuid(account) else f"leg account_id {account!r} is not a UUID"
             if problem is not None:
                 self._dlq_item(emit, topic, "INVALID", problem, item, index, timestamp, headers)
-            elif on_public and (problem := _unprivileged(item)) is not None:
+            elif on_public and (problem := self._unprivileged(item)) is not None:
                 self._dlq_item(emit, topic, "UNPRIVILEGED", problem, item, index, timestamp, headers)
             elif (owner := partition_for(account, self.partitions)) != partition:
                 self._dlq_item(emit, topic, "MISROUTED",
@@ -309,10 +320,10 @@ class LedgerProcessor:
                 bodies = emit.legs.get(p)
                 if bodies is None:
                     bodies = emit.legs[p] = []
-                bodies.append(codec.encode_body(domain.LEGS, o.value))
+                bodies.append(codec.encode_body(self.ledger.legs, o.value))
             else:  # domain.DEAD: an item the rules cannot apply, as the single record it stands for
                 v = o.value
-                self._dlq(emit, v["code"], v["reason"], o.key.encode(), codec.encode(domain.LEGS, v["item"]),
+                self._dlq(emit, v["code"], v["reason"], o.key.encode(), codec.encode(self.ledger.legs, v["item"]),
                           timestamp, headers)
         self.outcomes.observe(outputs, timestamp)
 
@@ -348,25 +359,24 @@ class LedgerProcessor:
     def _produce_legs(self, p: int, headers: Any) -> None:
         pending = self._legs.pop(p)
         if not self._leg_header:
-            self._leg_header = self.codec.header(domain.LEGS, LEG_BATCH)
+            self._leg_header = self.codec.header(self.ledger.legs, LEG_BATCH)
         # The batch id is derived from the first input that contributed to it: a re-run
         # after a crash that batches alike writes the same id, which keeps dead letters
         # and logs comparable (each leg keeps its own id, which is what dedupes it).
         batch_id = ids.uuid5(domain.NAMESPACE, f"legs:{pending.origin}:{p}")
         value = batching.assemble(self._leg_header, batch_id, p, self.partitions, pending.bodies)
-        self.producer.produce(topic=domain.LEGS, value=value, key=key_for_partition(p, self.partitions),
+        self.producer.produce(topic=self.ledger.legs, value=value, key=key_for_partition(p, self.partitions),
                               partition=p, headers=headers, timestamp=pending.timestamp)
 
+    def _unprivileged(self, command: dict[str, Any]) -> str | None:
+        """Why a command read from `payments.commands` may not be applied, or None.
 
-def _unprivileged(command: dict[str, Any]) -> str | None:
-    """Why a command read from `payments.commands` may not be applied, or None.
-
-    Only called for records of that topic: anyone with a producer principal may
-    write it, so it carries user commands only (`paystream.commands.is_privileged`)."""
-    if message_context().topic != COMMANDS or not is_privileged(command):
-        return None
-    return (f"{command.get('type')} is accepted only on {PRIVILEGED_TOPIC}, which only privileged principals "
-            "may write")
+        Only called for records of that topic: anyone with a producer principal may
+        write it, so it carries user commands only (`paystream.commands.is_privileged`)."""
+        if message_context().topic != self.ledger.commands or not is_privileged(command):
+            return None
+        return (f"{command.get('type')} is accepted only on {self.ledger.privileged}, which only privileged "
+                "principals may write")
 
 
 def _partition_count(settings: Settings) -> int:
@@ -374,20 +384,52 @@ def _partition_count(settings: Settings) -> int:
 
     Legs and batches are routed by a partition computed here; were it not the count
     the topics really have, a credit could land on a partition that is not its
-    account's writer. So the ledger refuses to start unless ops/topics.toml and the
-    broker agree, for both inputs."""
-    expected = topic_specs()[COMMANDS].partitions
+    account's writer. So the ledger refuses to start unless ops/topics.toml (or the
+    generation's name) and the broker agree, for every input; and it refuses to start
+    on a generation that was grown past, where it would be a second writer of
+    accounts whose state has moved on (docs/PARTITIONS.md)."""
+    ledger = settings.ledger_topics
+    expected = spec_of(ledger.commands).partitions
     admin = kafka.admin(settings)
-    topics = admin.list_topics(timeout=30).topics
-    for name in (*COMMAND_TOPICS, domain.LEGS):
-        spec = topic_specs()[name].partitions
-        actual = len(topics[name].partitions) if name in topics else 0
+    existing = admin.list_topics(timeout=30).topics
+    if newer := topics.successors(existing, ledger):
+        raise RuntimeError(
+            f"the ledger's inputs were grown past this generation ({ledger.commands}): {', '.join(newer)} "
+            "exist. Run the ledger with PAYSTREAM_LEDGER_PARTITIONS set to the newest generation's count"
+        )
+    _require_moved_state(admin, existing, ledger)
+    for name in ledger.inputs:
+        spec = spec_of(name).partitions
+        actual = len(existing[name].partitions) if name in existing else 0
         if spec != expected or actual != expected:
             raise RuntimeError(
                 f"{name} has {actual} partitions on the broker and {spec} in ops/topics.toml; the ledger needs "
-                f"{expected} for every input (run `paystream topics apply`)"
+                f"{expected} for every input (run `paystream topics apply`, or `paystream partitions grow` "
+                "for a grown generation)"
             )
     return expected
+
+
+def _require_moved_state(admin: Any, existing: Any, ledger: topics.LedgerTopics) -> None:
+    """A grown generation whose predecessor is still on the broker starts only once the
+    predecessor's state has moved here (`paystream partitions grow --step cutover`
+    seals the old offsets with `topics.sealed_marker`). Started earlier, it would apply
+    commands to accounts it does not know yet, beside an old ledger that may still run."""
+    before = topics.predecessors(existing, ledger)
+    if not before:
+        return
+    old = before[0]
+    wanted = [TopicPartition(t, p) for t in old.inputs if t in existing for p in existing[t].partitions]
+    request = ConsumerGroupTopicPartitions(GROUP, wanted)
+    done = admin.list_consumer_group_offsets([request])[GROUP].result(timeout=30)
+    marker = topics.sealed_marker(ledger)
+    unsealed = [f"{tp.topic}[{tp.partition}]" for tp in done.topic_partitions or [] if tp.metadata != marker]
+    if unsealed or not done.topic_partitions:
+        raise RuntimeError(
+            f"the state of {old.commands} has not moved to {ledger.commands} yet ({len(unsealed)} partitions not "
+            f"sealed): run `paystream partitions grow --to {ledger.partitions} --step cutover` first "
+            "(docs/PARTITIONS.md)"
+        )
 
 
 def build_app(settings: Settings | None = None) -> Application:
@@ -417,14 +459,15 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
     )
     codec = Codec(settings.registry_url)
     partitions = _partition_count(settings)
-    codec.header(domain.LEGS, LEG_BATCH)  # a missing registration stops the start, not the first leg
+    ledger = settings.ledger_topics
+    codec.header(ledger.legs, LEG_BATCH)  # a missing registration stops the start, not the first leg
     # Ledger correctness never depends on timestamp order *across* the inputs (each
     # topic's partition stays in order, and any interleaving of a command with a leg
     # is a valid history), so alignment is off unless asked for; docs/LEDGER.md.
-    sdf = inputs(app, COMMANDS, PRIVILEGED_TOPIC, domain.LEGS, time_alignment=settings.ledger_time_alignment)
+    sdf = inputs(app, *ledger.inputs, time_alignment=settings.ledger_time_alignment)
     limits = domain.HoldLimits(settings.ledger_hold_default_seconds * 1000, settings.ledger_hold_max_seconds * 1000)
     processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
-                                settings.ledger_account_memo, limits)
+                                settings.ledger_account_memo, limits, ledger)
     quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
     quix_compat.fast_changelog(app)
     if settings.ledger_commit_when_idle_after is not None:
@@ -432,7 +475,7 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
     fn, _ = tracing.instrument_quix(metrics.InstrumentedProcessor(processor, COMPONENT), COMPONENT)
     sdf.apply(fn, stateful=True, metadata=True)
     # The ticker's thread gets a codec of its own: the processor's caches are the loop's.
-    return app, clock.Ticker(settings, Codec(settings.registry_url), partitions)
+    return app, clock.Ticker(settings, Codec(settings.registry_url), partitions, ledger.legs)
 
 
 def run(settings: Settings | None = None) -> None:

@@ -41,10 +41,11 @@ class Ticker:
     """A daemon thread with a producer of its own (the ledger's transactional producer
     belongs to the processing loop, and a tick must not wait for a checkpoint)."""
 
-    def __init__(self, settings: Settings, codec: Codec, partitions: int) -> None:
+    def __init__(self, settings: Settings, codec: Codec, partitions: int, topic: str = domain.LEGS) -> None:
         self.settings = settings
         self.codec = codec
         self.partitions = partitions
+        self.topic = topic  # the legs topic of the ledger's generation
         self.interval = settings.ledger_tick_interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ledger-ticks", daemon=True)
@@ -69,8 +70,8 @@ class Ticker:
         while not self._stop.wait(self.interval):
             now = int(time.time() * 1000)
             for p in range(self.partitions):
-                value = self.codec.encode(domain.LEGS, dict(tick(p, self.partitions, now)))
-                publisher.produce(domain.LEGS, key=domain.clock_key(p, self.partitions).encode(), value=value,
+                value = self.codec.encode(self.topic, dict(tick(p, self.partitions, now)))
+                publisher.produce(self.topic, key=domain.clock_key(p, self.partitions).encode(), value=value,
                                   on_delivery=report, partition=p, timestamp=now)
             publisher.flush(max(1.0, self.interval))
             if failed:

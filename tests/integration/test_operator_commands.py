@@ -63,6 +63,8 @@ ARGS: dict[str, list[str]] = {
     "reprocess": ["--from-offset", "0", "--dry-run"],
     "webhooks redeliver": ["--all", "--dry-run"],
     "verify": ["--pending-grace", "0"],
+    "partitions grow": ["--to", "16", "--dry-run"],
+    "partitions status": ["--to", "16"],
 }
 
 # What each command may do on a fresh stack (stack up, nothing else) besides failing

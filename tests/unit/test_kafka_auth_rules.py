@@ -32,7 +32,24 @@ def test_no_principal_but_the_ledger_writes_legs_or_events_or_reads_privileged_c
     assert holders("ledger.events", "WRITE") == {"ledger"}
     assert holders(C.PRIVILEGED_TOPIC, "READ") == {"ledger"}
     assert holders(C.COMMANDS_TOPIC, "WRITE") == {"gateway"}
-    assert (kafka_auth.Grant("topic", C.COMMANDS_TOPIC, ("WRITE", "DESCRIBE")),) == kafka_auth.PRODUCER_RIGHTS
+    assert (kafka_auth.Grant("topic", C.COMMANDS_TOPIC, ("WRITE", "DESCRIBE")),
+            kafka_auth.Grant("topic", C.COMMANDS_TOPIC + ".p", ("WRITE", "DESCRIBE"), prefixed=True),
+            ) == kafka_auth.PRODUCER_RIGHTS
+
+
+def test_a_grown_generation_of_the_ledger_inputs_needs_no_new_acls():
+    """`payments.commands.p16` and the like (docs/PARTITIONS.md) are covered by a prefix
+    on each ledger input, and only there: the journal and other topics stay literal."""
+    def holders(topic: str, op: str) -> set[str]:
+        return {p for p, grants in kafka_auth.RIGHTS.items() for g in grants
+                if g.resource == "topic" and op in g.operations
+                and (g.name == topic or (g.prefixed and topic.startswith(g.name)))}
+
+    assert holders("ledger.legs.p16", "WRITE") == holders("ledger.legs", "WRITE") == {"ledger"}
+    assert holders("payments.privileged.p16", "READ") == {"ledger"}
+    assert holders("payments.commands.p16", "WRITE") == {"gateway"}
+    assert holders("payments.privileged.p16", "WRITE") == holders("payments.privileged", "WRITE")
+    assert not any(g.prefixed and g.name.startswith("ledger.events") for gs in kafka_auth.RIGHTS.values() for g in gs)
 
 
 def test_the_broker_denies_what_no_acl_allows(tmp_path):
