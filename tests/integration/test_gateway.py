@@ -17,6 +17,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -927,6 +928,27 @@ def test_bench_http_smoke(gw: Env) -> None:
     assert "accepted:" in out.stdout and "completed:" in out.stdout, out.stdout + out.stderr
     assert out.returncode == 1, out.stdout + out.stderr
     assert "bench http failed" in out.stdout and "429 rate_limited" in out.stdout, out.stdout
+
+
+def test_bench_http_rate_offers_an_open_loop_load(gw: Env) -> None:
+    """`--rate` sends on a schedule, not as fast as answers come back: 4 clients at 8
+    payments/s over 2 s offer about 16 requests, where the closed loop sends hundreds."""
+    out = subprocess.run(
+        [
+            sys.executable, "-m", "ops.cli", "bench", "http", "--clients", "4", "--users", "8",
+            "--merchants", "4", "--procs", "1", "--seconds", "2", "--warmup", "0", "--base-url", gw.base,
+            "--phases", "accepted", "--rate", "8",
+        ],
+        env={**os.environ, **gw.env},
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    found = re.search(r"statuses \{202: (\d+)\}", out.stdout)
+    assert found is not None, out.stdout
+    assert 8 <= int(found.group(1)) <= 24, out.stdout
 
 
 def test_resp_client_pipelines_and_recovers(stack: Settings) -> None:
