@@ -227,6 +227,14 @@ class Settings(BaseSettings):
     # broker. The latency setting (docs/LEDGER.md) is commit interval 0.02 s and 5 ms.
     ledger_fetch_wait_ms: int = 20
     ledger_instance: str = "0"
+    # The ledger's consumer-group membership (docs/LEDGER.md, "Failover"). Static
+    # membership (group.instance.id = paystream-ledger-<instance>): an instance
+    # restarted within the session timeout takes its partitions back without a
+    # rebalance; one that is gone is noticed after the session timeout, and the
+    # survivors hear of the rebalance at their next heartbeat.
+    ledger_static_membership: bool = False
+    ledger_session_timeout_ms: int = Field(default=10_000, ge=1_000)
+    ledger_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
     ledger_time_alignment: bool = False
     # Account entries each partition's writer keeps in memory between batches (about
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.

@@ -44,6 +44,7 @@ def build_application(
     fetch_wait_ms: int = 50,
     poll_timeout: float = 0.1,
     rocksdb_options: Any = None,
+    consumer_extra: dict[str, Any] | None = None,
 ) -> Application:
     """The one way a paystream component builds its Quix application: exactly-once,
     group `paystream-<component>`, a transactional id per instance, state under the
@@ -70,6 +71,7 @@ def build_application(
             "fetch.wait.max.ms": fetch_wait_ms,
             **kafka.QUIX_CONSUMER,
             **metrics.quix_consumer_config(component, settings, instance),
+            **(consumer_extra or {}),
         },
         consumer_poll_timeout=poll_timeout,
         # With paystream's JSON logging configured, Quix's records go through it.

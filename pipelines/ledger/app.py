@@ -385,6 +385,15 @@ def _partition_count(settings: Settings) -> int:
     return expected
 
 
+def membership(settings: Settings) -> dict[str, Any]:
+    """The ledger consumer's group membership settings (docs/LEDGER.md, "Failover")."""
+    config: dict[str, Any] = {"session.timeout.ms": settings.ledger_session_timeout_ms,
+                              "heartbeat.interval.ms": settings.ledger_heartbeat_interval_ms}
+    if settings.ledger_static_membership:
+        config["group.instance.id"] = f"paystream-{COMPONENT}-{settings.ledger_instance}"
+    return config
+
+
 def build_app(settings: Settings | None = None) -> Application:
     return _build(settings or get_settings())[0]
 
@@ -409,6 +418,7 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
         fetch_wait_ms=settings.ledger_fetch_wait_ms,
         poll_timeout=0.05,
         rocksdb_options=quix_compat.changelog_durable_state(),
+        consumer_extra=membership(settings),
     )
     codec = Codec(settings.registry_url)
     partitions = _partition_count(settings)
