@@ -235,6 +235,11 @@ class Settings(BaseSettings):
     ledger_static_membership: bool = False
     ledger_session_timeout_ms: int = Field(default=10_000, ge=1_000)
     ledger_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    # How long the transaction coordinator lets a ledger transaction stay open. An
+    # instance that dies for good leaves its last transaction open on every partition
+    # it wrote (its legs go to all of them), and read_committed readers (the other
+    # instances, its changelog's restore) wait until the coordinator aborts it.
+    ledger_transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
     ledger_time_alignment: bool = False
     # Account entries each partition's writer keeps in memory between batches (about
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.

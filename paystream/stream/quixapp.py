@@ -45,6 +45,7 @@ def build_application(
     poll_timeout: float = 0.1,
     rocksdb_options: Any = None,
     consumer_extra: dict[str, Any] | None = None,
+    producer_extra: dict[str, Any] | None = None,
 ) -> Application:
     """The one way a paystream component builds its Quix application: exactly-once,
     group `paystream-<component>`, a transactional id per instance, state under the
@@ -66,6 +67,7 @@ def build_application(
             "transactional.id": f"paystream-{component}-{instance}",
             "linger.ms": linger_ms,
             **kafka.QUIX_PRODUCER,
+            **(producer_extra or {}),
         },
         consumer_extra_config={
             "fetch.wait.max.ms": fetch_wait_ms,

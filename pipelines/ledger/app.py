@@ -394,6 +394,14 @@ def membership(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def transactions(settings: Settings) -> dict[str, Any]:
+    """The ledger producer's transaction timeout (docs/LEDGER.md, "Failover").
+    librdkafka refuses a message timeout longer than the transaction's."""
+    timeout = settings.ledger_transaction_timeout_ms
+    return {"transaction.timeout.ms": timeout,
+            "message.timeout.ms": min(timeout, kafka.QUIX_PRODUCER["message.timeout.ms"])}
+
+
 def build_app(settings: Settings | None = None) -> Application:
     return _build(settings or get_settings())[0]
 
@@ -419,6 +427,7 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
         poll_timeout=0.05,
         rocksdb_options=quix_compat.changelog_durable_state(),
         consumer_extra=membership(settings),
+        producer_extra=transactions(settings),
     )
     codec = Codec(settings.registry_url)
     partitions = _partition_count(settings)

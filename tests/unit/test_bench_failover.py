@@ -61,7 +61,7 @@ def test_recoveries_come_from_quix_log_lines(tmp_path: Path) -> None:
     log.write_text("librdkafka noise\n" + "\n".join(json.dumps(x) for x in lines) + "\n")
     kill = log_events(log, 0.0)[2][0] - 2.0  # killed 2 s before the rebalance
     evs = log_events(log, kill)
-    assert [e for _, e in evs][0].startswith("Rebalancing")
+    assert evs[0][1].startswith("Rebalancing")
     [r] = recoveries("bench-0", evs, kill)
     assert (r.started_s, r.seconds) == (2.5, 7.5)
 

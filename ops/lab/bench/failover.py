@@ -245,7 +245,7 @@ class FailoverRun:
     dip_rate: float  # the lowest 1 s of completions after the kill
     full_throughput_s: float | None  # back at FULL x pre_rate for HOLD_S
     caught_up_s: float | None  # from then on answered within max(2 x pre p99, 0.5 s)
-    first_rebalance_s: float | None  # first "assigning"/"revoking" in a survivor's log
+    first_rebalance_s: float | None  # a survivor's first rebalance or recovery check after the kill
     recoveries: list[Recovery] = field(default_factory=list)
     unanswered: int = 0
     bins: list[tuple[float, int]] = field(default_factory=list)  # (s after the kill, completions in BIN_S)
@@ -358,7 +358,8 @@ def failover(*, accounts: int, mode: str, rate: float, before: float, after: flo
             for i in survivors:
                 evs = log_events(ledgers.log(i), kill_wall)
                 run.recoveries += recoveries(f"bench-{i}", evs, kill_wall)
-                firsts += [t - kill_wall for t, ev in evs if "Rebalancing" in ev]
+                # Quix logs its rebalances at debug level; a recovery check follows each
+                firsts += [t - kill_wall for t, ev in evs if "Rebalancing" in ev or ev.startswith("Beginning")]
             run.first_rebalance_s = round(min(firsts), 2) if firsts else None
         finally:
             ledgers.stop()
