@@ -232,14 +232,14 @@ class Settings(BaseSettings):
     # restarted within the session timeout takes its partitions back without a
     # rebalance; one that is gone is noticed after the session timeout, and the
     # survivors hear of the rebalance at their next heartbeat.
-    ledger_static_membership: bool = False
-    ledger_session_timeout_ms: int = Field(default=10_000, ge=1_000)
-    ledger_heartbeat_interval_ms: int = Field(default=3_000, ge=100)
+    ledger_static_membership: bool = True
+    ledger_session_timeout_ms: int = Field(default=6_000, ge=1_000)
+    ledger_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
     # How long the transaction coordinator lets a ledger transaction stay open. An
     # instance that dies for good leaves its last transaction open on every partition
     # it wrote (its legs go to all of them), and read_committed readers (the other
     # instances, its changelog's restore) wait until the coordinator aborts it.
-    ledger_transaction_timeout_ms: int = Field(default=60_000, ge=1_000)
+    ledger_transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
     ledger_time_alignment: bool = False
     # Account entries each partition's writer keeps in memory between batches (about
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ops.lab.bench.failover import FailoverRun, analyse, log_events, recoveries
 from paystream.settings import Settings
-from pipelines.ledger.app import membership
+from pipelines.ledger.app import membership, transactions
 
 
 def _run() -> FailoverRun:
@@ -67,10 +67,13 @@ def test_recoveries_come_from_quix_log_lines(tmp_path: Path) -> None:
 
 
 def test_static_membership_names_the_instance() -> None:
-    off = membership(Settings(ledger_instance="a"))
+    assert membership(Settings(ledger_instance="a")) == {
+        "group.instance.id": "paystream-ledger-a", "session.timeout.ms": 6_000, "heartbeat.interval.ms": 1_000}
+    off = membership(Settings(ledger_instance="a", ledger_static_membership=False))
     assert "group.instance.id" not in off
-    assert off["session.timeout.ms"] == 10_000
-    on = membership(Settings(ledger_instance="a", ledger_static_membership=True,
-                             ledger_session_timeout_ms=6_000, ledger_heartbeat_interval_ms=1_000))
-    assert on == {"group.instance.id": "paystream-ledger-a", "session.timeout.ms": 6_000,
-                  "heartbeat.interval.ms": 1_000}
+
+
+def test_the_message_timeout_never_exceeds_the_transaction_timeout() -> None:
+    # librdkafka refuses a producer whose message timeout is longer than its transaction's
+    assert transactions(Settings()) == {"transaction.timeout.ms": 10_000, "message.timeout.ms": 10_000}
+    assert transactions(Settings(ledger_transaction_timeout_ms=60_000))["message.timeout.ms"] == 20_000
