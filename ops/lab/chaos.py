@@ -799,7 +799,7 @@ class Chaos:
         ledger's outcome (201/402), a direct command sent after it has its outcome, and the
         sink has stored everything that was in ledger.events when the fault was over."""
         target = self._end_offsets()
-        inputs = self._ledger_inputs_end() if f.name in LEDGER_FAULTS else {}
+        inputs = self._ledger_inputs_end() if f.name in ("kill-ledger", *LEDGER_FAULTS) else {}
         deadline = time.monotonic() + timeout
         http_ok = kafka_ok = sink_ok = own_ok = 0.0
         while time.monotonic() < deadline:

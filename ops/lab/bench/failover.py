@@ -15,8 +15,8 @@ seconds one instance is killed with SIGKILL and the bench keeps the load on for
 
 Reported, from the kill: the throughput's dip, the time until the completions per
 second are back at 90 % of the pre-fault rate (and stay there for 3 s: "full
-throughput"), the time until commands sent then are answered as fast as before the
-fault ("caught up"), and from each instance's log the rebalances and Quix's state
+throughput"), the time from which every command sent is answered within 1 s again
+("caught up"), and from each instance's log the rebalances and Quix's state
 recoveries (start, end, duration). The pre-fill (open and deposit, in batch records
 on `payments.privileged`) is slow for a million accounts, so the stack lives in a
 home of its own (`--home`) and is reused by later runs with the same or fewer
@@ -55,6 +55,7 @@ VICTIM = 1  # bench-1 is killed
 FULL = 0.9  # "full throughput": this share of the pre-fault completions per second
 HOLD_S = 3.0  # ... held for this long
 BIN_S = 0.5
+CAUGHT_UP_S = 1.0  # "answered as fast as before": p99 at 1,000 transfers/s is 0.5-0.7 s here
 PREFILL_CHUNK = 50_000
 
 
@@ -244,7 +245,7 @@ class FailoverRun:
     pre_p99_ms: float
     dip_rate: float  # the lowest 1 s of completions after the kill
     full_throughput_s: float | None  # back at FULL x pre_rate for HOLD_S
-    caught_up_s: float | None  # from then on answered within max(2 x pre p99, 0.5 s)
+    caught_up_s: float | None  # commands sent from then on were answered within CAUGHT_UP_S
     first_rebalance_s: float | None  # a survivor's first rebalance or recovery check after the kill
     recoveries: list[Recovery] = field(default_factory=list)
     unanswered: int = 0
@@ -308,7 +309,7 @@ def analyse(run: FailoverRun, sent: dict[str, float], seen: dict[str, tuple[floa
             if all(r >= FULL * run.pre_rate for r in per_s[k:k + hold]):
                 run.full_throughput_s = round(k * BIN_S, 1)
                 break
-    bound = max(2 * run.pre_p99_ms / 1000, 0.5)
+    bound = CAUGHT_UP_S
     late = [t - kill_at for c, t in sent.items() if t >= kill_at and (c not in seen or seen[c][0] - t > bound)]
     run.caught_up_s = round(max(late), 1) if late else 0.0
     if late and max(late) > end - kill_at - 5:
