@@ -1,6 +1,7 @@
 """Faults under load, checked like Jepsen, on stacks of their own (never the shared one).
 
-`paystream chaos --short`: kill -9 of the ledger and of the gateway, a Kafka
+`paystream chaos --short`: kill -9 of the ledger and of the gateway, of one of
+three ledger instances (restarted), a fourth ledger instance joining, a Kafka
 restart and a Redis restart that loses every idempotency key, under HTTP and
 direct-Kafka load (holds among it: authorized, captured, voided, left to expire);
 then every acknowledged request must have exactly one outcome, nothing may apply
