@@ -243,6 +243,19 @@ class Settings(BaseSettings):
     # None: commit on the interval only. The latency setting uses 0 (docs/LEDGER.md).
     ledger_commit_when_idle_after: float | None = Field(default=0.005, ge=0)
     ledger_instance: str = "0"
+    # The ledger's consumer-group membership (docs/LEDGER.md, "Failover"). Static
+    # membership (group.instance.id = paystream-ledger-<instance>): an instance
+    # restarted within the session timeout takes its partitions back without a
+    # rebalance; one that is gone is noticed after the session timeout, and the
+    # survivors hear of the rebalance at their next heartbeat.
+    ledger_static_membership: bool = True
+    ledger_session_timeout_ms: int = Field(default=6_000, ge=1_000)
+    ledger_heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    # How long the transaction coordinator lets a ledger transaction stay open. An
+    # instance that dies for good leaves its last transaction open on every partition
+    # it wrote (its legs go to all of them), and read_committed readers (the other
+    # instances, its changelog's restore) wait until the coordinator aborts it.
+    ledger_transaction_timeout_ms: int = Field(default=10_000, ge=1_000)
     ledger_time_alignment: bool = False
     # Account entries each partition's writer keeps in memory between batches (about
     # 0.6 KiB each); a miss costs one state read. 0 turns the memo off.

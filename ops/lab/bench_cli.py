@@ -131,3 +131,29 @@ def compare_cmd(
     except RuntimeError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
+
+
+@app.command("failover")
+def failover_cmd(
+    accounts: int = typer.Option(100_000, help="accounts of ledger state, pre-filled once per --home"),
+    mode: str = typer.Option("lost", help="lost: the killed instance stays down | restart: started again at once"),
+    rate: float = typer.Option(2_000.0, help="transfers/s offered, open loop"),
+    before: float = typer.Option(20.0, help="seconds of load before the kill"),
+    after: float = typer.Option(45.0, help="seconds of load after it"),
+    env: list[str] = typer.Option([], "--env", help="KEY=VALUE for the ledger instances (repeat)"),
+    home: Path | None = typer.Option(None, help="the bench's own stack, kept between runs "
+                                                "(default /tmp/paystream-failover-<accounts>)"),
+    json_out: Path | None = typer.Option(None, "--json", help="append the run to this JSON file"),
+) -> None:
+    """Time to full throughput after kill -9 of one of three ledger instances, with this much state."""
+    from ops.lab.bench.failover import failover
+
+    console = Console()
+    pairs = dict(e.split("=", 1) for e in env)
+    root = home or Path(f"/tmp/paystream-failover-{accounts}")
+    try:
+        failover(accounts=accounts, mode=mode, rate=rate, before=before, after=after, env=pairs, root=root,
+                 json_path=json_out, console=console)
+    except (RuntimeError, ValueError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc

@@ -13,6 +13,12 @@ acknowledged). Faults are injected one at a time, each followed by recovery:
 
     kill-ledger, kill-sink, kill-gateway,
     kill-fraud                             kill -9, restarted 1 s later
+    kill-ledger-1of3                       kill -9 of one of three ledger instances,
+                                           restarted 1 s later
+    add-ledger                             one more ledger instance joins the group
+                                           (it holds partitions once it is done)
+    remove-ledger                          the newest running ledger instance is
+                                           stopped gracefully (SIGTERM) for good
     kafka-restart, postgres-restart        graceful stop and start via ops.stack
     redis-restart                          stop, delete its data (every idempotency
                                            key is lost), start; then payments that
@@ -34,6 +40,11 @@ user with a webhook reached the receiver with a valid signature. Fraud runs with
 HIGH out of reach (only MEDIUM alerts): the random load would otherwise freeze
 accounts, which tests the rules, not faults. Anomalies are attributed to the
 fault during whose window the request started.
+
+The ledger-instance faults run the ledger as LEDGERS instances (distinct instance
+ids, so each has its own state directory, transactional id and group membership)
+from the start of the run: the partitions are spread over them, and a fault moves
+partitions between live instances and their state with them.
 """
 
 from __future__ import annotations
@@ -64,21 +75,34 @@ from ops import stack
 from ops.lab.isolated import isolated_stack, settings_env
 from paystream import commands as C
 from paystream import kafka, topics
-from paystream.codec import Codec
+from paystream.codec import Codec, topic_specs
 from paystream.settings import PROJECT_ROOT, Settings
 
 EVENTS = topics.EVENTS
+LEDGER_GROUP = "paystream-ledger"
 ACKED = (201, 202, 402)
 RETRY = (0, 409, 429, 500, 502, 503, 504)
-ALL_FAULTS = ("kill-ledger", "kill-sink", "kill-gateway", "kill-fraud", "kafka-restart", "postgres-restart",
+ALL_FAULTS = ("kill-ledger", "kill-ledger-1of3", "add-ledger", "remove-ledger", "kill-sink",
+              "kill-gateway", "kill-fraud", "kafka-restart", "postgres-restart",
               "redis-restart", "webhook-outage")
 # Faults that need the downstream pipelines (fraud, notifications, webhooks) running.
 DOWNSTREAM_FAULTS = ("kill-fraud", "webhook-outage")
+# Faults that need several ledger instances; the run then starts LEDGERS of them.
+LEDGER_FAULTS = ("kill-ledger-1of3", "add-ledger", "remove-ledger")
+LEDGERS = 3
 WEBHOOK_OUTAGE_SECONDS = 15.0
 # How long a re-sent payment is retried while it is answered 409 or 5xx: past the
 # gateway's in-flight lock (gateway_inflight_lock_seconds) with room to spare.
 REPLAY_SECONDS = 45.0
-SHORT_FAULTS = ("kill-ledger", "kill-gateway", "kill-fraud", "kafka-restart", "redis-restart", "webhook-outage")
+# CI's selection. Of the ledger-instance faults, kill -9 of one of three (a crash
+# while others hold the rest of the partitions: a rebalance, a restart, state
+# restored where partitions land) and add-ledger (partitions leave live instances
+# for a new one, whose state is restored from the changelogs) move state between
+# instances in ways no other fault does; remove-ledger's graceful leave goes through
+# the same revoke-and-commit path add-ledger already takes on every other instance,
+# so it runs in the full suite only. Each costs some 10-20 s (docs/SCALING.md).
+SHORT_FAULTS = ("kill-ledger", "kill-ledger-1of3", "add-ledger", "kill-gateway", "kill-fraud", "kafka-restart",
+                "redis-restart", "webhook-outage")
 CURRENCY = "USD"
 
 
@@ -86,10 +110,12 @@ CURRENCY = "USD"
 
 
 class Proc:
-    """One component (`paystream run NAME`) as a child process with its own log."""
+    """One component (`paystream run COMPONENT`) as a child process with its own log;
+    `name` tells instances of one component apart (`ledger-1`)."""
 
-    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+    def __init__(self, name: str, env: dict[str, str], logs: Path, component: str | None = None) -> None:
         self.name = name
+        self.component = component or name
         self.env = env
         self.log_path = logs / f"{name}.log"
         self.popen: subprocess.Popen[bytes] | None = None
@@ -102,7 +128,7 @@ class Proc:
         log.write(f"\n=== chaos: starting {self.name} at {time.strftime('%H:%M:%S')} ===\n".encode())
         log.flush()
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "run", self.name],
+            [sys.executable, "-m", "ops.cli", "run", self.component],
             stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=PROJECT_ROOT, start_new_session=True,
         )
         log.close()
@@ -137,6 +163,7 @@ class Components:
 
     def __init__(self, names: list[str], env: dict[str, str], logs: Path) -> None:
         self.procs = {n: Proc(n, env, logs) for n in names}
+        self.logs = logs
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="chaos-watchdog", daemon=True)
 
@@ -148,9 +175,15 @@ class Components:
             p.start()
         self._thread.start()
 
+    def add(self, name: str, component: str, env: dict[str, str]) -> Proc:
+        """One more process (another instance of `component`), watched like the rest
+        once started."""
+        proc = self.procs[name] = Proc(name, env, self.logs, component)
+        return proc
+
     def _watch(self) -> None:
         while not self._stop.wait(0.5):
-            for p in self.procs.values():
+            for p in list(self.procs.values()):
                 if not p.held and p.popen is not None and p.popen.poll() is not None:
                     p.crashes += 1
                     time.sleep(1.0)
@@ -211,7 +244,8 @@ class FaultRecord:
     restored: float = 0.0  # the fault's own action finished (process or service back)
     recovered: float = 0.0  # end to end again (see `_wait_recovered`)
     window_end: float = 0.0
-    note: str = ""
+    note: str = ""  # why the fault did not recover (a failure)
+    detail: str = ""  # what the fault left behind, e.g. the ledger group's assignment
     replays: int = 0
 
 
@@ -557,10 +591,16 @@ class Chaos:
         logs = settings.home / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         self.comps = Components(names, self.env, logs)
+        self.ledgers = 1  # instances started so far ("ledger", then "ledger-1", "ledger-2", ...)
+        if any(f in LEDGER_FAULTS for f in faults):
+            for _ in range(LEDGERS - 1):
+                self._add_ledger()
         self.codec = Codec(settings.registry_url)
         self.base = f"http://127.0.0.1:{settings.gateway_port}"
         self.clients, self.rate, self.direct_rate = clients, rate, direct_rate
         self.report = ChaosReport()
+        self.partitions = topic_specs()[topics.COMMANDS].partitions
+        self.current = FaultRecord("warm-up", 0.0)
 
     # -------------------------------------------------------------- setup
 
@@ -618,6 +658,58 @@ class Chaos:
 
     # -------------------------------------------------------------- faults
 
+    def _add_ledger(self) -> Proc:
+        """Another ledger instance: its own instance id (state directory, transactional
+        id, group membership), in the same consumer group as the others."""
+        i = self.ledgers
+        self.ledgers += 1
+        env = {**self.env, "PAYSTREAM_LEDGER_INSTANCE": f"chaos-{i}",
+               "PAYSTREAM_LEDGER_METRICS_PORT": "0"}  # the first instance serves them
+        return self.comps.add(f"ledger-{i}", "ledger", env)
+
+    def _ledger_procs(self) -> list[Proc]:
+        return [p for p in self.comps.procs.values() if p.component == "ledger" and not p.held]
+
+    def _ledger_assignment(self) -> dict[str, set[int]]:
+        """client id -> the payments.commands partitions it holds, as the group says."""
+        client = kafka.admin(self.s)
+        desc = client.describe_consumer_groups([LEDGER_GROUP])[LEDGER_GROUP].result(timeout=15)
+        return {m.client_id: {tp.partition for tp in (m.assignment.topic_partitions or [])
+                              if tp.topic == topics.COMMANDS}
+                for m in desc.members or []}
+
+    def _wait_assigned(self, holders: int, timeout: float = 120.0) -> str:
+        """Until exactly `holders` ledger instances hold partitions and every partition
+        is held; a description of the assignment, for the report."""
+        deadline = time.monotonic() + timeout
+        last: dict[str, set[int]] = {}
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):  # the coordinator may be between generations
+                last = self._ledger_assignment()
+                held = [ps for ps in last.values() if ps]
+                if len(held) == holders and sorted(p for ps in held for p in ps) == list(range(self.partitions)):
+                    return ", ".join(f"{c.removeprefix('paystream-ledger-')}: {sorted(ps)}"
+                                     for c, ps in sorted(last.items()))
+            time.sleep(0.25)
+        raise RuntimeError(f"the ledger group did not settle on {holders} instances within {timeout:.0f}s: {last}")
+
+    def _add_ledger_fault(self) -> None:
+        before = len(self._ledger_procs())
+        self._add_ledger().start()
+        self.current.detail = self._wait_assigned(before + 1)
+
+    def _remove_ledger(self) -> None:
+        """The newest running instance leaves for good, gracefully: SIGTERM, so it
+        commits what it processed and closes its stores (its partitions move once the
+        group sees it gone)."""
+        procs = self._ledger_procs()
+        if len(procs) < 2:
+            raise RuntimeError("remove-ledger needs at least two ledger instances running")
+        gone = procs[-1]
+        gone.held = True
+        gone.stop()
+        self.current.detail = self._wait_assigned(len(procs) - 1)
+
     def _kill(self, name: str) -> Callable[[], None]:
         def go() -> None:
             proc = self.comps[name]
@@ -663,6 +755,9 @@ class Chaos:
     def _actions(self) -> dict[str, Callable[[], None]]:
         return {
             "kill-ledger": self._kill("ledger"),
+            "kill-ledger-1of3": self._kill("ledger-1"),
+            "add-ledger": self._add_ledger_fault,
+            "remove-ledger": self._remove_ledger,
             "kill-sink": self._kill("sink"),
             "kill-gateway": self._kill("gateway"),
             "kill-fraud": self._kill("fraud"),
@@ -704,6 +799,7 @@ class Chaos:
         ledger's outcome (201/402), a direct command sent after it has its outcome, and the
         sink has stored everything that was in ledger.events when the fault was over."""
         target = self._end_offsets()
+        inputs = self._ledger_inputs_end() if f.name in ("kill-ledger", *LEDGER_FAULTS) else {}
         deadline = time.monotonic() + timeout
         http_ok = kafka_ok = sink_ok = own_ok = 0.0
         while time.monotonic() < deadline:
@@ -718,7 +814,7 @@ class Chaos:
             if not sink_ok and self._sink_caught_up(target):
                 sink_ok = now
             if not own_ok:
-                own_ok = self._downstream_recovered(f, target)
+                own_ok = self._downstream_recovered(f, target) if not inputs else self._ledger_caught_up(inputs)
             if http_ok and kafka_ok and sink_ok and own_ok:
                 f.recovered = max(http_ok, kafka_ok, sink_ok, own_ok, f.restored)
                 return
@@ -726,6 +822,26 @@ class Chaos:
         f.recovered = time.monotonic()
         f.note = (f"not recovered within {timeout:.0f}s (http {bool(http_ok)}, kafka {bool(kafka_ok)}, "
                   f"sink {bool(sink_ok)}, {f.name} {bool(own_ok)})")
+
+    def _ledger_inputs_end(self) -> dict[tuple[str, int], int]:
+        """Where the ledger's inputs end now (payments.commands is not transactional and
+        ledger.legs ends with a marker no consumer commits beyond, hence the - 1)."""
+        from ops import groups as G
+
+        tps = [(t, p) for t in (topics.COMMANDS, topics.LEGS) for p in range(self.partitions)]
+        return {tp: high - (tp[0] == topics.LEGS) for tp, (_, high) in G.watermarks(self.s, tps).items()}
+
+    def _ledger_caught_up(self, ends: dict[tuple[str, int], int]) -> float:
+        """When the ledger group has committed past `ends` on every partition (0.0: not yet):
+        a ledger-instance fault is over only when every partition is processed again,
+        not when one of the survivors answers."""
+        from ops import groups as G
+
+        with contextlib.suppress(Exception):  # between generations the coordinator may refuse
+            done = G.committed(self.s, LEDGER_GROUP)
+            if all(done.get(tp, 0) >= end for tp, end in ends.items() if end > 0):
+                return time.monotonic()
+        return 0.0
 
     def _downstream_recovered(self, f: FaultRecord, target: dict[int, int]) -> float:
         """When the faulted downstream part works again (0.0: not yet): fraud has consumed
@@ -765,7 +881,7 @@ class Chaos:
             time.sleep(self.warmup)
             actions = self._actions()
             for name in self.fault_names:
-                f = FaultRecord(name, time.monotonic())
+                f = self.current = FaultRecord(name, time.monotonic())
                 self.report.faults.append(f)
                 c.print(f"[bold]{name}[/bold] at +{f.injected - load_start:.0f}s")
                 actions[name]()
@@ -776,7 +892,8 @@ class Chaos:
                 time.sleep(self.after)
                 f.window_end = time.monotonic()
                 c.print(f"  restored in {f.restored - f.injected:.1f}s, end to end again after "
-                        f"{f.recovered - f.injected:.1f}s {f.note}")
+                        f"{f.recovered - f.injected:.1f}s {f.note}" + (f"; ledger partitions {f.detail}"
+                                                                       if f.detail else ""))
             c.print("stopping the load; waiting for every acknowledged command's outcome")
             self.http.stop(timeout=180)
             self.direct.stop(timeout=120)

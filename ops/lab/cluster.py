@@ -124,6 +124,7 @@ class Cluster:
             f"share.coordinator.state.topic.min.isr={MIN_ISR}",
             "unclean.leader.election.enable=false",
             "group.initial.rebalance.delay.ms=0",
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",  # as ops/stack/broker.py
             "auto.create.topics.enable=false",
         ]
         n.home.mkdir(parents=True, exist_ok=True)

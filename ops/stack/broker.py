@@ -119,6 +119,11 @@ class Kafka(Service):
             "share.coordinator.state.topic.replication.factor=1",
             "share.coordinator.state.topic.min.isr=1",
             "group.initial.rebalance.delay.ms=0",
+            # How often the coordinator looks for transactions past their timeout:
+            # a ledger instance that dies for good leaves one open on every partition
+            # it wrote, which read_committed readers wait on until it is aborted
+            # (docs/LEDGER.md, "Failover"). Kafka's default 10 s adds up to 10 s to it.
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms=1000",
             "auto.create.topics.enable=false",
         ]
         # it holds the brokers' own passwords

@@ -44,6 +44,8 @@ def build_application(
     fetch_wait_ms: int = 50,
     poll_timeout: float = 0.1,
     rocksdb_options: Any = None,
+    consumer_extra: dict[str, Any] | None = None,
+    producer_extra: dict[str, Any] | None = None,
 ) -> Application:
     """The one way a paystream component builds its Quix application: exactly-once,
     group `paystream-<component>`, a transactional id per instance, state under the
@@ -65,11 +67,13 @@ def build_application(
             "transactional.id": f"paystream-{component}-{instance}",
             "linger.ms": linger_ms,
             **kafka.QUIX_PRODUCER,
+            **(producer_extra or {}),
         },
         consumer_extra_config={
             "fetch.wait.max.ms": fetch_wait_ms,
             **kafka.QUIX_CONSUMER,
             **metrics.quix_consumer_config(component, settings, instance),
+            **(consumer_extra or {}),
         },
         consumer_poll_timeout=poll_timeout,
         # With paystream's JSON logging configured, Quix's records go through it.

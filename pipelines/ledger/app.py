@@ -432,6 +432,23 @@ def _require_moved_state(admin: Any, existing: Any, ledger: topics.LedgerTopics)
         )
 
 
+def membership(settings: Settings) -> dict[str, Any]:
+    """The ledger consumer's group membership settings (docs/LEDGER.md, "Failover")."""
+    config: dict[str, Any] = {"session.timeout.ms": settings.ledger_session_timeout_ms,
+                              "heartbeat.interval.ms": settings.ledger_heartbeat_interval_ms}
+    if settings.ledger_static_membership:
+        config["group.instance.id"] = f"paystream-{COMPONENT}-{settings.ledger_instance}"
+    return config
+
+
+def transactions(settings: Settings) -> dict[str, Any]:
+    """The ledger producer's transaction timeout (docs/LEDGER.md, "Failover").
+    librdkafka refuses a message timeout longer than the transaction's."""
+    timeout = settings.ledger_transaction_timeout_ms
+    return {"transaction.timeout.ms": timeout,
+            "message.timeout.ms": min(timeout, kafka.QUIX_PRODUCER["message.timeout.ms"])}
+
+
 def build_app(settings: Settings | None = None) -> Application:
     return _build(settings or get_settings())[0]
 
@@ -456,6 +473,8 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
         fetch_wait_ms=settings.ledger_fetch_wait_ms,
         poll_timeout=0.05,
         rocksdb_options=quix_compat.changelog_durable_state(),
+        consumer_extra=membership(settings),
+        producer_extra=transactions(settings),
     )
     codec = Codec(settings.registry_url)
     partitions = _partition_count(settings)
