@@ -908,23 +908,22 @@ def test_openapi_fuzz_has_no_server_errors(gw: Env) -> None:
     assert not failures, failures
 
 
+def _bench_http(gw: Env, *args: str) -> subprocess.CompletedProcess[str]:
+    """`paystream bench http`, tiny (4 clients, 8 payers), against the test's gateway."""
+    return subprocess.run(
+        [sys.executable, "-m", "ops.cli", "bench", "http", "--clients", "4", "--users", "8", "--merchants", "4",
+         "--procs", "1", "--warmup", "0", "--base-url", gw.base, *args],
+        env={**os.environ, **gw.env}, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
 def test_bench_http_smoke(gw: Env) -> None:
     """`paystream bench http` runs end to end (tiny: the real run is manual) and fails
     loudly when requests do not end as asked: this gateway allows each user 40
     payments a minute, far below what 4 clients send, so most requests are 429s. A
     bench that reported them as a rate is what the issue found (a completed phase of
     frozen accounts measured as 0.0 req/s)."""
-    out = subprocess.run(
-        [
-            sys.executable, "-m", "ops.cli", "bench", "http", "--clients", "4", "--users", "8",
-            "--merchants", "4", "--procs", "1", "--seconds", "1", "--warmup", "0", "--base-url", gw.base,
-        ],
-        env={**os.environ, **gw.env},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )  # fmt: skip
+    out = _bench_http(gw, "--seconds", "1")
     assert "accepted:" in out.stdout and "completed:" in out.stdout, out.stdout + out.stderr
     assert out.returncode == 1, out.stdout + out.stderr
     assert "bench http failed" in out.stdout and "429 rate_limited" in out.stdout, out.stdout
@@ -933,18 +932,7 @@ def test_bench_http_smoke(gw: Env) -> None:
 def test_bench_http_rate_offers_an_open_loop_load(gw: Env) -> None:
     """`--rate` sends on a schedule, not as fast as answers come back: 4 clients at 8
     payments/s over 2 s offer about 16 requests, where the closed loop sends hundreds."""
-    out = subprocess.run(
-        [
-            sys.executable, "-m", "ops.cli", "bench", "http", "--clients", "4", "--users", "8",
-            "--merchants", "4", "--procs", "1", "--seconds", "2", "--warmup", "0", "--base-url", gw.base,
-            "--phases", "accepted", "--rate", "8",
-        ],
-        env={**os.environ, **gw.env},
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )  # fmt: skip
+    out = _bench_http(gw, "--seconds", "2", "--phases", "accepted", "--rate", "8")
     assert out.returncode == 0, out.stdout + out.stderr
     found = re.search(r"statuses \{202: (\d+)\}", out.stdout)
     assert found is not None, out.stdout
