@@ -236,11 +236,11 @@ class Settings(BaseSettings):
     ledger_commit_interval: float = 0.1
     # How long the ledger's fetches wait for data. Each hop of a transfer pays up to
     # this after the previous hop's commit; lower means more fetch requests for the
-    # broker. The latency setting (docs/LEDGER.md) is commit interval 0.02 s and 5 ms.
+    # broker. The latency setting (docs/LEDGER.md) sets 5 ms.
     ledger_fetch_wait_ms: int = 20
     # Group commit: when set, a checkpoint also commits as soon as no input is ready,
     # once it is this many seconds old; the interval above still bounds it under load.
-    # None: commit on the interval only. The latency setting uses 0 (docs/LEDGER.md).
+    # None: commit on the interval only (docs/LEDGER.md, "Latency").
     ledger_commit_when_idle_after: float | None = Field(default=0.005, ge=0)
     ledger_instance: str = "0"
     # The ledger's consumer-group membership (docs/LEDGER.md, "Failover"). Static

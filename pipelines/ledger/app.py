@@ -36,7 +36,8 @@ from paystream.stream import quix_compat
 from paystream.stream.quixapp import build_application, inputs
 from pipelines.ledger import clock, domain
 
-GROUP = "paystream-ledger"
+COMPONENT = "ledger"
+GROUP = f"paystream-{COMPONENT}"  # as quixapp.build_application names it
 
 
 def changelog_name(ledger: topics.LedgerTopics) -> str:
@@ -48,7 +49,6 @@ def changelog_name(ledger: topics.LedgerTopics) -> str:
 CHANGELOG = changelog_name(topics.ledger_topics(None))
 COMMAND = "io.paystream.commands.Command"
 LEG = "io.paystream.ledger.Leg"
-COMPONENT = "ledger"
 log = logging.getLogger("paystream.ledger")
 
 # Single-writer metrics (the processing loop is one thread): no lock per message.
@@ -346,7 +346,7 @@ class LedgerProcessor:
         for account, value in emit.dead:
             produce(topic=DLQ_TOPIC, value=value, key=account, headers=headers, timestamp=timestamp)
 
-    def flush_legs(self) -> None:
+    def flush_outputs(self) -> None:
         """Produce every pending event and leg batch: called just before the checkpoint
         commits, inside its transaction (`quix_compat.before_commit`)."""
         produce = self.producer.produce
@@ -487,7 +487,7 @@ def _build(settings: Settings) -> tuple[Application, clock.Ticker]:
     limits = domain.HoldLimits(settings.ledger_hold_default_seconds * 1000, settings.ledger_hold_max_seconds * 1000)
     processor = LedgerProcessor(codec, quix_compat.TransactionalProducer(app), partitions,
                                 settings.ledger_account_memo, limits, ledger)
-    quix_compat.before_commit(app, processor.flush_legs, processor.discard_uncommitted)
+    quix_compat.before_commit(app, processor.flush_outputs, processor.discard_uncommitted)
     quix_compat.fast_changelog(app)
     if settings.ledger_commit_when_idle_after is not None:
         quix_compat.commit_when_idle(app, settings.ledger_commit_when_idle_after)
