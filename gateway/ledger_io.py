@@ -156,7 +156,9 @@ class CommandSender:
         except (BufferError, Exception) as exc:
             raise SendError(f"cannot enqueue command: {exc}") from exc
         try:
-            await asyncio.wait_for(asyncio.shield(fut), self.timeout + 1)
+            # `_settle_all` skips a future already done, so a cancelled wait is safe.
+            async with asyncio.timeout(self.timeout + 1):
+                await fut
         except TimeoutError as exc:
             raise SendError("no delivery report from Kafka in time") from exc
 

@@ -132,7 +132,8 @@ class RespClient:
         proto.waiters.append(fut)
         proto.send(hiredis.pack_command(args))
         try:
-            return await asyncio.wait_for(fut, self.timeout)
+            async with asyncio.timeout(self.timeout):  # no task per call, as wait_for makes
+                return await fut
         except TimeoutError:
             # A reply that never came leaves the stream out of step: start afresh.
             if proto.transport is not None:

@@ -183,7 +183,11 @@ class Gateway:
         self.tokens = TokenVerifier(self.jwt_key, settings.jwt_issuer)
         self.prefix = settings.gateway_redis_prefix
         self.pool = AsyncConnectionPool(
-            settings.postgres_dsn, min_size=2, max_size=settings.gateway_pg_pool_max, open=False
+            settings.postgres_dsn, min_size=settings.gateway_pg_pool_max, max_size=settings.gateway_pg_pool_max,
+            open=False,
+            # Every read is one statement: no BEGIN/COMMIT round trips around it, and a
+            # connection goes back to the pool sooner. Writes open `conn.transaction()`.
+            kwargs={"autocommit": True},
         )
         self.redis = redis or RespClient(settings.redis_url)
         self.idem = idem or IdempotencyStore(
@@ -341,7 +345,7 @@ class Gateway:
             record = {**record, "created_at": prior.get("created_at", record["created_at"])}
         return record, await self._final(record["id"], prior, command, record, move.answers)
 
-    async def _taken(self, command: dict[str, Any], key: str, token: str) -> bool:
+    async def _taken(self, command: dict[str, Any]) -> bool:
         """Whether the read model holds this payment id for another movement, checked
         before a new claim sends anything. The ledger remembers ids per account, so it
         refuses a reused id only on the account that used it first: a key Redis forgot,
@@ -350,14 +354,22 @@ class Gateway:
         second payment under the same id. A read model that does not answer within
         `TAKEN_CHECK_SECONDS` is not waited for: payments do not depend on it."""
         try:
-            row = await asyncio.wait_for(store.payment_row(self.pool, command["command_id"]), TAKEN_CHECK_SECONDS)
-        except asyncio.CancelledError:
-            await self.idem.release(key, token)
-            raise
+            async with asyncio.timeout(TAKEN_CHECK_SECONDS):
+                row = await store.payment_row(self.pool, command["command_id"])
         except Exception as exc:  # Postgres down or slow: the ledger's own check remains
             log.warning("payment id check skipped for %s: %s", command["command_id"], exc)
             return False
         return row is not None and not describes(row, command)
+
+    async def _claimed_and_taken(self, taken: asyncio.Future[bool], key: str, token: str) -> bool:
+        """`_taken`'s answer for a claim this request holds: a request cancelled
+        while waiting for it gives the key back."""
+        try:
+            return await taken
+        except asyncio.CancelledError:
+            taken.cancel()
+            await self.idem.release(key, token)
+            raise
 
     async def wait_outcome(self, waiter: Waiter, budget: float, move: Movement | None = None) -> Outcome | None:
         """Wait for the command's own terminal event. A replay that does not settle
@@ -374,7 +386,8 @@ class Gateway:
             if remaining <= 0:
                 return None
             try:
-                ev = await asyncio.wait_for(waiter.queue.get(), min(remaining, 0.2) if polling else remaining)
+                async with asyncio.timeout(min(remaining, 0.2) if polling else remaining):
+                    ev = await waiter.queue.get()
             except TimeoutError:
                 if polling:
                     known = await self.known_outcome(payment_id, answers=answers)
@@ -400,7 +413,18 @@ class Gateway:
         token = _token()
         limit = self.settings.gateway_rate_payments_per_minute if move.kind == "transfer" else 0
         rate = self.limiter.window(move.endpoint, move.user_id, limit) if limit else None
-        claim = await self.idem.claim(key, move.fingerprint(), token, rate)
+        # The read model's check runs beside the claim (one round trip each, to
+        # Postgres and to Redis): it only matters for a new claim, and a retry's
+        # wasted read is cheaper than adding it to every payment's latency.
+        taken = asyncio.ensure_future(self._taken(command)) if move.hold_id is None else None
+        try:
+            claim = await self.idem.claim(key, move.fingerprint(), token, rate)
+        except BaseException:
+            if taken is not None:
+                taken.cancel()
+            raise
+        if taken is not None and claim.kind != "new":
+            taken.cancel()
         if claim.kind == "rate":
             raise RateLimited(
                 f"too many {move.endpoint} requests; retry in {claim.retry_after} s", retry_after=claim.retry_after
@@ -425,7 +449,7 @@ class Gateway:
             record, known = await self._settled(move, command, record)
             if known is not None:
                 return await self._answer(move, command, key, known, record)
-        elif move.hold_id is None and await self._taken(command, key, token):
+        elif taken is not None and await self._claimed_and_taken(taken, key, token):
             body = problem_body(422, IdempotencyKeyReused.code, KEY_REUSED_DETAIL)
             await self.idem.done(key, 422, body)
             return Answer(422, body, PROBLEM_JSON)
@@ -486,11 +510,15 @@ class Gateway:
         self, move: Movement, command: dict[str, Any], key: str, outcome: Outcome, record: dict[str, Any]
     ) -> Answer:
         """The outcome as the answer, remembered for the caller's next reads."""
-        answer = await self._finish(key, outcome, record, move)
         # A refused capture or cancel leaves the payment as it was: nothing new to read.
+        # Both are Redis scripts on one connection: sent together, one round trip.
         if not outcome.id_reused and outcome.status in move.answers:
-            await self.reads.told(move.user_id, record["id"], command["account_id"], outcome.status)
-        return answer
+            answer, _ = await asyncio.gather(
+                self._finish(key, outcome, record, move),
+                self.reads.told(move.user_id, record["id"], command["account_id"], outcome.status),
+            )
+            return answer
+        return await self._finish(key, outcome, record, move)
 
     async def _finish(self, key: str, outcome: Outcome, record: dict[str, Any], move: Movement) -> Answer:
         if outcome.id_reused:
