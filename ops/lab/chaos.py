@@ -103,6 +103,13 @@ REPLAY_SECONDS = 45.0
 # so it runs in the full suite only. Each costs some 10-20 s (docs/SCALING.md).
 SHORT_FAULTS = ("kill-ledger", "kill-ledger-1of3", "add-ledger", "kill-gateway", "kill-fraud", "kafka-restart",
                 "redis-restart", "webhook-outage")
+# Not a fault: the load alone for STEADY_SECONDS, then the same end-to-end check as
+# after a fault. Whether the whole stack keeps up with an offered load (its "recovery"
+# stays a few seconds instead of growing) is how `--fault steady` measures what this
+# machine sustains with every component running, the figure faults under load are
+# sized against (docs/PROOF.md).
+STEADY = "steady"
+STEADY_SECONDS = 30.0
 CURRENCY = "USD"
 
 
@@ -554,7 +561,7 @@ class ChaosReport:
 
 class Chaos:
     def __init__(self, settings: Settings, console: Console, *, faults: list[str], clients: int, rate: float,
-                 direct_rate: float, warmup: float, after: float, fraud: bool) -> None:
+                 direct_rate: float, warmup: float, after: float, fraud: bool, ledgers: int | None = None) -> None:
         self.s = settings
         self.console = console
         self.fault_names = faults
@@ -592,9 +599,9 @@ class Chaos:
         logs.mkdir(parents=True, exist_ok=True)
         self.comps = Components(names, self.env, logs)
         self.ledgers = 1  # instances started so far ("ledger", then "ledger-1", "ledger-2", ...)
-        if any(f in LEDGER_FAULTS for f in faults):
-            for _ in range(LEDGERS - 1):
-                self._add_ledger()
+        wanted = ledgers if ledgers is not None else (LEDGERS if any(f in LEDGER_FAULTS for f in faults) else 1)
+        for _ in range(wanted - 1):
+            self._add_ledger()
         self.codec = Codec(settings.registry_url)
         self.base = f"http://127.0.0.1:{settings.gateway_port}"
         self.clients, self.rate, self.direct_rate = clients, rate, direct_rate
@@ -758,6 +765,7 @@ class Chaos:
             "kill-ledger-1of3": self._kill("ledger-1"),
             "add-ledger": self._add_ledger_fault,
             "remove-ledger": self._remove_ledger,
+            STEADY: lambda: time.sleep(STEADY_SECONDS),
             "kill-sink": self._kill("sink"),
             "kill-gateway": self._kill("gateway"),
             "kill-fraud": self._kill("fraud"),
@@ -1166,20 +1174,20 @@ def render(report: ChaosReport, console: Console) -> None:
 
 def chaos(*, short: bool = False, faults: list[str] | None = None, clients: int = 12, rate: float = 1.5,
           direct_rate: float = 20.0, warmup: float | None = None, after: float | None = None, fraud: bool = False,
-          keep: bool = False, console: Console | None = None) -> ChaosReport:
+          keep: bool = False, ledgers: int | None = None, console: Console | None = None) -> ChaosReport:
     """Run the chaos test on a fresh isolated stack; returns the report (`.ok` is the verdict)."""
     console = console or Console()
     chosen = list(faults or (SHORT_FAULTS if short else ALL_FAULTS))
-    unknown = [f for f in chosen if f not in ALL_FAULTS]
+    unknown = [f for f in chosen if f not in (*ALL_FAULTS, STEADY)]
     if unknown:
-        raise ValueError(f"unknown fault(s) {unknown}; known: {', '.join(ALL_FAULTS)}")
+        raise ValueError(f"unknown fault(s) {unknown}; known: {', '.join(ALL_FAULTS)}, {STEADY}")
     t0 = time.monotonic()
     with isolated_stack("paystream-chaos-", keep=keep, console=console) as iso:
         console.print(f"isolated stack under {iso.home} up in {time.monotonic() - t0:.0f}s "
                       f"(kafka {iso.bootstrap_servers}, postgres {iso.postgres_port}, redis {iso.redis_port})")
         run = Chaos(iso, console, faults=chosen, clients=clients, rate=rate, direct_rate=direct_rate,
                     warmup=warmup if warmup is not None else (5.0 if short else 10.0),
-                    after=after if after is not None else (4.0 if short else 8.0), fraud=fraud)
+                    after=after if after is not None else (4.0 if short else 8.0), fraud=fraud, ledgers=ledgers)
         report = run.run()
     report.seconds = time.monotonic() - t0
     render(report, console)
