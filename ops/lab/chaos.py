@@ -1087,7 +1087,8 @@ class Chaos:
         for nid in want - got:
             self.report.anomalies.append(Anomaly("notification not delivered", nid, f"user {user.user_id}"))
         for q in self.receiver.requests:
-            if not webhooks.verify(q["body"], q["headers"].get(webhooks.HEADER, ""), self.hook_secret):
+            if not webhooks.verify(q["body"], q["headers"].get(webhooks.HEADER, ""), self.hook_secret,
+                                   now=q["received"]):
                 self.report.anomalies.append(Anomaly("bad webhook signature",
                                                      q["headers"].get("Paystream-Event-Id", "?"), ""))
 

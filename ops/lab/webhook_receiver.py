@@ -25,14 +25,16 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"])).decode()
-                now = time.monotonic()
+                now, received = time.monotonic(), time.time()
                 if outer.first is None:
                     outer.first = now
                 if outer.delay:
                     time.sleep(outer.delay)
                 failing = outer.down or now - outer.first < outer.failing_seconds
                 status = 500 if failing else 200
-                outer.requests.append({"at": now, "done": time.monotonic(), "status": status,
+                # `received`: wall-clock time, which a receiver checks the signature's
+                # timestamp against when the request arrives (not when a run ends).
+                outer.requests.append({"at": now, "done": time.monotonic(), "status": status, "received": received,
                                        "body": body, "headers": dict(self.headers.items())})
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
