@@ -4,6 +4,7 @@ apart from both so neither imports the other back."""
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 from rich.console import Console
@@ -33,6 +34,9 @@ def register(app: Any) -> None:
         cluster: bool = typer.Option(False, "--cluster", help="three-broker cluster: kill -9 a partition leader"),
     ) -> None:
         """Faults under load on an isolated stack, then Jepsen-style checks; exit 1 on any anomaly."""
+        # SIGTERM (`timeout`, a CI runner) unwinds like Ctrl-C, so the isolated stack
+        # and its components are stopped instead of left running.
+        signal.signal(signal.SIGTERM, _exit_on_term)
         console = Console()
         if cluster:
             creport = cluster_chaos(console=console, keep=keep)
@@ -41,3 +45,7 @@ def register(app: Any) -> None:
         report = chaos(short=short, faults=fault or None, clients=clients, rate=rate, direct_rate=direct_rate,
                        fraud=fraud, keep=keep, ledgers=ledgers or None, console=console)
         raise typer.Exit(0 if report.ok else 1)
+
+
+def _exit_on_term(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)
