@@ -57,6 +57,27 @@ def framework_cmd(
         raise typer.Exit(1) from exc
 
 
+@app.command("fraud")
+def fraud_cmd(
+    instances: list[int] = typer.Option([1], "--instances", help="fraud instance counts (repeat)"),
+    cores: float = typer.Option(0.0, help="CPU quota of each instance in cores (0: none)"),
+    accounts: int = typer.Option(10_000),
+    transfers: int = typer.Option(20_000, help="transfers in the journal, per instance"),
+    timeout: float = typer.Option(600.0, help="give up when fraud has not caught up by then"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the results as JSON to this path"),
+) -> None:
+    """Transfers/s fraud scores catching up on a journal, with 1 or more instances."""
+    from ops.lab.bench.fraud import bench
+
+    console = Console()
+    try:
+        bench(instances=instances, cores=cores, accounts=accounts, transfers_per_instance=transfers,
+              timeout=timeout, json_path=json_out, console=console)
+    except (RuntimeError, PermissionError) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+
+
 @app.command("scale")
 def scale_cmd(
     instances: list[int] = typer.Option([1, 2, 4, 8], "--instances", help="ledger instance counts (repeat)"),
