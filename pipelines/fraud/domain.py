@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import math
 import uuid
+from bisect import bisect_left, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, TypedDict
 
 from paystream import commands as C
@@ -122,18 +124,47 @@ def empty_state() -> State:
     return {"opened": None, "owner": None, "out": [], "near": [], "in": [], "last": None}
 
 
+_TS = itemgetter(0)
+_AMOUNT = itemgetter(1)
+_RECEIVER = itemgetter(2)
+
+
+def _in_order(e: list[Any]) -> tuple[int, str]:
+    return e[0], e[1]
+
+
+class Account:
+    """An account's fraud state as the scorer holds it: the stored dict (`state`,
+    written back as it is), its windows kept sorted by time, and an index of the
+    inbound origins by account.
+
+    Why not just the dict: a busy account keeps up to `max_entries` per window, and
+    scoring must not cost in proportion to that. Sorted windows let each rule find
+    its window's start by bisection and pruning cut a prefix; the index finds an
+    origin without a scan. The pure functions below wrap the in-place ones on a
+    copy; the pipeline keeps one `Account` per account between commits (docs/FRAUD.md)."""
+
+    __slots__ = ("origins", "state")
+
+    def __init__(self, stored: Mapping[str, Any] | None = None) -> None:
+        # A full copy the rules may mutate. Read as a Mapping: a state stored before a
+        # key existed lacks it, and gets the key's empty value here. Lists are sorted
+        # (states written before they were kept sorted may not be: Timsort makes the
+        # usual, already sorted case linear).
+        s: Mapping[str, Any] = stored or {}
+        self.state: State = {
+            "opened": s.get("opened"),
+            "owner": s.get("owner"),
+            "last": s.get("last"),
+            "out": sorted((list(e) for e in s.get("out", [])), key=_TS),
+            "near": sorted(s.get("near", [])),
+            "in": sorted((list(e) for e in s.get("in", [])), key=_in_order),
+        }
+        self.origins: dict[str, list[Any]] = {e[1]: e for e in self.state["in"]}
+
+
 def _copy(state: State | None) -> State:
-    """A full copy the rules may mutate. Read as a Mapping: a state stored before a key
-    existed lacks it, and gets the key's empty value here."""
-    s: Mapping[str, Any] = state or {}
-    return {
-        "opened": s.get("opened"),
-        "owner": s.get("owner"),
-        "last": s.get("last"),
-        "out": [list(e) for e in s.get("out", [])],
-        "near": list(s.get("near", [])),
-        "in": [list(e) for e in s.get("in", [])],
-    }
+    return Account(state).state
 
 
 def risk_level(cfg: FraudConfig, score: int) -> RiskLevel:
@@ -145,11 +176,16 @@ def risk_level(cfg: FraudConfig, score: int) -> RiskLevel:
 
 
 def on_account_opened(state: State | None, ts: int, owner: str | None = None) -> State:
-    s = _copy(state)
+    a = Account(state)
+    account_opened(a, ts, owner)
+    return a.state
+
+
+def account_opened(a: Account, ts: int, owner: str | None = None) -> None:
+    s = a.state
     if s["opened"] is None:
         s["opened"] = ts
         s["owner"] = owner
-    return s
 
 
 # ------------------------------------------------------------------------ the rules
@@ -161,7 +197,7 @@ def _money(minor: int, currency: str) -> str:
     return f"{format_minor(minor, currency)} {currency}"
 
 
-def high_value(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
+def high_value(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     if t.amount < lim.high_value:
         return None
     return Hit("HIGH_VALUE", cfg.scores.high_value,
@@ -176,11 +212,11 @@ def is_near_threshold(cfg: FraudConfig, lim: CurrencyLimits, amount: int) -> boo
     return _near_floor(cfg, lim) <= amount < lim.high_value
 
 
-def structuring(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
+def structuring(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     if not is_near_threshold(cfg, lim, t.amount):
         return None
-    since = t.ts - cfg.windows.structuring_seconds * 1000
-    count = 1 + sum(1 for ts in s["near"] if ts >= since)
+    near = a.state["near"]
+    count = 1 + len(near) - bisect_left(near, t.ts - cfg.windows.structuring_seconds * 1000)
     if count < cfg.windows.structuring_count:
         return None
     return Hit("STRUCTURING", cfg.scores.structuring,
@@ -188,7 +224,7 @@ def structuring(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) ->
                f"{cfg.windows.structuring_seconds}s")
 
 
-def round_amount(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
+def round_amount(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     if t.amount < lim.round_min or t.amount % lim.round_unit:
         return None
     return Hit("ROUND_AMOUNT", cfg.scores.round_amount,
@@ -196,21 +232,24 @@ def round_amount(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -
 
 
 def _recent_out(s: State, since: int) -> list[list[Any]]:
-    return [e for e in s["out"] if e[0] >= since]
+    """Outgoing transfers from `since` on ("out" is sorted by time)."""
+    out = s["out"]
+    return out[bisect_left(out, since, key=_TS):]
 
 
-def velocity(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
+def velocity(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     w = cfg.windows
-    count = 1 + len(_recent_out(s, t.ts - w.velocity_seconds * 1000))
+    out = a.state["out"]
+    count = 1 + len(out) - bisect_left(out, t.ts - w.velocity_seconds * 1000, key=_TS)
     if count <= w.max_transfers:
         return None
     return Hit("VELOCITY", cfg.scores.velocity,
                f"{count} transfers in {w.velocity_seconds}s (max {w.max_transfers})")
 
 
-def amount_velocity(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
+def amount_velocity(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     w = cfg.windows
-    total = t.amount + sum(e[1] for e in _recent_out(s, t.ts - w.amount_window_seconds * 1000))
+    total = t.amount + sum(map(_AMOUNT, _recent_out(a.state, t.ts - w.amount_window_seconds * 1000)))
     if total <= lim.amount_per_hour:
         return None
     return Hit("AMOUNT_VELOCITY", cfg.scores.amount_velocity,
@@ -218,9 +257,10 @@ def amount_velocity(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer
                f"(limit {_money(lim.amount_per_hour, t.currency)})")
 
 
-def fan_out(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
+def fan_out(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     w = cfg.windows
-    receivers = {e[2] for e in _recent_out(s, t.ts - w.fan_out_seconds * 1000)} | {t.receiver}
+    receivers = set(map(_RECEIVER, _recent_out(a.state, t.ts - w.fan_out_seconds * 1000)))
+    receivers.add(t.receiver)
     if len(receivers) <= w.max_receivers:
         return None
     return Hit("FAN_OUT", cfg.scores.fan_out,
@@ -228,18 +268,17 @@ def fan_out(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit
                f"(max {w.max_receivers})")
 
 
-def round_trip(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
-    since = t.ts - cfg.windows.round_trip_seconds * 1000
-    hops = [e[2] for e in s["in"] if e[1] == t.receiver and e[0] >= since]
-    if not hops:
+def round_trip(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
+    e = a.origins.get(t.receiver)  # one entry per origin
+    if e is None or e[0] < t.ts - cfg.windows.round_trip_seconds * 1000:
         return None
     return Hit("ROUND_TRIP", cfg.scores.round_trip,
-               f"money from the receiver returns to it via {min(hops)} hop(s) "
+               f"money from the receiver returns to it via {e[2]} hop(s) "
                f"within {cfg.windows.round_trip_seconds}s")
 
 
-def new_account(cfg: FraudConfig, lim: CurrencyLimits, s: State, t: Transfer) -> Hit | None:
-    opened = s["opened"]
+def new_account(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
+    opened = a.state["opened"]
     if opened is None or t.amount < lim.new_account_amount:
         return None
     age_ms = t.ts - opened
@@ -256,31 +295,46 @@ RULES = (high_value, structuring, round_amount, velocity, amount_velocity, fan_o
 # ---------------------------------------------------------------------- evaluation
 
 
-def _prune(cfg: FraudConfig, s: State, now: int) -> None:
+def _cut(entries: list[Any], start: int, keep: int) -> None:
+    """Drop `entries[:start]` and then all but the last `keep`, in place."""
+    start = max(start, len(entries) - keep)
+    if start > 0:
+        del entries[:start]
+
+
+def _prune(cfg: FraudConfig, a: Account, now: int) -> None:
     w = cfg.windows
-    out_since = now - w.outgoing_ms
-    s["out"] = [e for e in s["out"] if e[0] >= out_since][-w.max_entries:]
-    near_since = now - w.structuring_seconds * 1000
-    s["near"] = [ts for ts in s["near"] if ts >= near_since][-w.max_entries:]
-    in_since = now - w.round_trip_seconds * 1000
-    s["in"] = [e for e in s["in"] if e[0] >= in_since][-w.max_entries:]
+    s = a.state
+    out, near, inbound = s["out"], s["near"], s["in"]
+    _cut(out, bisect_left(out, now - w.outgoing_ms, key=_TS), w.max_entries)
+    _cut(near, bisect_left(near, now - w.structuring_seconds * 1000), w.max_entries)
+    start = max(bisect_left(inbound, now - w.round_trip_seconds * 1000, key=_TS), len(inbound) - w.max_entries)
+    for e in inbound[:start]:
+        del a.origins[e[1]]
+    _cut(inbound, start, w.max_entries)
 
 
 def evaluate(cfg: FraudConfig, state: State | None, t: Transfer) -> tuple[Verdict, State]:
     """Score one outgoing transfer against the sender's recent history, then add it
     to that history. The transfer counts in its own windows ("the 21st transfer
     in ten minutes")."""
-    s = _copy(state)
-    _prune(cfg, s, t.ts)
+    a = Account(state)
+    return score(cfg, a, t), a.state
+
+
+def score(cfg: FraudConfig, a: Account, t: Transfer) -> Verdict:
+    """`evaluate` in place."""
+    _prune(cfg, a, t.ts)
     lim = cfg.limits(t.currency)
-    hits = tuple(h for rule in RULES if (h := rule(cfg, lim, s, t)) is not None)
-    score = min(1000, sum(h.score for h in hits))
-    s["out"].append([t.ts, t.amount, t.receiver])
-    s["out"] = s["out"][-cfg.windows.max_entries:]
+    hits = tuple(h for rule in RULES if (h := rule(cfg, lim, a, t)) is not None)
+    total = min(1000, sum(h.score for h in hits))
+    s, keep = a.state, cfg.windows.max_entries
+    insort(s["out"], [t.ts, t.amount, t.receiver], key=_TS)  # after equal times: in arrival order
+    _cut(s["out"], 0, keep)
     if is_near_threshold(cfg, lim, t.amount):
-        s["near"].append(t.ts)
-        s["near"] = s["near"][-cfg.windows.max_entries:]
-    return Verdict(score, risk_level(cfg, score), hits), s
+        insort(s["near"], t.ts)
+        _cut(s["near"], 0, keep)
+    return Verdict(total, risk_level(cfg, total), hits)
 
 
 def should_alert(cfg: FraudConfig, state: State | None, verdict: Verdict, ts: int) -> bool:
@@ -298,23 +352,30 @@ def should_alert(cfg: FraudConfig, state: State | None, verdict: Verdict, ts: in
 
 def alerted(state: State, verdict: Verdict, ts: int) -> State:
     s = _copy(state)
-    s["last"] = [ts, sorted({h.rule for h in verdict.hits})]
+    _alerted(s, verdict, ts)
     return s
 
 
-def flow_for(cfg: FraudConfig, state: State | None, t: Transfer) -> Flow:
+def _alerted(s: State, verdict: Verdict, ts: int) -> None:
+    s["last"] = [ts, sorted({h.rule for h in verdict.hits})]
+
+
+def flow_for(cfg: FraudConfig, state: State | Account | None, t: Transfer) -> Flow:
     """What the receiver must learn about this transfer to spot money coming back:
-    the sender (1 hop) and the sender's own direct payers (2 hops). Origins that
-    are the receiver itself are left out: that loop is caught on the sender's side."""
-    s: Mapping[str, Any] = state or {}  # may be a stored state, older than the "in" key
+    the sender (1 hop) and the sender's own direct payers (2 hops), the newest
+    first to be kept. Origins that are the receiver itself are left out: that loop
+    is caught on the sender's side."""
+    inbound = (state if isinstance(state, Account) else Account(state)).state["in"]  # sorted by time
     since = t.ts - cfg.windows.round_trip_seconds * 1000
-    second = [
-        Origin(e[1], int(e[0]), 2)
-        for e in s.get("in", [])
-        if e[2] == 1 and e[0] >= since and e[1] not in (t.receiver, t.sender)
-    ]
-    second.sort(key=lambda o: o.ts)
-    origins = (Origin(t.sender, t.ts, 1), *second[-(cfg.windows.max_origins - 1):])
+    room = cfg.windows.max_origins - 1
+    second: list[Origin] = []
+    for e in reversed(inbound):
+        if len(second) >= room or e[0] < since:
+            break
+        if e[2] == 1 and e[1] != t.receiver and e[1] != t.sender:
+            second.append(Origin(e[1], int(e[0]), 2))
+    second.reverse()
+    origins = (Origin(t.sender, t.ts, 1), *second)
     return Flow(t.payment_id, t.sender, t.receiver, t.amount, t.currency, t.ts,
                 origins[: cfg.windows.max_origins])
 
@@ -322,17 +383,25 @@ def flow_for(cfg: FraudConfig, state: State | None, t: Transfer) -> Flow:
 def on_inflow(cfg: FraudConfig, state: State | None, flow: Flow) -> State:
     """Record where the receiver's new money came from; one entry per origin, the
     newest one wins (a later entry keeps the origin in the window longest)."""
-    s = _copy(state)
-    by_origin: dict[str, list[Any]] = {e[1]: e for e in s["in"]}
+    a = Account(state)
+    inflow(cfg, a, flow)
+    return a.state
+
+
+def inflow(cfg: FraudConfig, a: Account, flow: Flow) -> None:
+    """`on_inflow` in place."""
+    inbound, index = a.state["in"], a.origins
     for o in flow.origins:
         if o.account == flow.receiver:
             continue
-        cur = by_origin.get(o.account)
+        cur = index.get(o.account)
         if cur is None or o.ts > cur[0] or (o.ts == cur[0] and o.hops < cur[2]):
-            by_origin[o.account] = [o.ts, o.account, o.hops]
-    s["in"] = sorted(by_origin.values(), key=lambda e: (e[0], e[1]))
-    _prune(cfg, s, max([flow.ts, *(e[0] for e in s["in"])]))
-    return s
+            if cur is not None:
+                del inbound[bisect_left(inbound, _in_order(cur), key=_in_order)]  # (time, origin) is unique
+            e = [o.ts, o.account, o.hops]
+            insort(inbound, e, key=_in_order)
+            index[o.account] = e
+    _prune(cfg, a, max(flow.ts, inbound[-1][0]) if inbound else flow.ts)
 
 
 _SCORED = frozenset({TRANSFER_DEBITED, HOLD_PLACED})
@@ -418,10 +487,17 @@ def on_transfer(cfg: FraudConfig, state: State | None, t: Transfer, *,
                 fresh: bool) -> tuple[State, Flow, FraudAlert | None]:
     """Score a debit: (new state, flow for the receiver, alert or None). Pure, so the
     tests can compute exactly which alerts a sequence of events must produce."""
-    flow = flow_for(cfg, state, t)
-    verdict, new = evaluate(cfg, state, t)
+    a = Account(state)
+    flow, alert = transfer(cfg, a, t, fresh=fresh)
+    return a.state, flow, alert
+
+
+def transfer(cfg: FraudConfig, a: Account, t: Transfer, *, fresh: bool) -> tuple[Flow, FraudAlert | None]:
+    """`on_transfer` in place: the flow for the receiver and the alert or None."""
+    flow = flow_for(cfg, a, t)
+    verdict = score(cfg, a, t)
     alert = None
-    if fresh and should_alert(cfg, new, verdict, t.ts):
-        new = alerted(new, verdict, t.ts)
-        alert = alert_record(t, verdict, state.get("owner") if state else None)
-    return new, flow, alert
+    if fresh and should_alert(cfg, a.state, verdict, t.ts):
+        _alerted(a.state, verdict, t.ts)
+        alert = alert_record(t, verdict, a.state["owner"])
+    return flow, alert
