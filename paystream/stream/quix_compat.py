@@ -266,10 +266,15 @@ def before_commit(app: Application, hook: Callable[[], None], on_failure: Callab
 
     def committing(force: bool = False, revoking: bool = False) -> None:
         cp = ctx.checkpoint
+        # Decide once: `expired()` is a clock check, and asking it again inside Quix's
+        # own call could find the interval over a moment after the hook was skipped,
+        # committing the checkpoint without what the hook adds.
+        if not (force or cp.expired()):
+            return
         try:
-            if (force or cp.expired()) and not cp.empty():
+            if not cp.empty():
                 hook()
-            original(force=force, revoking=revoking)
+            original(force=True, revoking=revoking)
         except BaseException:
             on_failure()
             raise

@@ -172,3 +172,49 @@ def test_commit_when_idle_waits_until_the_checkpoint_is_old_enough() -> None:
     assert consumer.poll_row(timeout=0.05) is None
     ctx.commit_checkpoint()
     assert ctx.commits == [False, False]  # idle, but younger than `after`: the interval decides
+
+
+class _Expiring:
+    """A checkpoint whose interval ends between two looks at the clock."""
+
+    def __init__(self) -> None:
+        self.looks = 0
+
+    def expired(self) -> bool:
+        self.looks += 1
+        return self.looks > 1
+
+    def empty(self) -> bool:
+        return False
+
+
+class _QuixCtx:
+    """Commits as Quix's `ProcessingContext.commit_checkpoint` does: when expired or forced."""
+
+    def __init__(self) -> None:
+        self._cp = _Expiring()
+        self.committed: list[_Expiring] = []
+
+    @property
+    def checkpoint(self) -> _Expiring:
+        return self._cp
+
+    def commit_checkpoint(self, force: bool = False, revoking: bool = False) -> None:
+        if self._cp.expired() or force:
+            self.committed.append(self._cp)
+            self._cp = _Expiring()
+
+
+def test_before_commit_runs_its_hook_for_every_checkpoint_that_commits() -> None:
+    """The hook adds what the checkpoint must carry (fraud's changed accounts, the
+    ledger's outputs): a commit without it would lose them. Quix asks the clock again,
+    so a checkpoint expiring between the two looks must not slip through."""
+    app = type("App", (), {})()
+    app._processing_context = ctx = _QuixCtx()
+    hooked: list[_Expiring] = []
+    quix_compat.before_commit(app, lambda: hooked.append(ctx.checkpoint), lambda: None)
+    for _ in range(5):
+        ctx.commit_checkpoint()
+    ctx.commit_checkpoint(force=True)
+    assert ctx.committed, "the checkpoints expired and committed"
+    assert hooked == ctx.committed
