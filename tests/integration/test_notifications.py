@@ -172,6 +172,13 @@ def test_pipelines_stopped_during_traffic_emit_everything_exactly_once(
     events.terminals([t["command_id"] for t in traffic], timeout=180)
     fraud.start()
     notifications.start()
+    # ... and fraud killed again mid-stream, with changed accounts not yet written
+    # (it writes them once per checkpoint): its first committed alerts of the traffic
+    # show it has begun, and the 5,000 transfers after them are still to come.
+    sent = {t["command_id"] for t in traffic}
+    alerts.poll_until(lambda evs: any(e["payment_id"] in sent for e in evs), 240)
+    fraud.kill9()
+    fraud.start()
 
     # what the rules must have said, folded per sender in ledger order
     mine = [e for e in events.events if e["account_id"] in owners]

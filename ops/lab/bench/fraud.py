@@ -72,7 +72,8 @@ class Point:
 class FraudProcess:
     def __init__(self, settings: Settings, env_extra: dict[str, str], instance: str) -> None:
         env = {**os.environ, **env_extra, "PAYSTREAM_FRAUD_INSTANCE": instance, "PYTHONUNBUFFERED": "1"}
-        log = open(settings.home / "logs" / f"bench-fraud-{instance}.log", "ab")  # noqa: SIM115
+        self.log_path = settings.home / "logs" / f"bench-fraud-{instance}.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "run", "fraud"], stdout=log,
                                      stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
         self.ps = psutil.Process(self.proc.pid)
@@ -152,8 +153,9 @@ def measure(settings: Settings, env_extra: dict[str, str], instances: int, *, co
                 raise RuntimeError(f"fraud had read {read:,} of {total:,} journal offsets after {timeout:.0f}s")
             for p in procs:
                 if p.proc.poll() is not None:
-                    raise RuntimeError(f"fraud instance exited with {p.proc.returncode} (its log: "
-                                       f"{settings.home / 'logs'})")
+                    # The isolated stack's home goes with it: show the log's end now.
+                    tail = p.log_path.read_bytes()[-3000:].decode("utf-8", "replace")
+                    raise RuntimeError(f"fraud instance exited with {p.proc.returncode}; its log ends:\n{tail}")
         assert first is not None
         end = time.monotonic()
         cpu = sum(p.cpu_seconds() for p in procs) - first[2]
