@@ -63,6 +63,7 @@ def fraud_cmd(
     cores: float = typer.Option(0.0, help="CPU quota of each instance in cores (0: none)"),
     accounts: int = typer.Option(10_000),
     transfers: int = typer.Option(20_000, help="transfers in the journal, per instance"),
+    workload: str = typer.Option("uniform", help="uniform, hot (one busy sender) or fanin (one merchant)"),
     timeout: float = typer.Option(600.0, help="give up when fraud has not caught up by then"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the results as JSON to this path"),
 ) -> None:
@@ -72,7 +73,7 @@ def fraud_cmd(
     console = Console()
     try:
         bench(instances=instances, cores=cores, accounts=accounts, transfers_per_instance=transfers,
-              timeout=timeout, json_path=json_out, console=console)
+              timeout=timeout, json_path=json_out, console=console, workload=workload)
     except (RuntimeError, PermissionError) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc

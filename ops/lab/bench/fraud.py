@@ -4,18 +4,19 @@ Fraud reads every event of `ledger.events` and every flow it sent itself on
 `fraud.flows`; for each debit it runs the rules and writes a flow for the receiver.
 Live, it is measured only as "does it keep up". Here it catches up instead: on a
 fresh isolated stack the ledger first writes the journal of `transfers` transfers
-between `accounts` accounts (the uniform workload of `bench compare`), then stops;
+between `accounts` accounts (a workload of `bench compare`: uniform, hot or fan-in),
+then stops;
 then 1, 2 or more fraud instances start from the beginning of the journal, each
 held to `cores` of CPU (cgroup, as `bench scale` holds the ledgers) or unbounded,
 and the bench times them from their first commit to the moment their group has read
 every event and every flow.
 
 The rate is transfers scored per second (events read / events per transfer), and
-CPU is the fraud processes' own, per transfer. The workload is small amounts between
-many accounts, so few rules fire: the figure is the cost of the clean path that most
-payments take, with short per-account histories. An account with a long window
-history (up to `max_entries` per list) costs more per event: its state is a larger
-JSON document to read, copy and write.
+CPU is the fraud processes' own, per transfer. Uniform is small amounts between
+many accounts, so few rules fire: the cost of the clean path that most payments
+take, with short per-account histories. Few accounts (`--accounts 20`) give every
+account full windows; fan-in gives one merchant half of all payments, from up to
+`max_entries` distinct payers (docs/FRAUD.md, "Cost per event").
 """
 
 from __future__ import annotations
@@ -105,13 +106,13 @@ def _ends(settings: Settings, topic: str) -> dict[tuple[str, int], int]:
 
 
 def measure(settings: Settings, env_extra: dict[str, str], instances: int, *, cores: float, accounts: int,
-            transfers_n: int, timeout: float, console: Console) -> Point:
+            transfers_n: int, timeout: float, console: Console, workload: str = "uniform") -> Point:
     # 1. the journal: the ledger writes it, then leaves
     runner = PaystreamRunner(settings, console, commit_interval=0.1, env_extra=env_extra, group_wait=0)
     try:
         ids = [str(uuid.uuid4()) for _ in range(accounts)]
         runner.setup(ids)
-        m = runner.measure("uniform", transfers(ids, transfers_n, "uniform", "fraud"), [], 0.0)
+        m = runner.measure(workload, transfers(ids, transfers_n, workload, "fraud"), [], 0.0)
         if m.completed < transfers_n:
             raise RuntimeError(f"the ledger completed {m.completed} of {transfers_n} transfers")
         events = len(runner.events)
@@ -172,17 +173,23 @@ def measure(settings: Settings, env_extra: dict[str, str], instances: int, *, co
             q.remove()
 
 
+WORKLOADS = ("uniform", "hot", "fanin")
+
+
 def bench(*, instances: list[int], cores: float, accounts: int, transfers_per_instance: int, timeout: float,
-          json_path: Path | None, console: Console) -> list[Point]:
+          json_path: Path | None, console: Console, workload: str = "uniform") -> list[Point]:
     from ops.lab.isolated import isolated_stack, settings_env
 
+    if workload not in WORKLOADS:
+        raise RuntimeError(f"unknown workload {workload!r}: one of {', '.join(WORKLOADS)}")
     points: list[Point] = []
     for n in instances:
         with isolated_stack("paystream-bench-fraud-", console=console) as iso:
             quota = f"{cores} core each" if cores > 0 else "no CPU quota"
-            console.print(f"[bold]{n} fraud instance{'s' if n > 1 else ''}[/bold], {quota}")
+            console.print(f"[bold]{n} fraud instance{'s' if n > 1 else ''}[/bold], {quota}, {workload}")
             p = measure(iso, settings_env(iso), n, cores=cores, accounts=accounts,
-                        transfers_n=transfers_per_instance * n, timeout=timeout, console=console)
+                        transfers_n=transfers_per_instance * n, timeout=timeout, console=console,
+                        workload=workload)
             points.append(p)
             console.print(f"  {p.rate:,.0f} transfers/s, {p.us_per_transfer:,.0f} us CPU per transfer "
                           f"(startup {p.startup_seconds:.1f}s, {p.alerts} alerts)")
@@ -192,7 +199,7 @@ def bench(*, instances: list[int], cores: float, accounts: int, transfers_per_in
         json_path.parent.mkdir(parents=True, exist_ok=True)
         base = points[0].rate / points[0].instances if points else 0.0
         json_path.write_text(json.dumps({
-            "cpus": psutil.cpu_count(), "quota_cores": cores, "accounts": accounts,
+            "cpus": psutil.cpu_count(), "quota_cores": cores, "accounts": accounts, "workload": workload,
             "points": [{**asdict(p), "rate": p.rate, "us_per_transfer": p.us_per_transfer,
                         "ratio_to_one": p.rate / base if base else None} for p in points],
         }, indent=2) + "\n")
