@@ -271,8 +271,9 @@ class Settings(BaseSettings):
     # directory: one per running process, stable across its restarts so a restart
     # fences its zombie at once instead of leaving consumers to wait out the transaction.
     fraud_instance: str = "0"
-    # Accounts each fraud partition keeps decoded between messages (a few KiB each for
-    # a busy account with full windows); a miss costs one state read.
+    # Accounts each fraud partition keeps decoded between messages; a miss costs one
+    # state read. A quiet account takes about a KiB, one with full windows (2,000
+    # entries per list) some hundreds: lower it where many accounts are that busy.
     fraud_account_memo: int = Field(default=20_000, ge=1)
     compensation_instance: str = "0"
     notifications_instance: str = "0"
