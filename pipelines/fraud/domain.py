@@ -30,9 +30,10 @@ Every rule that fires adds its score; there is no first-match-wins.
 
 from __future__ import annotations
 
+import itertools
 import math
 import uuid
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 from dataclasses import dataclass
 from operator import itemgetter
@@ -144,7 +145,7 @@ class Account:
     origin without a scan. The pure functions below wrap the in-place ones on a
     copy; the pipeline keeps one `Account` per account between commits (docs/FRAUD.md)."""
 
-    __slots__ = ("origins", "state")
+    __slots__ = ("origins", "state", "sums")
 
     def __init__(self, stored: Mapping[str, Any] | None = None) -> None:
         # A full copy the rules may mutate. Read as a Mapping: a state stored before a
@@ -161,6 +162,11 @@ class Account:
             "in": sorted((list(e) for e in s.get("in", [])), key=_in_order),
         }
         self.origins: dict[str, list[Any]] = {e[1]: e for e in self.state["in"]}
+        # Prefix sums of the outgoing amounts (sums[i] - sums[j]: out[j:i]), so the
+        # hour's total is a bisection, not a sum over up to `max_entries` entries.
+        # Derived, never stored; every change to "out" goes through `_out_add` and
+        # `_out_cut`, which keep it in step.
+        self.sums: list[int] = [0, *itertools.accumulate(map(_AMOUNT, self.state["out"]))]
 
 
 def _copy(state: State | None) -> State:
@@ -231,12 +237,6 @@ def round_amount(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer)
                f"{_money(t.amount, t.currency)} is a multiple of {_money(lim.round_unit, t.currency)}")
 
 
-def _recent_out(s: State, since: int) -> list[list[Any]]:
-    """Outgoing transfers from `since` on ("out" is sorted by time)."""
-    out = s["out"]
-    return out[bisect_left(out, since, key=_TS):]
-
-
 def velocity(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     w = cfg.windows
     out = a.state["out"]
@@ -249,7 +249,8 @@ def velocity(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> 
 
 def amount_velocity(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     w = cfg.windows
-    total = t.amount + sum(map(_AMOUNT, _recent_out(a.state, t.ts - w.amount_window_seconds * 1000)))
+    out, sums = a.state["out"], a.sums
+    total = t.amount + sums[-1] - sums[bisect_left(out, t.ts - w.amount_window_seconds * 1000, key=_TS)]
     if total <= lim.amount_per_hour:
         return None
     return Hit("AMOUNT_VELOCITY", cfg.scores.amount_velocity,
@@ -259,13 +260,22 @@ def amount_velocity(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transf
 
 def fan_out(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
     w = cfg.windows
-    receivers = set(map(_RECEIVER, _recent_out(a.state, t.ts - w.fan_out_seconds * 1000)))
+    out, limit = a.state["out"], w.max_receivers
+    start = bisect_left(out, t.ts - w.fan_out_seconds * 1000, key=_TS)
+    # The newest entries usually decide: a sender paying many receivers is over the
+    # limit within its last few transfers, and then the rest of the window (up to
+    # `max_entries`) need not be read. Only a sender within the limit costs a scan.
+    tail = max(start, len(out) - 4 * (limit + 1))
+    receivers = set(map(_RECEIVER, out[tail:]))
     receivers.add(t.receiver)
-    if len(receivers) <= w.max_receivers:
-        return None
+    partial = len(receivers) > limit and tail > start
+    if not partial:
+        receivers.update(map(_RECEIVER, out[start:tail]))
+        if len(receivers) <= limit:
+            return None
     return Hit("FAN_OUT", cfg.scores.fan_out,
-               f"{len(receivers)} distinct receivers in {w.fan_out_seconds}s "
-               f"(max {w.max_receivers})")
+               f"{'at least ' if partial else ''}{len(receivers)} distinct receivers in {w.fan_out_seconds}s "
+               f"(max {limit})")
 
 
 def round_trip(cfg: FraudConfig, lim: CurrencyLimits, a: Account, t: Transfer) -> Hit | None:
@@ -302,11 +312,29 @@ def _cut(entries: list[Any], start: int, keep: int) -> None:
         del entries[:start]
 
 
+def _out_cut(a: Account, start: int, keep: int) -> None:
+    """`_cut` of the outgoing window, with its prefix sums."""
+    out = a.state["out"]
+    start = max(start, len(out) - keep)
+    if start > 0:
+        del out[:start]
+        del a.sums[:start]
+
+
+def _out_add(a: Account, t: Transfer) -> None:
+    out, sums = a.state["out"], a.sums
+    i = bisect_right(out, t.ts, key=_TS)  # after equal times: in arrival order
+    out.insert(i, [t.ts, t.amount, t.receiver])
+    sums.insert(i + 1, sums[i] + t.amount)
+    for j in range(i + 2, len(sums)):  # only when times ran backwards
+        sums[j] += t.amount
+
+
 def _prune(cfg: FraudConfig, a: Account, now: int) -> None:
     w = cfg.windows
     s = a.state
     out, near, inbound = s["out"], s["near"], s["in"]
-    _cut(out, bisect_left(out, now - w.outgoing_ms, key=_TS), w.max_entries)
+    _out_cut(a, bisect_left(out, now - w.outgoing_ms, key=_TS), w.max_entries)
     _cut(near, bisect_left(near, now - w.structuring_seconds * 1000), w.max_entries)
     start = max(bisect_left(inbound, now - w.round_trip_seconds * 1000, key=_TS), len(inbound) - w.max_entries)
     for e in inbound[:start]:
@@ -329,8 +357,8 @@ def score(cfg: FraudConfig, a: Account, t: Transfer) -> Verdict:
     hits = tuple(h for rule in RULES if (h := rule(cfg, lim, a, t)) is not None)
     total = min(1000, sum(h.score for h in hits))
     s, keep = a.state, cfg.windows.max_entries
-    insort(s["out"], [t.ts, t.amount, t.receiver], key=_TS)  # after equal times: in arrival order
-    _cut(s["out"], 0, keep)
+    _out_add(a, t)
+    _out_cut(a, 0, keep)
     if is_near_threshold(cfg, lim, t.amount):
         insort(s["near"], t.ts)
         _cut(s["near"], 0, keep)

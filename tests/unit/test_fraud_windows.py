@@ -13,6 +13,7 @@ functions and through `Account`s kept between events as the pipeline keeps them.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import uuid
 from typing import Any
@@ -182,6 +183,8 @@ def test_the_scorer_equals_the_model(stream):
             want = model[acc]
             assert _state_view(kept[acc].state) == want
             assert kept[acc].origins == {e[1]: e for e in want["in"]}
+            sums = kept[acc].sums
+            assert [x - sums[0] for x in sums] == [0, *itertools.accumulate(e[1] for e in want["out"])]
             if pure[acc] is not None:
                 assert _state_view(pure[acc]) == want
 
@@ -196,3 +199,33 @@ def test_a_state_stored_unsorted_is_read_sorted():
     assert a.state["in"] == [[T0 + 3, "a", 2], [T0 + 3, "x", 1]]
     assert a.origins["x"] == [T0 + 3, "x", 1]
     assert stored["near"] == [T0 + 5, T0 + 1]  # the stored one is left alone
+
+
+LONG = SHIPPED.model_copy(update={"windows": SHIPPED.windows.model_copy(update={
+    "fan_out_seconds": 60, "max_receivers": 3, "amount_window_seconds": 90, "max_entries": 400})})
+LONG_LIM = LONG.limits("USD")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 120_000), st.integers(1, LONG_LIM.amount_per_hour // 40),
+                          st.sampled_from(ACCOUNTS)), min_size=20, max_size=300),
+       st.integers(0, 130_000), st.sampled_from(ACCOUNTS), st.integers(1, LONG_LIM.amount_per_hour // 40))
+def test_window_rules_read_only_what_they_need_of_long_windows(entries, now, receiver, amount):
+    """Fan-out stops reading once the newest entries are over the limit, and the
+    amount over the hour is a difference of prefix sums: on windows longer than the
+    model test's, both must still say what a full scan says."""
+    a = R.Account({"out": [[T0 + ts, amt, r] for ts, amt, r in entries]})
+    t = R.Transfer(str(uuid.uuid4()), ACCOUNTS[0], receiver, amount, "USD", T0 + now)
+    out = a.state["out"]
+    receivers = {e[2] for e in out if e[0] >= t.ts - 60_000} | {receiver}
+    hit = R.fan_out(LONG, LONG_LIM, a, t)
+    assert (hit is not None) == (len(receivers) > 3)
+    if hit is not None:
+        words = hit.detail.split()
+        if words[0] == "at":  # "at least N": read part of the window, N over the limit
+            event("fan-out decided by the newest entries")
+            assert 3 < int(words[2]) <= len(receivers)
+        else:
+            assert int(words[0]) == len(receivers)
+    total = amount + sum(e[1] for e in out if e[0] >= t.ts - 90_000)
+    assert (R.amount_velocity(LONG, LONG_LIM, a, t) is not None) == (total > LONG_LIM.amount_per_hour)
