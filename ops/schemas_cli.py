@@ -22,7 +22,7 @@ from avro.schema import parse as avro_parse
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from rich.console import Console
 
-from paystream.codec import TopicSpec, load_schema_text, load_topic_specs, topic_specs
+from paystream.codec import REGISTRY_TIMEOUT_SECONDS, TopicSpec, load_schema_text, load_topic_specs, topic_specs
 from paystream.settings import PROJECT_ROOT, get_settings
 
 app = typer.Typer(no_args_is_help=True)
@@ -30,7 +30,7 @@ app = typer.Typer(no_args_is_help=True)
 
 def register_all(registry_url: str, specs: Mapping[str, TopicSpec] | None = None) -> dict[str, int]:
     """Register every topic's schemas (ops/topics.toml's, or `specs`: a new generation's)."""
-    client = SchemaRegistryClient({"url": registry_url})
+    client = SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT_SECONDS})
     ids: dict[str, int] = {}
     for spec in (topic_specs() if specs is None else specs).values():
         schema = Schema(load_schema_text(spec.value_schema), "AVRO")

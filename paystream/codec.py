@@ -163,12 +163,19 @@ def wire_schema_id(data: bytes | None) -> int:
     return int(schema_id)
 
 
+REGISTRY_TIMEOUT_SECONDS = 30
+
+
 class Codec:
     """Encodes and decodes topic values; thread-safe; caches ids and parsed schemas."""
 
     def __init__(self, registry_url: str, specs: Mapping[str, TopicSpec] | None = None) -> None:
         """``specs`` defaults to :func:`topic_specs`; tools pass their own for other topics."""
-        self.registry = SchemaRegistryClient({"url": registry_url})
+        # httpx's default read timeout is 5 s, and the client retries only on HTTP
+        # statuses, not on a timeout: one slow answer from a registry busy beside a
+        # loaded stack failed a whole tool run (CI, `bench http` funding its users).
+        # Lookups are cached, so a longer wait costs only the first use of a schema.
+        self.registry = SchemaRegistryClient({"url": registry_url, "timeout": REGISTRY_TIMEOUT_SECONDS})
         self._specs = specs
         self._lock = threading.Lock()
         self._writer_ids: dict[str, int] = {}
