@@ -279,16 +279,29 @@ class Producer:
             try:
                 self._producer.poll(0.1)
             except KafkaException as exc:
-                if self.fatal is None:
-                    log.error("the Kafka producer failed: %s", exc)
-                self.fatal = exc
+                self._failed(exc)
                 self._closed.wait(0.1)
 
+    def _failed(self, exc: KafkaException) -> None:
+        if self.fatal is None:
+            log.error("the Kafka producer failed: %s", exc)
+        self.fatal = exc
+
     def flush(self, timeout: float = 30.0) -> int:
-        """Send whatever waits (batches included); the number of commands still undelivered."""
+        """Send whatever waits (batches included); the number of commands still undelivered.
+        The fatal error is raised by whichever poll meets it first, the poller's or this
+        flush's: here it is kept like the poller keeps it, and flushing goes on, because the
+        queued commands still get their reports (each send's future says NotDelivered)."""
         if self._batcher is not None:
             self._batcher.flush()
-        return int(self._producer.flush(timeout))
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return int(self._producer.flush(max(0.0, deadline - time.monotonic())))
+            except KafkaException as exc:
+                self._failed(exc)
+                if time.monotonic() >= deadline:
+                    return len(self._producer)
 
     def close(self, timeout: float = 30.0) -> None:
         """Flush, then stop the producer and the outcome listener."""

@@ -16,21 +16,25 @@ from typing import Any
 import fastavro
 import httpx
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 from hypothesis import given
 from hypothesis import strategies as st
 
 from paystream import commands as C
+from paystream import kafka
 from paystream.codec import Codec
 from paystream.consumer import EventConsumer, OutcomeListener, ledger_event_name
 from paystream.errors import (
     AccountNotFound,
     DecodeError,
     InvalidCommand,
+    NotDelivered,
     PaystreamError,
     PrivilegedCommand,
     UnknownRecordType,
 )
-from paystream.producer import AccountDirectory, check_command
+from paystream.producer import AccountDirectory, Producer, check_command
+from paystream.settings import Settings
 from pipelines.ledger import domain
 
 A, B = str(uuid.uuid4()), str(uuid.uuid4())
@@ -256,3 +260,51 @@ def test_a_consumer_name_cannot_escape_its_file_or_its_groups(tmp_path: Any, nam
 
     with pytest.raises(ValueError):
         kafka_auth.add_client(Settings(home=tmp_path), "consumer", name)
+
+
+class _FailingProducer:
+    """librdkafka's producer after a fatal error (a principal that may not produce): the
+    error is raised once, by whichever poll or flush meets it first; the queued message
+    gets its failed report."""
+
+    def __init__(self) -> None:
+        self.reports: list[Any] = []
+        self.raised = False
+
+    def produce(self, topic: str, *, on_delivery: Any, **_: Any) -> None:
+        self.reports.append(on_delivery)
+
+    def _serve(self) -> None:
+        if not self.raised and self.reports:
+            self.raised = True
+            raise KafkaException(
+                KafkaError(KafkaError.CLUSTER_AUTHORIZATION_FAILED, "Cluster authorization failed", fatal=True)
+            )
+        while self.reports:
+            self.reports.pop()(KafkaError(KafkaError._FATAL, "Cluster authorization failed"), None)
+
+    def poll(self, timeout: float) -> int:
+        return 0  # the poller never meets the error first here: the flush does
+
+    def flush(self, timeout: float) -> int:
+        self._serve()
+        return 0
+
+    def __len__(self) -> int:
+        return len(self.reports)
+
+
+def test_a_fatal_error_met_by_the_closing_flush_fails_the_sends_not_the_close(
+    codec: Codec, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    inner = _FailingProducer()
+    monkeypatch.setattr(kafka, "producer", lambda *_a, **_k: inner)
+    p = Producer(Settings(home=tmp_path), codec=codec)
+    p._partitions[p.ledger.commands] = 3
+    with p:
+        sent = p.send(C.transfer(A, B, 1, "USD"))
+    assert inner.raised and p.fatal is not None and p.fatal.args[0].fatal()
+    with pytest.raises(NotDelivered, match=r"(?i)authoriz"):
+        sent.result(0)
+    with pytest.raises(NotDelivered, match="the producer failed"):
+        p.send(C.transfer(A, B, 1, "USD"))
