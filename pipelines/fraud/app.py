@@ -26,7 +26,6 @@ id, so even a replay from scratch produces the same records.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from typing import Any, cast
@@ -42,6 +41,7 @@ from paystream.deadletter import DLQ_TOPIC
 from paystream.records import ACCOUNT_OPENED, HIGH
 from paystream.settings import Settings, get_settings
 from paystream.stream import quix_compat
+from paystream.stream.memo import PartitionMemo
 from paystream.stream.quixapp import (
     Processor,
     Raw,
@@ -76,27 +76,19 @@ class _Partition:
     last commit with the state (of this checkpoint's transaction) to write them to.
     Lives as long as this process holds the partition (`quix_compat.partition_local`):
     a partition that comes back starts empty, so nothing another instance did to it
-    meanwhile is hidden behind an old copy."""
+    meanwhile is hidden behind an old copy. A changed account stays until written."""
 
-    __slots__ = ("accounts", "dirty", "limit")
+    __slots__ = ("accounts", "dirty")
 
     def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.accounts: dict[str, domain.Account] = {}
         self.dirty: dict[str, State] = {}
+        self.accounts: PartitionMemo[domain.Account] = PartitionMemo(limit, pinned=self.dirty)
 
     def get(self, key: str, state: State) -> domain.Account:
         a = self.accounts.get(key)
         if a is None:
             a = domain.Account(state.get(STATE_KEY))
-            accounts = self.accounts
-            if len(accounts) >= self.limit:
-                # Drop the oldest eighth at once (as the ledger's memo): cheaper than
-                # an LRU's bookkeeping per hit. A changed account stays until written.
-                for old in list(itertools.islice(accounts, max(1, self.limit // 8))):
-                    if old not in self.dirty:
-                        del accounts[old]
-            accounts[key] = a
+            self.accounts.put(key, a)
         return a
 
 

@@ -39,7 +39,6 @@ derived from postings downstream and never kept in state here.
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -104,6 +103,7 @@ from paystream.records import (
     Posting,
     ReasonCode,
 )
+from paystream.stream.memo import PartitionMemo
 from paystream.stream.store import Store
 
 NAMESPACE = ids.LEDGER_NAMESPACE
@@ -168,33 +168,10 @@ class _CachedAccount:
             self._dirty = False
 
 
-class AccountMemo:
-    """Account entries of one partition, kept between batches by the partition's
-    single writer (bounded; the oldest entries leave first).
-
-    Only the writer that owns the partition may hold one, and only while it owns it:
-    the adapter ties it to Quix's store partition, which is closed when the
-    partition is revoked, so a partition that comes back starts with an empty memo
-    (another writer may have moved its money meanwhile). Entries are the very
-    dicts the rules mutate, written to the store at every batch's end."""
-
-    __slots__ = ("_entries", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self._entries: dict[str, Any] = {}
-
-    def get(self, account_id: str, default: Any = None) -> Any:
-        return self._entries.get(account_id, default)
-
-    def put(self, account_id: str, account: Any) -> None:
-        entries = self._entries
-        if account_id not in entries and len(entries) >= self.limit:
-            # Drop the oldest eighth at once: cheaper than an LRU's bookkeeping on
-            # every hit, and a dropped entry only costs one state read later.
-            for old in list(itertools.islice(entries, max(1, self.limit // 8))):
-                del entries[old]
-        entries[account_id] = account
+AccountMemo: TypeAlias = PartitionMemo[Any]
+"""Account entries of one partition, kept between batches by the partition's single
+writer. Entries are the very dicts the rules mutate, written to the store at every
+batch's end, so an entry is only ever a copy of what the store holds."""
 
 
 class BatchStores:
