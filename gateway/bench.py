@@ -106,16 +106,26 @@ async def _setup(settings: Settings, base: str, n: int, console: Console) -> lis
     async with httpx.AsyncClient(base_url=base, timeout=30) as c:
 
         async def fund(u: BenchUser) -> None:
-            for _ in range(120):  # until the ledger has opened the account
-                r = await c.post(
-                    f"/v1/accounts/{u.number}/deposits",
-                    json={"amount": "1000000.00", "currency": "USD"},
-                    headers={**admin_headers, "Idempotency-Key": uuid.uuid4().hex, "Prefer": "wait=10"},
-                )
-                if r.status_code == 201:
-                    return
+            # One key for every try: a deposit that went through before an answer was
+            # lost is replayed, not made twice.
+            headers = {**admin_headers, "Idempotency-Key": uuid.uuid4().hex, "Prefer": "wait=10"}
+            last = ""
+            for _ in range(120):  # until the ledger has opened the account; a busy gateway's 503 is retried
+                try:
+                    r = await c.post(f"/v1/accounts/{u.number}/deposits",
+                                     json={"amount": "1000000.00", "currency": "USD"}, headers=headers)  # fmt: skip
+                except httpx.TransportError as exc:
+                    last = f"{type(exc).__name__} from the gateway"
+                else:
+                    if r.status_code == 201:
+                        return
+                    last = f"{r.status_code} {r.text}"
+                    if 400 <= r.status_code < 500 and r.status_code != 409:
+                        # Refused (say, the ledger has not opened the account yet): the key
+                        # keeps that answer, so the next try needs a new one.
+                        headers = {**headers, "Idempotency-Key": uuid.uuid4().hex}
                 await asyncio.sleep(0.5)
-            raise RuntimeError(f"could not fund {u.number}: {r.status_code} {r.text}")
+            raise RuntimeError(f"could not fund {u.number}: {last}")
 
         await asyncio.gather(*(fund(u) for u in users))
     return users

@@ -137,7 +137,14 @@ def _http(request: Request, exc: Exception) -> Response:
 
 
 def _unavailable(request: Request, exc: Exception) -> Response:
-    log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
+    gw = getattr(request.app.state, "gw", None)
+    if isinstance(exc, PoolTimeout) and gw is not None:
+        # Which it is, a pool too small for the load or connections that never come
+        # back, shows in the pool's own counters.
+        log.warning("dependency unavailable on %s %s: %s; Postgres pool %s", request.method, request.url.path, exc,
+                    gw.pool.get_stats())  # fmt: skip
+    else:
+        log.warning("dependency unavailable on %s %s: %s", request.method, request.url.path, exc)
     return problem_response(
         503, "service_unavailable", "a backing service is unavailable; retry later", headers={"Retry-After": "1"}
     )

@@ -184,7 +184,7 @@ class Gateway:
         self.prefix = settings.gateway_redis_prefix
         self.pool = AsyncConnectionPool(
             settings.postgres_dsn, min_size=settings.gateway_pg_pool_max, max_size=settings.gateway_pg_pool_max,
-            open=False,
+            open=False, timeout=settings.gateway_pg_pool_timeout_seconds,
             # Every read is one statement: no BEGIN/COMMIT round trips around it, and a
             # connection goes back to the pool sooner. Writes open `conn.transaction()`.
             kwargs={"autocommit": True},

@@ -10,7 +10,7 @@ traceback at the root, or the command's own message in `fail`.
 
 from __future__ import annotations
 
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import typer
 
@@ -64,6 +64,19 @@ def _kafka(e: BaseException) -> str | None:
     return f"Kafka refused or is unreachable ({_first_line(e)}): is the stack up (`paystream stack status`)?"
 
 
+# The schema registry's REST paths: an HTTP error elsewhere (the gateway a bench
+# drives, say) is not the registry's, whatever the CLI was doing.
+_REGISTRY_PATHS = ("/subjects", "/schemas", "/config", "/compatibility", "/mode")
+
+
+def _url_of(e: BaseException) -> Any:
+    """The URL an httpx error was raised for; None when it was raised without one."""
+    try:
+        return e.request.url  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # httpx raises RuntimeError when no request is set
+        return None
+
+
 def explain(exc: BaseException) -> str | None:
     """One line saying what to run, for a failure anywhere in `exc`'s chain that an
     operator causes by order of operations; None for anything else. A service that
@@ -84,7 +97,10 @@ def explain(exc: BaseException) -> str | None:
         if isinstance(e, RedisConnectionError):
             return f"cannot reach Redis ({_first_line(e)}): {START}"
         if isinstance(e, httpx.TransportError):
-            return f"cannot reach the schema registry ({_first_line(e)}): {START}"
+            url = _url_of(e)
+            if url is None or url.path.startswith(_REGISTRY_PATHS):
+                return f"cannot reach the schema registry ({_first_line(e)}): {START}"
+            return f"no answer from {url.scheme}://{url.netloc.decode()} ({type(e).__name__}: {_first_line(e)})"
     for e in chain:
         if isinstance(e, psycopg.errors.UndefinedTable):
             return f"the database is not migrated ({_first_line(e)}): run `paystream db migrate` (or `paystream up`)"

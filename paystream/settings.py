@@ -165,6 +165,9 @@ class Settings(BaseSettings):
     gateway_inflight_lock_seconds: int = 30
     gateway_redis_prefix: str = "gw:"
     gateway_pg_pool_max: int = 10
+    # How long a request waits for a Postgres connection before it answers 503 with
+    # Retry-After (psycopg-pool's default is 30 s, longer than clients wait).
+    gateway_pg_pool_timeout_seconds: float = Field(default=5.0, gt=0)
     # Concurrent payments bound for one partition leave as one batch record
     # (`paystream.batching`): up to this many, waiting at most this long for company.
     # 1 sends every command alone. With tracing on, commands always go alone, so each

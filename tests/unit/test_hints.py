@@ -53,6 +53,16 @@ def test_an_unreachable_service_outranks_what_it_was_asked() -> None:
         assert "cannot reach the schema registry" in (explain(outer) or "")
 
 
+def test_an_http_error_elsewhere_is_not_blamed_on_the_registry() -> None:
+    import httpx
+
+    gateway = httpx.ReadTimeout("timed out", request=httpx.Request("POST", "http://127.0.0.1:8000/v1/accounts/x/deposits"))
+    hint = explain(gateway) or ""
+    assert "registry" not in hint and "http://127.0.0.1:8000" in hint and "ReadTimeout" in hint
+    registry = httpx.ReadTimeout("timed out", request=httpx.Request("GET", "http://127.0.0.1:28081/schemas/ids/3"))
+    assert "cannot reach the schema registry" in (explain(registry) or "")
+
+
 def _cli(error: Exception) -> typer.Typer:
     app = typer.Typer(cls=OperatorCommands)
 
