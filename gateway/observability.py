@@ -23,7 +23,7 @@ Note: with `gateway_workers > 1` each uvicorn worker has its own registry, and
 
 from __future__ import annotations
 
-import secrets
+import random
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +80,13 @@ def _route(scope: Scope) -> str:
     return "unmatched"
 
 
+def _new_trace_id() -> str:
+    """A W3C trace id for the log lines of a request nobody traces. It correlates
+    lines; it guards nothing, so it comes from `random` as OpenTelemetry's own id
+    generator's do, not from a urandom call per request (2 % of the gateway's CPU)."""
+    return f"{random.getrandbits(128) or 1:032x}"
+
+
 def _incoming_trace_id(scope: Scope) -> str | None:
     for name, value in scope.get("headers", ()):
         if name == b"traceparent":
@@ -128,7 +135,7 @@ class Observability:
             if tracing.enabled():
                 await self._traced(scope, receive, send_status, method, lambda: status)
             else:
-                tid = _incoming_trace_id(scope) or secrets.token_hex(16)
+                tid = _incoming_trace_id(scope) or _new_trace_id()
                 with structlog.contextvars.bound_contextvars(trace_id=tid):
                     await self.app(scope, receive, send_status)
         finally:

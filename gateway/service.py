@@ -197,6 +197,7 @@ class Gateway:
             settings.gateway_inflight_lock_seconds,
         )
         self.limiter = RateLimiter(self.redis, self.prefix)
+        self.payment_rows = store.PaymentRows(self.pool)
         self.logins = LoginGuard(
             self.redis,
             self.prefix,
@@ -355,7 +356,7 @@ class Gateway:
         `TAKEN_CHECK_SECONDS` is not waited for: payments do not depend on it."""
         try:
             async with asyncio.timeout(TAKEN_CHECK_SECONDS):
-                row = await store.payment_row(self.pool, command["command_id"])
+                row = await self.payment_rows.get(command["command_id"])
         except Exception as exc:  # Postgres down or slow: the ledger's own check remains
             log.warning("payment id check skipped for %s: %s", command["command_id"], exc)
             return False

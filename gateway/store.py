@@ -8,6 +8,7 @@ written by another component; until it exists every read-model query returns
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -260,6 +261,55 @@ async def account_states(pool: AsyncConnectionPool, ids: list[str]) -> dict[str,
 async def payment_row(pool: AsyncConnectionPool, payment_id: str) -> dict[str, Any] | None:
     rows = await _read(pool, "SELECT * FROM payments WHERE payment_id = %s", (payment_id,))
     return rows[0] if rows else None
+
+
+class PaymentRows:
+    """`payment_row` for many concurrent requests at once: every id asked for within
+    `linger` seconds is read by one query. The gateway checks each new payment's id
+    against the read model (`Gateway._taken`), and one query per payment was a fifth
+    of its event loop's CPU at 300 payments/s; the check runs beside the Redis claim,
+    so a few milliseconds of linger add nothing a caller waits for.
+
+    A caller that stops waiting (its timeout) leaves the query to finish for the
+    others: nothing is cancelled in the middle of a statement."""
+
+    def __init__(self, pool: AsyncConnectionPool, linger: float = 0.002) -> None:
+        self.pool = pool
+        self.linger = linger
+        self._waiting: dict[str, list[asyncio.Future[dict[str, Any] | None]]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def get(self, payment_id: str) -> dict[str, Any] | None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        if not self._waiting:
+            loop.call_later(self.linger, self._start)
+        self._waiting.setdefault(payment_id, []).append(fut)
+        return await fut
+
+    def _start(self) -> None:
+        batch, self._waiting = self._waiting, {}
+        task = asyncio.get_running_loop().create_task(self._read(batch))
+        self._running.add(task)  # held until done: the loop keeps only weak references
+        task.add_done_callback(self._running.discard)
+
+    async def _read(self, batch: dict[str, list[asyncio.Future[dict[str, Any] | None]]]) -> None:
+        try:
+            rows = await _read(self.pool, "SELECT * FROM payments WHERE payment_id = ANY(%s::uuid[])", (list(batch),))
+        except BaseException as exc:
+            for futs in batch.values():
+                for f in futs:
+                    if not f.done():
+                        f.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        found = {str(r["payment_id"]): r for r in rows or []}
+        for payment_id, futs in batch.items():
+            row = found.get(payment_id)
+            for f in futs:
+                if not f.done():
+                    f.set_result(row)
 
 
 async def payments_of(
