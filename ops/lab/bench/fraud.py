@@ -22,7 +22,6 @@ account full windows; fan-in gives one merchant half of all payments, from up to
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -38,7 +37,7 @@ from rich.table import Table
 
 from ops import groups as G
 from ops.lab.bench.compare import PaystreamRunner, transfers
-from ops.lab.bench.scale import CpuQuota
+from ops.lab.bench.scale import CpuQuota, write_points
 from paystream import topics
 from paystream.settings import PROJECT_ROOT, Settings
 
@@ -196,14 +195,9 @@ def bench(*, instances: list[int], cores: float, accounts: int, transfers_per_in
         time.sleep(2)
     render(points, console)
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        base = points[0].rate / points[0].instances if points else 0.0
-        json_path.write_text(json.dumps({
-            "cpus": psutil.cpu_count(), "quota_cores": cores, "accounts": accounts, "workload": workload,
-            "points": [{**asdict(p), "rate": p.rate, "us_per_transfer": p.us_per_transfer,
-                        "ratio_to_one": p.rate / base if base else None} for p in points],
-        }, indent=2) + "\n")
-        console.print(f"results: {json_path}")
+        write_points(json_path, [{**asdict(p), "rate": p.rate, "us_per_transfer": p.us_per_transfer} for p in points],
+                     base=points[0].rate / points[0].instances if points else 0.0, console=console,
+                     quota_cores=cores, accounts=accounts, workload=workload)  # fmt: skip
     return points
 
 

@@ -27,6 +27,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 from rich.console import Console
@@ -140,15 +141,20 @@ def scale(*, instances: list[int], cores: float, accounts: int, transfers_per_in
     if json_path is not None and points:
         console.print(f"plot: {plot(points, json_path.with_suffix('.png'))}")
     if json_path is not None:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        base = points[0].rate if points else 0.0
-        json_path.write_text(json.dumps({
-            "cpus": psutil.cpu_count(), "quota_cores": cores, "accounts": accounts,
-            "points": [{**asdict(p), "rate": p.rate, "ratio_to_one": p.rate / base if base else None}
-                       for p in points],
-        }, indent=2) + "\n")
-        console.print(f"results: {json_path}")
+        write_points(json_path, [{**asdict(p), "rate": p.rate} for p in points],
+                     base=points[0].rate if points else 0.0, console=console, quota_cores=cores, accounts=accounts)
     return points
+
+
+def write_points(path: Path, points: list[dict[str, Any]], *, base: float, console: Console, **meta: Any) -> None:
+    """A scaling run's raw results: each point with its rate's ratio to `base` (the
+    one-instance rate), beside the run's settings and the machine's CPU count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "cpus": psutil.cpu_count(), **meta,
+        "points": [{**p, "ratio_to_one": p["rate"] / base if base else None} for p in points],
+    }, indent=2) + "\n")  # fmt: skip
+    console.print(f"results: {path}")
 
 
 def render(points: list[Point], console: Console) -> None:
