@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from gateway import problems
 from gateway.deps import GatewayDep
+from gateway.fastpath import PaymentsFastPath
 from gateway.middleware import BodyLimit
 from gateway.routes import api_router
 from gateway.service import Gateway, json_response
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ready = gw.listener.ready.is_set()
         return json_response(200 if ready else 503, {"ok": ready, "waiting": gw.listener.waiting})
 
+    app.add_middleware(PaymentsFastPath)  # inside BodyLimit: it reads the bounded body
     app.add_middleware(BodyLimit, limit=settings.gateway_max_body_bytes)
     from gateway import observability
 

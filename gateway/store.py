@@ -263,6 +263,12 @@ async def payment_row(pool: AsyncConnectionPool, payment_id: str) -> dict[str, A
     return rows[0] if rows else None
 
 
+async def payment_rows(pool: AsyncConnectionPool, payment_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """The read model's rows of these payments, by id (those it holds)."""
+    rows = await _read(pool, "SELECT * FROM payments WHERE payment_id = ANY(%s::uuid[])", (payment_ids,))
+    return {str(r["payment_id"]): r for r in rows or []}
+
+
 class PaymentRows:
     """`payment_row` for many concurrent requests at once: every id asked for within
     `linger` seconds is read by one query. The gateway checks each new payment's id
@@ -295,7 +301,7 @@ class PaymentRows:
 
     async def _read(self, batch: dict[str, list[asyncio.Future[dict[str, Any] | None]]]) -> None:
         try:
-            rows = await _read(self.pool, "SELECT * FROM payments WHERE payment_id = ANY(%s::uuid[])", (list(batch),))
+            found = await payment_rows(self.pool, list(batch))
         except BaseException as exc:
             for futs in batch.values():
                 for f in futs:
@@ -304,7 +310,6 @@ class PaymentRows:
             if not isinstance(exc, Exception):
                 raise
             return
-        found = {str(r["payment_id"]): r for r in rows or []}
         for payment_id, futs in batch.items():
             row = found.get(payment_id)
             for f in futs:

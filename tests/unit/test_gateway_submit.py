@@ -152,7 +152,11 @@ def world(monkeypatch: pytest.MonkeyPatch) -> World:
     async def payment_row(_pool: Any, payment_id: str) -> dict[str, Any] | None:
         return rows.get(payment_id)
 
+    async def payment_rows(_pool: Any, payment_ids: list[str]) -> dict[str, dict[str, Any]]:
+        return {i: rows[i] for i in payment_ids if i in rows}
+
     monkeypatch.setattr(store, "payment_row", payment_row)
+    monkeypatch.setattr(store, "payment_rows", payment_rows)  # the id check's, many at once
     return World(gw, keys, ledger, rows)
 
 
@@ -321,8 +325,9 @@ def test_a_new_key_whose_payment_id_another_movement_holds_sends_nothing(
     world.keys.keys.clear()
     assert run(world.gw.submit(move, wait=1)).status == 201 and len(world.ledger.sent) == 1
 
-    async def down(_pool: Any, payment_id: str) -> None:
+    async def down(_pool: Any, payment_id: Any) -> None:
         raise OSError("postgres is down")
 
     monkeypatch.setattr(store, "payment_row", down)  # payments do not depend on the read model
+    monkeypatch.setattr(store, "payment_rows", down)
     assert run(world.gw.submit(a_transfer(), wait=1)).status == 201
