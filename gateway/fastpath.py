@@ -71,6 +71,8 @@ class PaymentsFastPath:
         auth = idem = prefer = ctype = None
         for name, value in scope["headers"]:
             if name == b"authorization":
+                if auth is not None:
+                    return None
                 auth = value
             elif name == b"idempotency-key":
                 if idem is not None:
