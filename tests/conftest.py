@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -135,6 +136,26 @@ def db(stack: Settings) -> Settings:
 
     migrate(stack)
     return stack
+
+
+@contextlib.contextmanager
+def scratch_database(stack: Settings, name: str) -> Iterator[str]:
+    """A migrated database of the test's own on the stack's Postgres (dropped after):
+    its DSN. For tests whose rows must not meet the shared read model's."""
+    import psycopg
+
+    from ops.db import migrate
+
+    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {name}")
+    dsn = stack.postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
+    migrate(Settings(postgres_dsn_override=dsn))
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

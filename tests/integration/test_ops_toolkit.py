@@ -28,6 +28,7 @@ from paystream.codec import Codec
 from paystream.deadletter import DLQ_TOPIC
 from paystream.settings import Settings
 from sinks.postgres_sink import PgWriter
+from tests.conftest import scratch_database
 from tests.kafka_helpers import EventReader, send
 
 pytestmark = pytest.mark.integration
@@ -46,16 +47,8 @@ def cli() -> Any:
 
 @pytest.fixture(scope="module")
 def scratch_dsn(stack: Settings) -> Iterator[str]:
-    from ops.db import migrate
-
-    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {TEST_DB}")
-    dsn = stack.postgres_dsn.rsplit("/", 1)[0] + f"/{TEST_DB}"
-    migrate(Settings(postgres_dsn_override=dsn))
-    yield dsn
-    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
+    with scratch_database(stack, TEST_DB) as dsn:
+        yield dsn
 
 
 def _ends(settings: Settings, topic: str = "ledger.events") -> dict[int, int]:

@@ -13,6 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from gateway import store
 from paystream.settings import Settings
+from tests.conftest import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -21,16 +22,8 @@ DB = "paystream_payment_rows_test"
 
 @pytest.fixture(scope="module")
 def dsn(stack: Settings) -> Iterator[str]:
-    from ops.db import migrate
-
-    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB}")
-    dsn = stack.postgres_dsn.rsplit("/", 1)[0] + f"/{DB}"
-    migrate(Settings(postgres_dsn_override=dsn))
-    yield dsn
-    with psycopg.connect(stack.postgres_dsn, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
+    with scratch_database(stack, DB) as dsn:
+        yield dsn
 
 
 def test_concurrent_checks_share_one_query_and_each_gets_its_own_row(dsn: str) -> None:
