@@ -33,11 +33,22 @@ from paystream import tracing
 PATH = "/v1/payments"
 
 
+# The route's parameters, in the order the fast path passes them.
+PARAMETERS = ["body", "p", "gw", "idempotency_key", "prefer"]
+
+
 def _route() -> APIRoute:
+    """The route the fast path stands in for, checked at startup: a dependency added
+    to it or to its router, or a parameter added to its function, would be skipped
+    here without a word, so the app refuses to start instead."""
     for r in payments.router.routes:
         if isinstance(r, APIRoute) and r.path == PATH and "POST" in (r.methods or ()):
+            params = list(inspect.signature(r.endpoint).parameters)
+            if r.dependencies or payments.router.dependencies or params != PARAMETERS:
+                raise RuntimeError(f"POST {PATH} changed ({params}, dependencies {r.dependencies}); "
+                                   "gateway/fastpath.py must learn the change")  # fmt: skip
             return r
-    raise LookupError(f"no POST {PATH} route")  # pragma: no cover - a renamed route fails at startup
+    raise LookupError(f"no POST {PATH} route")
 
 
 class PaymentsFastPath:

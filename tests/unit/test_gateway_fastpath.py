@@ -135,3 +135,14 @@ def test_the_routes_domain_errors_get_the_apps_problem_documents(monkeypatch: py
     assert inner.bodies == [] and sent[0]["status"] == 422
     assert (b"content-type", b"application/problem+json") in sent[0]["headers"]
     assert orjson.loads(sent[1]["body"])["code"] == "unknown_account"
+
+
+def test_a_changed_route_stops_the_app_from_starting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A dependency added to the route, or a parameter, would be skipped by the fast path."""
+    from fastapi import Depends
+
+    assert fastpath._route().path == "/v1/payments"
+    route = fastpath._route()
+    monkeypatch.setattr(route, "dependencies", [Depends(lambda: None)])
+    with pytest.raises(RuntimeError, match="must learn the change"):
+        fastpath._route()
