@@ -94,6 +94,8 @@ class PaymentsFastPath:
                     return None
                 prefer = value
             elif name == b"content-type":
+                if ctype is not None:
+                    return None
                 ctype = value
         if auth is None or idem is None or ctype is None or ctype.split(b";")[0].strip() != b"application/json":
             return None

@@ -92,8 +92,8 @@ def test_a_well_formed_payment_skips_fastapi_and_calls_the_route(route: list[tup
 
 
 @pytest.mark.parametrize("case", [
-    "no token", "bad token", "two tokens", "no key", "two keys", "long key", "long prefer", "form body", "bad body",
-    "not json", "query", "chunked", "other path",
+    "no token", "bad token", "two tokens", "two types", "no key", "two keys", "long key", "long prefer", "form body",
+    "bad body", "not json", "query", "chunked", "other path",
 ])  # fmt: skip
 def test_anything_else_reaches_fastapi_with_its_body(route: list[tuple[Any, ...]], case: str) -> None:
     headers, body, query, path, chunks = list(GOOD), BODY, b"", "/v1/payments", 1
@@ -103,6 +103,8 @@ def test_anything_else_reaches_fastapi_with_its_body(route: list[tuple[Any, ...]
         headers[0] = (b"authorization", b"Bearer " + TOKEN[:-4].encode() + b"AAAA")
     elif case == "two tokens":
         headers.append((b"authorization", b"Bearer x"))
+    elif case == "two types":
+        headers.insert(0, (b"content-type", b"text/plain"))
     elif case == "two keys":
         headers.append((b"idempotency-key", b"k-2"))
     elif case == "long key":
