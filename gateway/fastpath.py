@@ -33,6 +33,9 @@ from paystream import tracing
 PATH = "/v1/payments"
 
 
+# The headers the fast path reads (uvicorn gives names in lower case).
+_HEADERS = (b"authorization", b"idempotency-key", b"prefer", b"content-type")
+
 # The route's parameters, in the order the fast path passes them.
 PARAMETERS = ["body", "p", "gw", "idempotency_key", "prefer"]
 
@@ -79,24 +82,13 @@ class PaymentsFastPath:
         """The route's arguments, or None when FastAPI must decide."""
         if scope.get("query_string"):
             return None
-        auth = idem = prefer = ctype = None
+        found: dict[bytes, bytes] = {}
         for name, value in scope["headers"]:
-            if name == b"authorization":
-                if auth is not None:
+            if name in _HEADERS:
+                if name in found:  # a repeated header: which one counts is FastAPI's call
                     return None
-                auth = value
-            elif name == b"idempotency-key":
-                if idem is not None:
-                    return None
-                idem = value
-            elif name == b"prefer":
-                if prefer is not None:
-                    return None
-                prefer = value
-            elif name == b"content-type":
-                if ctype is not None:
-                    return None
-                ctype = value
+                found[name] = value
+        auth, idem, prefer, ctype = (found.get(h) for h in _HEADERS)
         if auth is None or idem is None or ctype is None or ctype.split(b";")[0].strip() != b"application/json":
             return None
         try:
